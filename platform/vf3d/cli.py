@@ -1,0 +1,206 @@
+"""The `vf3d` command: thin argument parsing over the library; every command has its own --help.
+
+Bad input (unreadable images, bad configs, wrong model directories) exits with status 2 and one
+line on stderr naming the problem; unexpected failures keep their traceback and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vf3d import __version__
+from vf3d import config as config_lib
+
+MESH_SUFFIXES = (".glb", ".obj", ".ply")
+
+
+class UsageError(ValueError):
+    """Bad command-line input detected by the CLI itself."""
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the user gave bad input" (exit 2, one line, no traceback)."""
+    from vf3d.checkpoints import CheckpointFormatError
+    from vf3d.mesh import EmptyMeshError
+    from vf3d.models.pretrained import ModelDirectoryError
+    from vf3d.preprocess import ImageInputError
+
+    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError)
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, presets: dict, default: str) -> None:
+    parser.add_argument("--preset", default=default, choices=list(presets), help="named settings to start from (default: %(default)s)")
+    parser.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# image-to-3d
+# --------------------------------------------------------------------------------------------
+
+
+def _image_to_3d(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in MESH_SUFFIXES:
+        raise UsageError(f"--out must end in one of {', '.join(MESH_SUFFIXES)}, got {out.name!r}")
+    if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
+        raise UsageError(f"--video must end in .mp4, got {Path(args.video).name!r}")
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise UsageError(f"image not found: {image_path}")
+    config = config_lib.resolve(config_lib.INFERENCE_PRESETS, args.preset, args.config)
+    overrides = {
+        "mesh_resolution": args.mesh_resolution,
+        "mesh_iso": None if args.mesh_iso is None else (args.mesh_iso if args.mesh_iso == "auto" else _float(args.mesh_iso, "--mesh-iso")),
+        "device": args.device,
+    }
+    if args.seed is not None:
+        overrides.update(seed=args.seed, deterministic=False)
+    config = config_lib.merge(config, {key: value for key, value in overrides.items() if value is not None}).validate()
+
+    from vf3d.inference import ImageTo3D
+    from vf3d.preprocess import load_image
+
+    load_image(image_path)  # fail fast on a bad image, before loading the model
+    started = time.perf_counter()
+    pipeline = ImageTo3D.from_pretrained(args.model, config)
+    _print(f"loaded {args.model} on {pipeline.device} in {time.perf_counter() - started:.1f}s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = pipeline.run(image_path, out, args.video)
+    summary = {
+        "image": str(image_path),
+        "model": str(args.model),
+        "mesh": str(result.mesh_path),
+        "video": None if result.video_path is None else str(result.video_path),
+        "iso": result.iso,
+        "vertices": len(result.mesh.mesh.vertices),
+        "faces": len(result.mesh.mesh.faces),
+        "timings_s": {key: round(value, 3) for key, value in result.timings.items()},
+        "config": config_lib.to_dict(config),
+    }
+    summary_path = out.with_name(out.name + ".json")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    _print(f"mesh: {result.mesh_path} ({summary['vertices']} vertices, {summary['faces']} faces, iso {result.iso:.3g})")
+    if result.video_path is not None:
+        _print(f"video: {result.video_path} ({config.turntable_views} frames)")
+    _print(f"summary: {summary_path}")
+    return 0
+
+
+def _float(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number or 'auto', got {text!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# init-model, import-checkpoint, show-config
+# --------------------------------------------------------------------------------------------
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from vf3d.models.reconstructor import Reconstructor
+
+    config = config_lib.resolve(config_lib.RECONSTRUCTOR_PRESETS, args.preset, args.config)
+    torch.manual_seed(args.seed)
+    model = Reconstructor(config)
+    model.save_pretrained(args.out, metadata={"created_by": f"vf3d init-model --preset {args.preset} --seed {args.seed}"})
+    parameters = sum(p.numel() for p in model.parameters())
+    _print(f"wrote a randomly initialised {args.preset!r} reconstructor ({parameters:,} parameters) to {args.out}")
+    return 0
+
+
+def _import_checkpoint(args: argparse.Namespace) -> int:
+    from vf3d.checkpoints import import_checkpoint
+
+    overrides = config_lib.load_overrides(args.config) if args.config else None
+    out = import_checkpoint(args.src, args.out, format=args.format, overrides=overrides)
+    _print(f"imported {args.format} checkpoint {args.src} into {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vf3d.demo import run_demo
+
+    run_demo(args.out, log=_print)
+    return 0
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS}
+    config = config_lib.resolve(tables[args.kind], args.preset, args.config)
+    _print(json.dumps(config_lib.to_dict(config), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `vf3d` argument parser (one sub-command per pipeline stage)."""
+    parser = argparse.ArgumentParser(prog="vf3d", description="vf3d: an open, scalable VFusion3D platform (image → 3D on Ray).")
+    parser.add_argument("--version", action="version", version=f"vf3d {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    command = commands.add_parser("image-to-3d", help="reconstruct a mesh (and a turntable video) from one image", description="Reconstruct a vertex-coloured mesh from a single image with a reconstructor directory; optionally render a turntable MP4.")
+    command.add_argument("image", help="input image (PNG/JPEG/WebP...; an alpha channel is used as the foreground mask)")
+    command.add_argument("--model", required=True, type=Path, help="reconstructor directory (config.json + model.safetensors)")
+    command.add_argument("--out", required=True, type=Path, help="output mesh: .glb (default viewer format), .obj or .ply")
+    command.add_argument("--video", type=Path, help="also write a turntable video to this .mp4")
+    command.add_argument("--mesh-resolution", type=int, help="marching-cubes grid size per axis (preset: base 256)")
+    command.add_argument("--mesh-iso", help="density level of the surface, or 'auto' (Otsu); default: the model's")
+    command.add_argument("--seed", type=int, help="use seeded random ray sampling instead of the default deterministic sampling")
+    command.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    _add_config_arguments(command, config_lib.INFERENCE_PRESETS, "base")
+    command.set_defaults(handler=_image_to_3d)
+
+    command = commands.add_parser("init-model", help="write a randomly initialised reconstructor directory from a preset", description="Create a reconstructor directory with random weights (a starting point for training, or a debug model).")
+    command.add_argument("--out", required=True, type=Path, help="directory to write config.json + model.safetensors into")
+    command.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: %(default)s)")
+    _add_config_arguments(command, config_lib.RECONSTRUCTOR_PRESETS, "debug")
+    command.set_defaults(handler=_init_model)
+
+    command = commands.add_parser("import-checkpoint", help="convert released VFusion3D/OpenLRM weights into a reconstructor directory", description="Map a released checkpoint (safetensors, or a torch.save dict under model_state_dict, loaded weights-only) into our model directory; sizes are inferred from tensor shapes.")
+    command.add_argument("src", type=Path, help="released checkpoint file (.safetensors, .pt, .pth, .bin) or a directory holding model.safetensors")
+    command.add_argument("--format", required=True, choices=["vfusion3d", "openlrm"], help="layout of the source checkpoint")
+    command.add_argument("--out", required=True, type=Path, help="reconstructor directory to write")
+    command.add_argument("--config", type=Path, help="YAML/JSON overrides for what shapes cannot tell (e.g. transformer.num_heads, encoder.image_size)")
+    command.set_defaults(handler=_import_checkpoint)
+
+    command = commands.add_parser("demo", help="run the whole pipeline at debug size (what `make demo` runs)", description="Run every available stage at debug size on this machine and print a summary of each.")
+    command.add_argument("--out", type=Path, default=Path("demo-output"), help="directory for all demo outputs (default: %(default)s)")
+    command.set_defaults(handler=_demo)
+
+    command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
+    command.add_argument("kind", choices=["reconstructor", "inference"], help="which configuration")
+    _add_config_arguments(command, config_lib.RECONSTRUCTOR_PRESETS, "base")
+    command.set_defaults(handler=_show_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `vf3d` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except _input_errors() as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"vf3d {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Typed, import-light configuration for every vf3d component, with named presets.
+
+Configs are plain dataclasses: one docstring-style comment per field, no arithmetic in YAML,
+unknown keys rejected with the full dotted path of the bad key. Presets are functions so each
+call returns a fresh, independent object. `debug` comes first and runs in seconds on a CPU.
+
+This module imports only the standard library (and PyYAML lazily), so `vf3d --help`, Ray job
+drivers and Serve ingress replicas can read configs without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the offending key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstructor architecture
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderConfig:
+    """DINOv2 image encoder (transformers `Dinov2Model`, or `Dinov2WithRegistersModel`)."""
+
+    hidden_size: int = 768
+    """Token width of the encoder (768 for ViT-B/14)."""
+    num_layers: int = 12
+    """Number of ViT blocks."""
+    num_heads: int = 12
+    """Attention heads per block."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of `hidden_size`."""
+    patch_size: int = 14
+    """Side of the square image patches, in pixels."""
+    image_size: int = 512
+    """Side of the square input image the reconstructor is fed (the release uses 512)."""
+    position_image_size: int = 518
+    """Image size the position embeddings were trained at (518 = 37 patches for DINOv2); inputs of
+    other sizes interpolate them, exactly as transformers does for the released checkpoint."""
+    num_register_tokens: int = 0
+    """DINOv2 register tokens (0 for VFusion3D, 4 for OpenLRM v1.1)."""
+    normalize_input: bool = True
+    """Apply ImageNet mean/std to [0,1] inputs (VFusion3D); OpenLRM feeds raw [0,1] pixels."""
+    pretrained_path: str | None = None
+    """Local transformers directory holding pretrained DINOv2 weights to start from (training
+    only; a saved reconstructor directory always carries its own encoder weights)."""
+
+
+@dataclass
+class TransformerConfig:
+    """Triplane transformer: learned triplane queries cross-attend to image tokens."""
+
+    width: int = 1024
+    """Token width of the triplane queries."""
+    num_layers: int = 16
+    """Number of (cross-attention, self-attention, MLP) blocks."""
+    num_heads: int = 16
+    """Attention heads in both attention layers."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of `width`."""
+    camera_embed_dim: int = 1024
+    """Width of the source-camera embedding that modulates every LayerNorm."""
+    attention_backend: str = "auto"
+    """"sdpa" (torch scaled_dot_product_attention), "xformers" (memory-efficient attention, needs
+    the `gpu` extra and a CUDA device) or "auto" (xformers on CUDA when installed, else sdpa)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of storing its activations."""
+
+
+@dataclass
+class TriplaneConfig:
+    """Triplane feature volume produced by the transformer and the shared deconv upsampler."""
+
+    token_resolution: int = 32
+    """Side of each plane's token grid in the transformer (3 × side² queries)."""
+    upsample_factor: int = 2
+    """ConvTranspose2d stride (and kernel) applied to every plane."""
+    channels: int = 80
+    """Feature channels per plane after upsampling (the decoder sees 3 × channels)."""
+
+    @property
+    def resolution(self) -> int:
+        """Side of each plane after upsampling."""
+        return self.token_resolution * self.upsample_factor
+
+
+@dataclass
+class DecoderConfig:
+    """MLP mapping concatenated triplane features to (raw density, rgb); no view direction."""
+
+    hidden_width: int = 64
+    """Width of the hidden layers."""
+    num_layers: int = 4
+    """Number of Linear layers (ReLU between them); the last one outputs 4 values."""
+
+
+@dataclass
+class RendererConfig:
+    """Parameter-free volume renderer over the [-1,1]³ box."""
+
+    num_coarse_samples: int = 64
+    """Stratified samples per ray."""
+    num_fine_samples: int = 64
+    """Importance samples per ray, drawn from the coarse weights (0 disables the fine pass)."""
+    render_size: int = 384
+    """Default side of rendered views at inference."""
+    ray_chunk_size: int = 8192
+    """Rays per object rendered at once; bounds memory whatever the image size (0 = no chunking)."""
+    box_half_size: float = 1.0
+    """Half the side of the cube the object lives in; rays are clipped to it."""
+
+
+@dataclass
+class ReconstructorConfig:
+    """The whole image→triplane→NeRF reconstructor (VFusion3D / LRM architecture)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    triplane: TriplaneConfig = field(default_factory=TriplaneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    source_camera_distance: float = 1.0
+    """Translation of the canonical source camera in the 16-D conditioning vector (the release
+    uses 1.0 although render cameras sit at 1.5; OpenLRM uses 2.0). Keep it as trained."""
+    mesh_iso: float = 1.0
+    """Density level of the extracted surface (1.0 for VFusion3D, 3.0 for OpenLRM)."""
+
+    def validate(self) -> "ReconstructorConfig":
+        """Check cross-field constraints; returns self so calls chain."""
+        checks = [
+            (self.encoder.hidden_size % self.encoder.num_heads == 0, "encoder.hidden_size must be divisible by encoder.num_heads"),
+            (self.transformer.width % self.transformer.num_heads == 0, "transformer.width must be divisible by transformer.num_heads"),
+            (self.encoder.image_size >= self.encoder.patch_size, "encoder.image_size must be at least encoder.patch_size"),
+            (self.transformer.attention_backend in ("auto", "sdpa", "xformers"), "transformer.attention_backend must be auto, sdpa or xformers"),
+            (self.decoder.num_layers >= 2, "decoder.num_layers must be at least 2"),
+            (self.renderer.num_coarse_samples >= 2, "renderer.num_coarse_samples must be at least 2"),
+            (self.renderer.num_fine_samples >= 0, "renderer.num_fine_samples must be >= 0"),
+            (self.renderer.ray_chunk_size >= 0, "renderer.ray_chunk_size must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _reconstructor_debug() -> ReconstructorConfig:
+    return ReconstructorConfig(
+        encoder=EncoderConfig(hidden_size=32, num_layers=2, num_heads=2, patch_size=8, image_size=64, position_image_size=64),
+        transformer=TransformerConfig(width=64, num_layers=2, num_heads=4, camera_embed_dim=64),
+        triplane=TriplaneConfig(token_resolution=8, channels=16),
+        decoder=DecoderConfig(hidden_width=32),
+        renderer=RendererConfig(num_coarse_samples=16, num_fine_samples=16, render_size=32, ray_chunk_size=4096),
+    )
+
+
+def _reconstructor_small() -> ReconstructorConfig:
+    return ReconstructorConfig(
+        encoder=EncoderConfig(hidden_size=384, num_layers=12, num_heads=6, image_size=224, position_image_size=518),
+        transformer=TransformerConfig(width=512, num_layers=8, num_heads=8, camera_embed_dim=512),
+        triplane=TriplaneConfig(token_resolution=16, channels=40),
+        decoder=DecoderConfig(hidden_width=64),
+        renderer=RendererConfig(num_coarse_samples=48, num_fine_samples=48, render_size=128),
+    )
+
+
+def _reconstructor_base() -> ReconstructorConfig:
+    return ReconstructorConfig(
+        encoder=EncoderConfig(hidden_size=768, num_layers=12, num_heads=12, image_size=336, position_image_size=518),
+        transformer=TransformerConfig(width=768, num_layers=12, num_heads=12, camera_embed_dim=768),
+        triplane=TriplaneConfig(token_resolution=32, channels=48),
+        decoder=DecoderConfig(hidden_width=64),
+        renderer=RendererConfig(num_coarse_samples=64, num_fine_samples=64, render_size=384),
+    )
+
+
+def _reconstructor_vfusion3d() -> ReconstructorConfig:
+    # Exactly the released model: the dataclass defaults are its numbers (reference.md §1).
+    return ReconstructorConfig()
+
+
+RECONSTRUCTOR_PRESETS = {
+    "debug": _reconstructor_debug,
+    "small": _reconstructor_small,
+    "base": _reconstructor_base,
+    "vfusion3d": _reconstructor_vfusion3d,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference (image-to-3d): preprocessing, meshing, turntable video
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferenceConfig:
+    """Settings of `vf3d image-to-3d` and the endpoint (the model's own config stays in its dir)."""
+
+    foreground_ratio: float = 0.8
+    """Longer side of the foreground box as a fraction of the square input canvas."""
+    mask_method: str = "auto"
+    """Foreground mask when the image has no alpha: "auto" (rembg if installed, else an offline
+    background estimate), "rembg", "estimate" or "none" (use the whole image)."""
+    mesh_resolution: int = 256
+    """Density grid samples per axis for marching cubes."""
+    mesh_method: str = "coarse_to_fine"
+    """"coarse_to_fine" (query the full grid only near the surface) or "dense"."""
+    mesh_iso: float | str | None = None
+    """Surface density level; None uses the model's `mesh_iso`; "auto" uses Otsu's threshold of
+    the density (for untrained models or fields of unknown scale)."""
+    turntable_views: int = 160
+    """Frames in the turntable video (one full revolution)."""
+    turntable_size: int | None = None
+    """Side of turntable frames; None uses the model's render size."""
+    turntable_fps: int = 40
+    """Frames per second of the turntable MP4."""
+    turntable_radius: float = 1.5
+    """Distance of the turntable cameras from the origin."""
+    turntable_elevation_deg: float = 0.0
+    """Elevation of the turntable cameras."""
+    seed: int = 0
+    """Seed of the renderer's random sampling (ignored when `deterministic`)."""
+    deterministic: bool = True
+    """Render without jitter (bit-identical outputs for the same input)."""
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu" or "cuda[:N]"."""
+    dtype: str = "auto"
+    """Autocast dtype on CUDA: "auto" (bf16 when supported), "bf16", "fp16" or "fp32"."""
+
+    def validate(self) -> "InferenceConfig":
+        """Check value ranges; returns self so calls chain."""
+        if not 0 < self.foreground_ratio <= 1:
+            raise ConfigError("foreground_ratio must be in (0, 1]")
+        if self.mask_method not in ("auto", "rembg", "estimate", "none"):
+            raise ConfigError("mask_method must be auto, rembg, estimate or none")
+        if not 8 <= self.mesh_resolution <= 1024:
+            raise ConfigError("mesh_resolution must be between 8 and 1024")
+        if self.mesh_method not in ("coarse_to_fine", "dense"):
+            raise ConfigError("mesh_method must be coarse_to_fine or dense")
+        if self.turntable_views < 1 or self.turntable_fps < 1:
+            raise ConfigError("turntable_views and turntable_fps must be >= 1")
+        if isinstance(self.mesh_iso, str) and self.mesh_iso != "auto":
+            raise ConfigError("mesh_iso must be a number, \"auto\" or null")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError("dtype must be auto, bf16, fp16 or fp32")
+        return self
+
+
+INFERENCE_PRESETS = {
+    "debug": lambda: InferenceConfig(mesh_resolution=64, turntable_views=16, turntable_fps=8),
+    "small": lambda: InferenceConfig(mesh_resolution=128, turntable_views=60, turntable_fps=20),
+    "base": lambda: InferenceConfig(),
+    "vfusion3d": lambda: InferenceConfig(mesh_resolution=384),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic (de)serialisation with unknown-key rejection
+# ---------------------------------------------------------------------------------------------
+
+
+def preset(kind: dict[str, Any], name: str) -> Any:
+    """Build preset `name` from a preset table, with an error listing the valid names."""
+    if name not in kind:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(kind)}")
+    return kind[name]()
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass → plain JSON/YAML-ready dict (nested)."""
+    return dataclasses.asdict(config)
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return from_dict(annotation, value, path)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        items = [_coerce(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], f"{path}.{name}" if path else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def merge(config: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of `config` with a nested dict of overrides applied (validated like a file)."""
+    merged = _deep_update(to_dict(config), overrides)
+    return from_dict(type(config), merged)
+
+
+def _deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict, with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:  # both json and yaml raise their own types
+        raise ConfigError(f"cannot parse {path}: {str(error).splitlines()[0]}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def resolve(presets: dict[str, Any], name: str, config_file: str | Path | None = None) -> Any:
+    """Preset `name`, overridden by `config_file` when given, validated."""
+    config = preset(presets, name)
+    if config_file is not None:
+        overrides = load_overrides(config_file)
+        try:
+            config = merge(config, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{config_file}: {error}") from None
+    return config.validate() if hasattr(config, "validate") else config
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    """Write a config as indented JSON (what stages write next to their outputs)."""
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")

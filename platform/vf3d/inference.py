@@ -1,0 +1,161 @@
+"""Image → triplanes → mesh and turntable video, on one device (CLI and endpoint share this).
+
+The pipeline: `prepare_image` (mask, recentre to 80%, white composite, resize) → `encode` with
+the canonical source camera (batched over images) → coarse-to-fine density grid → marching cubes
+→ vertex-coloured mesh; and a turntable of views rendered in bounded chunks of views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vf3d import cameras
+from vf3d.config import InferenceConfig
+from vf3d.mesh import MeshResult, extract_mesh, save_mesh, write_video
+from vf3d.models.reconstructor import Reconstructor
+from vf3d.preprocess import prepare_image
+
+TURNTABLE_VIEWS_PER_CALL = 8
+"""Views rendered per renderer call: bounds memory on long turntables (users of the release hit
+out-of-memory on 24 GB cards rendering all 160 views at once)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for inference: bf16 on CUDA when supported; None (fp32) on the CPU."""
+    if device.type != "cuda" or name == "fp32":
+        return None
+    if name == "fp16":
+        return torch.float16
+    if name == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def otsu_iso(model: Reconstructor, planes: torch.Tensor, grid_resolution: int = 48) -> float:
+    """A data-driven iso level: Otsu's threshold of the density on a coarse grid.
+
+    For fields whose scale is unknown (an untrained or foreign model) this separates "inside"
+    from "outside" without a magic number; trained VFusion3D models use their fixed `mesh_iso`.
+    """
+    from skimage.filters import threshold_otsu
+
+    axis = torch.linspace(-1, 1, grid_resolution, device=planes.device)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(1, -1, 3)
+    with torch.no_grad():
+        density, _ = model.query_points(planes, points)
+    return float(threshold_otsu(density.float().cpu().numpy().ravel()))
+
+
+@dataclass
+class ImageTo3DResult:
+    """What `ImageTo3D.run` produced: the mesh result, output paths and timings in seconds."""
+
+    mesh: MeshResult
+    mesh_path: Path
+    video_path: Path | None
+    iso: float
+    timings: dict[str, float]
+
+
+class ImageTo3D:
+    """A loaded reconstructor with the inference settings that turn images into meshes/videos."""
+
+    def __init__(self, model: Reconstructor, config: InferenceConfig | None = None) -> None:
+        self.config = (config or InferenceConfig()).validate()
+        self.device = resolve_device(self.config.device)
+        self.model = model.to(self.device).eval()
+        self.autocast_dtype = resolve_autocast_dtype(self.config.dtype, self.device)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, config: InferenceConfig | None = None) -> "ImageTo3D":
+        """Load a reconstructor directory (config.json + model.safetensors)."""
+        config = (config or InferenceConfig()).validate()
+        return cls(Reconstructor.from_pretrained(model_dir, device=resolve_device(config.device)), config)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _generator(self) -> torch.Generator | None:
+        if self.config.deterministic:
+            return None
+        return torch.Generator(device=self.device).manual_seed(self.config.seed)
+
+    def prepare(self, image) -> torch.Tensor:
+        """An image (path, bytes or PIL image) → [3, S, S] model input in [0, 1]."""
+        return prepare_image(image, self.model.config.encoder.image_size, self.config.foreground_ratio, self.config.mask_method)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared images [N, 3, S, S] → triplanes [N, 3, C, R, R] (float32), one batched pass."""
+        source = cameras.canonical_source_camera(self.model.config.source_camera_distance).to(self.device).expand(images.shape[0], 16)
+        with self._autocast():
+            return self.model.encode(images.to(self.device), source).float()
+
+    def iso_level(self, planes: torch.Tensor) -> float:
+        """The configured iso, the model's own when unset, or Otsu's when set to "auto"."""
+        iso = self.config.mesh_iso if self.config.mesh_iso is not None else self.model.config.mesh_iso
+        return otsu_iso(self.model, planes) if iso == "auto" else float(iso)
+
+    @torch.no_grad()
+    def mesh(self, planes: torch.Tensor, iso: float | None = None) -> MeshResult:
+        """One object's triplanes [1, 3, C, R, R] → vertex-coloured mesh in world coordinates."""
+        iso = self.iso_level(planes) if iso is None else iso
+
+        def query(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with self._autocast():
+                density, rgb = self.model.query_points(planes, points.unsqueeze(0))
+            return density[0, :, 0].float(), rgb[0].float().clamp(0, 1)
+
+        return extract_mesh(query, resolution=self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device)
+
+    @torch.no_grad()
+    def turntable(self, planes: torch.Tensor) -> np.ndarray:
+        """One object's triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of a full revolution."""
+        config = self.config
+        size = config.turntable_size or self.model.config.renderer.render_size
+        poses = cameras.turntable_poses(config.turntable_views, radius=config.turntable_radius, elevation_deg=config.turntable_elevation_deg)
+        render_cameras = cameras.render_camera_vector(poses).to(self.device)
+        generator = self._generator()
+        frames = []
+        for start in range(0, len(render_cameras), TURNTABLE_VIEWS_PER_CALL):
+            chunk = render_cameras[start : start + TURNTABLE_VIEWS_PER_CALL].unsqueeze(0)
+            with self._autocast():
+                views = self.model.render(planes, chunk, render_size=size, deterministic=config.deterministic, generator=generator)
+            frames.append((views.rgb[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+        return torch.cat(frames).numpy()
+
+    def run(self, image, mesh_path: str | os.PathLike, video_path: str | os.PathLike | None = None) -> ImageTo3DResult:
+        """Image → mesh file (format from the suffix) and optionally a turntable MP4."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prepared = self.prepare(image)
+        timings["preprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
+        planes = self.encode(prepared.unsqueeze(0))
+        timings["triplanes"] = time.perf_counter() - start
+        start = time.perf_counter()
+        iso = self.iso_level(planes)
+        mesh = self.mesh(planes, iso)
+        save_mesh(mesh.mesh, mesh_path)
+        timings["mesh"] = time.perf_counter() - start
+        if video_path is not None:
+            start = time.perf_counter()
+            write_video(self.turntable(planes), video_path, fps=self.config.turntable_fps)
+            timings["video"] = time.perf_counter() - start
+        return ImageTo3DResult(mesh=mesh, mesh_path=Path(mesh_path), video_path=Path(video_path) if video_path else None, iso=iso, timings=timings)

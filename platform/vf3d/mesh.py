@@ -1,0 +1,305 @@
+"""Mesh extraction from a neural density/colour field, mesh export and turntable videos.
+
+The field lives in the cube [-1, 1]^3 of a +Z-up world and is given as a callable
+``query_fn(points[P, 3]) -> (density[P], rgb[P, 3])``. A regular grid of
+``resolution`` samples per axis (``linspace(-1, 1, resolution)`` along x, y, z,
+arrays indexed ``[ix, iy, iz]``) is thresholded at ``iso`` with marching cubes;
+the solid is where density > iso.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from scipy import ndimage
+from skimage import measure
+
+QueryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+MESH_CONTENT_TYPES = {"glb": "model/gltf-binary", "obj": "model/obj", "ply": "application/ply"}
+
+# glTF is +Y up, the world is +Z up: (x, y, z) -> (x, z, -y), a -90 degree turn about X.
+_Z_UP_TO_Y_UP = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+class EmptyMeshError(ValueError):
+    """No surface crosses the iso level anywhere in the sampled grid."""
+
+
+@dataclass
+class MeshResult:
+    """An extracted mesh and what it cost.
+
+    ``mesh`` has world-space vertices in [-1, 1]^3 and RGBA uint8 vertex colours;
+    ``num_queries`` counts density samples, ``num_color_queries`` colour samples.
+    """
+
+    mesh: trimesh.Trimesh
+    num_queries: int
+    num_color_queries: int
+    seconds: float
+
+
+def _grid_coordinates(index: np.ndarray, resolution: int) -> np.ndarray:
+    return -1.0 + 2.0 * index / (resolution - 1)
+
+
+@torch.no_grad()
+def _query_densities(query_fn: QueryFn, grid_index: np.ndarray, resolution: int,
+                     chunk_size: int, device: str | torch.device) -> np.ndarray:
+    """Densities float32[K] at fine grid points with integer indices [K, 3] into [R, R, R]."""
+    densities = np.empty(len(grid_index), dtype=np.float32)
+    for start in range(0, len(grid_index), chunk_size):
+        index = torch.from_numpy(grid_index[start:start + chunk_size]).to(device)
+        density, _ = query_fn(index.to(torch.float32) * (2.0 / (resolution - 1)) - 1.0)
+        densities[start:start + len(index)] = density.reshape(-1).float().cpu().numpy()
+    return densities
+
+
+@torch.no_grad()
+def _query_colors(query_fn: QueryFn, points: np.ndarray, chunk_size: int,
+                  device: str | torch.device) -> np.ndarray:
+    """RGBA uint8[V, 4] at world points float[V, 3]; alpha is opaque."""
+    rgba = np.full((len(points), 4), 255, dtype=np.uint8)
+    for start in range(0, len(points), chunk_size):
+        chunk = torch.as_tensor(points[start:start + chunk_size], dtype=torch.float32, device=device)
+        _, rgb = query_fn(chunk)
+        rgb = torch.nan_to_num(rgb.float(), nan=0.0).clamp(0.0, 1.0)
+        rgba[start:start + len(chunk), :3] = (rgb * 255.0).round().to(torch.uint8).cpu().numpy()
+    return rgba
+
+
+def _query_grid(query_fn: QueryFn, volume: np.ndarray, needed: np.ndarray | None, offset: np.ndarray,
+                resolution: int, chunk_size: int, device: str | torch.device) -> int:
+    """Fill ``volume`` float32[X, Y, Z], the fine grid from index ``offset`` int[3] on, where
+    ``needed`` bool[X, Y, Z] is set (everywhere if None); returns the number of queries.
+
+    Works a few x-planes at a time so the index arrays stay small.
+    """
+    plane = volume.shape[1] * volume.shape[2]
+    planes_per_step = max(chunk_size // plane, 1)
+    num_queries = 0
+    for x_begin in range(0, volume.shape[0], planes_per_step):
+        block_shape = (min(planes_per_step, volume.shape[0] - x_begin),) + volume.shape[1:]
+        flat = (np.arange(np.prod(block_shape)) if needed is None
+                else np.flatnonzero(needed[x_begin:x_begin + block_shape[0]]))
+        grid_index = np.stack(np.unravel_index(flat, block_shape), -1) + offset + [x_begin, 0, 0]
+        volume.reshape(-1)[flat + x_begin * plane] = _query_densities(
+            query_fn, grid_index, resolution, chunk_size, device)
+        num_queries += len(flat)
+    return num_queries
+
+
+def _coarse_indices(resolution: int, coarse_resolution: int) -> np.ndarray:
+    """Fine-grid indices of the coarse samples along one axis, always including both ends.
+
+    The stride is the divisor of ``resolution - 1`` closest to the requested one, so the
+    coarse cells tile the fine grid exactly. When no divisor is within a factor 1.5
+    (e.g. ``resolution - 1`` is prime) the requested stride is kept and the last coarse
+    cell along each axis is shorter; everything downstream handles uneven cells.
+    """
+    cells = resolution - 1
+    wanted = max(cells / max(coarse_resolution - 1, 1), 1.0)
+    divisors = [d for d in range(1, cells + 1) if cells % d == 0]
+    best = min(divisors, key=lambda d: abs(np.log(d / wanted)))
+    stride = best if abs(np.log(best / wanted)) <= np.log(1.5) else max(round(wanted), 1)
+    return np.unique(np.r_[np.arange(0, cells, stride), cells])
+
+
+def _coarse_lookup(coarse_idx: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For fine indices int[F] along one axis: the nearest coarse sample, and the coarse
+    cells before and after (the same cell unless the fine point is a coarse sample)."""
+    n_coarse = len(coarse_idx)
+    right = np.minimum(np.searchsorted(coarse_idx, fine, side="right"), n_coarse - 1)
+    nearest = np.where(coarse_idx[right] - fine < fine - coarse_idx[right - 1], right, right - 1)
+    cell_after = np.minimum(np.searchsorted(coarse_idx, fine, side="right") - 1, n_coarse - 2)
+    cell_before = np.maximum(np.searchsorted(coarse_idx, fine, side="left") - 1, 0)
+    return nearest, cell_before, cell_after
+
+
+def _coarse_to_fine_volume(query_fn: QueryFn, resolution: int, iso: float, coarse_resolution: int,
+                           chunk_size: int, device: str | torch.device
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Densities near the surface.
+
+    Returns the fine grid float32[X, Y, Z] over the bounding box of the refined cells
+    (nothing outside it can hold a surface), the bool[X, Y, Z] mask of points holding
+    field values rather than fill values,
+    the box's first fine index int[3], and the number of density queries.
+    """
+    coarse_idx = _coarse_indices(resolution, coarse_resolution)
+    n_coarse = len(coarse_idx)
+    coarse_grid_index = np.stack(np.meshgrid(coarse_idx, coarse_idx, coarse_idx, indexing="ij"), -1)
+    coarse = _query_densities(query_fn, coarse_grid_index.reshape(-1, 3), resolution, chunk_size, device)
+    coarse = coarse.reshape(n_coarse, n_coarse, n_coarse)
+
+    corners = np.stack([coarse[a:n_coarse - 1 + a, b:n_coarse - 1 + b, c:n_coarse - 1 + c]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    # Inside means density > iso, as in marching cubes. Cells with an unknown (NaN) corner
+    # are refined too, so the fine samples decide.
+    straddling = ((corners.min(0) <= iso) & (corners.max(0) > iso)) | np.isnan(corners).any(0)
+    if not straddling.any():
+        raise EmptyMeshError(
+            f"no surface at iso={iso}: the {n_coarse}^3 coarse grid saw densities in "
+            f"[{np.nanmin(coarse):.4g}, {np.nanmax(coarse):.4g}]"
+            " (use method='dense' or a larger coarse_resolution for features thinner than a coarse cell)")
+    # Surfaces can bulge through a cell face without touching a coarse corner of that cell.
+    active = ndimage.binary_dilation(straddling, structure=np.ones((3, 3, 3), dtype=bool))
+
+    offset, lookups, box_samples = [], [], []
+    for axis in range(3):
+        cells = np.flatnonzero(active.any(axis=tuple(a for a in range(3) if a != axis)))
+        offset.append(coarse_idx[cells[0]])
+        lookups.append(_coarse_lookup(coarse_idx, np.arange(offset[-1], coarse_idx[cells[-1] + 1] + 1)))
+        box_samples.append(np.arange(cells[0], cells[-1] + 2))
+    (near_x, before_x, after_x), (near_y, before_y, after_y), (near_z, before_z, after_z) = lookups
+    offset = np.array(offset)
+
+    # Outside active cells all coarse corners lie on one side, so a clear value on that side
+    # (from the nearest coarse sample) yields no spurious surface. Gathering from the last
+    # axis to the first makes the only full-size gather copy whole [Y, Z] planes.
+    side_value = np.where(coarse > iso, iso + 1.0, iso - 1.0).astype(np.float32)
+    volume = side_value[:, :, near_z][:, near_y][near_x]
+    # A fine point needs the field when it lies in the closed box of an active cell; a point
+    # on a coarse cell boundary belongs to the cells on both sides. The test separates per axis.
+    known = active[:, :, before_z] | active[:, :, after_z]
+    known = known[:, before_y] | known[:, after_y]
+    known = known[before_x] | known[after_x]
+    # Coarse samples are fine grid points whose densities are already known.
+    samples_in_box = np.ix_(*(coarse_idx[samples] - first for samples, first in zip(box_samples, offset)))
+    volume[samples_in_box] = coarse[np.ix_(*box_samples)]
+    known[samples_in_box] = False
+    num_queries = coarse.size + _query_grid(query_fn, volume, known, offset, resolution, chunk_size, device)
+    known[samples_in_box] = True
+    return volume, known, offset, num_queries
+
+
+def extract_mesh(query_fn: QueryFn, resolution: int = 256, iso: float = 1.0,
+                 method: str = "coarse_to_fine", coarse_resolution: int | None = None,
+                 chunk_size: int = 2**18, device: str | torch.device = "cpu") -> MeshResult:
+    """Marching-cubes mesh of ``{p : density(p) > iso}`` with vertex colours from the field.
+
+    Args:
+        query_fn: ``points float32[P, 3] in [-1, 1]^3 -> (density[P], rgb[P, 3] in [0, 1])``,
+            called under ``torch.no_grad()`` with at most ``chunk_size`` points on ``device``.
+        resolution: grid samples per axis R; vertex ``i`` along an axis sits at ``-1 + 2i/(R-1)``.
+        iso: density level of the surface.
+        method: ``"dense"`` queries all R^3 points; ``"coarse_to_fine"`` queries a coarse
+            grid (about ``coarse_resolution`` per axis, default ``max(R // 4, 16)``) and the
+            fine grid only in coarse cells within one cell of the surface, giving the dense
+            surface except for features that fit between coarse samples without touching any.
+        coarse_resolution: target coarse samples per axis (see ``_coarse_indices``).
+        chunk_size: most points per ``query_fn`` call.
+        device: device the query points are created on.
+
+    Returns:
+        MeshResult whose mesh has outward-facing triangles and RGBA uint8 vertex colours.
+
+    Raises:
+        EmptyMeshError: nothing crosses ``iso`` (empty or all-solid field).
+    """
+    started = time.perf_counter()
+    if resolution < 2:
+        raise ValueError(f"resolution must be at least 2, got {resolution}")
+    if method == "dense":
+        volume = np.empty((resolution,) * 3, dtype=np.float32)
+        known, offset = None, np.zeros(3, dtype=np.int64)
+        num_queries = _query_grid(query_fn, volume, None, offset, resolution, chunk_size, device)
+    elif method == "coarse_to_fine":
+        volume, known, offset, num_queries = _coarse_to_fine_volume(
+            query_fn, resolution, iso, coarse_resolution or max(resolution // 4, 16), chunk_size, device)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected 'dense' or 'coarse_to_fine'")
+
+    # Unknown densities count as empty space rather than poisoning marching cubes.
+    volume[np.isnan(volume)] = iso - 1.0
+    low, high = float(volume.min()), float(volume.max())
+    if not low <= iso < high:
+        raise EmptyMeshError(f"no surface at iso={iso}: densities seen lie in [{low:.4g}, {high:.4g}]")
+    # Cells whose lower corner holds a fill value cannot start a surface; skipping them is
+    # most of marching cubes' cost.
+    vertex_idx, faces, _, _ = measure.marching_cubes(
+        volume, level=iso, gradient_direction="descent", allow_degenerate=False, mask=known)
+    del volume, known
+    # skimage winds triangles clockwise seen from outside; trimesh and glTF expect
+    # counter-clockwise, i.e. normals pointing out of the solid.
+    faces = np.ascontiguousarray(faces[:, ::-1])
+    vertices = _grid_coordinates(vertex_idx.astype(np.float64) + offset, resolution)
+    colors = _query_colors(query_fn, vertices, chunk_size, device)
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
+    return MeshResult(mesh=mesh, num_queries=int(num_queries), num_color_queries=len(vertices),
+                      seconds=time.perf_counter() - started)
+
+
+def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:
+    """Serialise a vertex-coloured mesh as ``"glb"``, ``"obj"`` or ``"ply"`` bytes.
+
+    ``y_up`` applies to GLB only: glTF is +Y up, so the +Z-up world is turned -90 degrees
+    about X, ``(x, y, z) -> (x, z, -y)``. OBJ and PLY keep world coordinates. Vertex
+    colours become glTF ``COLOR_0``, OBJ ``v x y z r g b`` lines and PLY vertex properties.
+    """
+    if fmt not in MESH_CONTENT_TYPES:
+        raise ValueError(f"unknown mesh format {fmt!r}; expected one of {sorted(MESH_CONTENT_TYPES)}")
+    if fmt == "glb" and y_up:
+        mesh = mesh.copy()
+        mesh.apply_transform(_Z_UP_TO_Y_UP)
+    data = mesh.export(file_type=fmt)
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write ``mesh`` to ``path`` in the format named by its suffix (.glb, .obj, .ply)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in MESH_CONTENT_TYPES:
+        allowed = ", ".join(f".{name}" for name in sorted(MESH_CONTENT_TYPES))
+        raise ValueError(f"cannot tell the mesh format from {path.name!r}; use one of {allowed}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(export_mesh(mesh, fmt))
+    return path
+
+
+def _video_frames(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> np.ndarray:
+    """Frames as uint8[M, H, W, 3] from uint8[M, H, W, 3], a list of uint8[H, W, 3] or
+    float torch[M, 3, H, W] in [0, 1]."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu()
+        if frames.is_floating_point():
+            frames = (frames.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        frames = frames.permute(0, 2, 3, 1).numpy() if frames.ndim == 4 else frames.numpy()
+    elif not isinstance(frames, np.ndarray):
+        frames = np.stack([np.asarray(frame) for frame in frames]) if len(frames) else np.empty((0,))
+    if frames.size == 0:
+        raise ValueError("write_video needs at least one frame")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [M, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    return frames
+
+
+def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: str | Path,
+                fps: int = 30) -> Path:
+    """Write frames (uint8[M, H, W, 3], a list of uint8[H, W, 3], or float torch[M, 3, H, W]
+    in [0, 1]) as an H.264 MP4, creating parent directories.
+
+    H.264 in yuv420p needs even sizes, so an odd height or width gains one edge-copied row
+    or column.
+    """
+    frames = _video_frames(frames)
+    _, height, width, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import imageio.v2 as imageio  # the ffmpeg plugin is only needed when writing videos
+
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    return path

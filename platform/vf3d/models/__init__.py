@@ -1,0 +1,1 @@
+"""Pure single-device models (no ray, deepspeed or torch.distributed imports here)."""

@@ -1,0 +1,110 @@
+"""The model-directory format shared by vf3d models: `config.json` + `model.safetensors`.
+
+Diffusers' pattern: a model is built from one typed config, and a directory holding that config
+and its weights is all it takes to rebuild it. Weights are safetensors only, so loading never
+unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vf3d import config as config_lib
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+M = TypeVar("M", bound="PretrainedModel")
+
+
+class ModelDirectoryError(ValueError):
+    """A model directory is missing, incomplete or for another kind of model."""
+
+
+class PretrainedModel(torch.nn.Module):
+    """Base class adding `save_pretrained` / `from_pretrained` to a config-built module.
+
+    Subclasses set `model_type` and `config_class` and take the config as their only argument.
+    """
+
+    model_type: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write config.json + model.safetensors into `directory`, atomically.
+
+        Files are written into a temporary sibling and moved into place only when complete, so
+        an interrupted save never leaves a half-written model where a good one was.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            document = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **(metadata or {}), "config": config_lib.to_dict(self.config)}
+            (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n")
+            # safetensors refuses shared or non-contiguous storage; clone keeps the module intact.
+            state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in self.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS_NAME), metadata={"model_type": self.model_type})
+            directory.mkdir(exist_ok=True)
+            for name in (CONFIG_NAME, WEIGHTS_NAME):
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load_config(cls, directory: str | os.PathLike) -> Any:
+        """Read and validate the config of a model directory without loading weights."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not directory.is_dir():
+            raise ModelDirectoryError(f"model directory not found: {directory}")
+        if not config_path.is_file():
+            raise ModelDirectoryError(f"{directory} is not a vf3d model directory: {CONFIG_NAME} is missing")
+        try:
+            document = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ModelDirectoryError(f"{config_path} is not valid JSON: {error}") from None
+        if document.get("model_type") != cls.model_type:
+            raise ModelDirectoryError(f"{directory} holds a {document.get('model_type')!r} model, expected {cls.model_type!r}")
+        try:
+            config = config_lib.from_dict(cls.config_class, document["config"])
+        except (KeyError, config_lib.ConfigError) as error:
+            raise ModelDirectoryError(f"{config_path}: invalid config: {error}") from None
+        return config.validate() if hasattr(config, "validate") else config
+
+    @classmethod
+    def from_pretrained(cls: type[M], directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> M:
+        """Rebuild the model from `directory` and load its weights (strict: every key must match)."""
+        directory = Path(directory)
+        config = cls.load_config(directory)
+        weights_path = directory / WEIGHTS_NAME
+        if not weights_path.is_file():
+            raise ModelDirectoryError(f"{directory} has no {WEIGHTS_NAME}")
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_file(str(weights_path), device=str(device))
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as error:  # shape mismatches: the weights belong to another config
+            raise ModelDirectoryError(f"{weights_path} does not match its config: {' '.join(str(error).split())[:400]}") from None
+        if missing or unexpected:
+            raise ModelDirectoryError(f"{weights_path} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+        if left_on_meta:
+            raise ModelDirectoryError(f"{weights_path} left tensors uninitialised: {left_on_meta[:5]}")
+        model.to(device=device, dtype=dtype)
+        return model.eval()

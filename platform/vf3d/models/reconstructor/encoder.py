@@ -1,0 +1,72 @@
+"""DINOv2 image encoder (transformers), random from config or from a local pretrained directory."""
+
+from __future__ import annotations
+
+import torch
+
+from vf3d.config import EncoderConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def dinov2_config(config: EncoderConfig):
+    """The transformers config for an encoder described by our `EncoderConfig`."""
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig
+
+    kwargs = dict(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        patch_size=config.patch_size,
+        image_size=config.position_image_size,
+        layerscale_value=1.0,
+    )
+    if config.num_register_tokens:
+        return Dinov2WithRegistersConfig(num_register_tokens=config.num_register_tokens, **kwargs)
+    return Dinov2Config(**kwargs)
+
+
+class ImageEncoder(torch.nn.Module):
+    """Images → patch tokens (CLS first) from DINOv2's last hidden state.
+
+    The encoder is trained with the rest of the model (not frozen), as in VFusion3D.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        from transformers import Dinov2Model, Dinov2WithRegistersModel
+
+        self.config = config
+        model_class = Dinov2WithRegistersModel if config.num_register_tokens else Dinov2Model
+        on_meta = torch.empty(0).device.type == "meta"
+        if config.pretrained_path and not on_meta:
+            self.dinov2 = model_class.from_pretrained(config.pretrained_path, local_files_only=True)
+            self._check_pretrained_matches(self.dinov2.config)
+        else:
+            self.dinov2 = model_class(dinov2_config(config))
+
+    def _check_pretrained_matches(self, loaded) -> None:
+        expected = {"hidden_size": self.config.hidden_size, "num_hidden_layers": self.config.num_layers, "num_attention_heads": self.config.num_heads, "patch_size": self.config.patch_size}
+        wrong = {key: (getattr(loaded, key), value) for key, value in expected.items() if getattr(loaded, key) != value}
+        if wrong:
+            details = ", ".join(f"{key}={got} (config says {want})" for key, (got, want) in wrong.items())
+            raise ValueError(f"pretrained encoder at {self.config.pretrained_path} does not match encoder config: {details}")
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image handed to the transformer: CLS + patches (registers are dropped)."""
+        return (self.config.image_size // self.config.patch_size) ** 2 + 1
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: [N, 3, S, S] in [0, 1] at S = config.image_size → tokens [N, T, hidden_size], T = num_tokens."""
+        if self.config.normalize_input:
+            # Constants, not buffers: a model built on the meta device then loaded stays complete.
+            mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+            images = (images - mean) / std
+        hidden = self.dinov2(pixel_values=images).last_hidden_state  # [N, 1 + registers + patches, D]
+        # Register tokens are scratch space for the ViT; OpenLRM passes only CLS + patches on.
+        registers = self.config.num_register_tokens
+        return torch.cat([hidden[:, :1], hidden[:, 1 + registers :]], dim=1) if registers else hidden

@@ -1,0 +1,131 @@
+"""The `vf3d` command: help for every command, image-to-3d end to end, and bad input."""
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+VF3D = str(Path(sys.executable).with_name("vf3d"))
+COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "demo", "show-config"]
+
+
+def run(*args, **kwargs):
+    return subprocess.run([VF3D, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_help_lists_every_command_and_each_has_its_own_help():
+    top = run("--help")
+    assert top.returncode == 0
+    for command in COMMANDS:
+        assert command in top.stdout
+        sub = run(command, "--help")
+        assert sub.returncode == 0 and f"usage: vf3d {command}" in sub.stdout
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    import skimage.data
+
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(path)
+    return path
+
+
+def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo, debug_model_dir):
+    out = tmp_path / "nested" / "mug.glb"
+    video = tmp_path / "mug.mp4"
+    result = run("image-to-3d", photo, "--model", debug_model_dir, "--out", out, "--video", video, "--preset", "debug", "--mesh-resolution", "48", "--mesh-iso", "auto")
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout and str(video) in result.stdout
+    mesh = trimesh.load(out, force="mesh")
+    assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+    colors = np.asarray(mesh.visual.vertex_colors)
+    assert colors.shape == (len(mesh.vertices), 4) and colors[:, :3].std() > 0
+    import imageio.v3 as iio
+
+    frames = iio.imread(video)
+    assert frames.shape[0] == 16 and frames.shape[-1] == 3
+    summary = json.loads(out.with_name("mug.glb.json").read_text())
+    assert summary["vertices"] == len(mesh.vertices) and summary["config"]["mesh_resolution"] == 48
+
+
+def test_seeded_runs_are_reproducible(tmp_path, photo, debug_model_dir):
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.ply"
+        assert run("image-to-3d", photo, "--model", debug_model_dir, "--out", out, "--preset", "debug", "--mesh-resolution", "32", "--mesh-iso", "auto", "--seed", "5").returncode == 0
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def png_header_claiming(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def truncated_png():
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("notes.png", b"this is not an image at all", "not a decodable image"),
+        ("empty.png", b"", "empty"),
+        ("truncated.png", truncated_png(), "truncated"),
+        ("huge.png", png_header_claiming(50000, 50000), "pixels"),
+    ],
+)
+def test_bad_images_get_one_clear_line_and_exit_code_2(tmp_path, debug_model_dir, name, content, expected):
+    image = tmp_path / name
+    image.write_bytes(content)
+    out = tmp_path / "out.glb"
+    result = run("image-to-3d", image, "--model", debug_model_dir, "--out", out)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vf3d image-to-3d: error:") and expected in lines[0], result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--out", "x.stl"], "--out must end in one of"),
+        (["--out", "x.glb", "--video", "x.gif"], "--video must end in .mp4"),
+        (["--out", "x.glb", "--mesh-iso", "deep"], "--mesh-iso must be a number"),
+        (["--out", "x.glb", "--mesh-resolution", "3"], "mesh_resolution must be between"),
+    ],
+)
+def test_bad_options_get_one_clear_line_and_exit_code_2(tmp_path, photo, debug_model_dir, args, expected):
+    result = run("image-to-3d", photo, "--model", debug_model_dir, *args, cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_model_and_bad_config_are_clear(tmp_path, photo):
+    result = run("image-to-3d", photo, "--model", tmp_path / "nope", "--out", tmp_path / "o.glb")
+    assert result.returncode == 2 and "model directory not found" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mesh_resolution: 64\nturntable_speed: 3\n")
+    result = run("image-to-3d", photo, "--model", tmp_path, "--out", tmp_path / "o.glb", "--config", bad)
+    assert result.returncode == 2 and "turntable_speed" in result.stderr
+
+
+def test_init_model_and_show_config(tmp_path):
+    result = run("init-model", "--preset", "debug", "--out", tmp_path / "m")
+    assert result.returncode == 0 and (tmp_path / "m" / "model.safetensors").is_file()
+    shown = run("show-config", "reconstructor", "--preset", "vfusion3d")
+    config = json.loads(shown.stdout)
+    assert config["transformer"]["num_layers"] == 16 and config["encoder"]["image_size"] == 512
