@@ -4,17 +4,20 @@ What it measures:
   1. Mesh extraction: `extract_mesh(method="coarse_to_fine")` vs `method="dense"` at resolution 256
      (quick: 128) on a realistic field: `base`-sized triplanes and decoder fitted to an analytic
      torus + sphere. Reports decoder density queries, seconds and vertex counts of both.
-  2. Batched triplane inference: `small` preset, one `encode` of 8 images vs 8 single-image calls,
-     and the largest difference between their outputs.
-  3. Renderer throughput: rays/s and field samples/s of a deterministic 4-view render at the
-     preset's render size, `debug` vs `small`.
+  2. Batched triplane inference: `small` preset, one `encode` of 8 (quick: 4) images vs 8 (4)
+     single-image calls, and the largest difference between their outputs.
+  3. Renderer throughput: rays/s and field samples/s of a deterministic 4-view (quick: 1-view)
+     render at the preset's render size, `debug` vs `small`.
   4. Render memory: peak memory of one 384² (quick: 128²) `base` view with the preset's ray
      chunking vs none. On CUDA: torch.cuda.max_memory_allocated. On the CPU: peak RSS of a fresh
      worker process per variant, whose address space is capped (--memory-cap-gb) so a render
      that needs more fails with an allocation error instead of waking the OOM killer.
 
-Machines are noisy: every timed thing is warmed up, repeated and its median reported; compare
-ratios, not absolute times. Nothing here asserts a timing; targets are printed as information.
+Machines are noisy: every timed thing is warmed up, then the things compared take turns for a
+few rounds (quick: one) and each one's median is reported; compare ratios, not absolute times.
+On a CPU shared with other busy processes ratios shift too, so read them from a quiet machine.
+Nothing here asserts a timing; targets are printed as information. The CPU memory workers read
+/proc/self/statm, so that section needs Linux.
 
 Run (from the repository root):
   python bench/recon.py                  # full run, about 5 minutes on 2 CPU cores
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 from vf3d import cameras
 from vf3d.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig, merge, preset, to_dict
-from vf3d.mesh import extract_mesh
+from vf3d.mesh import QueryFn, extract_mesh
 from vf3d.models.reconstructor import Reconstructor
 
 SEED = 0
@@ -53,8 +56,6 @@ SURFACE_WIDTH = 0.02
 """Width of the analytic density's smooth step across the surface, in world units."""
 MESH_SPEEDUP_TARGET = 4.0
 MESH_VERTEX_TOLERANCE = 0.02
-ENCODE_BATCH = 8
-RENDER_VIEWS = 4
 RENDER_ELEVATION_DEG = 20.0
 WORKER_RESULT_PREFIX = "MEMORY_WORKER_RESULT "
 """Marks the line of a memory worker's stdout that carries its JSON result."""
@@ -79,12 +80,16 @@ class Settings:
     mesh_resolution: int
     fit_steps: int
     fit_batch: int
+    encode_images: int
+    render_views: int
     memory_render_size: int
     repeats: int
 
 
-DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, memory_render_size=384, repeats=3)
-QUICK = Settings(mesh_resolution=128, fit_steps=150, fit_batch=2**13, memory_render_size=128, repeats=2)
+DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, encode_images=8, render_views=4,
+                   memory_render_size=384, repeats=3)
+QUICK = Settings(mesh_resolution=128, fit_steps=100, fit_batch=2**13, encode_images=4, render_views=1,
+                 memory_render_size=128, repeats=1)
 
 
 def log(message: str) -> None:
@@ -188,7 +193,7 @@ def fit_triplanes(model: Reconstructor, device: torch.device, settings: Settings
     return planes.detach(), final_mse
 
 
-def check_iso_crossing(query, iso: float, device: torch.device) -> tuple[float, float, float]:
+def check_iso_crossing(query: QueryFn, iso: float, device: torch.device) -> tuple[float, float, float]:
     """(min density, max density, fraction of a 48³ grid above iso): the surface must exist."""
     axis = torch.linspace(-1, 1, 48, device=device)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -238,11 +243,11 @@ def bench_mesh(device: torch.device, settings: Settings) -> tuple[list[Row], dic
     speed_met = "met" if speedup >= MESH_SPEEDUP_TARGET else "NOT met"
     vertices_met = "met" if vertex_difference <= MESH_VERTEX_TOLERANCE else "NOT met"
     rows = [
-        Row(f"mesh density queries @{resolution}³ (dense | coarse-to-fine)", format_count(dense["density_queries"]),
+        Row(f"mesh density queries @{resolution}³ (dense vs coarse-to-fine)", format_count(dense["density_queries"]),
             format_count(coarse["density_queries"]), f"{dense['density_queries'] / coarse['density_queries']:.2f}×", "—"),
-        Row(f"mesh extraction s @{resolution}³ (dense | coarse-to-fine)", f"{dense['seconds']:.2f}", f"{coarse['seconds']:.2f}",
+        Row(f"mesh extraction seconds @{resolution}³ (dense vs coarse-to-fine)", f"{dense['seconds']:.2f}", f"{coarse['seconds']:.2f}",
             f"{speedup:.2f}×", f"≥{MESH_SPEEDUP_TARGET:.0f}× ({speed_met})"),
-        Row(f"mesh vertices @{resolution}³ (dense | coarse-to-fine)", str(dense["vertices"]), str(coarse["vertices"]),
+        Row(f"mesh vertices @{resolution}³ (dense vs coarse-to-fine)", str(dense["vertices"]), str(coarse["vertices"]),
             f"{vertex_difference:.2%} diff", f"≤{MESH_VERTEX_TOLERANCE:.0%} ({vertices_met})"),
     ]
     details = {"resolution": resolution, "iso": iso, "fit_seconds": fit_seconds, "fit_mse": fit_mse,
@@ -259,13 +264,14 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
     config = preset(RECONSTRUCTOR_PRESETS, "small")
     model = Reconstructor(config).to(device).eval()
     size = config.encoder.image_size
-    images = torch.rand(ENCODE_BATCH, 3, size, size, device=device)
-    source = cameras.canonical_source_camera(config.source_camera_distance).to(device).expand(ENCODE_BATCH, 16)
-    log(f"encode: small preset, {ENCODE_BATCH} images of {size}² batched vs one at a time")
+    count = settings.encode_images
+    images = torch.rand(count, 3, size, size, device=device)
+    source = cameras.canonical_source_camera(config.source_camera_distance).to(device).expand(count, 16)
+    log(f"encode: small preset, {count} images of {size}² batched vs one at a time")
     with torch.no_grad():
         timings = compare_timings({
             "batched": lambda: model.encode(images, source),
-            "single": lambda: torch.cat([model.encode(images[i : i + 1], source[i : i + 1]) for i in range(ENCODE_BATCH)]),
+            "single": lambda: torch.cat([model.encode(images[i : i + 1], source[i : i + 1]) for i in range(count)]),
         }, device, settings.repeats)
     (batched_seconds, batched), (single_seconds, single) = timings["batched"], timings["single"]
     max_difference = (batched - single).abs().max().item()
@@ -274,12 +280,12 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
     log(f"encode: batched {batched_seconds:.2f}s, singles {single_seconds:.2f}s ({speedup:.2f}×), "
         f"max |diff| {max_difference:.2e} (outputs up to {scale:.2f})")
     rows = [
-        Row(f"encode {ENCODE_BATCH} images s, small ({ENCODE_BATCH}×single | batched)", f"{single_seconds:.2f}",
+        Row(f"encode {count} images seconds, small ({count}×single vs batched)", f"{single_seconds:.2f}",
             f"{batched_seconds:.2f}", f"{speedup:.2f}×", ">1× (informational)"),
-        Row("encode outputs max |batched − single|", f"{max_difference:.2e}", f"max |planes| {scale:.2f}",
+        Row("encode outputs max abs(batched − single)", f"{max_difference:.2e}", f"max abs(planes) {scale:.2f}",
             f"{max_difference / scale:.1e} rel", "≈0 (float rounding)"),
     ]
-    details = {"batch": ENCODE_BATCH, "image_size": size, "batched_seconds": batched_seconds,
+    details = {"batch": count, "image_size": size, "batched_seconds": batched_seconds,
                "single_seconds": single_seconds, "max_abs_difference": max_difference, "max_abs_output": scale}
     return rows, details
 
@@ -290,29 +296,29 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
 
 
 def bench_render(device: torch.device, settings: Settings) -> tuple[list[Row], dict[str, Any]]:
-    presets, renders = ("debug", "small"), {}
+    presets, views, renders = ("debug", "small"), settings.render_views, {}
     for name in presets:
         config = field_only_config(name)
         model = Reconstructor(config).to(device).eval()
-        renders[name] = partial(model.render, random_planes(config, device), orbit_cameras(RENDER_VIEWS, device),
+        renders[name] = partial(model.render, random_planes(config, device), orbit_cameras(views, device),
                                 render_size=config.renderer.render_size, deterministic=True)
-    log(f"render: {RENDER_VIEWS} deterministic views at each preset's render size, {' vs '.join(presets)}")
+    log(f"render: {views} deterministic view(s) at each preset's render size, {' vs '.join(presets)}")
     with torch.no_grad():
         timings = compare_timings(renders, device, settings.repeats)
     details = {}
     for name in presets:
         renderer, seconds = field_only_config(name).renderer, timings[name][0]
-        rays = RENDER_VIEWS * renderer.render_size**2
+        rays = views * renderer.render_size**2
         samples = rays * (renderer.num_coarse_samples + renderer.num_fine_samples)
-        details[name] = {"render_size": renderer.render_size, "views": RENDER_VIEWS, "rays": rays, "samples": samples,
+        details[name] = {"render_size": renderer.render_size, "views": views, "rays": rays, "samples": samples,
                          "seconds": seconds, "rays_per_second": rays / seconds, "samples_per_second": samples / seconds}
-        log(f"render: {name}, {RENDER_VIEWS} views of {renderer.render_size}²: {seconds:.3f}s, "
+        log(f"render: {name}, {views} view(s) of {renderer.render_size}²: {seconds:.3f}s, "
             f"{format_count(rays / seconds)} rays/s, {format_count(samples / seconds)} samples/s")
     debug, small = details["debug"], details["small"]
     rows = [
-        Row("render rays/s (debug | small)", format_count(debug["rays_per_second"]), format_count(small["rays_per_second"]),
+        Row("render rays/s (debug vs small)", format_count(debug["rays_per_second"]), format_count(small["rays_per_second"]),
             f"{debug['rays_per_second'] / small['rays_per_second']:.2f}×", "—"),
-        Row("render samples/s (debug | small)", format_count(debug["samples_per_second"]),
+        Row("render samples/s (debug vs small)", format_count(debug["samples_per_second"]),
             format_count(small["samples_per_second"]), f"{debug['samples_per_second'] / small['samples_per_second']:.2f}×", "—"),
     ]
     return rows, details
@@ -329,17 +335,23 @@ def memory_config(variant: str) -> ReconstructorConfig:
 
 
 def estimated_field_bytes(config: ReconstructorConfig, rays: int) -> int:
-    """Rough size of the largest field call (a coarse pass) over `rays` rays at once: per sample
-    the sampled triplane features and their concatenated copy (2·3C floats), two hidden
-    activations (Linear output, ReLU output) and the point and output vectors."""
-    samples = rays * config.renderer.num_coarse_samples
-    floats_per_sample = 2 * 3 * config.triplane.channels + 2 * config.decoder.hidden_width + 3 + 4
-    return samples * floats_per_sample * 4
+    """Rough fp32 peak of the largest field call (a coarse pass) over `rays` rays at once.
+
+    Per sample, at the worst moment, either `sample_triplane` holds the sampled features and their
+    concatenated copy (2·3C floats) or the decoder holds its input features and a layer's output
+    and activation (3C + 2W floats); add the sample point (3) and the outputs (4).
+    """
+    channels, hidden = 3 * config.triplane.channels, config.decoder.hidden_width
+    floats_per_sample = max(2 * channels, channels + 2 * hidden) + 3 + 4
+    return rays * config.renderer.num_coarse_samples * floats_per_sample * 4
 
 
-def current_rss_bytes() -> int:
+def address_space_and_rss_bytes() -> tuple[int, int]:
+    """This process's mapped address space (what RLIMIT_AS caps) and resident set, now."""
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        size_pages, resident_pages = statm.read().split()[:2]
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(size_pages) * page, int(resident_pages) * page
 
 
 def is_allocation_failure(error: BaseException) -> bool:
@@ -366,8 +378,8 @@ def memory_worker(variant: str, size: int, cap_gb: float) -> None:
     cap = int(cap_gb * 2**30)
     # Capping the address space turns "needs more than the cap" into a clean allocation error.
     resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    rss_before = current_rss_bytes()
-    result = {"variant": variant, "size": size, "cap_bytes": cap, "rss_before": rss_before}
+    address_space_before, rss_before = address_space_and_rss_bytes()
+    result = {"variant": variant, "size": size, "cap_bytes": cap, "address_space_before": address_space_before, "rss_before": rss_before}
     try:
         render()
         result["status"] = "ok"
@@ -413,8 +425,8 @@ def measure_memory_cuda(variant: str, size: int, device: torch.device) -> dict[s
 def describe_memory(result: dict[str, Any], device: torch.device) -> str:
     if result["status"] == "ok":
         return format_bytes(result["peak_increase"])
-    limit = f"cap {format_bytes(result['cap_bytes'])}" if device.type == "cpu" else "GPU memory"
-    return f"> {limit} (allocation failed; {format_bytes(result['peak_increase'])} reached)"
+    limit = "cap" if device.type == "cpu" else "GPU memory"
+    return f"> {limit} (allocation failed after +{format_bytes(result['peak_increase'])})"
 
 
 def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tuple[list[Row], dict[str, Any]]:
@@ -424,7 +436,10 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
     results = {}
     for variant in ("chunked", "unchunked"):
         results[variant] = measure_memory_cpu(variant, size, cap_gb) if device.type == "cpu" else measure_memory_cuda(variant, size, device)
-        log(f"memory: {variant}: {describe_memory(results[variant], device)}")
+        result = results[variant]
+        context = (f" (address-space cap {format_bytes(result['cap_bytes'])}, {format_bytes(result['address_space_before'])} "
+                   f"already mapped before the render)" if device.type == "cpu" else "")
+        log(f"memory: {variant}: {describe_memory(result, device)}{context}")
     chunked, unchunked = results["chunked"], results["unchunked"]
     both_ok = chunked["status"] == unchunked["status"] == "ok"
     ratio = f"{unchunked['peak_increase'] / chunked['peak_increase']:.1f}×" if both_ok else "—"
@@ -434,9 +449,9 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
     estimate_unchunked = estimated_field_bytes(config, rays)
     label = "peak RSS" if device.type == "cpu" else "peak CUDA alloc"
     rows = [
-        Row(f"{label} one base {size}² render (chunked | unchunked)", describe_memory(chunked, device),
+        Row(f"{label} one base {size}² render (chunked vs unchunked)", describe_memory(chunked, device),
             describe_memory(unchunked, device), ratio, "chunked bounded"),
-        Row(f"ESTIMATE largest field call {size}² (chunked | unchunked)", format_bytes(estimate_chunked),
+        Row(f"ESTIMATE largest field call {size}² (chunked vs unchunked)", format_bytes(estimate_chunked),
             format_bytes(estimate_unchunked), f"{estimate_unchunked / estimate_chunked:.1f}×", "estimate only"),
     ]
     details = {"render_size": size, "cap_gb": cap_gb if device.type == "cpu" else None, **results,
@@ -450,6 +465,7 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
 
 
 def markdown_table(rows: list[Row]) -> str:
+    """Rows as a markdown table (cells never contain "|": names say "vs" instead)."""
     lines = ["| measurement | A | B | ratio | target |", "|---|---|---|---|---|"]
     lines += [f"| {row.name} | {row.value_a} | {row.value_b} | {row.ratio} | {row.target} |" for row in rows]
     return "\n".join(lines)
@@ -476,23 +492,26 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     settings = QUICK if args.quick else DEFAULT
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    # Other busy processes skew even ratios; the load average at both ends shows whether they ran.
+    load_start = os.getloadavg()[0]
     log(f"vf3d reconstruction benchmark ({'quick' if args.quick else 'default'} mode) on {device} ({hardware}), "
-        f"torch {torch.__version__}, median of {settings.repeats} runs")
+        f"torch {torch.__version__}, median of {settings.repeats} runs, 1-min load average {load_start:.2f}")
 
+    sections = {"mesh": partial(bench_mesh, device, settings), "encode": partial(bench_encode, device, settings),
+                "render": partial(bench_render, device, settings), "memory": partial(bench_memory, device, settings, args.memory_cap_gb)}
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    for section, run in (("mesh", lambda: bench_mesh(device, settings)), ("encode", lambda: bench_encode(device, settings)),
-                         ("render", lambda: bench_render(device, settings)),
-                         ("memory", lambda: bench_memory(device, settings, args.memory_cap_gb))):
+    for section, run in sections.items():
         section_rows, details[section] = run()
         rows += section_rows
 
-    wall_seconds = time.perf_counter() - BENCH_START
+    wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
     print(f"\n## vf3d reconstruction benchmark ({'quick' if args.quick else 'default'}, {device}: {hardware}, "
-          f"{wall_seconds:.0f}s)\n\n{markdown_table(rows)}\n", flush=True)
+          f"{wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n", flush=True)
     if args.json:
         report = {"mode": "quick" if args.quick else "default", "device": str(device), "hardware": hardware,
-                  "torch": torch.__version__, "wall_seconds": wall_seconds, "settings": asdict(settings),
+                  "torch": torch.__version__, "wall_seconds": wall_seconds,
+                  "load_average": [load_start, load_end], "settings": asdict(settings),
                   "rows": [asdict(row) for row in rows], "details": details}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

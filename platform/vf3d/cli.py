@@ -25,16 +25,22 @@ class UsageError(ValueError):
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user gave bad input" (exit 2, one line, no traceback)."""
     from vf3d.checkpoints import CheckpointFormatError
+    from vf3d.data.assets import AssetError
+    from vf3d.data.shards import ShardFormatError
     from vf3d.mesh import EmptyMeshError
     from vf3d.models.pretrained import ModelDirectoryError
     from vf3d.preprocess import ImageInputError
 
-    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError)
+    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError, AssetError, ShardFormatError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, presets: dict, default: str) -> None:
     parser.add_argument("--preset", default=default, choices=list(presets), help="named settings to start from (default: %(default)s)")
     parser.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
+
+
+def _add_address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start a private local cluster)")
 
 
 def _print(message: str) -> None:
@@ -129,6 +135,28 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_assets(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.RENDER_ASSETS_PRESETS, args.preset, args.config)
+    overrides = {"num_views": args.views, "resolution": args.resolution, "elevation_range_deg": args.elevation_range}
+    config = config_lib.merge(config, {"render": {key: value for key, value in overrides.items() if value is not None}}).validate()
+    if not args.assets.is_dir():
+        raise UsageError(f"--assets must be a directory of meshes, got {args.assets}")
+    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.synthesis.render_assets import render_assets
+
+    with ray_cluster(args.address, log=_print):
+        render_assets(args.assets, args.out, config, log=_print)
+    return 0
+
+
+def _sample_assets(args: argparse.Namespace) -> int:
+    from vf3d.data.assets import gather_sample_assets
+
+    paths = gather_sample_assets(args.out, limit=args.limit)
+    _print(f"gathered {len(paths)} sample assets from pybullet_data into {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vf3d.demo import run_demo
 
@@ -137,7 +165,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS}
+    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS, "render-assets": config_lib.RENDER_ASSETS_PRESETS}
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
     _print(json.dumps(config_lib.to_dict(config), indent=2))
     return 0
@@ -179,12 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--config", type=Path, help="YAML/JSON overrides for what shapes cannot tell (e.g. transformer.num_heads, encoder.image_size)")
     command.set_defaults(handler=_import_checkpoint)
 
+    command = commands.add_parser("render-assets", help="render a folder of 3D assets into orbit shards (Ray Data)", description="Render every mesh under --assets (GLB/glTF/OBJ/PLY/STL/OFF) into orbit videos stored as Parquet shards, on an elastic Ray Data actor pool. Resumable: a rerun renders only what is missing.")
+    command.add_argument("--assets", required=True, type=Path, help="directory of meshes (searched recursively; optional captions.json/jsonl maps relative paths to prompts)")
+    command.add_argument("--out", required=True, type=Path, help="shard directory (orbits-*.parquet, _errors/, render_summary.json)")
+    command.add_argument("--views", type=int, help="orbit views per asset (preset: 16)")
+    command.add_argument("--resolution", type=int, help="frame side in pixels")
+    command.add_argument("--elevation-range", type=float, nargs=2, metavar=("MIN", "MAX"), help="elevation range in degrees, one draw per asset (default 0 45)")
+    _add_address_argument(command)
+    _add_config_arguments(command, config_lib.RENDER_ASSETS_PRESETS, "small")
+    command.set_defaults(handler=_render_assets)
+
+    command = commands.add_parser("sample-assets", help="copy real sample meshes shipped in pybullet_data into a folder", description="Gather the textured duck, soccer ball, table, tray, jenga, domino and random_urdfs objects from pybullet_data (pip install 'vf3d[assets]') into a self-contained folder.")
+    command.add_argument("--out", required=True, type=Path, help="directory to copy the meshes (and their materials and textures) into")
+    command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
+    command.set_defaults(handler=_sample_assets)
+
     command = commands.add_parser("demo", help="run the whole pipeline at debug size (what `make demo` runs)", description="Run every available stage at debug size on this machine and print a summary of each.")
     command.add_argument("--out", type=Path, default=Path("demo-output"), help="directory for all demo outputs (default: %(default)s)")
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets"], help="which configuration")
     _add_config_arguments(command, config_lib.RECONSTRUCTOR_PRESETS, "base")
     command.set_defaults(handler=_show_config)
     return parser

@@ -266,6 +266,114 @@ INFERENCE_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Orbit rendering of 3D assets (render-assets)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OrbitRenderConfig:
+    """How one asset becomes an orbit: normalisation, cameras and image size."""
+
+    num_views: int = 16
+    """Orbit frames at uniform azimuth 360°·i/V (view 0 on the +X axis)."""
+    resolution: int = 256
+    """Side of the square frames in pixels."""
+    elevation_range_deg: list[float] = field(default_factory=lambda: [0.0, 45.0])
+    """[min, max] elevation in degrees; each asset gets one elevation drawn uniformly (seeded by its id)."""
+    radius: float = 1.5
+    """Distance of the cameras from the origin (the turntable radius of cameras.py)."""
+    focal: float = 0.75
+    """Normalised focal length fx/W = fy/H (0.75 ↔ 67.4° field of view, the release's)."""
+    margin: float = 0.2
+    """The asset is centred on its bounding box and scaled so its farthest vertex lies at radius
+    1 − margin: inside the reconstructor's [−1, 1]³ cube and inside every view's frame."""
+    num_random_views: int = 0
+    """Extra views per asset at random positions on the sphere (reconstructor supervision)."""
+    random_elevation_range_deg: list[float] = field(default_factory=lambda: [-30.0, 60.0])
+    """[min, max] elevation of the extra random views."""
+    ambient: float = 0.35
+    """Ambient light level; the rest is a Lambertian light from the camera (shows shape)."""
+
+    def validate(self) -> "OrbitRenderConfig":
+        """Check value ranges; returns self so calls chain."""
+        low, high = (self.elevation_range_deg + [None, None])[:2]
+        if len(self.elevation_range_deg) != 2 or not -90 < low <= high < 90:
+            raise ConfigError("elevation_range_deg must be [min, max] with -90 < min <= max < 90")
+        if len(self.random_elevation_range_deg) != 2 or self.random_elevation_range_deg[0] > self.random_elevation_range_deg[1]:
+            raise ConfigError("random_elevation_range_deg must be [min, max]")
+        if self.num_views < 1 or self.num_random_views < 0:
+            raise ConfigError("num_views must be >= 1 and num_random_views >= 0")
+        if not 16 <= self.resolution <= 4096:
+            raise ConfigError("resolution must be between 16 and 4096")
+        if not 0 <= self.margin < 1 or self.focal <= 0 or self.radius <= 1:
+            raise ConfigError("margin must be in [0, 1), focal > 0 and radius > 1 (cameras outside the cube)")
+        return self
+
+
+@dataclass
+class ActorPoolConfig:
+    """An elastic Ray Data actor pool (`ActorPoolStrategy`) and what each actor asks for."""
+
+    min_actors: int = 1
+    """Actors kept alive even when idle (Ray Data needs at least 1)."""
+    max_actors: int = 4
+    """Upper bound the pool (and a cluster autoscaler behind it) grows to while work is queued."""
+    initial_actors: int | None = None
+    """Actors started up front (defaults to min_actors)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per actor (fractional on small machines, so read/write tasks still run)."""
+    num_gpus: float = 0.0
+    """GPUs per actor (0 for CPU rendering; EGL uses the GPU when one is assigned)."""
+    batch_size: int = 4
+    """Items per call of the stage."""
+
+    def validate(self) -> "ActorPoolConfig":
+        """Check value ranges; returns self so calls chain."""
+        initial = self.min_actors if self.initial_actors is None else self.initial_actors
+        if not 1 <= self.min_actors <= initial <= self.max_actors:
+            raise ConfigError("actor pool sizes must satisfy 1 <= min_actors <= initial_actors <= max_actors")
+        if self.batch_size < 1 or self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError("batch_size must be >= 1 and resources >= 0")
+        return self
+
+
+@dataclass
+class RenderAssetsConfig:
+    """The `render-assets` job: orbit rendering plus the Ray Data pool that runs it."""
+
+    render: OrbitRenderConfig = field(default_factory=OrbitRenderConfig)
+    pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    rows_per_shard: int = 64
+    """Orbits per Parquet file (one file per batch of finished assets)."""
+    extensions: list[str] = field(default_factory=lambda: [".glb", ".gltf", ".obj", ".ply", ".stl", ".off"])
+    """Files under --assets with these suffixes are assets; everything else is ignored."""
+    retry_errors: bool = False
+    """On a rerun, try assets that failed before again (by default a failure is final)."""
+    seed: int = 0
+    """Mixed with each asset's id to draw its elevation and random views (reruns are identical)."""
+
+    def validate(self) -> "RenderAssetsConfig":
+        """Validate the nested configs; returns self so calls chain."""
+        self.render.validate()
+        self.pool.validate()
+        if self.rows_per_shard < 1:
+            raise ConfigError("rows_per_shard must be >= 1")
+        return self
+
+
+RENDER_ASSETS_PRESETS = {
+    "debug": lambda: RenderAssetsConfig(
+        render=OrbitRenderConfig(num_views=8, resolution=64),
+        pool=ActorPoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2),
+        rows_per_shard=8,
+    ),
+    "small": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=256), pool=ActorPoolConfig(max_actors=8)),
+    "base": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=2, max_actors=64, batch_size=8)),
+    "vfusion3d": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8), rows_per_shard=128),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic (de)serialisation with unknown-key rejection
 # ---------------------------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ the solid is where density > iso.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +257,19 @@ def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
+@contextlib.contextmanager
+def _replace_when_complete(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` (same suffix) and move it onto `path` only on success,
+    so a failed or interrupted write never leaves a truncated file where a good one was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     """Write ``mesh`` to ``path`` in the format named by its suffix (.glb, .obj, .ply)."""
     path = Path(path)
@@ -262,8 +277,9 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     if fmt not in MESH_CONTENT_TYPES:
         allowed = ", ".join(f".{name}" for name in sorted(MESH_CONTENT_TYPES))
         raise ValueError(f"cannot tell the mesh format from {path.name!r}; use one of {allowed}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(export_mesh(mesh, fmt))
+    data = export_mesh(mesh, fmt)
+    with _replace_when_complete(path) as partial:
+        partial.write_bytes(data)
     return path
 
 
@@ -296,10 +312,10 @@ def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: 
     _, height, width, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     import imageio.v2 as imageio  # the ffmpeg plugin is only needed when writing videos
 
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
-        for frame in frames:
-            writer.append_data(frame)
+    with _replace_when_complete(path) as partial:
+        with imageio.get_writer(partial, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(frame)
     return path

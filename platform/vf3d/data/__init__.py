@@ -1,0 +1,1 @@
+"""Orbit-shard schema, readers and writers, asset loading and orbit rendering (no ray, no deepspeed)."""

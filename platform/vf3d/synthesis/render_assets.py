@@ -1,0 +1,201 @@
+"""`render-assets`: a folder of 3D assets → orbit shards, as a resumable Ray Data pipeline.
+
+    plan (driver)            list assets, derive stable ids, drop ids already in a finished
+                             shard (or in the errors table), clean up partial files
+    RenderOrbits (actors)    load + normalise + render each asset on an elastic actor pool
+                             (min/max actors from the config); bad assets become error rows
+    WriteShards (tasks)      write finished orbits / errors as Parquet files named by their ids,
+                             atomically: a file either holds its whole batch or does not exist
+
+Exactly once: an id is "done" only when the file holding it is complete, a rerun skips done ids
+before any rendering, and file names come from the ids they hold, so a retried write replaces
+rather than duplicates. A killed run, rerun with the same arguments, renders only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vf3d import config as config_lib
+from vf3d.config import RenderAssetsConfig
+from vf3d.data import shards
+from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
+
+RENDER_STAGE = "render"
+
+
+@dataclass
+class RenderPlan:
+    """What a run has to do: pending assets, and how many were already done."""
+
+    pending: list[dict[str, str]]
+    total: int
+    already_rendered: int
+    already_failed: int
+    duplicate_ids: list[str] = field(default_factory=list)
+
+
+def plan_render(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> RenderPlan:
+    """List the assets under `assets_dir` that have no finished orbit (nor error) in `out_dir`."""
+    # Known 3D formats we cannot read are listed too, so each gets an error row with its reason.
+    paths = find_assets(assets_dir, [*config.extensions, *UNSUPPORTED_3D_SUFFIXES])
+    captions = load_captions(assets_dir)
+    shards.remove_partials(out_dir)
+    rendered = shards.read_ids(out_dir, table="orbits")
+    failed = set() if config.retry_errors else shards.read_ids(out_dir, table="errors")
+    pending, seen, duplicates = [], set(), []
+    for path in paths:
+        relative = path.relative_to(assets_dir).as_posix()
+        identifier = asset_id(relative)
+        if identifier in seen:  # two paths hashing alike would break exactly-once; refuse loudly
+            duplicates.append(relative)
+            continue
+        seen.add(identifier)
+        if identifier in rendered or identifier in failed:
+            continue
+        pending.append({"id": identifier, "asset": relative, "prompt": caption_for(path, assets_dir, captions)})
+    done = seen & rendered
+    return RenderPlan(pending=pending, total=len(seen), already_rendered=len(done), already_failed=len(seen & failed - done), duplicate_ids=duplicates)
+
+
+ERROR_COLUMN = "error"
+"""Extra column between the stages: null for a rendered orbit, the reason for a failed asset."""
+
+
+class RenderOrbits:
+    """Ray Data stage: rows (id, asset, prompt) → orbit rows, plus an `error` column.
+
+    One OpenGL context per actor, created once; every asset of every batch reuses it. An asset
+    that cannot be loaded or rendered becomes a row with its reason instead of failing the run.
+    """
+
+    def __init__(self, assets_dir: str, config: dict[str, Any]) -> None:
+        from vf3d.data.orbit_renderer import OrbitRenderer
+
+        self.assets_dir = Path(assets_dir)
+        self.config = config_lib.from_dict(RenderAssetsConfig, config)
+        self.renderer = OrbitRenderer(self.config.render.resolution, ambient=self.config.render.ambient)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from vf3d.data.assets import AssetError, load_asset
+        from vf3d.data.orbit_renderer import render_orbit
+
+        records, failures = [], []
+        for identifier, relative, prompt in zip(batch["id"], batch["asset"], batch["prompt"]):
+            identifier, relative, prompt = str(identifier), str(relative), str(prompt)
+            started = time.perf_counter()
+            try:
+                asset = load_asset(self.assets_dir / relative, margin=self.config.render.margin)
+                orbit = render_orbit(self.renderer, asset, self.config.render, identifier, self.config.seed)
+            except AssetError as error:
+                failures.append(self._failure_row(identifier, relative, prompt, str(error)))
+                continue
+            records.append(
+                shards.OrbitRecord(
+                    id=identifier,
+                    source="render",
+                    prompt=prompt,
+                    asset=relative,
+                    rgba=orbit.rgba,
+                    cameras=orbit.cameras,
+                    num_orbit_views=orbit.num_orbit_views,
+                    elevation=orbit.elevation_deg,
+                    metadata={"render_seconds": round(time.perf_counter() - started, 4), "seed": self.config.seed, "margin": self.config.render.margin},
+                )
+            )
+        orbits = shards.records_to_table(records) if records else shards.ORBIT_SCHEMA.empty_table()
+        orbits = orbits.append_column(ERROR_COLUMN, pa.nulls(len(orbits), pa.string()))
+        return pa.concat_tables([orbits, pa.Table.from_pylist(failures, schema=orbits.schema)])
+
+    def _failure_row(self, identifier: str, relative: str, prompt: str, reason: str) -> dict[str, Any]:
+        return {
+            "id": identifier, "source": "render", "prompt": prompt, "asset": relative, "frames": [], "masks": [], "cameras": [],
+            "num_orbit_views": 0, "elevation": float("nan"), "resolution": self.config.render.resolution, "quality": None,
+            "format_version": shards.FORMAT_VERSION, "metadata": "{}", ERROR_COLUMN: reason,
+        }
+
+
+class WriteShards:
+    """Ray Data stage: a batch of rendered rows → one orbit file and/or one error file."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.writer = shards.OrbitShardWriter(out_dir)
+
+    def __call__(self, batch: pa.Table) -> dict[str, list]:
+        failed = batch[ERROR_COLUMN].is_valid()
+        orbits = batch.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
+        errors = batch.filter(failed)
+        self.writer.write(orbits)
+        self.writer.write_errors([{"id": row["id"], "asset": row["asset"], "stage": RENDER_STAGE, "reason": row[ERROR_COLUMN]} for row in errors.select(["id", "asset", ERROR_COLUMN]).to_pylist()])
+        frames = pc.sum(pc.list_value_length(orbits["frames"])).as_py() if len(orbits) else 0
+        return {"orbits": [len(orbits)], "frames": [frames or 0], "errors": [len(errors)]}
+
+
+def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, log=print) -> dict[str, Any]:
+    """Run the pipeline on the connected Ray cluster; returns (and writes) the run summary."""
+    import ray
+
+    config = config.validate()
+    assets_dir, out_dir = Path(assets_dir), Path(out_dir)
+    if not assets_dir.is_dir():
+        raise config_lib.ConfigError(f"assets directory not found: {assets_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_json(config, out_dir / "render_config.json")
+    plan = plan_render(assets_dir, out_dir, config)
+    if plan.duplicate_ids:
+        raise config_lib.ConfigError(f"asset ids collide for {plan.duplicate_ids[:3]}: rename those files")
+    log(f"{plan.total} assets under {assets_dir}: {plan.already_rendered} already rendered, {plan.already_failed} failed before, {len(plan.pending)} to render")
+
+    started = time.perf_counter()
+    totals = {"orbits": 0, "frames": 0, "errors": 0}
+    if plan.pending:
+        pool = config.pool
+        # Small blocks keep every actor busy and let finished batches reach the writer early.
+        dataset = ray.data.from_items(plan.pending, override_num_blocks=max(1, min(len(plan.pending) // pool.batch_size, 10_000)))
+        rendered = dataset.map_batches(
+            RenderOrbits,
+            fn_constructor_kwargs={"assets_dir": str(assets_dir), "config": config_lib.to_dict(config)},
+            batch_size=pool.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
+            batch_format="numpy",
+        )
+        written = rendered.map_batches(WriteShards, fn_constructor_kwargs={"out_dir": str(out_dir)}, batch_size=config.rows_per_shard, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_format="pyarrow")
+        for row in written.iter_rows():
+            for key in totals:
+                totals[key] += int(row[key])
+            done = totals["orbits"] + totals["errors"]
+            elapsed = time.perf_counter() - started
+            log(f"  {done}/{len(plan.pending)} assets ({totals['errors']} errors), {totals['frames'] / max(elapsed, 1e-9):.1f} frames/s")
+    seconds = time.perf_counter() - started
+    rendered_ids = shards.read_ids(out_dir, table="orbits")
+    rows_on_disk = shards.read_table(out_dir, columns=["id"]).num_rows if rendered_ids else 0
+    summary = {
+        "assets": plan.total,
+        "rendered_this_run": totals["orbits"],
+        "errors_this_run": totals["errors"],
+        "skipped_already_done": plan.already_rendered + plan.already_failed,
+        "orbits_total": len(rendered_ids),
+        "errors_total": len(shards.read_ids(out_dir, table="errors")),
+        "duplicate_rows": rows_on_disk - len(rendered_ids),
+        "frames": totals["frames"],
+        "seconds": round(seconds, 2),
+        "frames_per_second": round(totals["frames"] / seconds, 2) if seconds > 0 and totals["frames"] else 0.0,
+        "views_per_orbit": config.render.num_views + config.render.num_random_views,
+        "resolution": config.render.resolution,
+    }
+    (out_dir / "render_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(
+        f"render-assets: {summary['orbits_total']} orbits and {summary['errors_total']} errors in {out_dir} "
+        f"({summary['rendered_this_run']} rendered now, {summary['frames']} frames at {summary['frames_per_second']} frames/s)"
+    )
+    return summary

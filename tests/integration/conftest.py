@@ -1,0 +1,32 @@
+"""Integration fixtures: real sample meshes, and one local Ray cluster per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def sample_assets(tmp_path_factory):
+    """A folder of real meshes from pybullet_data plus a corrupt, an empty and an unsupported file."""
+    from vf3d.data.assets import gather_sample_assets
+
+    root = tmp_path_factory.mktemp("assets")
+    gather_sample_assets(root, limit=10)
+    (root / "broken").mkdir()
+    (root / "broken" / "corrupt.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage" * 10)
+    (root / "broken" / "empty.obj").write_bytes(b"")
+    (root / "broken" / "notes.fbx").write_text("not a format we read")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private local Ray cluster for in-process Ray Data tests (never a stray one)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

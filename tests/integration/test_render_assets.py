@@ -1,0 +1,106 @@
+"""`vf3d render-assets` end to end on real meshes and a local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vf3d.data import shards
+
+VF3D = str(Path(sys.executable).with_name("vf3d"))
+
+
+def render(assets, out, *extra, timeout=600):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", *map(str, extra)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def rendered(sample_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    result = render(sample_assets, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_every_asset_becomes_one_orbit_or_one_error(sample_assets, rendered):
+    out, result = rendered
+    orbit_ids = shards.read_ids(out)
+    error_rows = shards.read_table(out, table="errors").to_pylist()
+    assert len(orbit_ids) == 10
+    assert sorted(Path(row["asset"]).name for row in error_rows) == ["corrupt.glb", "empty.obj", "notes.fbx"]
+    assert all(row["reason"] for row in error_rows)
+    assert not orbit_ids & {row["id"] for row in error_rows}
+    summary = json.loads((out / "render_summary.json").read_text())
+    assert summary["assets"] == 13 and summary["orbits_total"] == 10 and summary["errors_total"] == 3
+    assert summary["duplicate_rows"] == 0 and summary["frames"] == 10 * 8 and summary["frames_per_second"] > 0
+    assert "render-assets: 10 orbits and 3 errors" in result.stdout
+    assert (out / "render_config.json").is_file()
+
+
+def test_shards_hold_valid_orbits_with_prompts_and_cameras(rendered):
+    out, _ = rendered
+    table = shards.read_table(out)
+    shards.validate_table(table)
+    rows = {row["prompt"]: row for row in table.select(["prompt", "asset", "source", "elevation", "num_orbit_views"]).to_pylist()}
+    assert "duck" in rows and rows["duck"]["source"] == "render" and 0 <= rows["duck"]["elevation"] <= 45
+    record = next(record for record in shards.iter_records(out) if record["prompt"] == "duck")
+    assert record["frames"].shape == (8, 3, 64, 64) and record["cameras"].shape == (8, 25)
+    coverage = record["masks"].mean(dim=(1, 2, 3))
+    assert (coverage > 0.02).all()
+
+
+def test_rerun_renders_nothing_new(sample_assets, rendered):
+    out, _ = rendered
+    files_before = sorted(p.name for p in out.glob("*.parquet"))
+    result = render(sample_assets, out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "10 already rendered, 3 failed before, 0 to render" in result.stdout
+    assert sorted(p.name for p in out.glob("*.parquet")) == files_before
+
+
+def test_shards_stream_through_ray_data(rendered, ray_local):
+    from vf3d.synthesis.datasets import read_orbit_dataset
+
+    out, _ = rendered
+    batches = list(read_orbit_dataset(out).iter_batches(batch_size=4, batch_format="numpy"))
+    assert sum(len(batch["id"]) for batch in batches) == 10
+    assert batches[0]["frames"].shape[1:] == (8, 3, 64, 64) and batches[0]["frames"].dtype == np.float32
+
+
+def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):
+    from vf3d.data.assets import gather_sample_assets
+
+    assets = tmp_path / "assets"
+    gather_sample_assets(assets, limit=40)
+    out = tmp_path / "shards"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    # Small shards so some are finished while others are still rendering when the kill lands.
+    config = tmp_path / "small_shards.yaml"
+    config.write_text("rows_per_shard: 2\npool:\n  batch_size: 1\n")
+    process = subprocess.Popen([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(shards.list_shard_files(out)) < 2:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    process.wait(timeout=60)
+    finished_before = shards.read_ids(out)
+    assert 0 < len(finished_before) < 40, "the kill should land mid-run"
+
+    result = subprocess.run([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"{len(finished_before)} already rendered" in result.stdout
+    ids = [value for file in shards.list_shard_files(out) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()]
+    assert len(ids) == len(set(ids)) == 40
+    assert not list(out.glob(".*.partial"))
