@@ -243,3 +243,18 @@ def test_renders_from_a_thread_other_than_the_creating_one():
     assert len(results) == 3 and all(np.array_equal(results[0], other) for other in results[1:])
     assert (results[0][..., 3] > 0).mean() > 0.1
     renderer.close()
+
+
+def test_a_process_that_rendered_can_still_import_triton_and_transformers():
+    """Mesa's llvmpipe and triton both bundle LLVM; the renderer orders their loading."""
+    import subprocess
+    import sys
+
+    code = (
+        "from vf3d.data.orbit_renderer import OrbitRenderer\n"
+        "renderer = OrbitRenderer(16)\n"
+        "import transformers.models.dinov2, torch._dynamo\n"
+        "print('survived')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "survived" in result.stdout, result.stderr[-2000:]

@@ -19,6 +19,7 @@ Pure library: numpy, torch (cameras) and moderngl; no ray.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +138,7 @@ class OrbitRenderer:
             raise ValueError(f"ambient must be in [0, 1], got {ambient}")
         self.resolution = resolution
         self.ambient = ambient
+        _load_triton_first()
         try:
             self.ctx = moderngl.create_standalone_context(backend="egl")
         except Exception as error:
@@ -236,6 +238,17 @@ class OrbitRenderer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _load_triton_first() -> None:
+    """Import triton (shipped with CUDA builds of torch) before Mesa's llvmpipe loads its LLVM.
+
+    Both bundle LLVM; when triton's is loaded second into a process that already rendered with
+    llvmpipe, the process segfaults (seen with Mesa 22.3 / LLVM 15 and triton 3.x). Loaded in this
+    order they coexist, so a process may render and later import transformers or torch._dynamo.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 def _interleave(part: AssetPart) -> np.ndarray:
