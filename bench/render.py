@@ -8,9 +8,10 @@ What it measures:
      orbits. Both are timed from their start until every file is written; the Ray job excludes the
      cluster's start-up (reported on its own) but includes everything else (planning, actor
      start-up, rendering, writing). The job's own frames/s from its summary is reported as well,
-     and both sides' frames/s after their first shard was written (start-up left out: the rate a
-     long job settles at). Three rounds (quick: one) of plain loop then Ray job; the table shows the
-     medians of the rates and of the per-round ratios.
+     and, to show where the time goes, both sides' seconds to their first written shard (the job's
+     fixed costs) and their median load+render seconds per asset as recorded in the shards (how much
+     slower an actor renders than the lone loop while sharing the cores). Three rounds (quick: one)
+     of plain loop then Ray job; the table shows medians of the values and of per-round ratios.
   2. Single-process render throughput at 256² vs 512² (16 views, default multisampling) with
      `render_orbit` on the same assets, loaded once beforehand so only rendering is timed.
 
@@ -62,8 +63,8 @@ SCHEDULING_HEADROOM_CPUS = 0.1
 """Logical CPUs left unreserved so Ray Data can still schedule small tasks next to the actors."""
 RESOLUTION_VIEWS = 16
 RESOLUTIONS = (256, 512)
-JOB_PROGRESS = re.compile(r"\s*(?P<done>\d+)/\d+ assets \((?P<errors>\d+) errors\)")
-"""render_assets's progress line, logged once per written batch."""
+JOB_PROGRESS = re.compile(r"\s*\d+/\d+ assets \(")
+"""Start of render_assets's progress line, logged once per written batch."""
 BENCH_START = time.perf_counter()
 
 
@@ -121,25 +122,16 @@ def job_config(settings: Settings, cpus: int) -> RenderAssetsConfig:
     return config_lib.merge(small, overrides).validate()
 
 
-def steady_rate(frames: int, seconds: float, first_shard: tuple[float, int] | None) -> float | None:
-    """Frames/s after the first shard was written: start-up and the first batch left out, so the
-    rest is the throughput a long job settles at (None when there was no later shard)."""
-    if first_shard is None or frames <= first_shard[1]:
-        return None
-    first_seconds, first_frames = first_shard
-    return (frames - first_frames) / (seconds - first_seconds)
+def median_render_seconds(out_dir: Path) -> float:
+    """Median load+render seconds per orbit, from the `render_seconds` each orbit's metadata
+    records (the plain loop records it as the job's actors do). The median, because each process's
+    first asset also pays for lazy imports and shader compilation."""
+    metadata = shards.read_table(out_dir, columns=["metadata"]).column("metadata").to_pylist()
+    return statistics.median(json.loads(text)["render_seconds"] for text in metadata)
 
 
-def format_rate(rate: float | None) -> str:
-    return "—" if rate is None else f"{rate:.1f}"
-
-
-def format_seconds(first_shard: tuple[float, int] | None) -> str:
-    return "—" if first_shard is None else f"{first_shard[0]:.1f}s"
-
-
-def format_ratio(ratio: float | None) -> str:
-    return "—" if ratio is None else f"{ratio:.2f}×"
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}×"
 
 
 def count_files(out_dir: Path) -> int:
@@ -159,7 +151,7 @@ def plain_loop(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> d
     renderer = OrbitRenderer(config.render.resolution, ambient=config.render.ambient)
     writer = shards.OrbitShardWriter(out_dir)
     rows, errors, frames = [], [], 0
-    first_shard = None  # (seconds, frames) when the first shard was written
+    first_shard_seconds = None
     for done, item in enumerate(plan.pending, start=1):
         asset_started = time.perf_counter()
         try:
@@ -178,7 +170,7 @@ def plain_loop(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> d
         if len(rows) == config.rows_per_shard:
             writer.write(rows)
             rows = []
-            first_shard = first_shard or (time.perf_counter() - started, frames)
+            first_shard_seconds = first_shard_seconds or time.perf_counter() - started
         if done % config.rows_per_shard == 0:
             log(f"  plain: {done}/{len(plan.pending)} assets, {frames / (time.perf_counter() - started):.1f} frames/s")
     writer.write(rows)
@@ -186,7 +178,7 @@ def plain_loop(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> d
     renderer.close()
     seconds = time.perf_counter() - started
     return {"frames": frames, "orbits": len(plan.pending) - len(errors), "errors": len(errors), "seconds": seconds, "frames_per_second": frames / seconds,
-            "steady_frames_per_second": steady_rate(frames, seconds, first_shard)}
+            "first_shard_seconds": first_shard_seconds or seconds, "render_seconds_per_asset": median_render_seconds(out_dir)}
 
 
 def ray_job(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, cpus: int) -> dict[str, Any]:
@@ -199,15 +191,12 @@ def ray_job(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, cpus: i
     log(f"  ray: local cluster with {ray.cluster_resources().get('CPU', 0):g} CPUs up in {startup_seconds:.1f}s; actor env {RENDER_THREADS}")
     # Progress bars would flood a log that is not a terminal; render_assets logs progress itself.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    first_shard = None  # (seconds, frames) when render_assets reported its first written batch
-    views_per_orbit = config.render.num_views + config.render.num_random_views
+    first_shard_seconds = None  # when render_assets reported its first written batch
 
     def job_log(message: str) -> None:
-        nonlocal first_shard
-        progress = JOB_PROGRESS.match(message)
-        if progress and first_shard is None:
-            orbits = int(progress["done"]) - int(progress["errors"])
-            first_shard = (time.perf_counter() - job_started, orbits * views_per_orbit)
+        nonlocal first_shard_seconds
+        if first_shard_seconds is None and JOB_PROGRESS.match(message):
+            first_shard_seconds = time.perf_counter() - job_started
         log(f"  ray: {message}")
 
     job_started = time.perf_counter()
@@ -217,7 +206,7 @@ def ray_job(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, cpus: i
     finally:
         ray.shutdown()
     return {"summary": summary, "frames": summary["frames"], "seconds": seconds, "frames_per_second": summary["frames"] / seconds,
-            "steady_frames_per_second": steady_rate(summary["frames"], seconds, first_shard), "first_shard": first_shard,
+            "first_shard_seconds": first_shard_seconds or seconds, "render_seconds_per_asset": median_render_seconds(out_dir),
             "startup_seconds": startup_seconds}
 
 
@@ -234,22 +223,25 @@ def compare_once(assets_dir: Path, work_dir: Path, config: RenderAssetsConfig, c
     summary = ray["summary"]
     log(f"{label}: Ray job: {ray['frames']} frames in {ray['seconds']:.1f}s wall = {ray['frames_per_second']:.1f} frames/s "
         f"(pipeline's own {summary['frames_per_second']:.1f} frames/s over {summary['seconds']:.1f}s), {count_files(ray_dir)} shards, "
-        f"{summary['errors_total']} errors; first shard after {format_seconds(ray['first_shard'])}; "
+        f"{summary['errors_total']} errors; first shard after {ray['first_shard_seconds']:.1f}s (plain loop: {plain['first_shard_seconds']:.1f}s); "
         f"cluster start-up {ray['startup_seconds']:.1f}s not counted")
     if ray["frames"] != plain["frames"]:
         log(f"WARNING: the job rendered {ray['frames']} frames, the plain loop {plain['frames']}: the ratios compare different work")
-    steady = plain["steady_frames_per_second"] and ray["steady_frames_per_second"]
     result = {
         "plain_fps": plain["frames_per_second"], "ray_fps": ray["frames_per_second"], "pipeline_fps": summary["frames_per_second"],
-        "plain_steady_fps": plain["steady_frames_per_second"], "ray_steady_fps": ray["steady_frames_per_second"],
-        "plain_seconds": plain["seconds"], "ray_seconds": ray["seconds"], "startup_seconds": ray["startup_seconds"],
-        "wall_ratio": ray["frames_per_second"] / plain["frames_per_second"], "seconds_ratio": ray["seconds"] / plain["seconds"],
+        "wall_ratio": ray["frames_per_second"] / plain["frames_per_second"],
         "pipeline_ratio": summary["frames_per_second"] / plain["frames_per_second"],
-        "steady_ratio": ray["steady_frames_per_second"] / plain["steady_frames_per_second"] if steady else None,
+        "plain_seconds": plain["seconds"], "ray_seconds": ray["seconds"], "seconds_ratio": ray["seconds"] / plain["seconds"],
+        "startup_seconds": ray["startup_seconds"],
+        "plain_first_shard": plain["first_shard_seconds"], "ray_first_shard": ray["first_shard_seconds"],
+        "first_shard_ratio": ray["first_shard_seconds"] / plain["first_shard_seconds"],
+        "plain_asset_seconds": plain["render_seconds_per_asset"], "ray_asset_seconds": ray["render_seconds_per_asset"],
+        "asset_seconds_ratio": ray["render_seconds_per_asset"] / plain["render_seconds_per_asset"],
         "load_average": os.getloadavg()[0], "plain": plain, "ray": ray,
     }
-    log(f"{label}: ray/plain = {result['wall_ratio']:.2f}× (job wall), {result['pipeline_ratio']:.2f}× (pipeline summary), "
-        f"{format_ratio(result['steady_ratio'])} (after the first shard); 1-min load average {result['load_average']:.2f}")
+    log(f"{label}: ray/plain = {result['wall_ratio']:.2f}× frames/s (job wall), {result['pipeline_ratio']:.2f}× (pipeline summary); "
+        f"load+render per asset {plain['render_seconds_per_asset']:.3f}s plain vs {ray['render_seconds_per_asset']:.3f}s in an actor "
+        f"({result['asset_seconds_ratio']:.2f}×); 1-min load average {result['load_average']:.2f}")
     return result
 
 
@@ -263,30 +255,34 @@ def bench_ray_vs_plain(assets_dir: Path, work_dir: Path, settings: Settings) -> 
         f"LP_NUM_THREADS={RENDER_THREADS['LP_NUM_THREADS']} for the actors and the plain loop")
     rounds = [compare_once(assets_dir, work_dir, config, cpus, index, settings.repeats) for index in range(settings.repeats)]
 
-    def median(key: str) -> float | None:
-        values = [result[key] for result in rounds if result[key] is not None]
-        return statistics.median(values) if values else None
+    def median(key: str) -> float:
+        return statistics.median(result[key] for result in rounds)
 
-    log(f"ray/plain, median of {len(rounds)}: {format_ratio(median('wall_ratio'))} (job wall), {format_ratio(median('steady_ratio'))} "
-        f"(after the first shard). Ideal on this machine: about {pool.max_actors}× ({pool.max_actors} single-threaded renderers on "
-        f"{cpus} cores), never more. What keeps the job below it: fixed costs before the first shard (a fresh worker process per "
-        f"actor imports torch and vf3d and creates its EGL context, and the pool starts at {pool.min_actors} actor and grows while "
-        f"work queues), the tail where one actor renders the last batch alone, and Ray's own processes (raylet, GCS, object store, "
-        f"the writer actor, the driver) taking CPU time from the same {cpus} cores. Fixed costs weigh less the more assets a job has.")
+    log(f"ray/plain frames/s, median of {len(rounds)}: {format_ratio(median('wall_ratio'))} (job wall). Ideal on this machine: about "
+        f"{pool.max_actors}× ({pool.max_actors} single-threaded renderers on {cpus} cores), never more. What keeps the job below it: "
+        f"fixed costs before the first shard ({median('ray_first_shard'):.1f}s vs {median('plain_first_shard'):.1f}s: a fresh worker "
+        f"process per actor and for the writer imports torch and vf3d, each actor creates its EGL context, and the pool starts at "
+        f"{pool.min_actors} actor and grows while work queues), the tail where one actor renders the last batch alone, and Ray's own "
+        f"processes (raylet, GCS, object store, the writer actor, the driver) taking CPU time from the same {cpus} cores, which makes "
+        f"each asset slower in an actor than in the lone loop ({format_ratio(median('asset_seconds_ratio'))}; 1.00× would let "
+        f"{pool.max_actors} actors reach the ideal). Fixed costs weigh less the more assets a job has.")
 
     scope = f"{settings.assets} assets × {settings.views} views {settings.resolution}²"
     # Each round's ratio compares two runs minutes apart at most; their median is steadier than
     # the ratio of the medians, so the ratio column need not equal B/A of the columns shown.
     of_rounds = f"medians of {len(rounds)} round(s), ratio = median of per-round ratios"
     rows = [
-        Row(f"frames/s, load+render+encode+write, {scope} (plain loop vs Ray job wall)", format_rate(median("plain_fps")),
-            format_rate(median("ray_fps")), format_ratio(median("wall_ratio")), f"Ray/plain, ideal ≈ {pool.max_actors}×; {of_rounds}"),
-        Row(f"frames/s, {scope} (plain loop vs Ray pipeline's own summary)", format_rate(median("plain_fps")),
-            format_rate(median("pipeline_fps")), format_ratio(median("pipeline_ratio")), f"Ray/plain; the summary leaves out planning; {of_rounds}"),
-        Row(f"frames/s after the first shard, {scope} (plain loop vs Ray job)", format_rate(median("plain_steady_fps")),
-            format_rate(median("ray_steady_fps")), format_ratio(median("steady_ratio")), f"Ray/plain; start-up and first shard left out; {of_rounds}"),
+        Row(f"frames/s, load+render+encode+write, {scope} (plain loop vs Ray job wall)", f"{median('plain_fps'):.1f}",
+            f"{median('ray_fps'):.1f}", format_ratio(median("wall_ratio")), f"Ray/plain, ideal ≈ {pool.max_actors}×; {of_rounds}"),
+        Row(f"frames/s, {scope} (plain loop vs Ray pipeline's own summary)", f"{median('plain_fps'):.1f}",
+            f"{median('pipeline_fps'):.1f}", format_ratio(median("pipeline_ratio")), f"Ray/plain; the summary leaves out planning; {of_rounds}"),
         Row(f"wall seconds, {scope} (plain loop vs Ray job)", f"{median('plain_seconds'):.1f}", f"{median('ray_seconds'):.1f}",
             format_ratio(median("seconds_ratio")), f"Ray/plain; + {median('startup_seconds'):.1f}s cluster start-up, not counted"),
+        Row(f"seconds to the first shard written, {scope} (plain loop vs Ray job)", f"{median('plain_first_shard'):.1f}",
+            f"{median('ray_first_shard'):.1f}", format_ratio(median("first_shard_ratio")), f"Ray/plain; the job's fixed costs; {of_rounds}"),
+        Row("median load+render seconds per asset, from the shards' metadata (plain loop vs Ray actor)", f"{median('plain_asset_seconds'):.3f}",
+            f"{median('ray_asset_seconds'):.3f}", format_ratio(median("asset_seconds_ratio")),
+            f"Ray/plain; 1.00× = each of {pool.max_actors} actors as fast as the lone loop; {of_rounds}"),
     ]
     return rows, {"config": config_lib.to_dict(config), "cpus": cpus, "rounds": rounds}
 
