@@ -25,6 +25,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/recon.py
+	$(BIN)/python bench/render.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
