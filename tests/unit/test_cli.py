@@ -129,3 +129,24 @@ def test_init_model_and_show_config(tmp_path):
     shown = run("show-config", "reconstructor", "--preset", "vfusion3d")
     config = json.loads(shown.stdout)
     assert config["transformer"]["num_layers"] == 16 and config["encoder"]["image_size"] == 512
+
+
+def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_dir):
+    import torch
+
+    from vf3d.checkpoints import export_checkpoint
+    from vf3d.models.reconstructor import Reconstructor
+
+    original = Reconstructor.from_pretrained(debug_model_dir)
+    released = tmp_path / "model.safetensors"
+    export_checkpoint(original, released, "vfusion3d")
+    # Head counts and input size cannot be read from shapes: the debug model's come from --config.
+    overrides = tmp_path / "heads.yaml"
+    overrides.write_text("transformer:\n  num_heads: 4\nencoder:\n  num_heads: 2\n  image_size: 64\nrenderer:\n  num_coarse_samples: 16\n  num_fine_samples: 16\n  render_size: 32\n")
+    result = run("import-checkpoint", released, "--format", "vfusion3d", "--out", tmp_path / "imported", "--config", overrides)
+    assert result.returncode == 0, result.stderr
+    imported = Reconstructor.from_pretrained(tmp_path / "imported")
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(tensor, imported.state_dict()[name]), name
+    wrong = run("import-checkpoint", released, "--format", "openlrm", "--out", tmp_path / "wrong")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "wrong").exists()
