@@ -149,6 +149,21 @@ def _render_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune_video(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.FINETUNE_VIDEO_PRESETS, args.preset, args.config)
+    run = {"name": args.name, "storage_path": None if args.storage_path is None else str(args.storage_path), "max_steps": args.max_steps}
+    config = config_lib.merge(config, {"training": {"run": {key: value for key, value in run.items() if value is not None}}}).validate()
+    from vf3d.data.shards import list_shard_files
+    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.training.video import finetune_video
+
+    if not list_shard_files(args.data):
+        raise UsageError(f"--data holds no orbit shards: {args.data} (make some with `vf3d render-assets`)")
+    with ray_cluster(args.address, log=_print):
+        finetune_video(args.data, args.out, config, log=_print)
+    return 0
+
+
 def _sample_assets(args: argparse.Namespace) -> int:
     from vf3d.data.assets import gather_sample_assets
 
@@ -165,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS, "render-assets": config_lib.RENDER_ASSETS_PRESETS}
+    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS, "render-assets": config_lib.RENDER_ASSETS_PRESETS, "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS}
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
     _print(json.dumps(config_lib.to_dict(config), indent=2))
     return 0
@@ -217,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(command, config_lib.RENDER_ASSETS_PRESETS, "small")
     command.set_defaults(handler=_render_assets)
 
+    command = commands.add_parser("finetune-video", help="fine-tune the orbit video model on orbit shards (Ray Train + DeepSpeed)", description="Fine-tune the multi-view video model on orbit shards with Ray Train and DeepSpeed (ZeRO 0/2/3), checkpointing every N steps; a rerun with the same --name resumes. The final model is written to --out in the diffusers save_pretrained layout.")
+    command.add_argument("--data", required=True, type=Path, help="orbit shard directory (from render-assets or synthesize)")
+    command.add_argument("--out", required=True, type=Path, help="directory for the exported model (diffusers layout), the resolved config and the run summary")
+    command.add_argument("--name", help="run name; rerunning with the same name and storage resumes from its latest checkpoint")
+    command.add_argument("--storage-path", type=Path, help="where checkpoints go (default: OUT/training_runs)")
+    command.add_argument("--max-steps", type=int, help="total optimizer steps")
+    _add_address_argument(command)
+    _add_config_arguments(command, config_lib.FINETUNE_VIDEO_PRESETS, "debug")
+    command.set_defaults(handler=_finetune_video)
+
     command = commands.add_parser("sample-assets", help="copy real sample meshes shipped in pybullet_data into a folder", description="Gather the textured duck, soccer ball, table, tray, jenga, domino and random_urdfs objects from pybullet_data (pip install 'vf3d[assets]') into a self-contained folder.")
     command.add_argument("--out", required=True, type=Path, help="directory to copy the meshes (and their materials and textures) into")
     command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
@@ -227,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video"], help="which configuration")
     _add_config_arguments(command, config_lib.RECONSTRUCTOR_PRESETS, "base")
     command.set_defaults(handler=_show_config)
     return parser

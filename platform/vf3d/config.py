@@ -363,13 +363,327 @@ class RenderAssetsConfig:
 
 RENDER_ASSETS_PRESETS = {
     "debug": lambda: RenderAssetsConfig(
-        render=OrbitRenderConfig(num_views=8, resolution=64),
+        render=OrbitRenderConfig(num_views=16, resolution=64),
         pool=ActorPoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2),
         rows_per_shard=8,
     ),
     "small": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=256), pool=ActorPoolConfig(max_actors=8)),
     "base": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=2, max_actors=64, batch_size=8)),
     "vfusion3d": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8), rows_per_shard=128),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (Ray Train + DeepSpeed harness shared by the video model and the reconstructor)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with decoupled weight decay (none on biases and norms), warm-up and a decay schedule."""
+
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of the warm-up."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (beta1, beta2)."""
+    weight_decay: float = 0.05
+    """Decoupled weight decay of matrices; biases, norm weights and other 1-D parameters get none."""
+    eps: float = 1e-8
+    """AdamW denominator epsilon."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up from lr/warmup_steps to lr."""
+    schedule: str = "cosine"
+    """After the warm-up: "cosine" (half-cosine from lr to lr·min_lr_ratio at run.max_steps) or
+    "constant"."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine schedule as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    """How DeepSpeed distributes and stores the optimizer state (ZeRO) and which precision it uses."""
+
+    zero_stage: int = 2
+    """ZeRO stage: 0 (plain data parallel), 2 (optimizer state and gradients sharded) or 3 (the
+    parameters too, for models that do not fit one device)."""
+    precision: str = "auto"
+    """"auto" (bf16 on CUDA, fp32 on the CPU), "bf16" or "fp32"."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (the loop calls backward/step this many times per step)."""
+    offload_optimizer: bool = False
+    """Keep the optimizer state in host memory (ZeRO-Offload; stages 2 and 3, GPU runs only: on the
+    CPU it already lives there)."""
+
+
+@dataclass
+class ScalingSettings:
+    """The Ray Train worker group: how many workers and what each one reserves."""
+
+    num_workers: int = 2
+    """Training workers (one process and one data-parallel rank each)."""
+    use_gpu: bool | str = "auto"
+    """true, false or "auto" (GPUs when the Ray cluster has any)."""
+    cpus_per_worker: float = 0.5
+    """CPUs reserved per worker; fractional so that Ray Data's read tasks still get a CPU on small
+    machines (2 workers × 1 CPU hang a 2-CPU cluster fed by Ray Data). Raise it on GPU nodes."""
+    gpus_per_worker: float = 1.0
+    """GPUs reserved per worker when GPUs are used."""
+
+
+@dataclass
+class CheckpointSettings:
+    """When checkpoints are written and how many are kept."""
+
+    every_n_steps: int = 500
+    """Write a checkpoint every this many optimizer steps (and always at the last step)."""
+    keep_last: int = 2
+    """Checkpoints kept in storage; older ones are deleted once a newer one is registered."""
+
+
+@dataclass
+class FaultInjection:
+    """Kill one worker mid-run, once, to test recovery (tests and fire drills only)."""
+
+    fail_at_step: int | None = None
+    """Step at which the worker exits abruptly (os._exit(1)); None disables fault injection. Only
+    the first time the run reaches it: a marker file in the run's storage directory records that
+    the fault fired, so the restarted worker group carries on."""
+    fail_rank: int = 0
+    """World rank of the worker that exits."""
+
+
+@dataclass
+class RunSettings:
+    """Identity, storage, failure policy and length of one training run."""
+
+    name: str = "vf3d-train"
+    """Run name; rerunning with the same name and storage_path resumes from its latest checkpoint."""
+    storage_path: str | None = None
+    """Directory or URI (s3://, gs://) holding the run's checkpoints; None uses Ray's default
+    (~/ray_results). Multi-node clusters need shared storage here."""
+    max_failures: int = 2
+    """Worker-group restarts (from the latest checkpoint) before the run fails; -1 retries forever."""
+    seed: int = 0
+    """Seed of model initialisation and data order (each rank offsets it by its rank)."""
+    log_every_n_steps: int = 10
+    """Report metrics every this many optimizer steps."""
+    batch_size: int = 8
+    """Samples per worker per micro-batch (DeepSpeed's train_micro_batch_size_per_gpu)."""
+    max_steps: int = 1000
+    """Optimizer steps of the whole run (a resumed run continues up to this step)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Everything the shared training harness needs, apart from the model and its data."""
+
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    fault_injection: FaultInjection = field(default_factory=FaultInjection)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> "TrainingConfig":
+        """Check value ranges and cross-field constraints; returns self so calls chain."""
+        optimizer, deepspeed, scaling, run = self.optimizer, self.deepspeed, self.scaling, self.run
+        fail_at_step = self.fault_injection.fail_at_step
+        checks = [
+            (optimizer.lr > 0 and optimizer.eps > 0 and optimizer.weight_decay >= 0, "optimizer.lr and optimizer.eps must be > 0 and optimizer.weight_decay >= 0"),
+            (len(optimizer.betas) == 2 and all(0 <= beta < 1 for beta in optimizer.betas), "optimizer.betas must be two numbers in [0, 1)"),
+            (optimizer.warmup_steps >= 0 and optimizer.grad_clip >= 0, "optimizer.warmup_steps and optimizer.grad_clip must be >= 0"),
+            (optimizer.schedule in ("cosine", "constant"), "optimizer.schedule must be cosine or constant"),
+            (0 <= optimizer.min_lr_ratio <= 1, "optimizer.min_lr_ratio must be in [0, 1]"),
+            (deepspeed.zero_stage in (0, 2, 3), "deepspeed.zero_stage must be 0, 2 or 3"),
+            (deepspeed.precision in ("auto", "bf16", "fp32"), "deepspeed.precision must be auto, bf16 or fp32"),
+            (deepspeed.gradient_accumulation_steps >= 1, "deepspeed.gradient_accumulation_steps must be >= 1"),
+            (not deepspeed.offload_optimizer or deepspeed.zero_stage >= 2, "deepspeed.offload_optimizer needs zero_stage 2 or 3"),
+            (scaling.num_workers >= 1, "scaling.num_workers must be >= 1"),
+            (scaling.use_gpu in (True, False, "auto"), "scaling.use_gpu must be true, false or \"auto\""),
+            (scaling.cpus_per_worker > 0 and scaling.gpus_per_worker > 0, "scaling.cpus_per_worker and scaling.gpus_per_worker must be > 0"),
+            (self.checkpoint.every_n_steps >= 1 and self.checkpoint.keep_last >= 1, "checkpoint.every_n_steps and checkpoint.keep_last must be >= 1"),
+            (fail_at_step is None or 1 <= fail_at_step <= run.max_steps, "fault_injection.fail_at_step must be null or in [1, run.max_steps]"),
+            (0 <= self.fault_injection.fail_rank < scaling.num_workers, "fault_injection.fail_rank must be a rank below scaling.num_workers"),
+            (bool(run.name) and "/" not in run.name, "run.name must be a non-empty name without '/'"),
+            (run.max_failures >= -1, "run.max_failures must be >= -1"),
+            (run.batch_size >= 1 and run.max_steps >= 1 and run.log_every_n_steps >= 1, "run.batch_size, run.max_steps and run.log_every_n_steps must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Video model (multi-view orbit video diffusion, models/video)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoArchitectureConfig:
+    """Sizes of a randomly initialised video model (`random_init`); pretrained ones bring their own."""
+
+    transformer_layers: int = 2
+    """DiT blocks (`WanTransformer3DModel.num_layers`)."""
+    transformer_heads: int = 2
+    """Attention heads per DiT block."""
+    transformer_head_dim: int = 12
+    """Channels per head; even, because the 3-D rotary embedding splits it over time, height, width."""
+    transformer_ffn_dim: int = 48
+    """Hidden width of each DiT block's feed-forward layer."""
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    """(frames, height, width) of the DiT's latent patches."""
+    vae_base_dim: int = 4
+    """Channels of the Wan VAE's first stage (96 in Wan 2.1)."""
+    vae_dim_mult: list[int] = field(default_factory=lambda: [1, 1, 1])
+    """Channel multiplier per VAE stage; every stage after the first halves height and width."""
+    vae_temporal_downsample: list[bool] = field(default_factory=lambda: [True, True])
+    """Per downsampling stage (len(vae_dim_mult) − 1 of them), whether it also halves time."""
+    vae_latent_channels: int = 4
+    """Latent channels of the VAE (16 in Wan 2.1, 48 in Wan 2.2)."""
+    text_hidden_size: int = 32
+    """Width of the random CLIP text encoder (and of the DiT's text input)."""
+    text_layers: int = 2
+    """Layers of the random CLIP text encoder."""
+    text_heads: int = 2
+    """Attention heads of the random CLIP text encoder."""
+
+
+@dataclass
+class VideoModelConfig:
+    """The orbit video model: a Wan-style DiT on Wan VAE latents, conditioned on the prompt, the
+    first frame and the orbit's elevation, plus the text-to-image model that makes first frames."""
+
+    pretrained_path: str | None = None
+    """Local diffusers directory to start from: a Wan text-to-video pipeline (Wan 2.1 T2V, Wan 2.2
+    TI2V) or a saved vf3d video model. Required unless `random_init`."""
+    random_init: bool = False
+    """Build every component randomly from `architecture` (debug and tests only)."""
+    architecture: VideoArchitectureConfig = field(default_factory=VideoArchitectureConfig)
+    text_to_image_path: str | None = None
+    """Local diffusers text-to-image pipeline that draws first frames from prompts; None builds a
+    tiny random one when `random_init`."""
+    resolution: int = 512
+    """Side of the square frames the model trains on and generates."""
+    num_views: int = 16
+    """Orbit views per video at azimuth 360°·i/V; a multiple of 4 (the Wan VAE's frame chunk)."""
+    max_text_tokens: int = 512
+    """Prompt tokens fed to the text encoder (padding is zeroed, as Wan does)."""
+    elevation_frequency_dim: int = 256
+    """Sinusoidal features of the elevation before the elevation MLP."""
+    frozen_dtype: str = "fp32"
+    """Dtype the frozen VAE and text encoder are loaded in from `pretrained_path`: "fp32", "bf16" or
+    "fp16" (bf16 halves their memory on GPUs; random debug models stay fp32)."""
+    trainable: str = "temporal"
+    """What fine-tuning trains: "temporal" (self-attention, patch embedding and elevation embedder)
+    or "full" (the whole DiT and the elevation embedder)."""
+    prompt_dropout: float = 0.1
+    """Probability of training on the empty prompt (what classifier-free guidance contrasts with)."""
+    flow_shift: float = 3.0
+    """Shift of the flow-matching noise levels, σ' = sσ / (1 + (s − 1)σ), in training and sampling."""
+    gradient_checkpointing: bool = False
+    """Recompute DiT blocks in the backward pass instead of storing their activations."""
+    num_inference_steps: int = 50
+    """Euler steps of orbit generation."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance on the prompt (1 disables it)."""
+    text_to_image_steps: int = 30
+    """Denoising steps of the first-frame text-to-image model."""
+    text_to_image_guidance: float = 7.5
+    """Classifier-free guidance of the first-frame text-to-image model."""
+    seed: int = 0
+    """Seed of a random initialisation."""
+
+    def validate(self) -> "VideoModelConfig":
+        """Check value ranges and cross-field constraints; returns self so calls chain."""
+        architecture = self.architecture
+        checks = [
+            (self.trainable != "lora", "trainable \"lora\" needs the peft package, which vf3d does not install; use \"temporal\" or \"full\""),
+            (self.trainable in ("temporal", "full"), "trainable must be temporal or full"),
+            (self.num_views >= 4 and self.num_views % 4 == 0, "num_views must be a positive multiple of 4 (the Wan VAE encodes frames in chunks of 4 after the first)"),
+            (16 <= self.resolution <= 4096, "resolution must be between 16 and 4096"),
+            (self.max_text_tokens >= 1 and self.elevation_frequency_dim >= 2 and self.elevation_frequency_dim % 2 == 0, "max_text_tokens must be >= 1 and elevation_frequency_dim even and >= 2"),
+            (self.frozen_dtype in ("fp32", "bf16", "fp16"), "frozen_dtype must be fp32, bf16 or fp16"),
+            (0 <= self.prompt_dropout < 1 and self.flow_shift > 0, "prompt_dropout must be in [0, 1) and flow_shift > 0"),
+            (self.num_inference_steps >= 1 and self.text_to_image_steps >= 1, "num_inference_steps and text_to_image_steps must be >= 1"),
+            (self.guidance_scale >= 1 and self.text_to_image_guidance >= 1, "guidance_scale and text_to_image_guidance must be >= 1"),
+            (architecture.transformer_head_dim % 2 == 0, "architecture.transformer_head_dim must be even"),
+            (len(architecture.patch_size) == 3 and min(architecture.patch_size) >= 1, "architecture.patch_size must be three positive integers"),
+            (len(architecture.vae_temporal_downsample) == len(architecture.vae_dim_mult) - 1, "architecture.vae_temporal_downsample needs one entry per VAE downsampling stage (len(vae_dim_mult) - 1)"),
+            (architecture.text_hidden_size % architecture.text_heads == 0, "architecture.text_hidden_size must be divisible by architecture.text_heads"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _video_model_debug() -> VideoModelConfig:
+    # Tiny and random: 32×32 frames → 8×8×5 latents (the VAE keeps Wan's 4× temporal compression,
+    # so debug runs the same frame and mask layout as the real models).
+    return VideoModelConfig(random_init=True, resolution=32, max_text_tokens=32, elevation_frequency_dim=32, num_inference_steps=4, guidance_scale=3.0, text_to_image_steps=4, text_to_image_guidance=3.0)
+
+
+VIDEO_MODEL_PRESETS = {
+    "debug": _video_model_debug,
+    # Wan 2.1 T2V 1.3B (diffusers layout) fine-tuned at 512² (the paper's video model ran at 512).
+    "wan2.1-1.3b": lambda: VideoModelConfig(frozen_dtype="bf16", gradient_checkpointing=True, flow_shift=3.0),
+    # Wan 2.2 TI2V 5B: 48-channel VAE with 16× spatial compression, so 512² frames are 32×32 latents.
+    "wan2.2-5b": lambda: VideoModelConfig(frozen_dtype="bf16", gradient_checkpointing=True, flow_shift=5.0),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune-video: the video model trained on orbit shards
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneVideoConfig:
+    """`vf3d finetune-video`: which video model, and how the shared harness trains it."""
+
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval_seed: int = 1234
+    """Seed of the fixed timesteps and noise of the evaluation loss (comparable across steps)."""
+
+    def validate(self) -> "FinetuneVideoConfig":
+        """Validate both halves; returns self so calls chain."""
+        self.model.validate()
+        self.training.validate()
+        return self
+
+
+def _finetune_video_debug() -> FinetuneVideoConfig:
+    model = _video_model_debug()
+    model.trainable, model.prompt_dropout = "full", 0.0
+    training = TrainingConfig(
+        optimizer=OptimizerConfig(lr=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.0),
+        deepspeed=DeepSpeedConfig(zero_stage=2),
+        scaling=ScalingSettings(num_workers=2, cpus_per_worker=0.5),
+        checkpoint=CheckpointSettings(every_n_steps=10, keep_last=2),
+        run=RunSettings(name="finetune-video", max_steps=40, batch_size=1, log_every_n_steps=10, max_failures=2),
+    )
+    return FinetuneVideoConfig(model=model, training=training)
+
+
+def _finetune_video_full(video_preset: str) -> FinetuneVideoConfig:
+    training = TrainingConfig(
+        optimizer=OptimizerConfig(lr=1e-5, warmup_steps=500, weight_decay=0.01),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="auto"),
+        scaling=ScalingSettings(num_workers=8, use_gpu=True, cpus_per_worker=8),
+        checkpoint=CheckpointSettings(every_n_steps=500, keep_last=3),
+        run=RunSettings(name=f"finetune-{video_preset}", max_steps=20_000, batch_size=1, log_every_n_steps=20),
+    )
+    return FinetuneVideoConfig(model=VIDEO_MODEL_PRESETS[video_preset](), training=training)
+
+
+FINETUNE_VIDEO_PRESETS = {
+    "debug": _finetune_video_debug,
+    "wan2.1-1.3b": lambda: _finetune_video_full("wan2.1-1.3b"),
+    "wan2.2-5b": lambda: _finetune_video_full("wan2.2-5b"),
 }
 
 

@@ -43,7 +43,7 @@ def test_every_asset_becomes_one_orbit_or_one_error(sample_assets, rendered):
     assert not orbit_ids & {row["id"] for row in error_rows}
     summary = json.loads((out / "render_summary.json").read_text())
     assert summary["assets"] == 13 and summary["orbits_total"] == 10 and summary["errors_total"] == 3
-    assert summary["duplicate_rows"] == 0 and summary["frames"] == 10 * 8 and summary["frames_per_second"] > 0
+    assert summary["duplicate_rows"] == 0 and summary["frames"] == 10 * 16 and summary["frames_per_second"] > 0
     assert "render-assets: 10 orbits and 3 errors" in result.stdout
     assert (out / "render_config.json").is_file()
 
@@ -55,7 +55,7 @@ def test_shards_hold_valid_orbits_with_prompts_and_cameras(rendered):
     rows = {row["prompt"]: row for row in table.select(["prompt", "asset", "source", "elevation", "num_orbit_views"]).to_pylist()}
     assert "duck" in rows and rows["duck"]["source"] == "render" and 0 <= rows["duck"]["elevation"] <= 45
     record = next(record for record in shards.iter_records(out) if record["prompt"] == "duck")
-    assert record["frames"].shape == (8, 3, 64, 64) and record["cameras"].shape == (8, 25)
+    assert record["frames"].shape == (16, 3, 64, 64) and record["cameras"].shape == (16, 25)
     coverage = record["masks"].mean(dim=(1, 2, 3))
     assert (coverage > 0.02).all()
 
@@ -75,7 +75,7 @@ def test_shards_stream_through_ray_data(rendered, ray_local):
     out, _ = rendered
     batches = list(read_orbit_dataset(out).iter_batches(batch_size=4, batch_format="numpy"))
     assert sum(len(batch["id"]) for batch in batches) == 10
-    assert batches[0]["frames"].shape[1:] == (8, 3, 64, 64) and batches[0]["frames"].dtype == np.float32
+    assert batches[0]["frames"].shape[1:] == (16, 3, 64, 64) and batches[0]["frames"].dtype == np.float32
 
 
 def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):

@@ -1,0 +1,105 @@
+"""Launch a `train_loop_per_worker` on a Ray Train worker group (driver side), and read its
+`TrainingConfig` back inside the workers.
+
+The driver passes the harness settings to the workers through the loop's config (under
+`TRAINING_CONFIG_KEY`, as plain JSON-ready data), never through module globals: the workers are
+separate processes, possibly on other nodes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vf3d.config import TrainingConfig, from_dict, to_dict
+
+if TYPE_CHECKING:
+    import ray.data
+    import ray.train
+
+TRAINING_CONFIG_KEY = "training"
+"""Key of the loop config under which `run_training` hands the `TrainingConfig` to the workers."""
+
+
+class TrainingRunFailed(RuntimeError):
+    """A training run failed for good (its worker-group restarts are used up, or an error is fatal)."""
+
+
+def training_config_from(loop_config: dict[str, Any]) -> TrainingConfig:
+    """The `TrainingConfig` that `run_training` placed in a worker's loop config."""
+    if TRAINING_CONFIG_KEY not in loop_config:
+        raise KeyError(f"the loop config has no {TRAINING_CONFIG_KEY!r} entry: launch the loop with vf3d.training.run_training")
+    return from_dict(TrainingConfig, loop_config[TRAINING_CONFIG_KEY])
+
+
+def _storage_uri(storage_path: str | None) -> str | None:
+    # Ray Train workers run in their own working directories, so a relative local path would
+    # point somewhere else in every process; URIs (s3://, gs://, ...) pass through untouched.
+    if storage_path is None or "://" in storage_path:
+        return storage_path
+    return os.path.abspath(os.path.expanduser(storage_path))
+
+
+def _wants_gpu(use_gpu: bool | str) -> bool:
+    import ray
+
+    if use_gpu != "auto":
+        return bool(use_gpu)
+    if not ray.is_initialized():
+        # Same rule as `TorchTrainer.fit`: RAY_ADDRESS if set, else a new local cluster.
+        ray.init()
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_training(
+    train_loop_per_worker: Callable[[dict[str, Any]], Any],
+    loop_config: dict[str, Any],
+    settings: TrainingConfig,
+    datasets: "dict[str, ray.data.Dataset] | None" = None,
+) -> "ray.train.Result":
+    """Run `train_loop_per_worker(config)` on `settings.scaling.num_workers` Ray Train workers.
+
+    Each worker receives `loop_config` plus the harness settings under `TRAINING_CONFIG_KEY`
+    (read them with `training_config_from`). `datasets` are split across the workers
+    (`ray.train.get_dataset_shard(name)`). A crashed worker group restarts from the latest
+    checkpoint up to `settings.run.max_failures` times; rerunning with the same `run.name` and
+    `run.storage_path` resumes the run from its latest checkpoint. Returns Ray's `Result`
+    (`checkpoint`: the latest one, `metrics`: those reported with it, `best_checkpoints`: the kept
+    ones with their metrics, `return_value`: what rank 0's loop returned). Raises
+    `TrainingRunFailed` when the run fails for good.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    settings.validate()
+    if TRAINING_CONFIG_KEY in loop_config:
+        raise ValueError(f"loop_config must not define {TRAINING_CONFIG_KEY!r}: run_training fills it from `settings`")
+    use_gpu = _wants_gpu(settings.scaling.use_gpu)
+    resources = {"CPU": settings.scaling.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = settings.scaling.gpus_per_worker
+    run = settings.run
+    storage_uri = _storage_uri(run.storage_path)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, TRAINING_CONFIG_KEY: to_dict(settings)},
+        scaling_config=ScalingConfig(num_workers=settings.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        # DeepSpeed joins the process group Ray creates: NCCL between GPUs, gloo on CPUs.
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run.name,
+            storage_path=storage_uri,
+            failure_config=FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpoint.keep_last),
+        ),
+        datasets=datasets,
+    )
+    try:
+        return trainer.fit()
+    except TrainingFailedError as error:
+        where = f"{storage_uri}/{run.name}" if storage_uri else f"Ray's default storage (~/ray_results/{run.name})"
+        raise TrainingRunFailed(
+            f"training run {run.name!r} failed (run.max_failures={run.max_failures}): {error}\n"
+            f"Its checkpoints are in {where}; rerun with the same run.name and run.storage_path to resume from the latest one."
+        ) from error

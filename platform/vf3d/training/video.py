@@ -1,0 +1,170 @@
+"""`finetune-video`: the orbit video model fine-tuned on orbit shards with Ray Train + DeepSpeed.
+
+Driver: orbit shards → Ray Data (decode, pick the model's views, resize) → `TorchTrainer` running
+`finetune_video_loop` on every worker → the last checkpoint consolidated and exported in the
+diffusers `save_pretrained` layout (`OrbitVideoPipeline.from_pretrained(out)` loads it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vf3d import config as config_lib
+from vf3d.config import FinetuneVideoConfig, VideoModelConfig
+
+RUNS_DIRNAME = "training_runs"
+"""Checkpoints live under OUT/training_runs/<run name>/ unless run.storage_path says otherwise."""
+
+
+CACHE_MAX_ORBITS = 4096
+"""Datasets up to this many orbits are prepared once and kept in the object store, instead of
+re-reading and re-decoding the shards every epoch (which dominates small runs)."""
+
+
+def orbit_clips(batch: dict[str, np.ndarray], num_views: int, resolution: int) -> dict[str, np.ndarray]:
+    """Ray Data stage: decoded orbit rows → the model's clips.
+
+    Keeps the uniform-azimuth orbit views (dropping extra random views), subsamples them to the
+    model's `num_views` (the orbit's view count must be a multiple of it, so azimuth steps stay
+    uniform), and resizes frames to the model's resolution.
+    Output: frames float32 [B, N, 3, R, R] in [0, 1], prompt, elevation (degrees).
+    """
+    import torch
+
+    clips = []
+    for identifier, frames, orbit_views in zip(batch["id"], batch["frames"], batch["num_orbit_views"]):
+        orbit = np.asarray(frames)[: int(orbit_views)]
+        if len(orbit) % num_views:
+            raise ValueError(f"orbit {identifier} has {len(orbit)} orbit views; the video model needs a multiple of {num_views}")
+        views = torch.from_numpy(np.ascontiguousarray(orbit[:: len(orbit) // num_views]))
+        if views.shape[-1] != resolution:
+            views = torch.nn.functional.interpolate(views, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        clips.append(views.numpy())
+    return {"frames": np.stack(clips).astype(np.float32), "prompt": np.asarray(batch["prompt"]), "elevation": np.asarray(batch["elevation"], dtype=np.float32)}
+
+
+def _batches_forever(shard, batch_size: int):
+    """Yield training batches epoch after epoch from a worker's dataset shard."""
+    while True:
+        produced = False
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+            produced = True
+            yield batch
+        if not produced:
+            raise RuntimeError("this worker's data shard holds no full batch: use fewer workers or a smaller run.batch_size")
+
+
+def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker: train the orbit video model with DeepSpeed, checkpointing as it goes.
+
+    `config` holds "model" (VideoModelConfig as a dict), "eval_seed", "export_dir" and the
+    harness's "training" settings. Returns (rank 0) the evaluation losses and where it resumed.
+    """
+    import ray.train
+    import torch
+
+    from vf3d.models.video import OrbitVideoModel
+    from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
+
+    training = training_config_from(config)
+    model_config = config_lib.from_dict(VideoModelConfig, config["model"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(training.run.seed)  # identical initial weights on every rank
+    model = OrbitVideoModel.from_config(model_config)
+    engine = initialize(model, training)
+    start = step = restore(engine)
+    batches = _batches_forever(ray.train.get_dataset_shard("train"), training.run.batch_size)
+
+    def to_inputs(batch):
+        return torch.from_numpy(batch["frames"]).to(engine.device), [str(p) for p in batch["prompt"]], torch.from_numpy(batch["elevation"]).to(engine.device)
+
+    fixed = to_inputs(next(batches))
+
+    def evaluation_loss() -> float:
+        # Same timesteps and noise every time, so the numbers are comparable across steps.
+        engine.eval()
+        with torch.no_grad():
+            loss = engine(*fixed, generator=torch.Generator(device=engine.device).manual_seed(config["eval_seed"]))
+        engine.train()
+        return float(loss)
+
+    initial_eval = evaluation_loss()
+    generator = torch.Generator(device=engine.device).manual_seed(training.run.seed * 7919 + rank * 104729 + step)
+    window, started = [], time.perf_counter()
+    while step < training.run.max_steps:
+        inject_fault_if_due(training, step + 1)
+        loss = engine(*to_inputs(next(batches)), generator=generator)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        window.append(float(loss))
+        if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps:
+            metrics = {"step": step, "loss": float(np.mean(window)), "eval_loss": evaluation_loss(), "initial_eval_loss": initial_eval, "resumed_from": start, "steps_per_second": len(window) / (time.perf_counter() - started)}
+            save(engine, step, metrics, extra={"model": config["model"], "epoch_note": "data order restarts on resume"})
+            window, started = [], time.perf_counter()
+    final_eval = evaluation_loss()
+    if rank == 0 and config.get("export_dir"):
+        export_video_model(ray.train.get_checkpoint(), model_config, Path(config["export_dir"]), training.run.seed)
+    return {"initial_eval_loss": initial_eval, "final_eval_loss": final_eval, "resumed_from": start, "steps": step}
+
+
+def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path, seed: int) -> Path:
+    """Consolidate a (ZeRO-sharded) checkpoint and write the diffusers pipeline layout to `out_dir`.
+
+    Frozen parts (VAE, text encoder) are not in the optimizer's checkpoint: they are rebuilt
+    exactly as training built them (same config and seed) and every trained tensor is loaded.
+    """
+    import torch
+
+    from vf3d.models.video import OrbitVideoModel
+    from vf3d.training import consolidate
+
+    state = consolidate(checkpoint)
+    torch.manual_seed(seed)
+    model = OrbitVideoModel.from_config(model_config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if unexpected or trained & set(missing):
+        raise RuntimeError(f"checkpoint does not match the model: missing trained {sorted(trained & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}")
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, log=print) -> dict[str, Any]:
+    """Driver: fine-tune on the orbit shards in `data_dir`, export to `out_dir`; returns a summary."""
+    from vf3d.synthesis.datasets import read_orbit_dataset
+    from vf3d.training import run_training
+
+    config = config.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training = config.training
+    if training.run.storage_path is None:
+        training.run.storage_path = str((out_dir / RUNS_DIRNAME).resolve())
+    config_lib.save_json(config, out_dir / "finetune_config.json")
+
+    orbits = read_orbit_dataset(data_dir)
+    count = orbits.count()
+    clips = orbits.map_batches(orbit_clips, fn_kwargs={"num_views": config.model.num_views, "resolution": config.model.resolution}, batch_size=4)
+    if count <= CACHE_MAX_ORBITS:
+        clips = clips.materialize()
+    # Every worker needs at least one full batch per epoch; tiny datasets (one orbit to overfit)
+    # are repeated rather than leaving a worker without data.
+    needed = training.scaling.num_workers * training.run.batch_size
+    if count < needed:
+        clips = clips.union(*[clips] * (math.ceil(needed / count) - 1))
+    log(f"fine-tuning the video model on {count} orbits from {data_dir}: {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}, {training.run.max_steps} steps; checkpoints in {training.run.storage_path}/{training.run.name}")
+    started = time.perf_counter()
+    loop_config = {"model": config_lib.to_dict(config.model), "eval_seed": config.eval_seed, "export_dir": str(out_dir.resolve())}
+    result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
+    outcome = result.return_value or {}
+    summary = {**outcome, "orbits": count, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}")
+    return summary
