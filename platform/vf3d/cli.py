@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
     command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video"], help="which configuration")
-    _add_config_arguments(command, config_lib.RECONSTRUCTOR_PRESETS, "base")
+    command.add_argument("--preset", default="debug", help="preset name of that configuration (default: %(default)s)")
+    command.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
     command.set_defaults(handler=_show_config)
     return parser
 
