@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the offending key."""
 
 
+def _raise_first_failure(checks: list[tuple[bool, str]]) -> None:
+    """Raise ConfigError with the message of the first (condition, message) pair that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reconstructor architecture
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +156,7 @@ class ReconstructorConfig:
             (self.renderer.num_fine_samples >= 0, "renderer.num_fine_samples must be >= 0"),
             (self.renderer.ray_chunk_size >= 0, "renderer.ray_chunk_size must be >= 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        _raise_first_failure(checks)
         return self
 
 
@@ -510,9 +515,7 @@ class TrainingConfig:
             (run.max_failures >= -1, "run.max_failures must be >= -1"),
             (run.batch_size >= 1 and run.max_steps >= 1 and run.log_every_n_steps >= 1, "run.batch_size, run.max_steps and run.log_every_n_steps must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        _raise_first_failure(checks)
         return self
 
 
@@ -614,9 +617,7 @@ class VideoModelConfig:
             (len(architecture.vae_temporal_downsample) == len(architecture.vae_dim_mult) - 1, "architecture.vae_temporal_downsample needs one entry per VAE downsampling stage (len(vae_dim_mult) - 1)"),
             (architecture.text_hidden_size % architecture.text_heads == 0, "architecture.text_hidden_size must be divisible by architecture.text_heads"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        _raise_first_failure(checks)
         return self
 
 
