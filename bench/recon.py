@@ -48,6 +48,7 @@ from vf3d import cameras
 from vf3d.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig, merge, preset, to_dict
 from vf3d.mesh import QueryFn, extract_mesh
 from vf3d.models.reconstructor import Reconstructor
+from report import BENCH_START, Row, log, markdown_table, write_json
 
 SEED = 0
 INSIDE_DENSITY = 10.0
@@ -59,18 +60,7 @@ MESH_VERTEX_TOLERANCE = 0.02
 RENDER_ELEVATION_DEG = 20.0
 WORKER_RESULT_PREFIX = "MEMORY_WORKER_RESULT "
 """Marks the line of a memory worker's stdout that carries its JSON result."""
-BENCH_START = time.perf_counter()
 
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    name: str
-    value_a: str
-    value_b: str
-    ratio: str
-    target: str
 
 
 @dataclass
@@ -91,9 +81,6 @@ DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, encode_i
 QUICK = Settings(mesh_resolution=128, fit_steps=100, fit_batch=2**13, encode_images=4, render_views=1,
                  memory_render_size=128, repeats=1)
 
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - BENCH_START:7.1f}s] {message}", flush=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -464,12 +451,6 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
 # ---------------------------------------------------------------------------------------------
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """Rows as a markdown table (cells never contain "|": names say "vs" instead)."""
-    lines = ["| measurement | A | B | ratio | target |", "|---|---|---|---|---|"]
-    lines += [f"| {row.name} | {row.value_a} | {row.value_b} | {row.ratio} | {row.target} |" for row in rows]
-    return "\n".join(lines)
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -509,13 +490,9 @@ def main() -> None:
     print(f"\n## vf3d reconstruction benchmark ({'quick' if args.quick else 'default'}, {device}: {hardware}, "
           f"{wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n", flush=True)
     if args.json:
-        report = {"mode": "quick" if args.quick else "default", "device": str(device), "hardware": hardware,
+        write_json(args.json, {"mode": "quick" if args.quick else "default", "device": str(device), "hardware": hardware,
                   "torch": torch.__version__, "wall_seconds": wall_seconds,
-                  "load_average": [load_start, load_end], "settings": asdict(settings),
-                  "rows": [asdict(row) for row in rows], "details": details}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {args.json}")
+                  "load_average": [load_start, load_end], "settings": asdict(settings), "details": details}, rows)
 
 
 if __name__ == "__main__":

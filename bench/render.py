@@ -56,6 +56,7 @@ from vf3d.data import shards  # noqa: E402
 from vf3d.data.assets import Asset, AssetError, asset_id, find_assets, gather_sample_assets, load_asset  # noqa: E402
 from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit  # noqa: E402
 from vf3d.synthesis.render_assets import RENDER_STAGE, plan_render, render_assets  # noqa: E402
+from report import BENCH_START, Row, log, markdown_table, write_json  # noqa: E402
 
 WRITER_CPUS = 0.25
 """CPUs `render_assets` reserves for its single WriteShards actor."""
@@ -65,18 +66,7 @@ RESOLUTION_VIEWS = 16
 RESOLUTIONS = (256, 512)
 JOB_PROGRESS = re.compile(r"\s*\d+/\d+ assets \(")
 """Start of render_assets's progress line, logged once per written batch."""
-BENCH_START = time.perf_counter()
 
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    name: str
-    value_a: str
-    value_b: str
-    ratio: str
-    note: str
 
 
 @dataclass
@@ -95,9 +85,6 @@ class Settings:
 DEFAULT = Settings(assets=48, views=16, resolution=256, rows_per_shard=8, batch_size=4, repeats=3)
 QUICK = Settings(assets=12, views=8, resolution=128, rows_per_shard=4, batch_size=2, repeats=1)
 
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - BENCH_START:7.1f}s] {message}", flush=True)
 
 
 def pool_for(cpus: int) -> ActorPoolConfig:
@@ -330,12 +317,6 @@ def bench_resolution(assets_dir: Path) -> tuple[list[Row], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """Rows as a markdown table (cells never contain "|": names say "vs" instead)."""
-    lines = ["| measurement | A | B | ratio | note |", "|---|---|---|---|---|"]
-    lines += [f"| {row.name} | {row.value_a} | {row.value_b} | {row.ratio} | {row.note} |" for row in rows]
-    return "\n".join(lines)
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,11 +351,8 @@ def main() -> None:
     print(f"\n## vf3d render benchmark ({mode}, {os.cpu_count()} CPUs, {wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n"
           f"{markdown_table(rows)}\n", flush=True)
     if args.json:
-        report = {"mode": mode, "settings": asdict(settings), "cpus": os.cpu_count(), "env": RENDER_THREADS, "wall_seconds": wall_seconds,
-                  "load_average": [load_start, load_end], "rows": [asdict(row) for row in rows], "details": details}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        log(f"wrote {args.json}")
+        write_json(args.json, {"mode": mode, "settings": asdict(settings), "cpus": os.cpu_count(), "env": RENDER_THREADS, "wall_seconds": wall_seconds,
+                  "load_average": [load_start, load_end], "details": details}, rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,24 +43,14 @@ import torch
 
 from vf3d import config as config_lib
 from vf3d.config import FINETUNE_VIDEO_PRESETS, TrainingConfig, VideoModelConfig
+from report import BENCH_START, Row, log, markdown_table, write_json
 
 SEED = 0
 NUM_VIEWS = 16
 PROMPTS = ("a red chair", "a wooden table", "a ceramic vase", "a toy robot")
 ELEVATIONS = (20.0, 10.0, 30.0, 0.0)
 RATIO_TARGET = 0.9
-BENCH_START = time.perf_counter()
 
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    name: str
-    value_a: str
-    value_b: str
-    ratio: str
-    target: str
 
 
 @dataclass
@@ -76,9 +65,6 @@ class Settings:
 DEFAULT = Settings(warmup_steps=20, steps=200, windows=3)
 QUICK = Settings(warmup_steps=5, steps=60, windows=2)
 
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - BENCH_START:7.1f}s] {message}", flush=True)
 
 
 def fixed_batch(batch_size: int, resolution: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -198,11 +184,6 @@ def ray_deepspeed_rates(model_config: VideoModelConfig, training: TrainingConfig
 # ---------------------------------------------------------------------------------------------
 
 
-def markdown_table(rows: list[Row]) -> str:
-    lines = ["| measurement | A | B | ratio | target |", "|---|---|---|---|---|"]
-    lines += [f"| {row.name} | {row.value_a} | {row.value_b} | {row.ratio} | {row.target} |" for row in rows]
-    return "\n".join(lines)
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,13 +245,10 @@ def main() -> None:
           f"Medians over {len(rates_a)} windows of A (runs before and after B) and {len(rates_b)} windows of B, "
           f"{settings.steps} steps each. No Ray Data: B/A is the Train + DeepSpeed overhead on the step.\n", flush=True)
     if args.json:
-        report = {"mode": mode, "torch": torch.__version__, "threads": args.threads, "wall_seconds": wall_seconds,
+        write_json(args.json, {"mode": mode, "torch": torch.__version__, "threads": args.threads, "wall_seconds": wall_seconds,
                   "load_average": [load_start, load_end], "settings": asdict(settings), "rates_a": rates_a,
                   "rates_b": rates_b, "median_a": median_a, "median_b": median_b, "ratio": ratio,
-                  "run_training_seconds": b_wall, "worker": outcome_b, "rows": [asdict(row) for row in rows]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        log(f"wrote {args.json}")
+                  "run_training_seconds": b_wall, "worker": outcome_b}, rows)
 
 
 if __name__ == "__main__":
