@@ -689,6 +689,265 @@ FINETUNE_VIDEO_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# Quality filter (frozen image features + linear probe, plus cheap heuristics)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterEncoderConfig:
+    """The frozen image encoder whose features the quality probe reads (DINOv2, as in the paper)."""
+
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(image_size=224))
+    """Its architecture; `encoder.pretrained_path` names a local DINOv2 directory (transformers
+    layout, e.g. facebook/dinov2-base) and must match these numbers."""
+    random_init: bool = False
+    """Allow a randomly initialised encoder when `encoder.pretrained_path` is None (debug and tests:
+    random features still separate clean orbits from garbage, but far less well than DINOv2)."""
+    num_views: int = 4
+    """Views per orbit that are encoded, evenly spaced around the orbit."""
+    seed: int = 0
+    """Seed of a random initialisation (the probe records it: features must be reproducible)."""
+
+    def validate(self) -> "FilterEncoderConfig":
+        """Check value ranges; returns self so calls chain."""
+        _raise_first_failure([
+            (self.encoder.pretrained_path is not None or self.random_init, "filter encoder: encoder.pretrained_path is required (a local DINOv2 directory); only random_init presets such as debug build a random one"),
+            (self.num_views >= 1, "filter encoder: num_views must be >= 1"),
+            (self.encoder.image_size % self.encoder.patch_size == 0, "filter encoder: encoder.image_size must be a multiple of encoder.patch_size"),
+        ])
+        return self
+
+
+@dataclass
+class HeuristicsConfig:
+    """Cheap checks on every generated orbit; any failed check rejects it with that reason."""
+
+    min_motion: float = 0.01
+    """Mean absolute change between consecutive views (pixels in [0, 1]) below which an orbit is
+    "static" (the model froze instead of turning the object)."""
+    min_foreground: float = 0.01
+    """Mean foreground fraction of the views below which an orbit is "empty_foreground"."""
+    max_foreground: float = 0.85
+    """Mean foreground fraction above which an orbit is "full_frame_foreground" (no object on a
+    clean background, e.g. a scene)."""
+    max_flicker: float = 0.08
+    """Median |second difference| of the views' mean brightness above which an orbit "flicker"s
+    (brightness jumping back and forth; a turning object changes smoothly)."""
+
+    def validate(self) -> "HeuristicsConfig":
+        """Check value ranges; returns self so calls chain."""
+        _raise_first_failure([
+            (0 <= self.min_foreground < self.max_foreground <= 1, "heuristics: need 0 <= min_foreground < max_foreground <= 1"),
+            (self.min_motion >= 0 and self.max_flicker > 0, "heuristics: min_motion must be >= 0 and max_flicker > 0"),
+        ])
+        return self
+
+
+@dataclass
+class QualityFilterConfig:
+    """How `synthesize` keeps or rejects a generated orbit."""
+
+    probe_path: str | None = None
+    """Directory written by `vf3d train-filter` (probe + the encoder it was fitted on); None runs
+    the heuristics only, and the summary says so."""
+    min_score: float | None = None
+    """Probe scores (probability of "good") below this reject an orbit; None uses the threshold
+    `train-filter` chose on its training labels."""
+    heuristics: HeuristicsConfig = field(default_factory=HeuristicsConfig)
+    mask_threshold: float = 0.12
+    """Foreground masks of generated views: pixels farther than this (RGB distance, [0, 1] per
+    channel) from the white background are the object."""
+
+    def validate(self) -> "QualityFilterConfig":
+        """Check value ranges; returns self so calls chain."""
+        self.heuristics.validate()
+        _raise_first_failure([
+            (self.min_score is None or 0 <= self.min_score <= 1, "filter: min_score must be in [0, 1]"),
+            (0 < self.mask_threshold < 1, "filter: mask_threshold must be in (0, 1)"),
+        ])
+        return self
+
+
+@dataclass
+class TrainFilterConfig:
+    """`vf3d train-filter`: fit the linear probe on labelled orbits."""
+
+    encoder: FilterEncoderConfig = field(default_factory=FilterEncoderConfig)
+    validation_fraction: float = 0.25
+    """Share of the labelled orbits (chosen by hashing their ids) held out to measure the probe."""
+    l2: float = 1e-3
+    """L2 penalty on the probe's weights (features are standardised first)."""
+    max_iterations: int = 200
+    """L-BFGS iterations of the logistic-regression fit."""
+    batch_size: int = 16
+    """Orbits encoded per forward pass."""
+    seed: int = 0
+
+    def validate(self) -> "TrainFilterConfig":
+        """Check value ranges; returns self so calls chain."""
+        self.encoder.validate()
+        _raise_first_failure([
+            (0 <= self.validation_fraction < 1, "validation_fraction must be in [0, 1)"),
+            (self.l2 >= 0 and self.max_iterations >= 1 and self.batch_size >= 1, "l2 must be >= 0, max_iterations and batch_size >= 1"),
+        ])
+        return self
+
+
+@dataclass
+class QualityProbeConfig:
+    """A fitted quality probe (saved by `train-filter`): the encoder it reads and its decision."""
+
+    encoder: FilterEncoderConfig = field(default_factory=FilterEncoderConfig)
+    feature_dim: int = 0
+    """Length of the orbit feature vector the probe's linear layer takes."""
+    threshold: float = 0.5
+    """Scores (probability of "good") at or above this pass."""
+
+    def validate(self) -> "QualityProbeConfig":
+        """Check value ranges; returns self so calls chain."""
+        self.encoder.validate()
+        _raise_first_failure([(self.feature_dim >= 1, "probe: feature_dim must be >= 1"), (0 <= self.threshold <= 1, "probe: threshold must be in [0, 1]")])
+        return self
+
+
+def _debug_filter_encoder() -> FilterEncoderConfig:
+    encoder = EncoderConfig(hidden_size=32, num_layers=2, num_heads=2, patch_size=8, image_size=64, position_image_size=64)
+    return FilterEncoderConfig(encoder=encoder, random_init=True)
+
+
+TRAIN_FILTER_PRESETS = {
+    "debug": lambda: TrainFilterConfig(encoder=_debug_filter_encoder()),
+    # DINOv2 ViT-B/14 from a local directory (set encoder.encoder.pretrained_path in --config).
+    "dinov2-base": lambda: TrainFilterConfig(encoder=FilterEncoderConfig(encoder=EncoderConfig(image_size=224, position_image_size=518))),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# synthesize: prompts / images → synthetic orbit shards on elastic actor pools
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationConfig:
+    """How first frames and orbits are sampled (the models come from --video-model and here)."""
+
+    text_to_image_path: str | None = None
+    """Local diffusers text-to-image pipeline that draws first frames from prompts; required when
+    any input has no image (checked before the run starts)."""
+    random_text_to_image: bool = False
+    """Without `text_to_image_path`, build a tiny random text-to-image model (debug and tests)."""
+    text_to_image_steps: int = 30
+    """Denoising steps of the text-to-image model."""
+    text_to_image_guidance: float = 7.5
+    """Classifier-free guidance of the text-to-image model."""
+    num_inference_steps: int = 50
+    """Euler steps of orbit generation."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance of orbit generation on the prompt (1 disables it)."""
+    elevation_range_deg: list[float] = field(default_factory=lambda: [0.0, 30.0])
+    """[min, max] elevation drawn (seeded by the id) for inputs without an `elevation`."""
+    image_mask_method: str = "auto"
+    """Background removal of given first-frame images before they are recentred on white:
+    "auto", "rembg", "estimate" or "none" (vf3d.preprocess.foreground_mask)."""
+    precision: str = "auto"
+    """"auto" (bf16 autocast on CUDA, fp32 on the CPU), "bf16" or "fp32"."""
+
+    def validate(self) -> "GenerationConfig":
+        """Check value ranges; returns self so calls chain."""
+        low, high = (list(self.elevation_range_deg) + [0.0, 0.0])[:2]
+        _raise_first_failure([
+            (self.text_to_image_steps >= 1 and self.num_inference_steps >= 1, "generation: text_to_image_steps and num_inference_steps must be >= 1"),
+            (self.text_to_image_guidance >= 1 and self.guidance_scale >= 1, "generation: guidance must be >= 1"),
+            (len(self.elevation_range_deg) == 2 and -90 < low <= high < 90, "generation: elevation_range_deg must be [min, max] with -90 < min <= max < 90"),
+            (self.image_mask_method in ("auto", "rembg", "estimate", "none"), "generation: image_mask_method must be auto, rembg, estimate or none"),
+            (self.precision in ("auto", "bf16", "fp32"), "generation: precision must be auto, bf16 or fp32"),
+        ])
+        return self
+
+
+@dataclass
+class SynthesisFaultInjection:
+    """Kill one actor of one stage mid-batch, once, to test recovery (tests and fire drills only)."""
+
+    kill_stage: str | None = None
+    """Stage whose actor exits abruptly (os._exit) inside a batch: "first_frame", "generate",
+    "mask" or "filter"; None disables it. A marker file in the output directory makes it fire once."""
+    after_batches: int = 1
+    """The actor dies in its batch number `after_batches` + 1 (batches it finished before are kept)."""
+
+
+@dataclass
+class SynthesizeConfig:
+    """`vf3d synthesize`: the stages, their elastic actor pools and the quality filter."""
+
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    filter: QualityFilterConfig = field(default_factory=QualityFilterConfig)
+    first_frame_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(num_gpus=1.0, num_cpus=2.0, batch_size=8))
+    """Text-to-image actors (skipped for inputs that bring their image)."""
+    generate_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(max_actors=8, num_gpus=1.0, num_cpus=4.0, batch_size=4))
+    """Orbit-generation actors: the expensive stage, so the one that grows most."""
+    mask_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(max_actors=8, num_cpus=1.0, batch_size=8))
+    """Foreground-mask actors (CPU)."""
+    filter_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(num_gpus=0.25, num_cpus=1.0, batch_size=16))
+    """Quality-filter actors (a frozen DINOv2: a fraction of a GPU is plenty)."""
+    max_prompt_chars: int = 1000
+    """Longer prompts become error rows (text encoders truncate silently; we refuse loudly)."""
+    rows_per_shard: int = 64
+    """Orbits per Parquet file (one file per written batch)."""
+    retry_errors: bool = False
+    """On a rerun, try inputs that failed before again (by default an error row is final)."""
+    seed: int = 0
+    """Mixed with each input's id to seed its first frame, orbit noise and elevation."""
+    fault: SynthesisFaultInjection = field(default_factory=SynthesisFaultInjection)
+
+    def validate(self) -> "SynthesizeConfig":
+        """Validate the nested configs; returns self so calls chain."""
+        self.generation.validate()
+        self.filter.validate()
+        for pool in (self.first_frame_pool, self.generate_pool, self.mask_pool, self.filter_pool):
+            pool.validate()
+        _raise_first_failure([
+            (self.max_prompt_chars >= 1 and self.rows_per_shard >= 1, "max_prompt_chars and rows_per_shard must be >= 1"),
+            (self.fault.kill_stage in (None, "first_frame", "generate", "mask", "filter"), "fault.kill_stage must be first_frame, generate, mask, filter or null"),
+            (self.fault.after_batches >= 0, "fault.after_batches must be >= 0"),
+        ])
+        return self
+
+
+def _synthesize_debug() -> SynthesizeConfig:
+    # Sized for 2 cores: fractional CPUs leave room for the read and write tasks (a pool that takes
+    # every CPU starves them), and the generation pool may grow from 1 to 2 actors.
+    generation = GenerationConfig(random_text_to_image=True, text_to_image_steps=4, text_to_image_guidance=3.0, num_inference_steps=4, guidance_scale=3.0, image_mask_method="estimate")
+    return SynthesizeConfig(
+        generation=generation,
+        first_frame_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.5, batch_size=4),
+        generate_pool=ActorPoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2),
+        mask_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.25, batch_size=4),
+        filter_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.25, batch_size=4),
+        rows_per_shard=8,
+    )
+
+
+def _synthesize_cluster(max_generators: int) -> SynthesizeConfig:
+    return SynthesizeConfig(
+        first_frame_pool=ActorPoolConfig(min_actors=1, max_actors=max(1, max_generators // 8), num_gpus=1.0, num_cpus=4.0, batch_size=8),
+        generate_pool=ActorPoolConfig(min_actors=1, max_actors=max_generators, num_gpus=1.0, num_cpus=4.0, batch_size=4),
+        mask_pool=ActorPoolConfig(min_actors=1, max_actors=max(2, max_generators // 2), num_cpus=1.0, batch_size=8),
+        filter_pool=ActorPoolConfig(min_actors=1, max_actors=max(1, max_generators // 16), num_gpus=0.25, num_cpus=2.0, batch_size=16),
+        rows_per_shard=128,
+    )
+
+
+SYNTHESIZE_PRESETS = {
+    "debug": _synthesize_debug,
+    # One node of 8 GPUs (generation may take all 8; first frames and the filter share with it).
+    "node": lambda: _synthesize_cluster(8),
+    # An autoscaling cluster: generation grows to 128 GPUs while there is backlog (cluster/ configs).
+    "cluster": lambda: _synthesize_cluster(128),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic (de)serialisation with unknown-key rejection
 # ---------------------------------------------------------------------------------------------
 

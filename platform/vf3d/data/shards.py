@@ -49,11 +49,16 @@ A shard directory:
                                                   never read, removed by `remove_partials`
         _errors/orbits-<16 hex>.parquet           `ERROR_SCHEMA` rows: orbits that failed a stage
                                                   (id, asset, stage, reason, format_version)
+        _rejected/orbits-<16 hex>.parquet         `REJECTED_SCHEMA` rows: synthetic orbits the
+                                                  quality filter rejected, kept whole (frames,
+                                                  scores in `quality` and `metadata`) with the
+                                                  filter's `reasons`, so nothing is silently
+                                                  dropped and rejects can be audited or labelled
 
 The error table lives in `_errors/`, not `errors/`, because both `ray.data.read_parquet(out_dir)`
 and `pyarrow.dataset.dataset(out_dir)` skip paths starting with "_" or "." when they list a
 directory: a plain `errors/` would be read as orbit rows with the wrong schema. The same rule keeps
-them away from `.partial` files.
+rejected orbits (`_rejected/`) out of training data and readers away from `.partial` files.
 
 Rows hold images, so row groups are small (`ROWS_PER_ROW_GROUP`) and readers can stream them.
 Decoding turns a row into float tensors (`decode_row`) or a Ray Data numpy batch into stacked
@@ -95,6 +100,8 @@ ROWS_PER_ROW_GROUP = 16
 """Rows hold V images each: a small row group keeps a streaming reader's memory small."""
 ERRORS_DIRNAME = "_errors"
 """Sub-directory of the error table ('_' keeps Ray Data and pyarrow.dataset from reading it)."""
+REJECTED_DIRNAME = "_rejected"
+"""Sub-directory of the rejected-orbit table (hidden from orbit readers the same way)."""
 DEFAULT_BACKGROUND_COLORS = ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
 """Target background colours of the released trainer: black, grey, white (reference.md §4)."""
 
@@ -130,7 +137,12 @@ ERROR_SCHEMA = pa.schema(
 ("render", "generate", "filter", ...) and why. Errors are outputs too, so a rerun skips them
 instead of retrying them forever."""
 
-_SCHEMAS = {"orbits": ORBIT_SCHEMA, "errors": ERROR_SCHEMA}
+REJECTED_SCHEMA = ORBIT_SCHEMA.append(pa.field("reasons", pa.list_(pa.string()), nullable=False))
+"""A rejected orbit: every `ORBIT_SCHEMA` column plus why the quality filter rejected it (one or
+more reasons such as "static", "empty_foreground", "flicker", "probe_score")."""
+
+_SCHEMAS = {"orbits": ORBIT_SCHEMA, "errors": ERROR_SCHEMA, "rejected": REJECTED_SCHEMA}
+_TABLE_DIRNAMES = {"orbits": None, "errors": ERRORS_DIRNAME, "rejected": REJECTED_DIRNAME}
 _DECODED_COLUMNS = ("frames", "masks", "cameras")
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHARD_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{16}\.parquet")
@@ -478,6 +490,20 @@ class OrbitShardWriter:
         directory.mkdir(exist_ok=True)
         return _write_atomically(table.sort_by("id"), directory, self.prefix, self.fsync)
 
+    def write_rejected(self, table: pa.Table) -> Path | None:
+        """Write rejected orbits (`REJECTED_SCHEMA`: orbit columns + `reasons`) to `_rejected/`,
+        validated like `write` and with the same naming and atomic rename. None for no rows."""
+        if table.num_rows == 0:
+            return None
+        _check_schema(table, REJECTED_SCHEMA)
+        if any(not reasons for reasons in table.column("reasons").to_pylist()):
+            raise ShardFormatError("every rejected orbit needs at least one reason")
+        validate_table(table.drop_columns(["reasons"]))
+        directory = self.out_dir / REJECTED_DIRNAME
+        directory.mkdir(exist_ok=True)
+        table = table.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA).sort_by("id")
+        return _write_atomically(table, directory, self.prefix, self.fsync)
+
 
 def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool) -> Path:
     name = shard_file_name(table.column("id").to_pylist(), prefix)
@@ -522,11 +548,12 @@ def _fsync(path: Path) -> None:
 def _table_directory(directory: str | os.PathLike, table: str) -> Path:
     if table not in _SCHEMAS:
         raise ValueError(f"table must be one of {sorted(_SCHEMAS)}, got {table!r}")
-    return Path(directory) / ERRORS_DIRNAME if table == "errors" else Path(directory)
+    subdirectory = _TABLE_DIRNAMES[table]
+    return Path(directory) / subdirectory if subdirectory else Path(directory)
 
 
 def list_shard_files(directory: str | os.PathLike, table: str = "orbits") -> list[Path]:
-    """Sorted shard files of `table` ("orbits" or "errors") in a shard directory.
+    """Sorted shard files of `table` ("orbits", "errors" or "rejected") in a shard directory.
 
     Only complete shards count: `.partial` files and anything not named `{prefix}-{16 hex}.parquet`
     are ignored. A missing directory has no shards.
@@ -552,7 +579,7 @@ def read_table(source: str | os.PathLike | Iterable[str | os.PathLike], columns:
         source: a shard directory (its `table` shards are read), one shard file, or shard files.
         columns: the columns to read (all when None); images are the bulk, so leave them out
             when only ids, prompts or cameras are needed.
-        table: "orbits" or "errors" (selects the directory's files and the schema).
+        table: "orbits", "errors" or "rejected" (selects the directory's files and the schema).
     Returns:
         the rows of all files in file order, typed by `ORBIT_SCHEMA` / `ERROR_SCHEMA`; an empty
         table of that schema when there are no files.
@@ -582,13 +609,13 @@ def iter_records(directory: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 
 def remove_partials(directory: str | os.PathLike) -> int:
-    """Delete `.partial` files left by killed writers (orbits and errors); returns how many.
+    """Delete `.partial` files left by killed writers (every table); returns how many.
 
     Run it when no writer is active on the directory (e.g. when a stage starts): a live writer's
     partial file looks the same as a dead one's.
     """
     removed = 0
-    for folder in (Path(directory), Path(directory) / ERRORS_DIRNAME):
+    for folder in (_table_directory(directory, table) for table in _SCHEMAS):
         if folder.is_dir():
             for path in folder.glob(".*.partial"):
                 path.unlink(missing_ok=True)
