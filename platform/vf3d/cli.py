@@ -31,7 +31,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from vf3d.models.pretrained import ModelDirectoryError
     from vf3d.preprocess import ImageInputError
 
-    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError, AssetError, ShardFormatError)
+    from vf3d.synthesis.quality import LabelsError
+
+    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError, AssetError, ShardFormatError, LabelsError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, presets: dict, default: str) -> None:
@@ -164,6 +166,40 @@ def _finetune_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthesize(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.SYNTHESIZE_PRESETS, args.preset, args.config)
+    overrides: dict = {}
+    if args.text_to_image is not None:
+        overrides["generation"] = {"text_to_image_path": str(args.text_to_image)}
+    if args.probe is not None:
+        overrides["filter"] = {"probe_path": str(args.probe)}
+    if args.retry_errors:
+        overrides["retry_errors"] = True
+    config = config_lib.merge(config, overrides).validate()
+    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.synthesis.synthesize import read_inputs, synthesize, video_model_settings
+
+    video_model_settings(args.video_model)  # fail fast on bad inputs, before Ray starts
+    read_inputs(args.prompts)
+    with ray_cluster(args.address, log=_print):
+        synthesize(args.prompts, args.video_model, args.out, config, log=_print)
+    return 0
+
+
+def _train_filter(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.TRAIN_FILTER_PRESETS, args.preset, args.config)
+    if args.encoder is not None:
+        config = config_lib.merge(config, {"encoder": {"encoder": {"pretrained_path": str(args.encoder)}}})
+    config = config.validate()
+    missing = [str(path) for path in args.data if not path.is_dir()]
+    if missing:
+        raise UsageError(f"--data directories not found: {missing}")
+    from vf3d.synthesis.quality import train_filter
+
+    train_filter(args.labels, list(args.data), args.out, config, log=_print)
+    return 0
+
+
 def _sample_assets(args: argparse.Namespace) -> int:
     from vf3d.data.assets import gather_sample_assets
 
@@ -180,7 +216,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    tables = {"reconstructor": config_lib.RECONSTRUCTOR_PRESETS, "inference": config_lib.INFERENCE_PRESETS, "render-assets": config_lib.RENDER_ASSETS_PRESETS, "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS}
+    tables = {
+        "reconstructor": config_lib.RECONSTRUCTOR_PRESETS,
+        "inference": config_lib.INFERENCE_PRESETS,
+        "render-assets": config_lib.RENDER_ASSETS_PRESETS,
+        "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS,
+        "synthesize": config_lib.SYNTHESIZE_PRESETS,
+        "train-filter": config_lib.TRAIN_FILTER_PRESETS,
+    }
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
     _print(json.dumps(config_lib.to_dict(config), indent=2))
     return 0
@@ -242,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(command, config_lib.FINETUNE_VIDEO_PRESETS, "debug")
     command.set_defaults(handler=_finetune_video)
 
+    command = commands.add_parser("synthesize", help="generate filtered synthetic orbit shards from prompts or images (Ray Data)", description="Prompts (or images) → first frames → orbit videos → foreground masks → quality filter → orbit shards (source=synthetic), each model stage on its own elastic Ray Data actor pool. Every input ends in exactly one table: kept orbits, _rejected/ (with scores and reasons) or _errors/ (with the reason). Resumable: a rerun with the same arguments processes only the missing ids.")
+    command.add_argument("--prompts", required=True, type=Path, help="Parquet/CSV/JSONL with columns id, prompt and optional image (bytes or a path relative to the file) and elevation (degrees); or a folder of images")
+    command.add_argument("--video-model", required=True, type=Path, help="fine-tuned orbit video model directory (from finetune-video)")
+    command.add_argument("--out", required=True, type=Path, help="shard directory (synthetic-*.parquet, _rejected/, _errors/, synthesize_summary.json)")
+    command.add_argument("--text-to-image", type=Path, help="local diffusers text-to-image pipeline drawing first frames for inputs without an image (sets generation.text_to_image_path)")
+    command.add_argument("--probe", type=Path, help="quality probe directory from train-filter (sets filter.probe_path; default: heuristics only)")
+    command.add_argument("--retry-errors", action="store_true", help="also retry inputs that failed in an earlier run (their old error rows are archived)")
+    _add_address_argument(command)
+    _add_config_arguments(command, config_lib.SYNTHESIZE_PRESETS, "node")
+    command.set_defaults(handler=_synthesize)
+
+    command = commands.add_parser("train-filter", help="fit the synthetic-orbit quality probe from labelled orbits", description="Fit a linear probe on frozen DINOv2 features of labelled orbits (good/bad), hold out a share to measure it, and write the probe directory that `synthesize --probe` uses.")
+    command.add_argument("--labels", required=True, type=Path, help="CSV/JSONL/Parquet with columns id and label (good/bad, keep/reject, 1/0, true/false)")
+    command.add_argument("--data", required=True, type=Path, action="append", help="shard directory holding the labelled orbits (kept or _rejected/); repeat for several")
+    command.add_argument("--out", required=True, type=Path, help="probe directory to write (config.json, model.safetensors, filter_report.json)")
+    command.add_argument("--encoder", type=Path, help="local DINOv2 directory (transformers layout; sets encoder.encoder.pretrained_path)")
+    _add_config_arguments(command, config_lib.TRAIN_FILTER_PRESETS, "dinov2-base")
+    command.set_defaults(handler=_train_filter)
+
     command = commands.add_parser("sample-assets", help="copy real sample meshes shipped in pybullet_data into a folder", description="Gather the textured duck, soccer ball, table, tray, jenga, domino and random_urdfs objects from pybullet_data (pip install 'vf3d[assets]') into a self-contained folder.")
     command.add_argument("--out", required=True, type=Path, help="directory to copy the meshes (and their materials and textures) into")
     command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
@@ -252,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter"], help="which configuration")
     command.add_argument("--preset", default="debug", help="preset name of that configuration (default: %(default)s)")
     command.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
     command.set_defaults(handler=_show_config)

@@ -1,10 +1,11 @@
 """`vf3d demo`: the pipeline at `debug` size, end to end, with a summary of each stage.
 
 For now the pipeline is: real sample meshes (shipped inside pybullet) → orbit shards on a local
-Ray cluster → the `debug` video model fine-tuned on them (Ray Train + DeepSpeed ZeRO-2, 2 workers);
+Ray cluster → the `debug` video model fine-tuned on them (Ray Train + DeepSpeed ZeRO-2, 2 workers)
+→ synthetic orbits from prompts and a photo (Ray Data, elastic actor pools, quality filter);
 a random `debug` reconstructor → image-to-3d on a real photo (shipped inside
-scikit-image, so it works offline) → GLB + turntable MP4. Later stages (synthesis, reconstructor
-training, evaluation, serving) join here as they land.
+scikit-image, so it works offline) → GLB + turntable MP4. Later stages (reconstructor training,
+evaluation, serving) join here as they land.
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ DEMO_ASSETS = 8
 """Sample meshes rendered into orbit shards (the named pybullet objects first)."""
 DEMO_PHOTO = "astronaut"
 """A real photo from skimage.data (astronaut, chelsea, coffee and rocket ship with the package)."""
+DEMO_PROMPTS = ["a wooden chair", "a red toy car", "a ceramic mug", "a yellow rubber duck", "a potted cactus", "a leather boot", "a brass desk lamp", "a teddy bear", "a blue vase", "a robot toy", "a soccer ball", "a stack of books"]
+"""Prompts the demo synthesises orbits for (plus one photo given as its own first frame)."""
+
+
+def write_demo_prompts(path: Path) -> Path:
+    """The demo's synthesis input: one Parquet row per prompt, plus a photo row (no prompt needed)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import skimage.data
+    from PIL import Image
+
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(photo, format="PNG")
+    rows = [{"id": f"prompt-{index:02d}", "prompt": prompt, "image": None} for index, prompt in enumerate(DEMO_PROMPTS)]
+    rows.append({"id": "photo-chelsea", "prompt": "a cat", "image": photo.getvalue()})
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("image", pa.binary())])), path)
+    return path
 
 
 def write_demo_photo(path: Path, name: str = DEMO_PHOTO) -> Path:
@@ -45,7 +65,7 @@ def run_demo(out: Path, log=print) -> dict:
     from vf3d.data.assets import gather_sample_assets
     from vf3d.synthesis.cluster import ray_cluster
     from vf3d.synthesis.render_assets import render_assets
-
+    from vf3d.synthesis.synthesize import synthesize
     from vf3d.training.video import finetune_video
 
     assets = gather_sample_assets(out / "assets", limit=DEMO_ASSETS)
@@ -68,6 +88,18 @@ def run_demo(out: Path, log=print) -> dict:
             "output": str(out / "video-model"),
             "eval_loss": f"{tuned['initial_eval_loss']:.3f} -> {tuned['final_eval_loss']:.3f}",
             "steps": tuned["steps"],
+        }
+        stage_start = time.perf_counter()
+        prompts = write_demo_prompts(out / "prompts.parquet")
+        synthesized = synthesize(prompts, out / "video-model", out / "synthetic", config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=log)
+        stages["synthesize"] = {
+            "seconds": time.perf_counter() - stage_start,
+            "output": str(out / "synthetic"),
+            "inputs": synthesized["inputs"],
+            "kept": synthesized["kept_total"],
+            "rejected": synthesized["rejected_total"],
+            "errors": synthesized["errors_total"],
+            "videos_per_second": synthesized["videos_per_second"],
         }
 
     stage_start = time.perf_counter()

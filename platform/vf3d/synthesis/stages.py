@@ -1,0 +1,504 @@
+"""The Ray Data stages of `vf3d synthesize`: callable classes, one actor pool each.
+
+    prepare_inputs (tasks)      drop finished ids, validate prompts/elevations, read image files,
+                                derive each id's seed and elevation; bad inputs become error rows
+    FirstFrames (actors)        text-to-image first frame, or the given image recentred on white
+    GenerateOrbits (actors)     first frame + prompt + elevation → V-view orbit and its cameras
+    ForegroundMasks (actors)    masks of the views against the white background
+    FilterOrbits (actors)       heuristics + linear probe on frozen DINOv2 features → kept or
+                                rejected, encoded as orbit-shard rows
+    WriteSynthesized (1 actor)  orbits / rejected / errors, each to its own table, atomically
+
+Every row carries `error` and `error_stage` ("" while it is healthy): a row that failed passes
+through the later stages untouched and is written as an error row, so nothing is lost. Each stage
+adds its actor and its share of the batch time to the row's `trace` (JSON), which the writer sums
+into the run's per-stage throughput and GPU-hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vf3d import config as config_lib
+from vf3d.config import SynthesizeConfig
+from vf3d.data import shards
+
+STAGES = ("first_frame", "generate", "mask", "filter")
+"""Model stages in pipeline order (each on its own actor pool); "prepare" runs as plain tasks."""
+OUTCOMES = ("kept", "rejected", "error")
+FAULT_MARKER = ".fault-{stage}.fired"
+"""File in the output directory recording that a configured fault already fired (it fires once)."""
+
+
+def derived_seed(identifier: str, seed: int) -> int:
+    """A 31-bit seed from the run seed and an input id: the same id always draws the same first
+    frame, noise and elevation, whatever batch or run it lands in."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{identifier}".encode("utf-8")).digest()[:4], "big") >> 1
+
+
+def drawn_elevation(identifier: str, seed: int, elevation_range_deg: list[float]) -> float:
+    """Elevation (degrees) for an input without one: uniform in the range, seeded by the id."""
+    low, high = elevation_range_deg
+    return float(np.random.default_rng(derived_seed(identifier, seed + 1)).uniform(low, high))
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare (plain Ray Data tasks)
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompt_problem(prompt: Any, has_image: bool, max_chars: int) -> tuple[str, str]:
+    """(clean prompt, "") or ("", reason). Bytes must be UTF-8; text must not be empty (unless an
+    image is given), too long or hold control characters (binary junk in a text column)."""
+    if prompt is None:
+        return ("", "") if has_image else ("", "prompt is missing (null) and no image is given")
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        try:
+            prompt = bytes(prompt).decode("utf-8")
+        except UnicodeDecodeError as error:
+            return "", f"prompt is not valid UTF-8 ({error.reason} at byte {error.start})"
+    prompt = str(prompt)
+    if any(unicodedata.category(character) in ("Cc", "Cs") and character not in "\t\n\r" for character in prompt):
+        return "", "prompt holds control characters (binary data, not text)"
+    prompt = " ".join(prompt.split())
+    if not prompt and not has_image:
+        return "", "prompt is empty and no image is given"
+    if len(prompt) > max_chars:
+        return "", f"prompt is {len(prompt)} characters long (max_prompt_chars={max_chars})"
+    return prompt, ""
+
+
+def _read_image(value: Any, images_root: str) -> tuple[bytes, str]:
+    """(encoded image bytes, "") or (b"", reason). `value` is bytes or a path (relative to
+    `images_root`); decoding is left to the first-frame stage."""
+    if value is None:
+        return b"", ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        return (data, "") if data else (b"", "image is empty (0 bytes)")
+    path = Path(images_root, str(value))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return b"", f"image file cannot be read: {path} ({error.strerror or error})"
+    return (data, "") if data else (b"", f"image is empty (0 bytes): {path}")
+
+
+def prepare_inputs(batch: pa.Table, done_ids: frozenset[str], config: dict[str, Any], images_root: str) -> pa.Table:
+    """Input rows (id, prompt, optional image / elevation) → the pipeline's working rows.
+
+    Rows whose id is already finished are dropped here, before any model runs. Returns columns
+    id, prompt, elevation (degrees), elevation_given, seed, image (encoded bytes, b"" when none),
+    error, error_stage, trace.
+    """
+    synthesize = config_lib.from_dict(SynthesizeConfig, config)
+    names = set(batch.column_names)
+    ids = [str(value) for value in batch.column("id").to_pylist()]
+    prompts = batch.column("prompt").to_pylist() if "prompt" in names else [None] * len(ids)
+    images = batch.column("image").to_pylist() if "image" in names else [None] * len(ids)
+    elevations = batch.column("elevation").to_pylist() if "elevation" in names else [None] * len(ids)
+    rows: dict[str, list] = {name: [] for name in ("id", "prompt", "elevation", "elevation_given", "seed", "image", "error", "error_stage", "trace")}
+    for identifier, prompt, image, elevation in zip(ids, prompts, images, elevations):
+        if identifier in done_ids:
+            continue
+        image_bytes, problem = _read_image(image, images_root)
+        text, prompt_problem = _prompt_problem(prompt, image is not None, synthesize.max_prompt_chars)
+        problem = problem or prompt_problem
+        given = elevation is not None
+        if given:
+            try:
+                elevation = float(elevation)
+            except (TypeError, ValueError):
+                elevation = math.nan
+            if not (math.isfinite(elevation) and -90 < elevation < 90):
+                problem = problem or f"elevation must be a number of degrees in (-90, 90), got {elevation!r}"
+                elevation = 0.0
+        else:
+            elevation = drawn_elevation(identifier, synthesize.seed, synthesize.generation.elevation_range_deg)
+        for name, value in (("id", identifier), ("prompt", text), ("elevation", elevation), ("elevation_given", given), ("seed", derived_seed(identifier, synthesize.seed)),
+                            ("image", b"" if problem else image_bytes), ("error", problem), ("error_stage", "prepare" if problem else ""), ("trace", "{}")):
+            rows[name].append(value)
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("elevation", pa.float64()), ("elevation_given", pa.bool_()), ("seed", pa.int64()), ("image", pa.binary()),
+                        ("error", pa.string()), ("error_stage", pa.string()), ("trace", pa.string())])
+    return pa.table(rows, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Actor stages
+# ---------------------------------------------------------------------------------------------
+
+
+def _quiet_model_loading() -> None:
+    """No per-actor loading progress bars: with dozens of actors they drown the run's own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _short_error(error: BaseException) -> str:
+    """One line naming the exception, bounded (CUDA errors can run to pages)."""
+    return " ".join(f"{type(error).__name__}: {error}".split())[:500]
+
+
+class _ModelStage:
+    """Shared machinery: device and precision, per-row error isolation, trace, fault injection.
+
+    Subclasses set `stage`, load their model in `__init__` and implement `process(batch, rows)`,
+    which computes new columns for the healthy rows (`rows`: their indices) and returns
+    ({column: [values per healthy row]}, {row index: reason} for rows that failed).
+    `placeholders(batch)` gives the values error rows carry in the new columns.
+    """
+
+    stage: str = ""
+
+    def __init__(self, config: dict[str, Any], out_dir: str) -> None:
+        import ray
+        import torch
+
+        self.config = config_lib.from_dict(SynthesizeConfig, config)
+        self.out_dir = Path(out_dir)
+        self.batches_done = 0
+        # Outside Ray (tests, a bare loop) a stage is a plain object on this process's devices.
+        in_ray = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        # An actor id is 24 unique hex digits followed by the job id: keep the unique part.
+        self.actor = ray.get_runtime_context().get_actor_id()[:12] if in_ray else f"pid{os.getpid()}"
+        uses_gpu = bool(ray.get_gpu_ids()) if in_ray else True
+        self.device = torch.device("cuda" if torch.cuda.is_available() and uses_gpu else "cpu")
+        precision = self.config.generation.precision
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision in ("auto", "bf16") else None
+
+    def autocast(self):
+        """bf16 autocast on GPUs (weights stay fp32), nothing on the CPU."""
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _maybe_inject_fault(self) -> None:
+        fault = self.config.fault
+        if fault.kill_stage != self.stage or self.batches_done != fault.after_batches:
+            return
+        marker = self.out_dir / FAULT_MARKER.format(stage=self.stage)
+        try:
+            descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exactly one actor fires
+        except FileExistsError:
+            return
+        os.close(descriptor)
+        print(f"[fault injection] {self.stage} actor {self.actor} exits mid-batch", flush=True)
+        os._exit(1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        self._maybe_inject_fault()
+        errors = [str(value) for value in batch["error"]]
+        healthy = [index for index, error in enumerate(errors) if not error]
+        columns, failures = self.process(batch, healthy) if healthy else ({}, {})
+        placeholders = self.placeholders(batch)
+        output = {name: value for name, value in batch.items() if name not in self.drop_columns}
+        for name, placeholder in placeholders.items():
+            values = [placeholder] * len(errors)
+            for index, value in zip(healthy, columns.get(name, [])):
+                if value is not None:  # None: the row failed here and keeps the placeholder
+                    values[index] = value
+            output[name] = np.stack(values) if isinstance(placeholder, np.ndarray) else np.array(values, dtype=object)
+        stages = [str(value) for value in batch["error_stage"]]
+        for index, reason in failures.items():
+            errors[index], stages[index] = reason, self.stage
+        seconds = (time.perf_counter() - started) / max(len(healthy), 1)
+        traces = []
+        for index, trace in enumerate(batch["trace"]):
+            record = json.loads(str(trace))
+            if index in healthy:
+                record[self.stage] = {"actor": self.actor, "seconds": round(seconds, 6)}
+            traces.append(json.dumps(record))
+        output.update(error=np.array(errors, dtype=object), error_stage=np.array(stages, dtype=object), trace=np.array(traces, dtype=object))
+        self.batches_done += 1
+        return output
+
+    drop_columns: tuple[str, ...] = ()
+    """Input columns the stage consumes and does not pass on."""
+
+    def placeholders(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def process(self, batch: dict[str, np.ndarray], rows: list[int]) -> tuple[dict[str, list], dict[int, str]]:
+        raise NotImplementedError
+
+    def per_row(self, rows: list[int], on_batch) -> tuple[list, dict[int, str]]:
+        """Run `on_batch(rows)` → list of results; if the batch raises, retry row by row so one
+        bad input costs only its own row (reason recorded), not its batch-mates'."""
+        try:
+            return on_batch(rows), {}
+        except Exception as error:  # noqa: BLE001 - any failure of a model call is a row's outcome
+            if len(rows) == 1:
+                return [None], {rows[0]: _short_error(error)}
+        results, failures = [], {}
+        for row in rows:
+            try:
+                results.append(on_batch([row])[0])
+            except Exception as error:  # noqa: BLE001
+                results.append(None)
+                failures[row] = _short_error(error)
+        return results, failures
+
+
+class FirstFrames(_ModelStage):
+    """Ray Data stage: rows → `first_frame` uint8 [S, S, 3] on white, at the video model's size.
+
+    Inputs with an image: decoded, background removed, recentred on white (vf3d.preprocess).
+    Inputs without: drawn by the text-to-image model (loaded on first need, so image-only runs never
+    load it), each from its own seed.
+    """
+
+    stage = "first_frame"
+    drop_columns = ("image",)
+
+    def __init__(self, config: dict[str, Any], out_dir: str, resolution: int) -> None:
+        super().__init__(config, out_dir)
+        _quiet_model_loading()
+        self.resolution = resolution
+        self._generator = None
+
+    def generator(self):
+        """The text-to-image first-frame model, built once per actor."""
+        if self._generator is None:
+            from vf3d.config import VideoModelConfig
+            from vf3d.models.video import FirstFrameGenerator
+            from vf3d.models.video.text_to_image import tiny_text_to_image_pipeline
+
+            generation = self.config.generation
+            if generation.text_to_image_path is not None:
+                self._generator = FirstFrameGenerator.from_pretrained(generation.text_to_image_path, self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance)
+            else:
+                tiny = VideoModelConfig(random_init=True, resolution=self.resolution, max_text_tokens=77, seed=self.config.seed)
+                self._generator = FirstFrameGenerator(tiny_text_to_image_pipeline(tiny), self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance)
+            self._generator.to(self.device)
+        return self._generator
+
+    def placeholders(self, batch):
+        return {"first_frame": np.full((self.resolution, self.resolution, 3), 255, np.uint8), "first_frame_given": False}
+
+    def process(self, batch, rows):
+        from vf3d.preprocess import ImageInputError, prepare_image
+
+        frames: dict[int, np.ndarray] = {}
+        failures: dict[int, str] = {}
+        to_draw = []
+        for row in rows:
+            image = bytes(batch["image"][row])
+            if not image:
+                to_draw.append(row)
+                continue
+            try:
+                tensor = prepare_image(image, self.resolution, mask_method=self.config.generation.image_mask_method)
+            except ImageInputError as error:
+                failures[row] = f"image: {error}"
+                continue
+            frames[row] = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        if to_draw:
+            def draw(indices):
+                with self.autocast():
+                    return list(self.generator()([str(batch["prompt"][index]) for index in indices], seed=[int(batch["seed"][index]) for index in indices]))
+
+            drawn, draw_failures = self.per_row(to_draw, draw)
+            failures.update(draw_failures)
+            frames.update({row: image for row, image in zip(to_draw, drawn) if image is not None})
+        return {"first_frame": [frames.get(row) for row in rows], "first_frame_given": [bool(batch["image"][row]) for row in rows]}, failures
+
+
+class GenerateOrbits(_ModelStage):
+    """Ray Data stage: first frame + prompt + elevation → `frames` uint8 [V, S, S, 3] and `cameras`
+    float32 [V, 25] (the orbit poses the elevation conditioning asked for)."""
+
+    stage = "generate"
+    drop_columns = ("first_frame",)
+
+    def __init__(self, config: dict[str, Any], out_dir: str, video_model: str) -> None:
+        super().__init__(config, out_dir)
+        _quiet_model_loading()
+        from vf3d.models.video import OrbitVideoPipeline
+
+        self.pipeline = OrbitVideoPipeline.from_pretrained(video_model, local_files_only=True).to(self.device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.num_views = int(self.pipeline.config.num_views)
+        self.resolution = int(self.pipeline.config.resolution)
+
+    def placeholders(self, batch):
+        return {"frames": np.full((self.num_views, self.resolution, self.resolution, 3), 255, np.uint8), "cameras": np.zeros((self.num_views, shards.CAMERA_DIM), np.float32)}
+
+    def process(self, batch, rows):
+        generation = self.config.generation
+
+        def generate(indices):
+            with self.autocast():
+                output = self.pipeline.generate_orbit(
+                    [np.asarray(batch["first_frame"][index]) for index in indices],
+                    [str(batch["prompt"][index]) for index in indices],
+                    [float(batch["elevation"][index]) for index in indices],
+                    steps=generation.num_inference_steps,
+                    guidance=generation.guidance_scale,
+                    seed=[int(batch["seed"][index]) for index in indices],
+                )
+            return list(zip(output.frames, output.cameras))
+
+        results, failures = self.per_row(rows, generate)
+        return {"frames": [None if result is None else result[0] for result in results], "cameras": [None if result is None else result[1] for result in results]}, failures
+
+
+class ForegroundMasks(_ModelStage):
+    """Ray Data stage: `frames` → `masks` uint8 [V, S, S] (255 = object) against the white
+    background the model generates on (CPU)."""
+
+    stage = "mask"
+
+    def placeholders(self, batch):
+        frames = batch["frames"]
+        return {"masks": np.zeros(frames.shape[1:4], np.uint8)}
+
+    def process(self, batch, rows):
+        from vf3d.synthesis.quality import white_background_masks
+
+        threshold = self.config.filter.mask_threshold
+        return {"masks": [white_background_masks(np.asarray(batch["frames"][row]), threshold) for row in rows]}, {}
+
+
+class FilterOrbits(_ModelStage):
+    """Ray Data stage: orbits → encoded shard rows with an `outcome` ("kept", "rejected", "error").
+
+    Heuristics (static, empty/full-frame foreground, flicker) always run; the linear probe on frozen
+    encoder features runs when `filter.probe_path` is set, and its score is the row's `quality`.
+    Every reason an orbit fails is recorded; an orbit passes only when there is none.
+    """
+
+    stage = "filter"
+
+    def __init__(self, config: dict[str, Any], out_dir: str, video_model: str) -> None:
+        super().__init__(config, out_dir)
+        _quiet_model_loading()
+        from vf3d.synthesis.quality import QualityFilter
+
+        self.video_model = video_model
+        probe_path = self.config.filter.probe_path
+        self.probe = QualityFilter.from_pretrained(probe_path, device=self.device) if probe_path else None
+        self.min_score = self.config.filter.min_score if self.config.filter.min_score is not None else (self.probe.threshold if self.probe else None)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        started = time.perf_counter()
+        self._maybe_inject_fault()
+        from vf3d.synthesis.quality import heuristic_reasons, orbit_statistics
+
+        errors = [str(value) for value in batch["error"]]
+        healthy = [index for index, error in enumerate(errors) if not error]
+        scores: dict[int, float] = {}
+        if self.probe is not None and healthy:
+            try:
+                with self.autocast():
+                    values = self.probe.score(np.stack([batch["frames"][index] for index in healthy]))
+                scores = dict(zip(healthy, map(float, values)))
+            except Exception as error:  # noqa: BLE001 - a failed probe call fails its rows, not the run
+                for index in healthy:
+                    errors[index] = _short_error(error)
+                healthy = []
+        stages = [str(value) if errors[index] == str(batch["error"][index]) else self.stage for index, value in enumerate(batch["error_stage"])]
+        seconds = (time.perf_counter() - started) / max(len(healthy), 1)
+        rows = []
+        for index, identifier in enumerate(batch["id"]):
+            trace = json.loads(str(batch["trace"][index]))
+            row = {"id": str(identifier), "error": errors[index], "error_stage": stages[index]}
+            if errors[index]:
+                rows.append({**row, "outcome": "error", "trace": json.dumps(trace)})
+                continue
+            row_started = time.perf_counter()
+            frames, masks = np.asarray(batch["frames"][index]), np.asarray(batch["masks"][index])
+            statistics = orbit_statistics(frames, masks)
+            reasons = heuristic_reasons(statistics, self.config.filter.heuristics)
+            quality = scores.get(index)
+            if quality is not None and self.min_score is not None and quality < self.min_score:
+                reasons.append("probe_score")
+            trace[self.stage] = {"actor": self.actor, "seconds": round(seconds + time.perf_counter() - row_started, 6)}
+            record = shards.OrbitRecord(
+                id=str(identifier),
+                source="synthetic",
+                prompt=str(batch["prompt"][index]),
+                rgb=frames,
+                mask=masks,
+                cameras=np.asarray(batch["cameras"][index]),
+                elevation=float(batch["elevation"][index]),
+                quality=quality,
+                metadata={
+                    "seed": int(batch["seed"][index]),
+                    "elevation_given": bool(batch["elevation_given"][index]),
+                    "first_frame_given": bool(batch["first_frame_given"][index]),
+                    "video_model": self.video_model,
+                    "steps": self.config.generation.num_inference_steps,
+                    "guidance": self.config.generation.guidance_scale,
+                    "filter": {**{key: round(value, 6) for key, value in statistics.items()}, "probe_score": quality, "min_score": self.min_score},
+                    "trace": trace,
+                },
+            )
+            rows.append({**row, **shards.encode_record(record), "reasons": reasons, "outcome": "rejected" if reasons else "kept", "trace": json.dumps(trace)})
+        self.batches_done += 1
+        return _filtered_table(rows)
+
+
+FILTERED_SCHEMA = shards.REJECTED_SCHEMA.append(pa.field("outcome", pa.string())).append(pa.field("error", pa.string())).append(pa.field("error_stage", pa.string())).append(pa.field("trace", pa.string()))
+"""What FilterOrbits hands the writer: every column of a rejected orbit plus the outcome, the
+error (if any) and the trace. Error rows leave the orbit columns empty."""
+
+
+def _filtered_table(rows: list[dict[str, Any]]) -> pa.Table:
+    empty_orbit = {"source": "synthetic", "prompt": "", "asset": None, "frames": [], "masks": [], "cameras": [], "num_orbit_views": 0, "elevation": 0.0, "resolution": 0,
+                   "quality": None, "format_version": shards.FORMAT_VERSION, "metadata": "{}", "reasons": []}
+    return pa.Table.from_pylist([{**empty_orbit, **row} for row in rows], schema=FILTERED_SCHEMA)
+
+
+class WriteSynthesized:
+    """Ray Data stage: a batch of filtered rows → one file per table it has rows for.
+
+    Returns one row of counts and the stage traces summed over the batch (for progress output
+    and the run summary)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.writer = shards.OrbitShardWriter(out_dir, prefix="synthetic")
+
+    def __call__(self, batch: pa.Table) -> dict[str, list]:
+        import pyarrow.compute as pc
+
+        outcome = batch.column("outcome")
+        kept = batch.filter(pc.equal(outcome, "kept"))
+        rejected = batch.filter(pc.equal(outcome, "rejected"))
+        errors = batch.filter(pc.equal(outcome, "error"))
+        self.writer.write(kept.select(shards.ORBIT_SCHEMA.names))
+        self.writer.write_rejected(rejected.select(shards.REJECTED_SCHEMA.names))
+        self.writer.write_errors([{"id": row["id"], "stage": row["error_stage"] or "unknown", "reason": row["error"]} for row in errors.select(["id", "error", "error_stage"]).to_pylist()])
+        stages: dict[str, dict[str, Any]] = {}
+        for trace in batch.column("trace").to_pylist():
+            for stage, entry in json.loads(trace).items():
+                totals = stages.setdefault(stage, {"items": 0, "seconds": 0.0, "actors": []})
+                totals["items"] += 1
+                totals["seconds"] += entry["seconds"]
+                if entry["actor"] not in totals["actors"]:
+                    totals["actors"].append(entry["actor"])
+        reasons: dict[str, int] = {}
+        for row_reasons in rejected.column("reasons").to_pylist():
+            for reason in row_reasons:
+                reasons[reason] = reasons.get(reason, 0) + 1
+        error_stages: dict[str, int] = {}
+        for stage in errors.column("error_stage").to_pylist():
+            error_stages[stage] = error_stages.get(stage, 0) + 1
+        return {"kept": [kept.num_rows], "rejected": [rejected.num_rows], "errors": [errors.num_rows], "stages": [json.dumps(stages)], "reasons": [json.dumps(reasons)], "error_stages": [json.dumps(error_stages)]}

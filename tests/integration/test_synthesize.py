@@ -1,0 +1,232 @@
+"""`vf3d synthesize` end to end on a local Ray cluster with debug models: exactly-once accounting,
+bad inputs as error rows, a killed actor, a killed driver, and an elastic generation pool."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from vf3d import config as config_lib
+from vf3d.data import shards
+
+VF3D = str(Path(sys.executable).with_name("vf3d"))
+TABLES = ("orbits", "rejected", "errors")
+
+BAD_PROMPTS = {
+    "bad-empty": (b"", "prompt is empty"),
+    "bad-blank": (b"   \t ", "prompt is empty"),
+    "bad-long": (b"a red chair " * 200, "characters long"),
+    "bad-utf8": (b"a \xff\xfe cup", "not valid UTF-8"),
+    "bad-binary": (b"\x00\x01\x02 junk", "control characters"),
+    "bad-null": (None, "prompt is missing"),
+}
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_prompts(path: Path, good: int = 40) -> dict[str, str]:
+    """50 inputs: `good` text prompts, 2 photos, 1 corrupt image, 6 bad prompts and 1 bad
+    elevation. Prompts are stored as bytes so that undecodable text can be represented.
+    Returns {id: expected error fragment} for the inputs that must fail."""
+    from skimage import data
+
+    subjects = ["a wooden chair", "a red sports car", "a ceramic mug", "a toy robot", "a potted plant", "a leather boot", "a brass lamp", "a teddy bear"]
+    rows = [{"id": f"p{index:03d}", "prompt": f"{subjects[index % len(subjects)]}, studio photo, white background".encode(), "image": None, "elevation": 10.0 if index % 5 == 0 else None} for index in range(good)]
+    rows += [
+        {"id": "img-cat", "prompt": b"a cat", "image": _png(data.chelsea()), "elevation": None},
+        {"id": "img-rocket", "prompt": None, "image": _png(data.rocket()), "elevation": 20.0},
+        {"id": "bad-image", "prompt": b"a vase", "image": b"\x89PNG\r\n\x1a\nnot really a png", "elevation": None},
+        {"id": "bad-elevation", "prompt": b"a bowl", "image": None, "elevation": 95.0},
+    ]
+    rows += [{"id": identifier, "prompt": prompt, "image": None, "elevation": None} for identifier, (prompt, _) in BAD_PROMPTS.items()]
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.binary()), ("image", pa.binary()), ("elevation", pa.float64())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    expected = {identifier: fragment for identifier, (_, fragment) in BAD_PROMPTS.items()}
+    expected.update({"bad-image": "image:", "bad-elevation": "elevation must be"})
+    return expected
+
+
+def table_ids(out: Path) -> dict[str, list[str]]:
+    """Every id of every table, with repeats (a duplicate would show as a repeat)."""
+    return {table: [value for file in shards.list_shard_files(out, table) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()] for table in TABLES}
+
+
+@pytest.fixture(scope="module")
+def video_model(tmp_path_factory):
+    """A debug orbit video model saved in the diffusers layout (random weights, real classes)."""
+    from vf3d.models.video import build_video_pipeline
+
+    directory = tmp_path_factory.mktemp("video-model")
+    build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def synthesized(ray_local, video_model, tmp_path_factory):
+    """One 50-input run in which the first generation actor dies in its second batch.
+
+    Far more sampling steps than the debug preset make generation the slowest stage by a wide
+    margin, as it is on a real cluster, so its pool has a backlog that outlasts an actor's start-up
+    (tens of seconds on 2 busy cores) and grows."""
+    from vf3d.synthesis.synthesize import synthesize
+
+    root = tmp_path_factory.mktemp("synthesize")
+    prompts = root / "prompts.parquet"
+    expected_errors = write_prompts(prompts)
+    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}})
+    lines: list[str] = []
+    summary = synthesize(prompts, video_model, root / "out", config, log=lines.append)
+    return root / "out", summary, expected_errors, lines, prompts
+
+
+def test_fifty_inputs_are_each_accounted_for_exactly_once(synthesized):
+    out, summary, expected_errors, _, _ = synthesized
+    ids = table_ids(out)
+    every = [value for table in TABLES for value in ids[table]]
+    assert len(every) == len(set(every)) == 50
+    assert len(ids["errors"]) == len(expected_errors) and len(ids["orbits"]) + len(ids["rejected"]) == 42
+    assert summary["inputs"] == 50 and summary["missing"] == 0 and summary["ids_in_two_tables"] == 0 and summary["duplicate_rows"] == 0
+    assert summary["kept_total"] + summary["rejected_total"] + summary["errors_total"] == 50
+    assert summary["kept_this_run"] + summary["rejected_this_run"] == summary["videos_this_run"] == 42
+    assert summary["videos_per_second"] > 0 and summary["stages"]["generate"]["items"] == 42
+    assert summary["stages"]["first_frame"]["items_per_actor_second"] > 0
+
+
+def test_bad_inputs_become_error_rows_with_their_reason(synthesized):
+    out, summary, expected_errors, _, _ = synthesized
+    errors = {row["id"]: row for row in shards.read_table(out, table="errors").to_pylist()}
+    assert set(errors) == set(expected_errors)
+    for identifier, fragment in expected_errors.items():
+        assert fragment in errors[identifier]["reason"], (identifier, errors[identifier]["reason"])
+    assert errors["bad-image"]["stage"] == "first_frame"
+    assert {errors[identifier]["stage"] for identifier in BAD_PROMPTS} == {"prepare"}
+    assert summary["errors_by_stage"] == {"prepare": 7, "first_frame": 1}
+
+
+def test_outputs_are_synthetic_orbit_shards_with_known_cameras(synthesized, video_model):
+    from vf3d.models.video import orbit_cameras
+
+    out, _, _, _, _ = synthesized
+    table = pa.concat_tables([shards.read_table(out), shards.read_table(out, table="rejected").drop_columns(["reasons"])])
+    shards.validate_table(table)
+    rows = {row["id"]: row for row in table.to_pylist()}
+    assert {row["source"] for row in rows.values()} == {"synthetic"}
+    record = shards.decode_row(rows["p000"])  # elevation given: 10°
+    assert record["frames"].shape == (16, 3, 32, 32) and record["masks"].shape == (16, 1, 32, 32)
+    np.testing.assert_allclose(record["cameras"], orbit_cameras(16, 10.0).numpy(), atol=1e-6)
+    metadata = json.loads(rows["img-rocket"]["metadata"])
+    assert metadata["first_frame_given"] and metadata["elevation_given"] and rows["img-rocket"]["elevation"] == 20.0
+    drawn = [row["elevation"] for identifier, row in rows.items() if identifier.startswith("p") and not json.loads(row["metadata"])["elevation_given"]]
+    assert all(0 <= value <= 30 for value in drawn) and len(set(drawn)) > 10
+
+
+def test_rejected_orbits_keep_their_frames_scores_and_reasons(synthesized):
+    out, summary, _, _, _ = synthesized
+    rejected = shards.read_table(out, table="rejected")
+    assert rejected.num_rows == summary["rejected_total"]
+    known = {"static", "empty_foreground", "full_frame_foreground", "flicker", "probe_score"}
+    for row in rejected.select(["reasons", "metadata", "frames"]).to_pylist():
+        assert row["reasons"] and set(row["reasons"]) <= known and len(row["frames"]) == 16
+        assert {"motion", "foreground_mean", "flicker"} <= set(json.loads(row["metadata"])["filter"])
+    assert sum(summary["reject_reasons"].values()) >= summary["rejected_total"]
+
+
+def test_a_killed_generation_actor_loses_nothing(synthesized):
+    out, summary, _, lines, _ = synthesized
+    assert (out / ".fault-generate.fired").is_file(), "the generation actor should have been killed mid-run"
+    assert summary["missing"] == 0 and summary["errors_by_stage"].get("generate") is None
+    assert summary["stages"]["generate"]["items"] == 42
+
+
+def test_the_generation_pool_grows_from_its_minimum_towards_its_maximum(synthesized):
+    _, summary, _, lines, _ = synthesized
+    pool = summary["stages"]["generate"]["pool"]
+    assert pool["min"] == 1 and pool["max"] == 2
+    assert summary["stages"]["generate"]["actors_used"] == 2, lines[-5:]
+    assert any("generate 1" in line for line in lines) and any("generate 2" in line for line in lines)
+
+
+def test_rerun_processes_nothing(synthesized, video_model):
+    from vf3d.synthesis.synthesize import synthesize
+
+    out, _, expected_errors, _, prompts = synthesized
+    before = table_ids(out)
+    lines: list[str] = []
+    summary = synthesize(prompts, video_model, out, config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=lines.append)
+    assert summary["pending_this_run"] == 0 and summary["videos_this_run"] == 0 and summary["skipped_already_done"] == 50
+    assert table_ids(out) == before
+    assert f"{len(expected_errors)} failed before; 0 to synthesize" in lines[0]
+
+
+def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(video_model, tmp_path):
+    prompts = tmp_path / "prompts.parquet"
+    write_prompts(prompts, good=30)
+    out = tmp_path / "out"
+    config = tmp_path / "small_shards.yaml"
+    config.write_text("rows_per_shard: 2\n")
+    command = [VF3D, "synthesize", "--prompts", str(prompts), "--video-model", str(video_model), "--out", str(out), "--preset", "debug", "--config", str(config)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) < 2:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    process.wait(timeout=60)
+    finished = sum(len(ids) for ids in table_ids(out).values())
+    assert 0 < finished < 40, "the kill should land mid-run"
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"{40 - finished} to synthesize" in result.stdout
+    every = [value for ids in table_ids(out).values() for value in ids]
+    assert len(every) == len(set(every)) == 40
+    assert not list(out.rglob(".*.partial"))
+
+
+def test_input_errors_exit_2_with_one_line(video_model, tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    duplicated = tmp_path / "duplicated.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "a"], "prompt": ["x", "y", "z"]}), duplicated)
+    no_id = tmp_path / "no_id.parquet"
+    pq.write_table(pa.table({"prompt": ["x"]}), no_id)
+    cases = [
+        (duplicated, video_model, "ids must be unique; repeated: ['a']"),
+        (no_id, video_model, "no 'id' column"),
+        (tmp_path / "missing.parquet", video_model, "--prompts not found"),
+        (duplicated, tmp_path, "not a diffusers pipeline directory"),
+    ]
+    for prompts, model, message in cases:
+        result = subprocess.run([VF3D, "synthesize", "--prompts", str(prompts), "--video-model", str(model), "--out", str(tmp_path / "out"), "--preset", "debug"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_images_is_an_input(tmp_path):
+    from skimage import data
+
+    from vf3d.synthesis.synthesize import read_inputs
+
+    (tmp_path / "cats").mkdir()
+    Image.fromarray(data.chelsea()).save(tmp_path / "cats" / "chelsea.png")
+    Image.fromarray(data.rocket()).save(tmp_path / "rocket.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    inputs = read_inputs(tmp_path)
+    assert len(inputs.ids) == 2 and not inputs.needs_text_to_image
+    assert sorted(inputs.table.column("prompt").to_pylist()) == ["chelsea", "rocket"]

@@ -1,0 +1,134 @@
+"""The synthesis stages as plain objects (no Ray): input validation, seeding, per-row error
+isolation, and the filter's kept/rejected decision on real renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vf3d import config as config_lib
+from vf3d.data import shards
+from vf3d.synthesis.stages import FilterOrbits, ForegroundMasks, GenerateOrbits, derived_seed, prepare_inputs
+
+
+@pytest.fixture(scope="module")
+def debug_config() -> dict:
+    return config_lib.to_dict(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"))
+
+
+def _prepare(rows, debug_config, done=frozenset(), schema=None):
+    table = pa.Table.from_pylist(rows, schema=schema) if schema else pa.Table.from_pylist(rows)
+    return prepare_inputs(table, done, debug_config, "/nonexistent").to_pylist()
+
+
+def test_prepare_validates_prompts_and_elevations(debug_config):
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.binary()), ("elevation", pa.float64())])
+    rows = [
+        {"id": "ok", "prompt": "  a   chair\n".encode(), "elevation": None},
+        {"id": "given", "prompt": b"a mug", "elevation": 12.5},
+        {"id": "empty", "prompt": b" ", "elevation": None},
+        {"id": "utf8", "prompt": b"\xc3\x28", "elevation": None},
+        {"id": "control", "prompt": b"a\x07b", "elevation": None},
+        {"id": "long", "prompt": b"x" * 1001, "elevation": None},
+        {"id": "null", "prompt": None, "elevation": None},
+        {"id": "steep", "prompt": b"a lamp", "elevation": -90.0},
+        {"id": "nan", "prompt": b"a lamp", "elevation": float("nan")},
+    ]
+    out = {row["id"]: row for row in _prepare(rows, debug_config, schema=schema)}
+    assert out["ok"]["prompt"] == "a chair" and out["ok"]["error"] == "" and not out["ok"]["elevation_given"]
+    assert 0 <= out["ok"]["elevation"] <= 30
+    assert out["given"]["elevation"] == 12.5 and out["given"]["elevation_given"]
+    reasons = {identifier: row["error"] for identifier, row in out.items() if row["error"]}
+    assert set(reasons) == {"empty", "utf8", "control", "long", "null", "steep", "nan"}
+    assert "not valid UTF-8" in reasons["utf8"] and "1001 characters" in reasons["long"] and "control characters" in reasons["control"]
+    assert all(row["error_stage"] == "prepare" for row in out.values() if row["error"])
+
+
+def test_prepare_drops_finished_ids_and_seeds_by_id(debug_config):
+    rows = [{"id": f"i{index}", "prompt": "a cup"} for index in range(6)]
+    first = _prepare(rows, debug_config, done=frozenset({"i1", "i4"}))
+    assert [row["id"] for row in first] == ["i0", "i2", "i3", "i5"]
+    again = {row["id"]: row for row in _prepare(rows[::-1], debug_config)}
+    for row in first:  # same id → same seed and elevation, whatever the order or the batch
+        assert (row["seed"], row["elevation"]) == (again[row["id"]]["seed"], again[row["id"]]["elevation"])
+    assert len({row["seed"] for row in first}) == 4
+    assert derived_seed("i0", 0) != derived_seed("i0", 1)
+
+
+def test_prepare_reads_image_files_and_reports_missing_ones(debug_config, tmp_path):
+    (tmp_path / "cup.png").write_bytes(b"png bytes")
+    table = pa.table({"id": ["a", "b", "c"], "prompt": ["x", None, None], "image": ["cup.png", "missing.png", None]})
+    rows = {row["id"]: row for row in prepare_inputs(table, frozenset(), debug_config, str(tmp_path)).to_pylist()}
+    assert rows["a"]["image"] == b"png bytes" and rows["a"]["error"] == ""
+    assert "cannot be read" in rows["b"]["error"]
+    assert rows["c"]["error"] == "prompt is missing (null) and no image is given"
+
+
+def test_a_failing_row_does_not_fail_its_batch(debug_config, tmp_path):
+    from vf3d.models.video import build_video_pipeline
+
+    build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(tmp_path / "video")
+    stage = GenerateOrbits(debug_config, str(tmp_path), str(tmp_path / "video"))
+    good = np.full((32, 32, 3), 200, np.uint8)
+    first_frames = np.empty(3, dtype=object)
+    first_frames[:] = [good, np.zeros((32, 32, 4), np.uint8), good]  # the middle one is RGBA: refused
+    batch = {
+        "id": np.array(["a", "b", "c"], dtype=object),
+        "prompt": np.array(["a cup", "a cup", "a cup"], dtype=object),
+        "elevation": np.array([10.0, 10.0, 20.0]),
+        "seed": np.array([1, 2, 3]),
+        "first_frame": first_frames,
+        "error": np.array(["", "", ""], dtype=object),
+        "error_stage": np.array(["", "", ""], dtype=object),
+        "trace": np.array(["{}"] * 3, dtype=object),
+    }
+    out = stage(batch)
+    assert list(out["error"][[0, 2]]) == ["", ""] and "ValueError" in out["error"][1] and out["error_stage"][1] == "generate"
+    assert out["frames"].shape == (3, 16, 32, 32, 3) and out["cameras"].shape == (3, 16, 25)
+    assert "first_frame" not in out
+    assert all(set(json.loads(trace)) == {"generate"} for trace in out["trace"])  # failures cost time too
+    # The same rows generated alone give the same orbits: a row does not depend on its batch-mates.
+    alone = stage({**{key: value[[2]] for key, value in batch.items()}})
+    np.testing.assert_array_equal(alone["frames"][0], out["frames"][2])
+
+
+def _orbit_batch(frames: np.ndarray) -> dict[str, np.ndarray]:
+    count = len(frames)
+    return {
+        "id": np.array([f"o{index}" for index in range(count)], dtype=object),
+        "prompt": np.array(["duck"] * count, dtype=object),
+        "elevation": np.full(count, 15.0),
+        "elevation_given": np.zeros(count, bool),
+        "seed": np.arange(count),
+        "first_frame_given": np.zeros(count, bool),
+        "frames": frames,
+        "cameras": np.zeros((count, frames.shape[1], 25), np.float32),
+        "error": np.array([""] * count, dtype=object),
+        "error_stage": np.array([""] * count, dtype=object),
+        "trace": np.array(["{}"] * count, dtype=object),
+    }
+
+
+def test_filter_keeps_a_real_orbit_and_rejects_a_static_one(debug_config, tmp_path):
+    import pybullet_data
+
+    from vf3d.data.assets import load_asset
+    from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
+
+    render = config_lib.OrbitRenderConfig(num_views=16, resolution=64)
+    duck = Path(pybullet_data.getDataPath()) / "duck.obj"
+    orbit = render_orbit(OrbitRenderer(64), load_asset(duck, margin=render.margin), render, "duck", 0)
+    real = shards.composite_on_white(orbit.rgba)
+    static = np.repeat(real[:1], 16, axis=0)
+    batch = _orbit_batch(np.stack([real, static]))
+    batch.update(ForegroundMasks(debug_config, str(tmp_path))(batch))
+    table = FilterOrbits(debug_config, str(tmp_path), "video-model")(batch)
+    rows = {row["id"]: row for row in table.to_pylist()}
+    assert rows["o0"]["outcome"] == "kept" and rows["o0"]["reasons"] == []
+    assert rows["o1"]["outcome"] == "rejected" and "static" in rows["o1"]["reasons"]
+    assert json.loads(rows["o0"]["metadata"])["filter"]["probe_score"] is None  # heuristics only
+    shards.validate_table(table.select(shards.ORBIT_SCHEMA.names))
