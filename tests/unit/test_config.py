@@ -72,3 +72,31 @@ def test_config_module_imports_nothing_heavy():
 
     code = "import sys, vf3d.config, vf3d.cli; print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("table, cls", [(config.SYNTHESIZE_PRESETS, config.SynthesizeConfig), (config.TRAIN_FILTER_PRESETS, config.TrainFilterConfig), (config.RENDER_ASSETS_PRESETS, config.RenderAssetsConfig)])
+def test_pipeline_presets_round_trip_through_a_dict(table, cls):
+    assert list(table)[0] == "debug"
+    for name in table:
+        preset = config.preset(table, name)
+        assert config.from_dict(cls, config.to_dict(preset)) == preset
+
+
+def test_the_readme_cluster_config_for_synthesize_is_valid(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("# synthesize-cluster.yaml", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "synthesize-cluster.yaml"
+    path.write_text(block)
+    resolved = config.resolve(config.SYNTHESIZE_PRESETS, "cluster", path)
+    assert resolved.generate_pool.max_actors == 128 and resolved.filter.probe_path == "/mnt/models/quality-probe"
+
+
+def test_synthesize_config_rejects_bad_pools_and_faults():
+    with pytest.raises(config.ConfigError, match="min_actors <= initial_actors <= max_actors"):
+        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"generate_pool": {"min_actors": 3, "max_actors": 2}}).validate()
+    with pytest.raises(config.ConfigError, match="fault.kill_stage"):
+        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "writer"}}).validate()
+    with pytest.raises(config.ConfigError, match="elevation_range_deg"):
+        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"generation": {"elevation_range_deg": [40, 10]}}).validate()

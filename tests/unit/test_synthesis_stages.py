@@ -20,9 +20,9 @@ def debug_config() -> dict:
     return config_lib.to_dict(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"))
 
 
-def _prepare(rows, debug_config, done=frozenset(), schema=None):
+def _prepare(rows, debug_config, done=(), schema=None):
     table = pa.Table.from_pylist(rows, schema=schema) if schema else pa.Table.from_pylist(rows)
-    return prepare_inputs(table, done, debug_config, "/nonexistent").to_pylist()
+    return prepare_inputs(table, pa.array(sorted(done), pa.string()), debug_config, "/nonexistent").to_pylist()
 
 
 def test_prepare_validates_prompts_and_elevations(debug_config):
@@ -50,7 +50,7 @@ def test_prepare_validates_prompts_and_elevations(debug_config):
 
 def test_prepare_drops_finished_ids_and_seeds_by_id(debug_config):
     rows = [{"id": f"i{index}", "prompt": "a cup"} for index in range(6)]
-    first = _prepare(rows, debug_config, done=frozenset({"i1", "i4"}))
+    first = _prepare(rows, debug_config, done={"i1", "i4"})
     assert [row["id"] for row in first] == ["i0", "i2", "i3", "i5"]
     again = {row["id"]: row for row in _prepare(rows[::-1], debug_config)}
     for row in first:  # same id → same seed and elevation, whatever the order or the batch
@@ -62,7 +62,7 @@ def test_prepare_drops_finished_ids_and_seeds_by_id(debug_config):
 def test_prepare_reads_image_files_and_reports_missing_ones(debug_config, tmp_path):
     (tmp_path / "cup.png").write_bytes(b"png bytes")
     table = pa.table({"id": ["a", "b", "c"], "prompt": ["x", None, None], "image": ["cup.png", "missing.png", None]})
-    rows = {row["id"]: row for row in prepare_inputs(table, frozenset(), debug_config, str(tmp_path)).to_pylist()}
+    rows = {row["id"]: row for row in prepare_inputs(table, pa.array([], pa.string()), debug_config, str(tmp_path)).to_pylist()}
     assert rows["a"]["image"] == b"png bytes" and rows["a"]["error"] == ""
     assert "cannot be read" in rows["b"]["error"]
     assert rows["c"]["error"] == "prompt is missing (null) and no image is given"

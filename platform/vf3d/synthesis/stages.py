@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vf3d import config as config_lib
 from vf3d.config import SynthesizeConfig
@@ -94,23 +95,26 @@ def _read_image(value: Any, images_root: str) -> tuple[bytes, str]:
     return (data, "") if data else (b"", f"image is empty (0 bytes): {path}")
 
 
-def prepare_inputs(batch: pa.Table, done_ids: frozenset[str], config: dict[str, Any], images_root: str) -> pa.Table:
+def prepare_inputs(batch: pa.Table, done_ids: pa.Array, config: dict[str, Any], images_root: str) -> pa.Table:
     """Input rows (id, prompt, optional image / elevation) → the pipeline's working rows.
 
-    Rows whose id is already finished are dropped here, before any model runs. Returns columns
-    id, prompt, elevation (degrees), elevation_given, seed, image (encoded bytes, b"" when none),
-    error, error_stage, trace.
+    Rows whose id is in `done_ids` (finished in an earlier run) are dropped here, before any model
+    runs. `done_ids` is an Arrow string array rather than a Python set: with millions of finished
+    ids, every task deserialises it without copying instead of unpickling millions of strings.
+    Returns columns id, prompt, elevation (degrees), elevation_given, seed, image (encoded bytes,
+    b"" when none), error, error_stage, trace.
     """
     synthesize = config_lib.from_dict(SynthesizeConfig, config)
+    batch = batch.set_column(batch.schema.get_field_index("id"), "id", batch.column("id").cast(pa.string()))
+    if len(done_ids):
+        batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=done_ids)))
     names = set(batch.column_names)
-    ids = [str(value) for value in batch.column("id").to_pylist()]
+    ids = batch.column("id").to_pylist()
     prompts = batch.column("prompt").to_pylist() if "prompt" in names else [None] * len(ids)
     images = batch.column("image").to_pylist() if "image" in names else [None] * len(ids)
     elevations = batch.column("elevation").to_pylist() if "elevation" in names else [None] * len(ids)
     rows: dict[str, list] = {name: [] for name in ("id", "prompt", "elevation", "elevation_given", "seed", "image", "error", "error_stage", "trace")}
     for identifier, prompt, image, elevation in zip(ids, prompts, images, elevations):
-        if identifier in done_ids:
-            continue
         image_bytes, problem = _read_image(image, images_root)
         text, prompt_problem = _prompt_problem(prompt, image is not None, synthesize.max_prompt_chars)
         problem = problem or prompt_problem
@@ -477,8 +481,6 @@ class WriteSynthesized:
         self.writer = shards.OrbitShardWriter(out_dir, prefix="synthetic")
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
-        import pyarrow.compute as pc
-
         outcome = batch.column("outcome")
         kept = batch.filter(pc.equal(outcome, "kept"))
         rejected = batch.filter(pc.equal(outcome, "rejected"))

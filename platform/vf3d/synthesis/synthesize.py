@@ -178,8 +178,6 @@ def video_model_settings(video_model: Path) -> dict[str, Any]:
 
 def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: SynthesizeConfig, log=print) -> dict[str, Any]:
     """Run the synthesis pipeline on the connected Ray cluster; returns (and writes) the summary."""
-    import ray
-
     config = config.validate()
     out_dir, video_model = Path(out_dir), Path(video_model).resolve()
     settings = video_model_settings(video_model)
@@ -208,7 +206,7 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
     started = time.perf_counter()
     totals: dict[str, Any] = {"kept": 0, "rejected": 0, "errors": 0, "stages": {}, "reasons": {}, "error_stages": {}}
     if pending:
-        written = _build_pipeline(inputs, frozenset(done), video_model, int(settings.get("resolution", 512)), out_dir, config)
+        written = _build_pipeline(inputs, done, video_model, int(settings.get("resolution", 512)), out_dir, config)
         for row in written.iter_rows():
             _accumulate(totals, row)
             finished = totals["kept"] + totals["rejected"] + totals["errors"]
@@ -223,12 +221,13 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
     return summary
 
 
-def _build_pipeline(inputs: SynthesisInputs, done: frozenset[str], video_model: Path, resolution: int, out_dir: Path, config: SynthesizeConfig):
+def _build_pipeline(inputs: SynthesisInputs, done: set[str], video_model: Path, resolution: int, out_dir: Path, config: SynthesizeConfig):
     import ray
 
     as_dict = config_lib.to_dict(config)
     common = {"config": as_dict, "out_dir": str(out_dir)}
-    rows = inputs.dataset().map_batches(prepare_inputs, fn_kwargs={"done_ids": done, "config": as_dict, "images_root": inputs.images_root}, batch_format="pyarrow", batch_size=1024, num_cpus=0.25)
+    done_ids = pa.array(sorted(done), pa.string())
+    rows = inputs.dataset().map_batches(prepare_inputs, fn_kwargs={"done_ids": done_ids, "config": as_dict, "images_root": inputs.images_root}, batch_format="pyarrow", batch_size=4096, num_cpus=0.25)
     # Small blocks spread the work over every actor of a pool (a whole input file is one block).
     smallest_batch = min(pool.batch_size for pool in (config.first_frame_pool, config.generate_pool, config.mask_pool, config.filter_pool))
     rows = rows.repartition(target_num_rows_per_block=smallest_batch)
