@@ -753,6 +753,9 @@ class QualityFilterConfig:
     min_score: float | None = None
     """Probe scores (probability of "good") below this reject an orbit; None uses the threshold
     `train-filter` chose on its training labels."""
+    encoder_path: str | None = None
+    """Where the probe's DINOv2 weights are on this cluster, when not at the path recorded at
+    training time (the weights must be the same: the probe checks their fingerprint)."""
     heuristics: HeuristicsConfig = field(default_factory=HeuristicsConfig)
     mask_threshold: float = 0.12
     """Foreground masks of generated views: pixels farther than this (RGB distance, [0, 1] per

@@ -174,6 +174,20 @@ def test_rerun_processes_nothing(synthesized, video_model):
     assert f"{len(expected_errors)} failed before; 0 to synthesize" in lines[0]
 
 
+def test_retrying_errors_archives_the_old_error_rows(synthesized, video_model):
+    from vf3d.synthesis.synthesize import synthesize
+
+    out, _, expected_errors, _, prompts = synthesized
+    kept_and_rejected = {table: ids for table, ids in table_ids(out).items() if table != "errors"}
+    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"retry_errors": True})
+    summary = synthesize(prompts, video_model, out, config, log=lambda line: None)
+    assert summary["pending_this_run"] == len(expected_errors) and summary["errors_this_run"] == len(expected_errors)
+    ids = table_ids(out)
+    assert sorted(ids["errors"]) == sorted(expected_errors) and {table: ids[table] for table in kept_and_rejected} == kept_and_rejected
+    archived = list((out / shards.ERRORS_DIRNAME / "_retried").glob("*.parquet"))
+    assert archived and summary["missing"] == 0 and summary["ids_in_two_tables"] == 0
+
+
 def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(video_model, tmp_path):
     prompts = tmp_path / "prompts.parquet"
     write_prompts(prompts, good=30)

@@ -14,7 +14,7 @@ import trimesh
 from PIL import Image
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
-COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "render-assets", "sample-assets", "finetune-video", "demo", "show-config"]
+COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "render-assets", "sample-assets", "finetune-video", "synthesize", "train-filter", "demo", "show-config"]
 
 
 def run(*args, **kwargs):
@@ -150,3 +150,36 @@ def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_
         assert torch.equal(tensor, imported.state_dict()[name]), name
     wrong = run("import-checkpoint", released, "--format", "openlrm", "--out", tmp_path / "wrong")
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "wrong").exists()
+
+
+def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(tmp_path):
+    from skimage import data
+
+    from vf3d.data import shards
+
+    rng = np.random.default_rng(0)
+    cameras = np.zeros((4, 25), np.float32)
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    records = []
+    for index in range(12):  # good: a (panned) photo; bad: noise
+        photo = np.asarray(Image.fromarray(photos[index % 4]).resize((32, 32)))
+        good = np.stack([np.roll(photo, 2 * view, axis=1) for view in range(4)])
+        noise = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+        for name, frames in (("good", good), ("bad", noise)):
+            records.append(shards.OrbitRecord(id=f"{name}{index}", source="synthetic", prompt="", rgb=frames, mask=np.full((4, 32, 32), 255, np.uint8), cameras=cameras, elevation=0.0))
+    shards.OrbitShardWriter(tmp_path / "data").write(records)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"good{i},good\nbad{i},bad\n" for i in range(12)))
+    result = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe", "--preset", "debug")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "probe" / "filter_report.json").read_text())
+    assert (tmp_path / "probe" / "model.safetensors").is_file() and report
+
+    labels.write_text("id,label\ngood0,maybe\n")
+    bad = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2", "--preset", "debug")
+    assert bad.returncode == 2 and "maybe" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    missing = run("train-filter", "--labels", labels, "--data", tmp_path / "nowhere", "--out", tmp_path / "probe2", "--preset", "debug")
+    assert missing.returncode == 2 and "--data directories not found" in missing.stderr
+    no_encoder = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2")
+    assert no_encoder.returncode == 2 and "pretrained_path is required" in no_encoder.stderr
+    assert not (tmp_path / "probe2").exists()

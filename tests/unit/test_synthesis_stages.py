@@ -132,3 +132,38 @@ def test_filter_keeps_a_real_orbit_and_rejects_a_static_one(debug_config, tmp_pa
     assert rows["o1"]["outcome"] == "rejected" and "static" in rows["o1"]["reasons"]
     assert json.loads(rows["o0"]["metadata"])["filter"]["probe_score"] is None  # heuristics only
     shards.validate_table(table.select(shards.ORBIT_SCHEMA.names))
+
+
+def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
+    """A probe fitted on DINOv2 weights at one path runs where the same weights live elsewhere
+    (`filter.encoder_path`); its score becomes the orbit's quality and can reject it."""
+    import torch
+
+    from vf3d.models.quality_filter import OrbitFeatureEncoder, QualityProbe
+    from vf3d.models.reconstructor.encoder import ImageEncoder
+    from vf3d.synthesis.quality import QualityFilter
+
+    encoder_config = config_lib.preset(config_lib.TRAIN_FILTER_PRESETS, "debug").encoder
+    torch.manual_seed(0)
+    ImageEncoder(encoder_config.encoder).dinov2.save_pretrained(tmp_path / "dino-here")
+    encoder_config.encoder.pretrained_path = str(tmp_path / "dino-here")
+    encoder = OrbitFeatureEncoder(encoder_config)
+    probe = QualityProbe(config_lib.QualityProbeConfig(encoder=encoder_config, feature_dim=encoder.feature_dim, threshold=0.5))
+    with torch.no_grad():
+        probe.feature_mean.zero_()
+        probe.feature_std.fill_(1.0)
+        probe.linear.weight.normal_()
+        probe.linear.bias.zero_()
+    QualityFilter(encoder, probe).save_pretrained(tmp_path / "probe")
+    (tmp_path / "dino-here").rename(tmp_path / "dino-there")
+
+    frames = np.stack([np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)])
+    batch = _orbit_batch(frames)
+    batch.update(ForegroundMasks(debug_config, str(tmp_path))(batch))
+    with_probe = config_lib.to_dict(config_lib.merge(config_lib.from_dict(config_lib.SynthesizeConfig, debug_config), {"filter": {"probe_path": str(tmp_path / "probe"), "min_score": 1.0}}))
+    with pytest.raises(OSError):  # the recorded path is gone
+        FilterOrbits(with_probe, str(tmp_path), "video-model")
+    with_probe["filter"]["encoder_path"] = str(tmp_path / "dino-there")
+    row = FilterOrbits(with_probe, str(tmp_path), "video-model")(batch).to_pylist()[0]
+    assert row["outcome"] == "rejected" and "probe_score" in row["reasons"] and 0 < row["quality"] < 1
+    assert json.loads(row["metadata"])["filter"]["min_score"] == 1.0

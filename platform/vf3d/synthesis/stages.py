@@ -398,8 +398,18 @@ class FilterOrbits(_ModelStage):
 
         self.video_model = video_model
         probe_path = self.config.filter.probe_path
-        self.probe = QualityFilter.from_pretrained(probe_path, device=self.device) if probe_path else None
+        self.probe = QualityFilter.from_pretrained(probe_path, device=self.device, encoder=self._encoder_here(probe_path)) if probe_path else None
         self.min_score = self.config.filter.min_score if self.config.filter.min_score is not None else (self.probe.threshold if self.probe else None)
+
+    def _encoder_here(self, probe_path: str):
+        """The probe's recorded encoder config, pointed at `filter.encoder_path` when that is set."""
+        if self.config.filter.encoder_path is None:
+            return None
+        from vf3d.models.quality_filter import QualityProbe
+
+        encoder = QualityProbe.load_config(probe_path).encoder
+        encoder.encoder.pretrained_path = self.config.filter.encoder_path
+        return encoder
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         started = time.perf_counter()
