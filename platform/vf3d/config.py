@@ -951,6 +951,166 @@ SYNTHESIZE_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# train-recon: the reconstructor trained on orbit shards (reference.md §4)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconLossConfig:
+    """Loss terms and weights of reconstructor training (OpenLRM's defaults where the paper is silent)."""
+
+    lpips_weight: float = 1.0
+    """LPIPS between rendered and true target crops (the only image loss on synthetic data)."""
+    lpips_net: str = "vgg"
+    """LPIPS backbone: "vgg" (OpenLRM's), "alex" or "squeeze"; the linear heads ship with lpips."""
+    lpips_backbone_path: str | None = None
+    """Local torchvision weights of that backbone (a state dict in .pth/.safetensors, loaded
+    weights-only), e.g. vgg16-397923af.pth. Required (checked when the loss is built) unless
+    `lpips_random_backbone`."""
+    lpips_random_backbone: bool = False
+    """Use a random backbone (tests and debug only: the loss still trains, but it is not a
+    perceptual metric; runs log a warning)."""
+    mse_weight: float = 1.0
+    """Pixel MSE weight, applied to the stages whose `pixel_loss` is on (the 3D fine-tune)."""
+    opacity_weight: float = 0.5
+    """MSE between rendered accumulated opacity and each target's foreground mask."""
+    tv_weight: float = 5e-4
+    """Total variation on the triplanes (smooth fields, fewer floaters)."""
+
+    def validate(self) -> "ReconLossConfig":
+        """Check value ranges; returns self so calls chain."""
+        _raise_first_failure([
+            (self.lpips_net in ("vgg", "alex", "squeeze"), "losses.lpips_net must be vgg, alex or squeeze"),
+            (min(self.lpips_weight, self.mse_weight, self.opacity_weight, self.tv_weight) >= 0, "loss weights must be >= 0"),
+        ])
+        return self
+
+
+@dataclass
+class CameraNoiseConfig:
+    """Random perturbation of the (estimated) cameras during training, in degrees and scene units."""
+
+    source_rotation_deg: float = 1.0
+    """Std of the rotation (random axis) applied to the source camera's pose."""
+    source_translation: float = 0.01
+    """Std of the translation noise of the source camera."""
+    target_rotation_deg: float = 0.5
+    """Std of the rotation noise of each target camera."""
+    target_translation: float = 0.005
+    """Std of the translation noise of each target camera."""
+
+
+@dataclass
+class ReconStage:
+    """One stage of the resolution schedule: what the rendered supervision looks like, how long."""
+
+    name: str = "stage"
+    steps: int = 1000
+    """Optimizer steps of this stage (the run's total is the sum over stages)."""
+    data: str = "synthetic"
+    """"synthetic" (--data) or "3d" (--data-3d, real renders)."""
+    render_resolution: int = 128
+    """Targets are resized to this side; rays are cast as if the whole view were rendered at it."""
+    crop_size: int = 128
+    """Side of the random crop actually rendered and supervised (≤ render_resolution): high
+    resolution supervision at the cost of a crop (patch rendering)."""
+    pixel_loss: bool = False
+    """Add the MSE term (real 3D renders are pixel-consistent; synthetic videos are not)."""
+
+
+@dataclass
+class ReconValidationConfig:
+    """Novel-view validation on held-out objects."""
+
+    every_n_steps: int = 500
+    """Validate every this many steps (and at the end)."""
+    num_objects: int = 8
+    """Held-out objects (chosen by hashing ids; never trained on)."""
+    num_views: int = 4
+    """Novel views rendered per held-out object."""
+    resolution: int = 128
+    """Side of the rendered validation views."""
+
+
+@dataclass
+class TrainReconConfig:
+    """`vf3d train-recon`: model, data sampling, losses, stage schedule, validation, harness."""
+
+    model: ReconstructorConfig = field(default_factory=ReconstructorConfig)
+    init_path: str | None = None
+    """Reconstructor directory to start from (e.g. an imported released checkpoint); None: random."""
+    losses: ReconLossConfig = field(default_factory=ReconLossConfig)
+    camera_noise: CameraNoiseConfig = field(default_factory=CameraNoiseConfig)
+    stages: list[ReconStage] = field(default_factory=lambda: [
+        ReconStage(name="synthetic-128", steps=20_000, render_resolution=128, crop_size=128),
+        ReconStage(name="synthetic-256", steps=20_000, render_resolution=256, crop_size=192),
+        ReconStage(name="synthetic-384", steps=20_000, render_resolution=384, crop_size=192),
+        ReconStage(name="3d-finetune", steps=10_000, data="3d", render_resolution=384, crop_size=192, pixel_loss=True),
+    ])
+    num_target_views: int = 3
+    """Target views per sample besides the source view (OpenLRM: 1 source + 3)."""
+    gradient_checkpointing: bool = True
+    """Recompute transformer blocks in the backward pass instead of storing their activations."""
+    validation: ReconValidationConfig = field(default_factory=ReconValidationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> "TrainReconConfig":
+        """Validate the nested configs and the stage schedule; returns self so calls chain."""
+        self.model.validate()
+        self.losses.validate()
+        self.training.validate()
+        checks = [(bool(self.stages), "stages must not be empty"), (self.num_target_views >= 1, "num_target_views must be >= 1")]
+        for index, stage in enumerate(self.stages):
+            where = f"stages[{index}] ({stage.name})"
+            checks += [
+                (stage.steps >= 1, f"{where}: steps must be >= 1"),
+                (stage.data in ("synthetic", "3d"), f"{where}: data must be synthetic or 3d"),
+                (16 <= stage.crop_size <= stage.render_resolution, f"{where}: need 16 <= crop_size <= render_resolution"),
+            ]
+        checks.append((sum(stage.steps for stage in self.stages) == self.training.run.max_steps, "training.run.max_steps must equal the sum of the stages' steps"))
+        _raise_first_failure(checks)
+        return self
+
+
+def _train_recon_debug() -> TrainReconConfig:
+    training = TrainingConfig(
+        optimizer=OptimizerConfig(lr=2e-3, warmup_steps=0, schedule="constant", weight_decay=0.0),
+        deepspeed=DeepSpeedConfig(zero_stage=2),
+        scaling=ScalingSettings(num_workers=2, cpus_per_worker=0.5),
+        checkpoint=CheckpointSettings(every_n_steps=20, keep_last=2),
+        run=RunSettings(name="train-recon", max_steps=60, batch_size=1, log_every_n_steps=10, max_failures=2),
+    )
+    return TrainReconConfig(
+        model=_reconstructor_debug(),
+        losses=ReconLossConfig(lpips_random_backbone=True, lpips_net="squeeze", opacity_weight=0.5),
+        camera_noise=CameraNoiseConfig(0.0, 0.0, 0.0, 0.0),
+        stages=[ReconStage(name="low", steps=30, render_resolution=32, crop_size=32), ReconStage(name="high", steps=30, render_resolution=48, crop_size=32)],
+        gradient_checkpointing=False,
+        validation=ReconValidationConfig(every_n_steps=30, num_objects=1, num_views=4, resolution=32),
+        training=training,
+    )
+
+
+def _train_recon_full(model: str) -> TrainReconConfig:
+    config = TrainReconConfig(model=RECONSTRUCTOR_PRESETS[model]())
+    config.training = TrainingConfig(
+        optimizer=OptimizerConfig(lr=4e-4, warmup_steps=3000, weight_decay=0.05),
+        deepspeed=DeepSpeedConfig(zero_stage=2, precision="auto"),
+        scaling=ScalingSettings(num_workers=8, use_gpu=True, cpus_per_worker=8),
+        checkpoint=CheckpointSettings(every_n_steps=1000, keep_last=3),
+        run=RunSettings(name=f"train-recon-{model}", max_steps=sum(stage.steps for stage in config.stages), batch_size=8, log_every_n_steps=50),
+    )
+    return config
+
+
+TRAIN_RECON_PRESETS = {
+    "debug": _train_recon_debug,
+    "base": lambda: _train_recon_full("base"),
+    "vfusion3d": lambda: _train_recon_full("vfusion3d"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic (de)serialisation with unknown-key rejection
 # ---------------------------------------------------------------------------------------------
 
