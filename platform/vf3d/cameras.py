@@ -264,3 +264,25 @@ def perturb_source_cameras(cameras: torch.Tensor, rotation_std_deg: float, trans
     pose[..., :3, :4] = cameras[..., :12].reshape(*cameras.shape[:-1], 3, 4)
     perturbed = perturb_poses(pose, rotation_std_deg, translation_std, generator)
     return torch.cat([perturbed[..., :3, :4].reshape(*cameras.shape[:-1], 12), cameras[..., 12:]], dim=-1)
+
+
+def relative_to_source(source_cameras: torch.Tensor, target_cameras: torch.Tensor, radius: float = RENDER_RADIUS) -> torch.Tensor:
+    """Express target cameras in the frame where the source camera is the canonical one.
+
+    The reconstructor always sees the canonical source camera (on +X, elevation 0), so in
+    training every view of a sample is moved by the rigid transform M = C · S⁻¹ that takes the
+    source pose S to the canonical render pose C at `radius`. For cameras looking at the origin
+    from `radius` (every orbit view), M is a rotation about the origin: the object stays centred
+    and inside the cube.
+
+    Args:
+        source_cameras: [..., 25] render vectors of the source views.
+        target_cameras: [..., k, 25] render vectors of the target views of the same samples.
+    Returns:
+        [..., k, 25] the targets in the source-canonical frame (intrinsics unchanged).
+    """
+    source_poses, _ = split_render_camera(source_cameras)
+    target_poses, target_intrinsics = split_render_camera(target_cameras)
+    canonical = orbit_poses(1, elevation_deg=0.0, radius=radius)[0].to(dtype=source_poses.dtype, device=source_poses.device)
+    transform = canonical @ torch.linalg.inv(source_poses)  # [..., 4, 4]
+    return render_camera_vector(transform.unsqueeze(-3) @ target_poses, target_intrinsics)
