@@ -26,6 +26,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/recon.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/synthesize.py
 	$(BIN)/python bench/train_video.py
 
 clean:
