@@ -200,6 +200,23 @@ def _train_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_recon(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.TRAIN_RECON_PRESETS, args.preset, args.config)
+    run = {"name": args.name, "storage_path": None if args.storage_path is None else str(args.storage_path)}
+    overrides: dict = {"training": {"run": {key: value for key, value in run.items() if value is not None}}}
+    if args.init is not None:
+        overrides["init_path"] = str(args.init)
+    config = config_lib.merge(config, overrides).validate()
+    if args.data is None and args.data_3d is None:
+        raise UsageError("give --data (synthetic orbit shards) and/or --data-3d (rendered orbit shards)")
+    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.training.recon import train_recon
+
+    with ray_cluster(args.address, log=_print):
+        train_recon(args.data, args.data_3d, args.out, config, log=_print)
+    return 0
+
+
 def _sample_assets(args: argparse.Namespace) -> int:
     from vf3d.data.assets import gather_sample_assets
 
@@ -223,6 +240,7 @@ def _show_config(args: argparse.Namespace) -> int:
         "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS,
         "synthesize": config_lib.SYNTHESIZE_PRESETS,
         "train-filter": config_lib.TRAIN_FILTER_PRESETS,
+        "train-recon": config_lib.TRAIN_RECON_PRESETS,
     }
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
     _print(json.dumps(config_lib.to_dict(config), indent=2))
@@ -304,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(command, config_lib.TRAIN_FILTER_PRESETS, "dinov2-base")
     command.set_defaults(handler=_train_filter)
 
+    command = commands.add_parser("train-recon", help="train the image→3D reconstructor on orbit shards (Ray Train + DeepSpeed)", description="Train the reconstructor with VFusion3D's recipe: a stage schedule of render resolutions and crops on synthetic orbits (LPIPS + opacity + TV, camera noise), then a fine-tune on real renders with pixel loss. Checkpoints every N steps; a rerun with the same --name resumes. Writes a reconstructor directory that image-to-3d loads, validation metrics (JSONL) and plots.")
+    command.add_argument("--data", type=Path, help="synthetic orbit shards (from synthesize) for the synthetic stages")
+    command.add_argument("--data-3d", type=Path, help="orbit shards rendered from 3D assets (from render-assets) for the 3D fine-tune stage")
+    command.add_argument("--out", required=True, type=Path, help="reconstructor directory to write (plus train_log.jsonl, validation.jsonl, plots, checkpoints)")
+    command.add_argument("--init", type=Path, help="reconstructor directory to start from (e.g. imported released weights)")
+    command.add_argument("--name", help="run name; rerunning with the same name and storage resumes from its latest checkpoint")
+    command.add_argument("--storage-path", type=Path, help="where checkpoints go (default: OUT/training_runs)")
+    _add_address_argument(command)
+    _add_config_arguments(command, config_lib.TRAIN_RECON_PRESETS, "debug")
+    command.set_defaults(handler=_train_recon)
+
     command = commands.add_parser("sample-assets", help="copy real sample meshes shipped in pybullet_data into a folder", description="Gather the textured duck, soccer ball, table, tray, jenga, domino and random_urdfs objects from pybullet_data (pip install 'vf3d[assets]') into a self-contained folder.")
     command.add_argument("--out", required=True, type=Path, help="directory to copy the meshes (and their materials and textures) into")
     command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
@@ -314,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter", "train-recon"], help="which configuration")
     command.add_argument("--preset", default="debug", help="preset name of that configuration (default: %(default)s)")
     command.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
     command.set_defaults(handler=_show_config)

@@ -20,11 +20,12 @@ is cheap.
 from vf3d.training.checkpointing import CheckpointError, consolidate, read_metadata, restore, save
 from vf3d.training.deepspeed_setup import build_deepspeed_config, initialize, parameter_groups
 from vf3d.training.fault_injection import inject_fault_if_due
-from vf3d.training.runner import TrainingRunFailed, run_training, training_config_from
+from vf3d.training.runner import TrainingRunFailed, batches_forever, run_training, training_config_from
 
 __all__ = [
     "CheckpointError",
     "TrainingRunFailed",
+    "batches_forever",
     "build_deepspeed_config",
     "consolidate",
     "initialize",

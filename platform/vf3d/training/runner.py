@@ -103,3 +103,15 @@ def run_training(
             f"training run {run.name!r} failed (run.max_failures={run.max_failures}): {error}\n"
             f"Its checkpoints are in {where}; rerun with the same run.name and run.storage_path to resume from the latest one."
         ) from error
+
+
+def batches_forever(shard, batch_size: int):
+    """Training batches (numpy) from a worker's dataset shard (`ray.train.get_dataset_shard`),
+    epoch after epoch, dropping each epoch's last partial batch."""
+    while True:
+        produced = False
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+            produced = True
+            yield batch
+        if not produced:
+            raise RuntimeError("this worker's data shard holds no full batch: use fewer workers or a smaller run.batch_size")

@@ -49,17 +49,6 @@ def orbit_clips(batch: dict[str, np.ndarray], num_views: int, resolution: int) -
     return {"frames": np.stack(clips).astype(np.float32), "prompt": np.asarray(batch["prompt"]), "elevation": np.asarray(batch["elevation"], dtype=np.float32)}
 
 
-def _batches_forever(shard, batch_size: int):
-    """Yield training batches epoch after epoch from a worker's dataset shard."""
-    while True:
-        produced = False
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
-            produced = True
-            yield batch
-        if not produced:
-            raise RuntimeError("this worker's data shard holds no full batch: use fewer workers or a smaller run.batch_size")
-
-
 def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker: train the orbit video model with DeepSpeed, checkpointing as it goes.
 
@@ -70,7 +59,7 @@ def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vf3d.models.video import OrbitVideoModel
-    from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.training import batches_forever, initialize, inject_fault_if_due, restore, save, training_config_from
 
     training = training_config_from(config)
     model_config = config_lib.from_dict(VideoModelConfig, config["model"])
@@ -79,7 +68,7 @@ def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
     model = OrbitVideoModel.from_config(model_config)
     engine = initialize(model, training)
     start = step = restore(engine)
-    batches = _batches_forever(ray.train.get_dataset_shard("train"), training.run.batch_size)
+    batches = batches_forever(ray.train.get_dataset_shard("train"), training.run.batch_size)
 
     def to_inputs(batch):
         return torch.from_numpy(batch["frames"]).to(engine.device), [str(p) for p in batch["prompt"]], torch.from_numpy(batch["elevation"]).to(engine.device)

@@ -1,0 +1,368 @@
+"""`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (reference.md §4).
+
+Driver: orbit shards (synthetic `--data`, real renders `--data-3d`) → Ray Data (decoded orbits,
+held-out objects removed) → `TorchTrainer` running `train_recon_loop` on every worker with
+DeepSpeed → the last checkpoint consolidated into a reconstructor directory (`config.json` +
+`model.safetensors`, loadable with `Reconstructor.from_pretrained` and `vf3d image-to-3d`).
+
+One training sample (built on the worker, so each step draws fresh views): one source view,
+recentred on white and resized to the encoder's input; k target views on random background colours,
+resized to the stage's render resolution and cut to a random crop that is the only part rendered
+(patch rendering: high-resolution supervision at a bounded cost). Every camera is expressed in the
+frame where the source camera is the canonical one (what the model sees at inference), then
+perturbed by the configured camera noise. The stage schedule (`stages`) switches resolution, crop,
+data and pixel loss at fixed steps; a resumed run continues in the stage its step belongs to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vf3d import config as config_lib
+from vf3d.config import ReconStage, TrainReconConfig
+
+if TYPE_CHECKING:
+    import torch
+
+RUNS_DIRNAME = "training_runs"
+VALIDATION_LOG = "validation.jsonl"
+TRAIN_LOG = "train_log.jsonl"
+CACHE_MAX_ORBITS = 4096
+"""Datasets up to this many orbits are decoded once and kept in the object store."""
+
+
+def stage_at(stages: list[ReconStage], step: int) -> tuple[int, ReconStage]:
+    """(index, stage) that optimizer step `step` (0-based: the step about to run) belongs to."""
+    boundary = 0
+    for index, stage in enumerate(stages):
+        boundary += stage.steps
+        if step < boundary:
+            return index, stage
+    return len(stages) - 1, stages[-1]
+
+
+def holdout_ids(ids: list[str], count: int, seed: int = 0) -> list[str]:
+    """The `count` ids with the smallest hash: a held-out set that does not depend on file order,
+    and that stays the same as a dataset grows (new ids only displace old ones with larger hashes)."""
+    return sorted(ids, key=lambda identifier: hashlib.sha256(f"{seed}:{identifier}".encode()).digest())[:count]
+
+
+def source_inputs(frames: "torch.Tensor", masks: "torch.Tensor", image_size: int) -> "torch.Tensor":
+    """Source views as the model sees them at inference: cropped to the mask's box, rescaled so it
+    spans 80% of a white square canvas, resized. frames [B, 3, H, W], masks [B, 1, H, W] → [B, 3, S, S]."""
+    import torch
+
+    from vf3d.preprocess import recenter
+
+    images = []
+    for frame, mask in zip(frames, masks):
+        canvas = recenter(frame.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy())
+        tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None]
+        images.append(torch.nn.functional.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1))
+    return torch.stack(images)
+
+
+def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+    """Decoded orbit rows → one training batch for `stage` (see the module docstring).
+
+    Returns source_images [B, 3, S, S], source_cameras [B, 16], target_cameras [B, k, 25] (at the
+    render resolution's scale), crop_offsets [B, k, 2], target_images / target_masks [B, k, c, c],
+    backgrounds [B, k, 3].
+    """
+    import torch
+
+    from vf3d import cameras
+    from vf3d.data.shards import ViewSampler
+
+    sampler = ViewSampler(config.num_target_views)
+    samples = [sampler(row, generator=generator) for row in rows]
+    stack = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+    source_images = source_inputs(stack["source_image"], stack["source_mask"], config.model.encoder.image_size)
+    target_cameras = cameras.relative_to_source(stack["source_camera"], stack["target_cameras"])
+    noise = config.camera_noise
+    target_cameras = cameras.perturb_render_cameras(target_cameras, noise.target_rotation_deg, noise.target_translation, generator)
+    source_cameras = cameras.canonical_source_camera(config.model.source_camera_distance).expand(len(rows), 16)
+    source_cameras = cameras.perturb_source_cameras(source_cameras, noise.source_rotation_deg, noise.source_translation, generator)
+
+    resolution, crop = stage.render_resolution, stage.crop_size
+    batch, views = stack["target_images"].shape[:2]
+
+    def resized(images: torch.Tensor) -> torch.Tensor:
+        flat = images.flatten(0, 1)
+        if flat.shape[-1] != resolution:
+            flat = torch.nn.functional.interpolate(flat, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        return flat.unflatten(0, (batch, views))
+
+    images, masks = resized(stack["target_images"]), resized(stack["target_masks"])
+    offsets = torch.randint(0, resolution - crop + 1, (batch, views, 2), generator=generator)
+    rows_index = offsets[..., 0, None] + torch.arange(crop)  # [B, k, c]
+    cols_index = offsets[..., 1, None] + torch.arange(crop)
+
+    def cropped(images: torch.Tensor) -> torch.Tensor:
+        channels = images.shape[2]
+        by_rows = torch.gather(images, 3, rows_index[:, :, None, :, None].expand(batch, views, channels, crop, resolution))
+        return torch.gather(by_rows, 4, cols_index[:, :, None, None, :].expand(batch, views, channels, crop, crop))
+
+    return {
+        "source_images": source_images,
+        "source_cameras": source_cameras,
+        "target_cameras": target_cameras,
+        "crop_offsets": offsets,
+        "target_images": cropped(images).clamp(0, 1),
+        "target_masks": cropped(masks).clamp(0, 1),
+        "backgrounds": stack["target_backgrounds"],
+    }
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    count = len(batch["id"])
+    return [{key: value[index] for key, value in batch.items()} for index in range(count)]
+
+
+def validation_views(record: dict[str, Any], num_views: int, resolution: int):
+    """A held-out orbit's validation task: source = orbit view 0; targets = `num_views` other orbit
+    views spread evenly around it. Returns (source image [3, H, W], source mask [1, H, W], source
+    camera [25], target frames [n, 3, r, r] on white, target cameras [n, 25])."""
+    import torch
+
+    orbit_views = int(record["num_orbit_views"])
+    picks = np.linspace(0, orbit_views, num_views + 1, endpoint=False)[1:].round().astype(int) % orbit_views
+    frames = torch.as_tensor(record["frames"])
+    targets = frames[picks]
+    if targets.shape[-1] != resolution:
+        targets = torch.nn.functional.interpolate(targets, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    cameras = torch.as_tensor(record["cameras"])
+    return frames[0], torch.as_tensor(record["masks"])[0], cameras[0], targets, cameras[picks]
+
+
+class Validator:
+    """Novel-view PSNR / SSIM / LPIPS on held-out orbits, plus a grid of input, predicted and true
+    views (rank 0 only; writes into the output directory)."""
+
+    def __init__(self, records: list[dict[str, Any]], config: TrainReconConfig, lpips_module, out_dir: Path) -> None:
+        from vf3d.evaluation.metrics import LpipsMetric
+
+        self.records = records
+        self.config = config
+        self.lpips = LpipsMetric(lpips_module)
+        self.out_dir = out_dir
+
+    def __call__(self, model, step: int, stage: str, device) -> dict[str, float]:
+        import torch
+
+        from vf3d import cameras
+        from vf3d.evaluation.metrics import psnr, ssim
+        from vf3d.evaluation.plots import image_grid
+
+        settings = self.config.validation
+        model.eval()
+        scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+        grid = []
+        with torch.no_grad():
+            for record in self.records:
+                source, mask, source_camera, truth, target_cameras = validation_views(record, settings.num_views, settings.resolution)
+                image = source_inputs(source[None], mask[None], self.config.model.encoder.image_size).to(device)
+                dtype = next(model.parameters()).dtype
+                source_vector = cameras.canonical_source_camera(self.config.model.source_camera_distance)[None].to(device, dtype)
+                relative = cameras.relative_to_source(source_camera[None], target_cameras[None]).to(device, dtype)
+                planes = model.encode(image.to(dtype), source_vector)
+                predicted = model.render(planes, relative, render_size=settings.resolution, deterministic=True).rgb[0].float().clamp(0, 1)
+                truth = truth.to(device)
+                scores["psnr"] += psnr(predicted, truth).tolist()
+                scores["ssim"] += ssim(predicted, truth).tolist()
+                scores["lpips"] += self.lpips(predicted, truth).tolist()
+                grid.append([image[0].float()] + list(predicted) + list(truth))
+        model.train()
+        metrics = {name: float(np.mean(values)) for name, values in scores.items()}
+        as_images = [[(view.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for view in row] for row in grid]
+        columns = ["input"] + [f"predicted {index}" for index in range(settings.num_views)] + [f"true {index}" for index in range(settings.num_views)]
+        image_grid(as_images, self.out_dir / "validation_grid.png", row_labels=[str(record["id"])[:12] for record in self.records], column_labels=columns)
+        return {"step": step, "stage": stage, **metrics}
+
+
+def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker: train the reconstructor with DeepSpeed through the stage schedule.
+
+    `config` holds "recon" (TrainReconConfig as a dict), "out_dir", "validation_records" (paths
+    and ids of held-out orbits) and the harness's "training" settings. Returns (rank 0) the first
+    and last validation metrics and where it resumed.
+    """
+    import ray.train
+    import torch
+
+    from vf3d.data import shards
+    from vf3d.evaluation.plots import append_jsonl, plot_curves, read_jsonl
+    from vf3d.models.reconstructor import Reconstructor
+    from vf3d.training import batches_forever, initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.training.losses import ReconstructionLoss
+
+    training = training_config_from(config)
+    recon = config_lib.from_dict(TrainReconConfig, config["recon"])
+    out_dir = Path(config["out_dir"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(training.run.seed)  # identical initial weights on every rank
+    model = Reconstructor.from_pretrained(recon.init_path) if recon.init_path else Reconstructor(recon.model)
+    model.config.transformer.gradient_checkpointing = recon.gradient_checkpointing
+    engine = initialize(model, training)
+    device = engine.device
+    loss_fn = ReconstructionLoss(recon.losses).to(device)
+    start = step = restore(engine)
+    iterators: dict[str, Any] = {}
+
+    def next_rows(source: str) -> list[dict[str, Any]]:
+        if source not in iterators:
+            iterators[source] = batches_forever(ray.train.get_dataset_shard(source), training.run.batch_size)
+        return _rows(next(iterators[source]))
+
+    validator = None
+    if rank == 0:
+        wanted = {entry["id"] for entry in config["validation_records"]}
+        records = [record for directory in sorted({entry["dir"] for entry in config["validation_records"]}) for record in shards.iter_records(directory) if record["id"] in wanted]
+        validator = Validator(records, recon, loss_fn.lpips, out_dir) if records else None
+
+    def validate(stage_name: str) -> dict[str, float] | None:
+        if validator is None:
+            return None
+        metrics = validator(engine.module, step, stage_name, device)
+        append_jsonl(out_dir / VALIDATION_LOG, metrics)
+        plot_curves(read_jsonl(out_dir / VALIDATION_LOG), out_dir / "validation_curves.png", keys=["psnr", "ssim", "lpips"])
+        return metrics
+
+    first_validation = validate(stage_at(recon.stages, step)[1].name) if step == 0 else None
+    dtype = next(engine.module.parameters()).dtype
+    window: list[dict[str, float]] = []
+    started = time.perf_counter()
+    current_stage = None
+    last_validation = None
+    while step < training.run.max_steps:
+        stage_index, stage = stage_at(recon.stages, step)
+        if stage.name != current_stage:
+            current_stage = stage.name
+            if rank == 0:
+                print(f"[train-recon] step {step}: stage {stage_index + 1}/{len(recon.stages)} {stage.name!r} ({stage.data} data, {stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {'on' if stage.pixel_loss else 'off'})", flush=True)
+        inject_fault_if_due(training, step + 1)
+        generator = torch.Generator().manual_seed(training.run.seed * 1_000_003 + rank * 7919 + step)
+        batch = {key: value.to(device) for key, value in build_batch(next_rows(stage.data), stage, recon, generator).items()}
+        planes, rendered = engine(
+            batch["source_images"].to(dtype),
+            batch["source_cameras"].to(dtype),
+            batch["target_cameras"].to(dtype),
+            render_size=stage.render_resolution,
+            background=batch["backgrounds"].to(dtype),
+            crop_offsets=batch["crop_offsets"],
+            crop_size=(stage.crop_size, stage.crop_size),
+        )
+        loss, terms = loss_fn(rendered.rgb.float(), rendered.opacity.float(), batch["target_images"], batch["target_masks"], planes.float(), pixel_loss=stage.pixel_loss)
+        engine.backward(loss)
+        engine.step()
+        step += 1
+        window.append({"loss": float(loss), **terms})
+        if rank == 0 and (step % training.run.log_every_n_steps == 0 or step == training.run.max_steps):
+            record = {"step": step, "stage": stage.name, **{key: float(np.mean([entry[key] for entry in window if key in entry])) for key in window[-1]}, "steps_per_second": len(window) / (time.perf_counter() - started)}
+            append_jsonl(out_dir / TRAIN_LOG, record)
+            plot_curves(read_jsonl(out_dir / TRAIN_LOG), out_dir / "loss_curves.png")
+            print(f"[train-recon] step {step}/{training.run.max_steps} {stage.name}: " + ", ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("step", "stage")), flush=True)
+            window, started = [], time.perf_counter()
+        stage_ends = stage_at(recon.stages, step)[1].name != stage.name
+        if step % recon.validation.every_n_steps == 0 or step == training.run.max_steps or stage_ends:
+            last_validation = validate(stage.name) or last_validation
+        if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps or stage_ends:
+            save(engine, step, {"step": step, "stage": stage.name, "loss": float(loss), **({"val_" + key: value for key, value in last_validation.items() if key not in ("step", "stage")} if last_validation else {})}, extra={"stage": stage.name})
+    if rank == 0:
+        export_reconstructor(ray.train.get_checkpoint(), recon, out_dir)
+    return {"first_validation": first_validation, "last_validation": last_validation, "resumed_from": start, "steps": step}
+
+
+def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path) -> Path:
+    """Consolidate a (ZeRO-sharded) checkpoint into a reconstructor directory at `out_dir`."""
+    from vf3d.models.reconstructor import Reconstructor
+    from vf3d.training import consolidate
+
+    state = consolidate(checkpoint)
+    model_config = Reconstructor.load_config(config.init_path) if config.init_path else config.model
+    model = Reconstructor(model_config)
+    model.load_state_dict(state, strict=True)
+    model.config.transformer.gradient_checkpointing = False  # an inference default, not a property of the weights
+    return model.save_pretrained(out_dir, metadata={"trained_with": "vf3d train-recon"})
+
+
+def _orbit_ids(directory: Path) -> list[str]:
+    from vf3d.data import shards
+
+    return sorted(shards.read_ids(directory))
+
+
+def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, config: TrainReconConfig, log=print) -> dict[str, Any]:
+    """Driver: train on the orbit shards, export the reconstructor into `out_dir`; returns a summary."""
+    from vf3d.data import shards
+    from vf3d.models.reconstructor import Reconstructor
+    from vf3d.synthesis.datasets import read_orbit_dataset
+    from vf3d.training import run_training
+
+    config = config.validate()
+    sources = {"synthetic": data_dir, "3d": data_3d_dir}
+    needed = sorted({stage.data for stage in config.stages})
+    for name in needed:
+        directory = sources[name]
+        if directory is None or not shards.list_shard_files(directory):
+            flag = "--data" if name == "synthetic" else "--data-3d"
+            raise config_lib.ConfigError(f"a stage trains on {name} data, but {flag} {'is not given' if directory is None else f'holds no orbit shards: {directory}'}")
+    if config.init_path:
+        config.model = Reconstructor.load_config(config.init_path)  # the weights decide the architecture
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training = config.training
+    if training.run.storage_path is None:
+        training.run.storage_path = str(out_dir / RUNS_DIRNAME)
+    config_lib.save_json(config, out_dir / "train_recon_config.json")
+
+    # Held-out objects come from the first stage's data and are never trained on.
+    validation_source = Path(sources[config.stages[0].data])
+    ids = _orbit_ids(validation_source)
+    held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
+    if not held_out:
+        held_out = ids[: max(1, config.validation.num_objects)]
+        log(f"only {len(ids)} orbits in {validation_source}: validating on training objects {held_out[:3]} (no held-out set)")
+        excluded: set[str] = set()
+    else:
+        excluded = set(held_out)
+    datasets = {}
+    counts = {}
+    for name in needed:
+        dataset = read_orbit_dataset(sources[name])
+        if excluded and Path(sources[name]) == validation_source:
+            dataset = dataset.filter(lambda row, skip=frozenset(excluded): row["id"] not in skip)
+        count = dataset.count()
+        if count <= CACHE_MAX_ORBITS:
+            dataset = dataset.materialize()
+        needed_rows = training.scaling.num_workers * training.run.batch_size
+        if count < needed_rows:  # every worker needs a full batch per epoch
+            dataset = dataset.union(*[dataset] * (-(-needed_rows // count) - 1))
+        datasets[name], counts[name] = dataset, count
+    schedule = " → ".join(f"{stage.name} ({stage.steps} steps, {stage.render_resolution}px/{stage.crop_size}px, {stage.data})" for stage in config.stages)
+    log(f"training the reconstructor on {counts} orbits ({len(excluded)} held out): {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}; stages: {schedule}; checkpoints in {training.run.storage_path}/{training.run.name}")
+    if config.losses.lpips_random_backbone:
+        log("WARNING: the LPIPS backbone is random (losses.lpips_random_backbone): fine for tests, not a perceptual loss")
+    started = time.perf_counter()
+    loop_config = {"recon": config_lib.to_dict(config), "out_dir": str(out_dir), "validation_records": [{"dir": str(validation_source.resolve()), "id": identifier} for identifier in held_out]}
+    result = run_training(train_recon_loop, loop_config, training, datasets=datasets)
+    outcome = result.return_value or {}
+    # Rank 0's return value only knows what its own (possibly restarted) worker group saw: take the
+    # validation history from the log every group appended to.
+    from vf3d.evaluation.plots import read_jsonl
+
+    history = read_jsonl(out_dir / VALIDATION_LOG) if (out_dir / VALIDATION_LOG).is_file() else []
+    outcome["first_validation"] = history[0] if history and history[0]["step"] == 0 else outcome.get("first_validation")
+    outcome["last_validation"] = history[-1] if history else outcome.get("last_validation")
+    summary = {**outcome, "orbits": counts, "held_out": held_out, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    (out_dir / "train_recon_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
+    log(f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "
+        f"SSIM {first.get('ssim', float('nan')):.3f} → {last.get('ssim', float('nan')):.3f}, LPIPS {first.get('lpips', float('nan')):.3f} → {last.get('lpips', float('nan')):.3f}; model in {out_dir}")
+    return summary
