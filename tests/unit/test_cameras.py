@@ -123,3 +123,15 @@ def test_source_and_render_noise_keep_intrinsics():
     noisy_source = cameras.perturb_source_cameras(source, 1.0, 0.01, torch.Generator().manual_seed(0))
     assert torch.equal(noisy_source[:, 12:], source[:, 12:])
     assert not torch.equal(noisy_source[:, :12], source[:, :12])
+
+
+def test_relative_to_source_puts_the_source_at_the_canonical_pose_and_keeps_the_orbit():
+    poses = cameras.orbit_poses(8, elevation_deg=30.0)
+    render = cameras.render_camera_vector(poses)
+    relative = cameras.relative_to_source(render[3], render)
+    moved, intrinsics = cameras.split_render_camera(relative)
+    torch.testing.assert_close(moved[3], cameras.orbit_poses(1)[0], atol=1e-5, rtol=0)
+    # A rotation about the origin: every camera stays at the radius, angles between views are kept.
+    torch.testing.assert_close(moved[:, :3, 3].norm(dim=-1), torch.full((8,), 1.5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved[:, :3, 3] @ moved[:, :3, 3].T, poses[:, :3, 3] @ poses[:, :3, 3].T, atol=1e-4, rtol=0)
+    torch.testing.assert_close(intrinsics, cameras.split_render_camera(render)[1])
