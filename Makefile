@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/synthesize.py
 	$(BIN)/python bench/train_video.py
+	$(BIN)/python bench/train_recon.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

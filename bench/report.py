@@ -7,10 +7,12 @@ as `report`.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCH_START = time.perf_counter()
 """When the benchmark process started (progress lines and wall times count from here)."""
@@ -44,3 +46,19 @@ def write_json(path: Path, report: dict[str, Any], rows: list[Row]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**report, "rows": [asdict(row) for row in rows]}, indent=2, default=str) + "\n")
     log(f"wrote {path}")
+
+
+def on_private_ray(function: Callable[[str], Any], storage_prefix: str) -> tuple[Any, float]:
+    """Start a private local Ray cluster, call `function(storage_dir)` with a temporary storage
+    directory, shut the cluster down; returns (its result, its wall seconds, start-up excluded)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster needs no token
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix=storage_prefix) as storage:
+            started = time.perf_counter()
+            result = function(storage)
+            return result, time.perf_counter() - started
+    finally:
+        ray.shutdown()

@@ -33,7 +33,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 
 from vf3d import config as config_lib
 from vf3d.config import FINETUNE_VIDEO_PRESETS, TrainingConfig, VideoModelConfig
-from report import BENCH_START, Row, log, markdown_table, write_json
+from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 SEED = 0
 NUM_VIEWS = 16
@@ -210,17 +209,7 @@ def main() -> None:
     log(f"A: {', '.join(f'{rate:.1f}' for rate in rates_a)} steps/s")
 
     log("B (Ray Train + DeepSpeed ZeRO-2, 1 worker, fp32 CPU): starting a private local Ray cluster")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="vf3d-bench-train-") as storage:
-            started = time.perf_counter()
-            outcome_b = ray_deepspeed_rates(model_config, training, settings, args.threads, storage)
-            b_wall = time.perf_counter() - started
-    finally:
-        ray.shutdown()
+    outcome_b, b_wall = on_private_ray(lambda storage: ray_deepspeed_rates(model_config, training, settings, args.threads, storage), "vf3d-bench-train-")
     rates_b = outcome_b["rates"]
     log(f"B: {', '.join(f'{rate:.1f}' for rate in rates_b)} steps/s (worker: {outcome_b['device']}, "
         f"{outcome_b['threads']} thread(s), ZeRO-{outcome_b['zero_stage']}, world size {outcome_b['world_size']}; "

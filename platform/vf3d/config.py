@@ -1060,12 +1060,14 @@ class TrainReconConfig:
         self.losses.validate()
         self.training.validate()
         checks = [(bool(self.stages), "stages must not be empty"), (self.num_target_views >= 1, "num_target_views must be >= 1")]
+        # LPIPS backbones pool an input down to nothing below 32 px (squeeze and alex; vgg needs 16).
+        min_crop = 32 if self.losses.lpips_weight > 0 else 16
         for index, stage in enumerate(self.stages):
             where = f"stages[{index}] ({stage.name})"
             checks += [
                 (stage.steps >= 1, f"{where}: steps must be >= 1"),
                 (stage.data in ("synthetic", "3d"), f"{where}: data must be synthetic or 3d"),
-                (16 <= stage.crop_size <= stage.render_resolution, f"{where}: need 16 <= crop_size <= render_resolution"),
+                (min_crop <= stage.crop_size <= stage.render_resolution, f"{where}: need {min_crop} <= crop_size <= render_resolution (LPIPS needs crops of at least 32 px)"),
             ]
         checks.append((sum(stage.steps for stage in self.stages) == self.training.run.max_steps, "training.run.max_steps must equal the sum of the stages' steps"))
         _raise_first_failure(checks)
