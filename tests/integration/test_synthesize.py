@@ -91,12 +91,42 @@ def synthesized(ray_local, video_model, tmp_path_factory):
     expected_errors = write_prompts(prompts)
     config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}})
     lines: list[str] = []
-    summary = synthesize(prompts, video_model, root / "out", config, log=lines.append)
-    return root / "out", summary, expected_errors, lines, prompts
+    with GenerationActorWatcher() as watcher:
+        summary = synthesize(prompts, video_model, root / "out", config, log=lines.append)
+    lines.append(f"generation actors seen alive or starting: {sorted(watcher.seen)}")
+    return root / "out", summary, expected_errors, lines, prompts, watcher.seen
+
+
+class GenerationActorWatcher:
+    """Polls Ray's actor table during a run and records every orbit-generation actor that was alive
+    or being started: the pool's size as the autoscaler set it, whether or not a new actor got to
+    finish a batch before the backlog was gone (on a loaded 2-core machine it may not)."""
+
+    def __enter__(self):
+        import threading
+
+        self.seen: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        # The GCS's own actor table: the public state API needs the dashboard, which the test
+        # cluster does not start.
+        from ray._private import state
+
+        while not self.stop.wait(0.5):
+            actors = state.actors()
+            self.seen.update(actor_id for actor_id, info in actors.items() if "GenerateOrbits" in str(info.get("ActorClassName")) and info.get("State") != "DEAD")
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.thread.join(timeout=30)
 
 
 def test_fifty_inputs_are_each_accounted_for_exactly_once(synthesized):
-    out, summary, expected_errors, _, _ = synthesized
+    out, summary, expected_errors, _, _, _ = synthesized
     ids = table_ids(out)
     every = [value for table in TABLES for value in ids[table]]
     assert len(every) == len(set(every)) == 50
@@ -109,7 +139,7 @@ def test_fifty_inputs_are_each_accounted_for_exactly_once(synthesized):
 
 
 def test_bad_inputs_become_error_rows_with_their_reason(synthesized):
-    out, summary, expected_errors, _, _ = synthesized
+    out, summary, expected_errors, _, _, _ = synthesized
     errors = {row["id"]: row for row in shards.read_table(out, table="errors").to_pylist()}
     assert set(errors) == set(expected_errors)
     for identifier, fragment in expected_errors.items():
@@ -122,7 +152,7 @@ def test_bad_inputs_become_error_rows_with_their_reason(synthesized):
 def test_outputs_are_synthetic_orbit_shards_with_known_cameras(synthesized, video_model):
     from vf3d.models.video import orbit_cameras
 
-    out, _, _, _, _ = synthesized
+    out, _, _, _, _, _ = synthesized
     table = pa.concat_tables([shards.read_table(out), shards.read_table(out, table="rejected").drop_columns(["reasons"])])
     shards.validate_table(table)
     rows = {row["id"]: row for row in table.to_pylist()}
@@ -137,7 +167,7 @@ def test_outputs_are_synthetic_orbit_shards_with_known_cameras(synthesized, vide
 
 
 def test_rejected_orbits_keep_their_frames_scores_and_reasons(synthesized):
-    out, summary, _, _, _ = synthesized
+    out, summary, _, _, _, _ = synthesized
     rejected = shards.read_table(out, table="rejected")
     assert rejected.num_rows == summary["rejected_total"]
     known = {"static", "empty_foreground", "full_frame_foreground", "flicker", "probe_score"}
@@ -148,24 +178,25 @@ def test_rejected_orbits_keep_their_frames_scores_and_reasons(synthesized):
 
 
 def test_a_killed_generation_actor_loses_nothing(synthesized):
-    out, summary, _, lines, _ = synthesized
+    out, summary, _, lines, _, _ = synthesized
     assert (out / ".fault-generate.fired").is_file(), "the generation actor should have been killed mid-run"
     assert summary["missing"] == 0 and summary["errors_by_stage"].get("generate") is None
     assert summary["stages"]["generate"]["items"] == 42
 
 
 def test_the_generation_pool_grows_from_its_minimum_towards_its_maximum(synthesized):
-    _, summary, _, lines, _ = synthesized
+    _, summary, _, lines, _, seen = synthesized
     pool = summary["stages"]["generate"]["pool"]
     assert pool["min"] == 1 and pool["max"] == 2
-    assert summary["stages"]["generate"]["actors_used"] == 2, lines[-5:]
-    assert any("generate 1" in line for line in lines) and any("generate 2" in line for line in lines)
+    assert any("generate 1" in line for line in lines), lines[-3:]
+    # The pool starts at its minimum and the autoscaler adds the second actor while work is queued.
+    assert len(seen) >= 2, lines[-3:]
 
 
 def test_rerun_processes_nothing(synthesized, video_model):
     from vf3d.synthesis.synthesize import synthesize
 
-    out, _, expected_errors, _, prompts = synthesized
+    out, _, expected_errors, _, prompts, _ = synthesized
     before = table_ids(out)
     lines: list[str] = []
     summary = synthesize(prompts, video_model, out, config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=lines.append)
@@ -177,7 +208,7 @@ def test_rerun_processes_nothing(synthesized, video_model):
 def test_retrying_errors_archives_the_old_error_rows(synthesized, video_model):
     from vf3d.synthesis.synthesize import synthesize
 
-    out, _, expected_errors, _, prompts = synthesized
+    out, _, expected_errors, _, prompts, _ = synthesized
     kept_and_rejected = {table: ids for table, ids in table_ids(out).items() if table != "errors"}
     config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"retry_errors": True})
     summary = synthesize(prompts, video_model, out, config, log=lambda line: None)
