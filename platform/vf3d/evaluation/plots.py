@@ -113,14 +113,7 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, linewidth=1.2)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(out_png)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, out_png)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out_png
+    return _write_png_atomically(out_png, lambda path: figure.savefig(path, format="png"))
 
 
 def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -200,10 +193,15 @@ def image_grid(
         text_w = text_size(label)[0]
         draw.text((left_margin + pad + c * (cell_w + pad) + (cell_w - text_w) // 2, pad), label, fill=(0, 0, 0), font=font)
 
+    return _write_png_atomically(out_png, lambda path: canvas.save(path, format="PNG"))
+
+
+def _write_png_atomically(out_png: Path, write) -> Path:
+    """`write(temporary_path)` then rename onto `out_png`: readers never see a half-written plot."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_sibling(out_png)
     try:
-        canvas.save(temporary, format="PNG")
+        write(temporary)
         os.replace(temporary, out_png)
     finally:
         temporary.unlink(missing_ok=True)
