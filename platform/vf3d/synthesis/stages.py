@@ -36,7 +36,6 @@ from vf3d.data import shards
 
 STAGES = ("first_frame", "generate", "mask", "filter")
 """Model stages in pipeline order (each on its own actor pool); "prepare" runs as plain tasks."""
-OUTCOMES = ("kept", "rejected", "error")
 FAULT_MARKER = ".fault-{stage}.fired"
 """File in the output directory recording that a configured fault already fired (it fires once)."""
 
