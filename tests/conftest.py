@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +37,61 @@ def debug_model_dir(tmp_path_factory, debug_config):
     directory = tmp_path_factory.mktemp("models") / "debug-reconstructor"
     Reconstructor(debug_config).save_pretrained(directory)
     return directory
+
+
+@dataclasses.dataclass
+class ServeEndpoint:
+    """A running `vf3d serve` process (its own local Ray cluster) and how to reach it."""
+
+    url: str
+    api_key: str
+    ray_address: str
+    log_path: Path
+    process: subprocess.Popen
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header the endpoint requires."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the endpoint's output (for failure messages)."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_endpoint(tmp_path_factory, debug_model_dir):
+    """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
+    API key from VF3D_API_KEY and a free port; started once per session, stopped with Ctrl-C."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    port = _free_port()
+    env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    endpoint = ServeEndpoint(f"http://127.0.0.1:{port}", env["VF3D_API_KEY"], "", log_path, process)
+    deadline = time.monotonic() + 300
+    ready = None
+    while ready is None:
+        ready = re.search(r"ready in .*Ray at (\S+);", log_path.read_text(errors="replace"))
+        if process.poll() is not None:
+            pytest.fail(f"vf3d serve exited with {process.returncode}:\n{endpoint.log_tail()}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"vf3d serve was not ready after 300 s:\n{endpoint.log_tail()}")
+        time.sleep(0.5)
+    endpoint.ray_address = ready.group(1)
+    yield endpoint
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -232,6 +232,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.SERVE_PRESETS, args.preset, args.config)
+    overrides = {"host": args.host, "port": args.port}
+    config = config_lib.merge(config, {key: value for key, value in overrides.items() if value is not None}).validate()
+
+    from vf3d.serving.app import build_application, run_endpoint
+    from vf3d.synthesis.cluster import ray_cluster
+
+    application = build_application(args.model, config)  # checks the model directory first
+    with ray_cluster(args.address, log=_print):
+        run_endpoint(application, config, log=_print)
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
     tables = {
         "reconstructor": config_lib.RECONSTRUCTOR_PRESETS,
@@ -241,6 +255,7 @@ def _show_config(args: argparse.Namespace) -> int:
         "synthesize": config_lib.SYNTHESIZE_PRESETS,
         "train-filter": config_lib.TRAIN_FILTER_PRESETS,
         "train-recon": config_lib.TRAIN_RECON_PRESETS,
+        "serve": config_lib.SERVE_PRESETS,
     }
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
     _print(json.dumps(config_lib.to_dict(config), indent=2))
@@ -338,12 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
     command.set_defaults(handler=_sample_assets)
 
+    command = commands.add_parser("serve", help="serve a reconstructor as an HTTP endpoint (Ray Serve)", description="Deploy the image-to-3D endpoint (POST /v1/image-to-3d, POST /v1/turntable, GET /healthz, a web page at /) for a reconstructor directory on Ray Serve, with batched model replicas and CPU mesh replicas; blocks until Ctrl-C. Set VF3D_API_KEY to require 'Authorization: Bearer <key>'.")
+    command.add_argument("--model", required=True, type=Path, help="reconstructor directory (config.json + model.safetensors)")
+    command.add_argument("--port", type=int, help="HTTP port (preset: 8000)")
+    command.add_argument("--host", help="HTTP host (debug preset: 127.0.0.1; 0.0.0.0 listens on every interface)")
+    _add_address_argument(command)
+    _add_config_arguments(command, config_lib.SERVE_PRESETS, "debug")
+    command.set_defaults(handler=_serve)
+
     command = commands.add_parser("demo", help="run the whole pipeline at debug size (what `make demo` runs)", description="Run every available stage at debug size on this machine and print a summary of each.")
     command.add_argument("--out", type=Path, default=Path("demo-output"), help="directory for all demo outputs (default: %(default)s)")
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter", "train-recon"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "serve"], help="which configuration")
     command.add_argument("--preset", default="debug", help="preset name of that configuration (default: %(default)s)")
     command.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
     command.set_defaults(handler=_show_config)

@@ -1117,6 +1117,129 @@ TRAIN_RECON_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# serve: the image-to-3D endpoint on Ray Serve
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaConfig:
+    """One Serve deployment's replicas: autoscaling bounds and what each replica reserves."""
+
+    min_replicas: int = 1
+    """Replicas kept even when idle."""
+    max_replicas: int = 1
+    """Upper bound the autoscaler (and a cluster autoscaler behind it) grows to under load."""
+    initial_replicas: int | None = None
+    """Replicas started with the application (defaults to min_replicas)."""
+    target_ongoing_requests: float = 2.0
+    """Requests in flight per replica the autoscaler aims for (more → add replicas)."""
+    max_ongoing_requests: int = 8
+    """Requests a replica accepts at once; the rest wait in the caller's queue."""
+    num_cpus: float = 1.0
+    """CPUs reserved per replica."""
+    num_gpus: float = 0.0
+    """GPUs per replica (1 for the model on a cluster; a fraction lets mesh replicas share one)."""
+
+    def validate(self, name: str) -> "ReplicaConfig":
+        """Check value ranges; returns self so calls chain."""
+        initial = self.min_replicas if self.initial_replicas is None else self.initial_replicas
+        _raise_first_failure([
+            (0 <= self.min_replicas <= initial <= self.max_replicas and self.max_replicas >= 1,
+             f"{name}: replicas must satisfy 0 <= min_replicas <= initial_replicas <= max_replicas, max_replicas >= 1"),
+            (self.target_ongoing_requests > 0 and self.max_ongoing_requests >= 1, f"{name}: target_ongoing_requests must be > 0 and max_ongoing_requests >= 1"),
+            (self.num_cpus >= 0 and self.num_gpus >= 0, f"{name}: num_cpus and num_gpus must be >= 0"),
+        ])
+        return self
+
+
+@dataclass
+class ServeConfig:
+    """`vf3d serve` / serve/config.yaml: deployments, batching, request limits and HTTP options."""
+
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    """Preprocessing, mesh and turntable settings (the request's `mesh_resolution` overrides)."""
+    ingress: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=4, num_cpus=2.0, max_ongoing_requests=64, target_ongoing_requests=16.0))
+    """HTTP ingress replicas (CPU): auth, body limits, image decoding and preprocessing, the triplane cache."""
+    model: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=8, num_cpus=4.0, num_gpus=1.0, max_ongoing_requests=16, target_ongoing_requests=8.0))
+    """Reconstructor replicas: batched encoding (image → triplanes) and turntable rendering."""
+    mesh: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=16, num_cpus=4.0, max_ongoing_requests=4, target_ongoing_requests=2.0))
+    """Mesh replicas (CPU by default): density queries, marching cubes, GLB/OBJ/PLY and MP4 encoding."""
+    max_batch_size: int = 8
+    """Images encoded in one forward pass (`@serve.batch`); 1 turns batching off."""
+    batch_wait_timeout_s: float = 0.05
+    """How long a partial batch waits for more requests before it runs."""
+    max_body_bytes: int = 20_000_000
+    """Largest request body accepted (413 above it, checked before the body is read)."""
+    max_pixels: int = 40_000_000
+    """Largest image (width × height, read from the header before decoding) accepted (413 above it)."""
+    min_image_side: int = 16
+    """Smallest width or height accepted (422 below it)."""
+    max_mesh_resolution: int = 384
+    """Largest `mesh_resolution` a request may ask for (marching-cubes cost grows with its cube)."""
+    request_timeout_s: float = 300.0
+    """End-to-end limit of one request (504 after it, with a JSON error)."""
+    triplane_cache_entries: int = 64
+    """Triplanes kept per ingress replica, keyed by image hash, so a turntable after a mesh of the
+    same image skips the model (0 disables the cache)."""
+    health_check_period_s: float = 10.0
+    """How often Serve checks each model replica (a tiny forward pass on a fixed image)."""
+    health_check_timeout_s: float = 60.0
+    """A replica whose health check takes longer is considered unhealthy and replaced."""
+    host: str = "127.0.0.1"
+    """HTTP host of `vf3d serve` (0.0.0.0 to listen on every interface)."""
+    port: int = 8000
+    """HTTP port of `vf3d serve`."""
+
+    def validate(self) -> "ServeConfig":
+        """Validate the nested configs; returns self so calls chain."""
+        self.inference.validate()
+        for name in ("ingress", "model", "mesh"):
+            getattr(self, name).validate(name)
+        _raise_first_failure([
+            (self.max_batch_size >= 1 and self.batch_wait_timeout_s >= 0, "max_batch_size must be >= 1 and batch_wait_timeout_s >= 0"),
+            # A replica that accepts fewer requests than a batch holds can never fill a batch.
+            (self.model.max_ongoing_requests >= self.max_batch_size, "model.max_ongoing_requests must be >= max_batch_size"),
+            (self.max_body_bytes >= 1 and self.max_pixels >= 1 and self.min_image_side >= 1, "max_body_bytes, max_pixels and min_image_side must be >= 1"),
+            (8 <= self.max_mesh_resolution <= 1024, "max_mesh_resolution must be between 8 and 1024"),
+            (self.inference.mesh_resolution <= self.max_mesh_resolution, "inference.mesh_resolution must be <= max_mesh_resolution"),
+            (self.request_timeout_s > 0, "request_timeout_s must be > 0"),
+            (self.triplane_cache_entries >= 0, "triplane_cache_entries must be >= 0"),
+            (self.health_check_period_s > 0 and self.health_check_timeout_s > 0, "health check period and timeout must be > 0"),
+            (1 <= self.port <= 65535, "port must be between 1 and 65535"),
+        ])
+        return self
+
+
+def _serve_debug() -> ServeConfig:
+    # One small replica of each deployment on a laptop's CPU; fractional CPUs so all three fit
+    # on 2 cores next to Serve's controller and proxy. "auto" iso: debug models are often random.
+    inference = InferenceConfig(mesh_resolution=64, mesh_iso="auto", turntable_views=16, turntable_fps=8, mask_method="estimate")
+    return ServeConfig(
+        inference=inference,
+        ingress=ReplicaConfig(num_cpus=0.25, max_ongoing_requests=32, target_ongoing_requests=16.0),
+        model=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=8, target_ongoing_requests=4.0),
+        mesh=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=4, target_ongoing_requests=2.0),
+        max_batch_size=4,
+        max_body_bytes=8_000_000,
+        max_mesh_resolution=128,
+        request_timeout_s=120.0,
+        triplane_cache_entries=16,
+    )
+
+
+def _serve_cluster(model: str) -> ServeConfig:
+    # GPU model replicas autoscale 1 → 8 (one GPU each); mesh replicas on CPU workers.
+    return ServeConfig(inference=INFERENCE_PRESETS[model](), host="0.0.0.0")
+
+
+SERVE_PRESETS = {
+    "debug": _serve_debug,
+    "base": lambda: _serve_cluster("base"),
+    "vfusion3d": lambda: _serve_cluster("vfusion3d"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic (de)serialisation with unknown-key rejection
 # ---------------------------------------------------------------------------------------------
 

@@ -91,10 +91,10 @@ class ImageTo3D:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _generator(self) -> torch.Generator | None:
-        if self.config.deterministic:
+    def _generator(self, seed: int | None = None) -> torch.Generator | None:
+        if seed is None and self.config.deterministic:
             return None
-        return torch.Generator(device=self.device).manual_seed(self.config.seed)
+        return torch.Generator(device=self.device).manual_seed(self.config.seed if seed is None else seed)
 
     def prepare(self, image) -> torch.Tensor:
         """An image (path, bytes or PIL image) → [3, S, S] model input in [0, 1]."""
@@ -113,8 +113,11 @@ class ImageTo3D:
         return otsu_iso(self.model, planes) if iso == "auto" else float(iso)
 
     @torch.no_grad()
-    def mesh(self, planes: torch.Tensor, iso: float | None = None) -> MeshResult:
-        """One object's triplanes [1, 3, C, R, R] → vertex-coloured mesh in world coordinates."""
+    def mesh(self, planes: torch.Tensor, iso: float | None = None, resolution: int | None = None) -> MeshResult:
+        """One object's triplanes [1, 3, C, R, R] → vertex-coloured mesh in world coordinates.
+
+        `resolution` (grid samples per axis) overrides the config's `mesh_resolution` for this call.
+        """
         iso = self.iso_level(planes) if iso is None else iso
 
         def query(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,21 +125,25 @@ class ImageTo3D:
                 density, rgb = self.model.query_points(planes, points.unsqueeze(0))
             return density[0, :, 0].float(), rgb[0].float().clamp(0, 1)
 
-        return extract_mesh(query, resolution=self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device)
+        return extract_mesh(query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device)
 
     @torch.no_grad()
-    def turntable(self, planes: torch.Tensor) -> np.ndarray:
-        """One object's triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of a full revolution."""
+    def turntable(self, planes: torch.Tensor, seed: int | None = None) -> np.ndarray:
+        """One object's triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of a full revolution.
+
+        With `seed`, rays are sampled randomly from that seed; without, per the config.
+        """
         config = self.config
         size = config.turntable_size or self.model.config.renderer.render_size
         poses = cameras.turntable_poses(config.turntable_views, radius=config.turntable_radius, elevation_deg=config.turntable_elevation_deg)
         render_cameras = cameras.render_camera_vector(poses).to(self.device)
-        generator = self._generator()
+        generator = self._generator(seed)
+        deterministic = config.deterministic and seed is None
         frames = []
         for start in range(0, len(render_cameras), TURNTABLE_VIEWS_PER_CALL):
             chunk = render_cameras[start : start + TURNTABLE_VIEWS_PER_CALL].unsqueeze(0)
             with self._autocast():
-                views = self.model.render(planes, chunk, render_size=size, deterministic=config.deterministic, generator=generator)
+                views = self.model.render(planes, chunk, render_size=size, deterministic=deterministic, generator=generator)
             frames.append((views.rgb[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
         return torch.cat(frames).numpy()
 
