@@ -80,7 +80,7 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
     deadline = time.monotonic() + 300
     ready = None
     while ready is None:
-        ready = re.search(r"ready in .*Ray at (\S+);", log_path.read_text(errors="replace"))
+        ready = re.search(r"ready in .*Ray at (\S+)\n", log_path.read_text(errors="replace"))
         if process.poll() is not None:
             pytest.fail(f"vf3d serve exited with {process.returncode}:\n{endpoint.log_tail()}")
         if time.monotonic() > deadline:

@@ -240,17 +240,26 @@ def app_from_args(args: ServeAppArgs | dict) -> serve.Application:
     return build_application(args.model, resolve_app_config(args))
 
 
-def run_endpoint(application: serve.Application, config: ServeConfig, log=print) -> None:
-    """Start Serve's HTTP proxy, deploy `application` at `/` and block until SIGINT/SIGTERM."""
+def start_endpoint(application: serve.Application, config: ServeConfig, log=print) -> str:
+    """Start Serve's HTTP proxy on the connected cluster, deploy `application` at `/`, wait until
+    every replica is up, and return the base URL."""
     import ray
 
     serve.start(http_options={"host": config.host, "port": config.port, "request_timeout_s": config.request_timeout_s})
     started = time.perf_counter()
     serve.run(application, name="vf3d", route_prefix="/")
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    log(f"ready in {time.perf_counter() - started:.1f}s: http://{host}:{config.port}/ "
+    url = f"http://{host}:{config.port}"
+    log(f"ready in {time.perf_counter() - started:.1f}s: {url}/ "
         f"(POST /v1/image-to-3d, POST /v1/turntable, GET /healthz; API key {'required' if os.environ.get(API_KEY_ENV) else 'off'}); "
-        f"Ray at {ray.get_runtime_context().gcs_address}; Ctrl-C stops")
+        f"Ray at {ray.get_runtime_context().gcs_address}")
+    return url
+
+
+def run_endpoint(application: serve.Application, config: ServeConfig, log=print) -> None:
+    """`start_endpoint`, then block until SIGINT/SIGTERM and shut Serve down."""
+    start_endpoint(application, config, log=log)
+    log("Ctrl-C stops the endpoint")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -97,7 +97,8 @@ class ReconstructorModel:
     def _turntable(self, planes: np.ndarray, seed: int | None) -> np.ndarray:
         import torch
 
-        return self.pipeline.turntable(torch.from_numpy(np.asarray(planes)).to(self.pipeline.device), seed=seed)
+        # np.array copies: Ray hands over read-only arrays, which torch does not wrap safely.
+        return self.pipeline.turntable(torch.from_numpy(np.array(planes)).to(self.pipeline.device), seed=seed)
 
     async def turntable(self, planes: np.ndarray, seed: int | None = None) -> np.ndarray:
         """Triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of one revolution."""
@@ -154,7 +155,7 @@ class MeshBuilder:
 
         started = time.perf_counter()
         try:
-            result = self.pipeline.mesh(torch.from_numpy(np.asarray(planes)).to(self.pipeline.device), resolution=resolution)
+            result = self.pipeline.mesh(torch.from_numpy(np.array(planes)).to(self.pipeline.device), resolution=resolution)
         except EmptyMeshError as error:
             # A property of this image's reconstruction, not of the service: the ingress says 422.
             return {"error": f"the reconstruction has no surface ({error})"}
