@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vf3d-installed
 DEMO_DIR ?= demo-output
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup test demo bench clean
+.PHONY: setup browser test demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-test: setup
+# The web page's browser test needs Debian's chromium and chromedriver: installed here when we
+# are root with apt-get; otherwise that test skips itself.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for the browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+			|| echo "note: could not install chromium; the browser test will be skipped"; \
+	else echo "note: /usr/bin/chromium or /usr/bin/chromedriver missing; the browser test will be skipped"; fi
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 demo: setup

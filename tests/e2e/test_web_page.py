@@ -1,0 +1,252 @@
+"""The web page at `/` in a real headless Chromium: upload a photo, see the mesh drawn and turning.
+
+Needs Debian's chromium and chromium-driver (`make browser` installs them as root) and selenium
+(the `dev` extra); skips itself without them. The app is a real `vf3d serve` on the debug
+reconstructor (the `serve_endpoint` fixture in tests/conftest.py), API key included.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # skipped below with the reason
+    webdriver = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # WebGL without a GPU: ANGLE on SwiftShader, which Chromium only offers to WebGL when told to.
+    "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+    "--window-size=1280,1000",
+]
+MODEL_TIMEOUT_S = 150  # one image-to-3D request with the CPU model
+PAGE_TIMEOUT_S = 20
+# A pixel "differs" when a channel is this far (of 255) from the other image's.
+PIXEL_TOLERANCE = 12
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if webdriver is None:
+        pytest.skip("selenium is not installed (it is in the `dev` extra)")
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} missing: `make browser` installs Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(PAGE_TIMEOUT_S)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def endpoint(serve_endpoint) -> tuple[str, str | None]:
+    """The app's base URL and the API key it requires (tests/conftest.py starts `vf3d serve`)."""
+    return serve_endpoint.url.rstrip("/"), serve_endpoint.api_key
+
+
+@pytest.fixture
+def photo(tmp_path):
+    from skimage import data
+
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def _open_page(browser, base_url: str, api_key: str | None) -> None:
+    browser.get(base_url + "/")
+    WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+        lambda d: d.execute_script("return Boolean(window.vf3d) && document.body.dataset.state === 'idle'"))
+    if api_key:
+        browser.find_element(By.CSS_SELECTOR, "details summary").click()
+        browser.find_element(By.ID, "api-key").send_keys(api_key)
+
+
+def _submit(browser, path: Path) -> str:
+    """Choose `path` in #image, press #submit and wait for the page's final state."""
+    browser.find_element(By.ID, "image").send_keys(str(path))
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.state") != "idle")
+    return WebDriverWait(browser, MODEL_TIMEOUT_S, poll_frequency=0.2).until(
+        lambda d: d.execute_script(
+            "const s = document.body.dataset.state; return s === 'done' || s === 'error' ? s : false"))
+
+
+def _error_text(browser) -> str:
+    return browser.find_element(By.ID, "error").get_property("textContent").strip()
+
+
+def _viewer_pixels(browser) -> np.ndarray:
+    """The #viewer canvas as the browser shows it: uint8[H, W, 3]."""
+    png = browser.find_element(By.ID, "viewer").screenshot_as_png
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """bool[H, W]: where the images differ by more than the tolerance in some channel."""
+    return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > PIXEL_TOLERANCE).any(axis=-1)
+
+
+def _server_error(base_url: str, path: Path, content_type: str, api_key: str | None) -> tuple[int, str]:
+    """Status and JSON error message the app gives for `path`'s bytes, asked directly."""
+    headers = {"Content-Type": content_type}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"{base_url}/v1/image-to-3d?format=glb", data=path.read_bytes(),
+                                     headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=MODEL_TIMEOUT_S)
+    return raised.value.code, json.loads(raised.value.read())["error"]
+
+
+def test_image_to_3d_is_drawn_and_turns(browser, endpoint, photo):
+    base_url, api_key = endpoint
+    _open_page(browser, base_url, api_key)
+    idle = _viewer_pixels(browser)
+    colours, counts = np.unique(idle.reshape(-1, 3), axis=0, return_counts=True)
+    background = colours[counts.argmax()]  # the clear colour (the corners are rounded off)
+    assert _differs(idle, background).mean() < 0.01, "the viewer should be empty before a request"
+
+    state = _submit(browser, photo)
+    assert state == "done", f"page shows an error: {_error_text(browser)!r}"
+
+    stats = browser.find_element(By.ID, "stats").text
+    assert "vertices" in stats and "faces" in stats, stats
+    link = browser.find_element(By.ID, "download")
+    assert link.is_displayed()
+    assert link.get_attribute("download") == "result.glb"
+    assert link.get_attribute("href").startswith("blob:")
+    size, magic = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById('download').href).then((r) => r.arrayBuffer())"
+        ".then((b) => done([b.byteLength, new TextDecoder().decode(b.slice(0, 4))]));")
+    assert magic == "glTF" and size > 100
+
+    first = _viewer_pixels(browser)
+    time.sleep(1.0)
+    second = _viewer_pixels(browser)
+    assert first.shape == idle.shape
+    drawn = _differs(first, background)
+    assert drawn.mean() > 0.03, f"only {drawn.mean():.2%} of the viewer differs from its background"
+    shades = np.unique(first[drawn].reshape(-1, 3) // 8, axis=0)
+    assert len(shades) > 20, f"the model is drawn flat ({len(shades)} shades): no colours or shading"
+    turned = _differs(first, second)
+    assert turned.mean() > 0.005, f"the view did not turn: {turned.mean():.2%} of pixels changed in 1 s"
+    script_errors = [entry["message"] for entry in browser.get_log("browser")
+                     if entry["source"] == "javascript" and entry["level"] == "SEVERE"]
+    assert not script_errors, script_errors
+
+
+def test_bad_upload_shows_the_servers_error(browser, endpoint, tmp_path):
+    base_url, api_key = endpoint
+    notes = tmp_path / "notes.txt"
+    notes.write_text("this is not an image\n")
+    status, message = _server_error(base_url, notes, "text/plain", api_key)
+    assert 400 <= status < 500
+
+    _open_page(browser, base_url, api_key)
+    assert _submit(browser, notes) == "error"
+    assert _error_text(browser) == message
+    assert not browser.find_element(By.ID, "download").is_displayed()
+
+
+def test_missing_api_key_shows_the_servers_error(browser, endpoint, photo):
+    base_url, api_key = endpoint
+    if not api_key:
+        pytest.skip("the app under test requires no API key")
+    status, message = _server_error(base_url, photo, "image/png", None)
+    assert status in (401, 403)
+
+    _open_page(browser, base_url, None)
+    assert _submit(browser, photo) == "error"
+    assert _error_text(browser) == message
+
+
+def _layout_glb() -> tuple[bytes, dict]:
+    """A GLB using what trimesh's does not (interleaved strided vertices, normalized uint16 RGB
+    colours, uint8 indices, TRS and matrix nodes, a strip without indices, a material colour),
+    and the geometry the page should read from it."""
+    import struct
+
+    corners = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+    rgb16 = np.array([[65535, 0, 0], [0, 65535, 0], [0, 0, 65535], [32768, 32768, 32768]], np.uint16)
+    interleaved = b"".join(p.tobytes() + c.tobytes() + b"\0\0" for p, c in zip(corners, rgb16))  # stride 20
+    quad = np.array([0, 1, 2, 0, 2, 3], np.uint8).tobytes() + b"\0\0"
+    strip = (corners + [0, 0, 5]).astype(np.float32).tobytes()
+    binary = interleaved + quad + strip
+    turn = np.sqrt(0.5)  # 90 degrees about Z as an [x, y, z, w] quaternion
+    gltf = {
+        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0, 2]}],
+        "nodes": [
+            {"translation": [1, 2, 3], "rotation": [0, 0, turn, turn], "scale": [2, 2, 2], "children": [1]},
+            {"matrix": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1], "mesh": 0},
+            {"mesh": 1},
+        ],
+        "meshes": [
+            {"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2}]},
+            {"primitives": [{"attributes": {"POSITION": 3}, "mode": 5, "material": 0}]},
+        ],
+        "materials": [{"pbrMetallicRoughness": {"baseColorFactor": [1, 0, 0, 1]}}],
+        "buffers": [{"byteLength": len(binary)}],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": 80, "byteStride": 20},
+            {"buffer": 0, "byteOffset": 80, "byteLength": 6},
+            {"buffer": 0, "byteOffset": 88, "byteLength": 48},
+        ],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "type": "VEC3", "count": 4},
+            {"bufferView": 0, "byteOffset": 12, "componentType": 5123, "normalized": True, "type": "VEC3", "count": 4},
+            {"bufferView": 1, "componentType": 5121, "type": "SCALAR", "count": 6},
+            {"bufferView": 2, "componentType": 5126, "type": "VEC3", "count": 4},
+        ],
+    }
+    text = json.dumps(gltf).encode()
+    text += b" " * (-len(text) % 4)
+    chunks = struct.pack("<II", len(text), 0x4E4F534A) + text + struct.pack("<II", len(binary), 0x004E4942) + binary
+    glb = struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks
+
+    # world = translate(1, 2, 3) * rotate_z(90) * scale(2) * translate(0, 0, 1)
+    quad_world = (corners + [0, 0, 1]) * 2 @ np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1]]) + [1, 2, 3]
+    expected = {
+        "positions": np.concatenate([quad_world, corners + [0, 0, 5]]),
+        "colors": np.concatenate([np.c_[rgb16 / 65535, np.ones(4)], np.tile([1, 0, 0, 1], (4, 1))]),
+        "indices": [0, 1, 2, 0, 2, 3, 4, 5, 6, 6, 5, 7],  # the strip unrolled with its winding kept
+    }
+    return glb, expected
+
+
+def test_glb_reader_handles_other_layouts(browser, endpoint):
+    import base64
+
+    glb, expected = _layout_glb()
+    _open_page(browser, endpoint[0], None)
+    geometry = browser.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const g = vf3d.buildGeometry(vf3d.parseGlb(bytes.buffer));"
+        "return {positions: Array.from(g.positions), colors: Array.from(g.colors),"
+        "        indices: Array.from(g.indices), faces: g.faceCount, vertices: g.vertexCount};",
+        base64.b64encode(glb).decode())
+    assert (geometry["vertices"], geometry["faces"]) == (8, 4)
+    np.testing.assert_allclose(np.reshape(geometry["positions"], (-1, 3)), expected["positions"], atol=1e-5)
+    np.testing.assert_allclose(np.reshape(geometry["colors"], (-1, 4)), expected["colors"], atol=1e-5)
+    assert geometry["indices"] == expected["indices"]
