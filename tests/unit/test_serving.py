@@ -209,3 +209,29 @@ def test_vf3d_serve_refuses_a_wrong_model_directory_before_starting_ray(tmp_path
     bad_config.write_text("max_batch_size: 64\n")
     refused = subprocess.run([VF3D, "serve", "--model", str(tmp_path), "--config", str(bad_config)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "max_ongoing_requests must be >= max_batch_size" in refused.stderr
+
+
+def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
+    from ray.exceptions import ActorDiedError
+
+    from vf3d.serving.app import Ingress
+
+    ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)  # no handles needed for this
+    ingress.config = config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2})
+
+    async def slow():
+        await asyncio.sleep(5)
+
+    async def dead():
+        raise ActorDiedError()
+
+    async def broken():
+        raise ValueError("a bug, not a replica failure")
+
+    import time
+
+    assert _status(lambda: asyncio.run(ingress._with_timeout(slow(), time.monotonic()))) == (504, "request took longer than request_timeout_s=0.2")
+    status, message = _status(lambda: asyncio.run(ingress._with_timeout(dead(), time.monotonic())))
+    assert status == 503 and "retry shortly" in message
+    with pytest.raises(ValueError, match="a bug"):
+        asyncio.run(ingress._with_timeout(broken(), time.monotonic()))

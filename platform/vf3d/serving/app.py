@@ -61,6 +61,13 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return _error(422, "; ".join(problems))
 
 
+@api.exception_handler(Exception)
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # A bug, not the client's fault: logged with its traceback, answered in the same JSON shape.
+    logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+    return _error(500, f"internal error ({type(error).__name__}); see the server log")
+
+
 def _is_replica_failure(error: BaseException) -> bool:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
