@@ -217,6 +217,29 @@ def _train_recon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    config = config_lib.resolve(config_lib.EVALUATE_PRESETS, args.preset, args.config)
+    overrides: dict = {}
+    if args.limit is not None:
+        overrides["limit"] = args.limit
+    if args.clip is not None:
+        overrides["clip"] = {"weights_path": str(args.clip)}
+    if args.lpips_backbone is not None:
+        overrides["lpips"] = {"backbone_path": str(args.lpips_backbone)}
+    if args.device is not None:
+        overrides["inference"] = {"device": args.device}
+    config = config_lib.merge(config, overrides).validate()
+    models = list(args.model) + list(args.compare or [])
+    for flag, path in [("--data", args.data), ("--assets", args.assets)] + [("--model", model) for model in models]:
+        if path is not None and not path.is_dir():
+            raise UsageError(f"{flag}: not a directory: {path}")
+    from vf3d.evaluation.evaluate import evaluate, read_ids_file
+
+    ids = read_ids_file(args.ids) if args.ids is not None else None
+    evaluate(models, args.data, args.out, config, assets_dir=args.assets, ids=ids, log=_print)
+    return 0
+
+
 def _sample_assets(args: argparse.Namespace) -> int:
     from vf3d.data.assets import gather_sample_assets
 
@@ -255,6 +278,7 @@ def _show_config(args: argparse.Namespace) -> int:
         "synthesize": config_lib.SYNTHESIZE_PRESETS,
         "train-filter": config_lib.TRAIN_FILTER_PRESETS,
         "train-recon": config_lib.TRAIN_RECON_PRESETS,
+        "evaluate": config_lib.EVALUATE_PRESETS,
         "serve": config_lib.SERVE_PRESETS,
     }
     config = config_lib.resolve(tables[args.kind], args.preset, args.config)
@@ -348,6 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(command, config_lib.TRAIN_RECON_PRESETS, "debug")
     command.set_defaults(handler=_train_recon)
 
+    command = commands.add_parser("evaluate", help="score reconstructors on held-out orbits: PSNR/SSIM/LPIPS, CLIP, Chamfer/F-score", description="Reconstruct every orbit of --data from its view 0 and compare novel views with the true ones (PSNR, SSIM, LPIPS), CLIP image/text similarity of the predicted views (weights from a local path), and Chamfer distance / F-score of the mesh against the source asset under --assets. Writes metrics.json, report.md and figures/ into --out; with several --model (or --compare) the report compares them with the first.")
+    command.add_argument("--model", required=True, type=Path, action="append", metavar="DIR", help="reconstructor directory; repeat to compare models (the first is the baseline)")
+    command.add_argument("--compare", type=Path, action="append", metavar="DIR", help="another reconstructor directory to compare with the first --model")
+    command.add_argument("--data", required=True, type=Path, metavar="DIR", help="orbit shards of held-out objects (from render-assets or synthesize)")
+    command.add_argument("--out", required=True, type=Path, metavar="DIR", help="report directory (metrics.json, report.md, figures/, evaluate_config.json)")
+    command.add_argument("--assets", type=Path, metavar="DIR", help="root the shards' asset paths are relative to (the --assets of render-assets): enables Chamfer/F-score")
+    command.add_argument("--limit", type=int, metavar="N", help="evaluate at most N orbits (the first by id, or by --ids order)")
+    command.add_argument("--ids", type=Path, metavar="FILE", help="text file of orbit ids to evaluate, one per line")
+    command.add_argument("--clip", type=Path, metavar="PATH", help="local open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json (sets clip.weights_path)")
+    command.add_argument("--lpips-backbone", type=Path, metavar="FILE", help="local torchvision state dict of the LPIPS backbone, e.g. alexnet-owt-7be5be79.pth (sets lpips.backbone_path)")
+    command.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+    _add_config_arguments(command, config_lib.EVALUATE_PRESETS, "full")
+    command.set_defaults(handler=_evaluate)
+
     command = commands.add_parser("sample-assets", help="copy real sample meshes shipped in pybullet_data into a folder", description="Gather the textured duck, soccer ball, table, tray, jenga, domino and random_urdfs objects from pybullet_data (pip install 'vf3d[assets]') into a self-contained folder.")
     command.add_argument("--out", required=True, type=Path, help="directory to copy the meshes (and their materials and textures) into")
     command.add_argument("--limit", type=int, help="at most this many assets (the named ones first)")
@@ -366,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(handler=_demo)
 
     command = commands.add_parser("show-config", help="print a preset's resolved configuration as JSON", description="Print a preset, optionally overridden by a YAML/JSON file, after validation.")
-    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "serve"], help="which configuration")
+    command.add_argument("kind", choices=["reconstructor", "inference", "render-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "evaluate", "serve"], help="which configuration")
     command.add_argument("--preset", default="debug", help="preset name of that configuration (default: %(default)s)")
     command.add_argument("--config", type=Path, help="YAML/JSON file overriding preset fields (unknown keys are rejected)")
     command.set_defaults(handler=_show_config)

@@ -1240,6 +1240,116 @@ SERVE_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
+# evaluate: novel-view, CLIP and geometry metrics of reconstructors on held-out orbits
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalClipConfig:
+    """CLIP image/text similarity (open_clip); weights come from a local path, never a hub."""
+
+    enabled: bool = True
+    """Compute CLIP similarities (false skips them: no weights needed)."""
+    model: str = "ViT-B-32"
+    """open_clip architecture name of the weights (e.g. "ViT-B-32-quickgelu" for OpenAI's
+    ViT-B/32, "ViT-L-14"); ignored when `weights_path` is a directory with open_clip_config.json."""
+    weights_path: str | None = None
+    """Local open_clip weights: a checkpoint file (.safetensors/.bin/.pt/.pth) for `model`, or a
+    directory holding open_clip_config.json and its weights (the hub layout, downloaded once)."""
+    allow_random: bool = False
+    """Without `weights_path`, build `model` with random weights (tests only: the similarities
+    are then meaningless, and the report says so in bold)."""
+    batch_size: int = 32
+    """Images per CLIP forward pass."""
+
+
+@dataclass
+class EvalLpipsConfig:
+    """LPIPS of predicted vs true views (the metric usually uses AlexNet features)."""
+
+    net: str = "alex"
+    """Backbone: "alex" (the LPIPS paper's metric), "vgg" or "squeeze"."""
+    backbone_path: str | None = None
+    """Local torchvision state dict of that backbone (alexnet/vgg16/squeezenet1_1 weights, .pth
+    or .safetensors). Required unless `random_backbone`."""
+    random_backbone: bool = False
+    """Use a random backbone (tests only: LPIPS is then not perceptual; the report says so)."""
+
+
+@dataclass
+class EvalGeometryConfig:
+    """Chamfer distance and F-score between the extracted mesh and the true asset mesh."""
+
+    enabled: bool = True
+    """Compute geometry metrics for orbits whose `asset` is found under `--assets`."""
+    num_points: int = 100_000
+    """Points sampled (area-uniformly, seeded) on each surface."""
+    fscore_threshold: float = 0.05
+    """Distance τ (world units; the asset fits in a sphere of radius 1 − margin = 0.8, inside the
+    [−1, 1]³ box) under which a point counts as matched, for precision, recall and F-score."""
+    alignment: str = "none"
+    """"none" (compare in the asset's frame, as reconstructed) or "bbox" (first move and uniformly
+    scale the predicted mesh so its bounding box has the true one's centre and diagonal)."""
+
+
+@dataclass
+class EvaluateConfig:
+    """`vf3d evaluate`: reconstruct each held-out orbit from its view 0 and score the result."""
+
+    num_views: int = 8
+    """Novel views per object, spread evenly around the orbit (view 0, the input, excluded)."""
+    resolution: int | None = None
+    """Side of the compared views in pixels (true views are resized to it); None = the orbit's."""
+    limit: int | None = None
+    """Evaluate at most this many orbits (the first ones by id, or by the order of `--ids`)."""
+    figure_objects: int = 8
+    """Objects drawn in the view grids and the per-object bar chart (the first ones)."""
+    seed: int = 0
+    """Seed of the surface point sampling."""
+    clip: EvalClipConfig = field(default_factory=EvalClipConfig)
+    lpips: EvalLpipsConfig = field(default_factory=EvalLpipsConfig)
+    geometry: EvalGeometryConfig = field(default_factory=EvalGeometryConfig)
+    inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(mesh_resolution=256))
+    """Device, dtype (bf16 autocast on CUDA), mesh resolution and iso of the reconstruction."""
+
+    def validate(self) -> "EvaluateConfig":
+        """Check value ranges; returns self so calls chain."""
+        self.inference.validate()
+        _raise_first_failure([
+            (self.num_views >= 1, "num_views must be >= 1"),
+            (self.resolution is None or 16 <= self.resolution <= 4096, "resolution must be null or between 16 and 4096 (SSIM needs at least 11 pixels)"),
+            (self.limit is None or self.limit >= 1, "limit must be null or >= 1"),
+            (self.figure_objects >= 0, "figure_objects must be >= 0"),
+            (self.clip.batch_size >= 1, "clip.batch_size must be >= 1"),
+            (self.lpips.net in ("alex", "vgg", "squeeze"), "lpips.net must be alex, vgg or squeeze"),
+            (self.geometry.num_points >= 100, "geometry.num_points must be >= 100"),
+            (self.geometry.fscore_threshold > 0, "geometry.fscore_threshold must be > 0"),
+            (self.geometry.alignment in ("none", "bbox"), "geometry.alignment must be none or bbox"),
+        ])
+        return self
+
+
+def _evaluate_debug() -> EvaluateConfig:
+    # Seconds on a CPU: random CLIP and LPIPS backbones (flagged in the report), few small views,
+    # few points, a coarse mesh at Otsu's iso (debug models are often random).
+    return EvaluateConfig(
+        num_views=4,
+        resolution=32,
+        figure_objects=4,
+        clip=EvalClipConfig(model="ViT-S-32", allow_random=True, batch_size=16),
+        lpips=EvalLpipsConfig(net="squeeze", random_backbone=True),
+        geometry=EvalGeometryConfig(num_points=4000),
+        inference=InferenceConfig(mesh_resolution=48, mesh_iso="auto"),
+    )
+
+
+EVALUATE_PRESETS = {
+    "debug": _evaluate_debug,
+    "full": EvaluateConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Generic (de)serialisation with unknown-key rejection
 # ---------------------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-"""Training curves and image grids for reports, and the JSONL records they are drawn from.
+"""Training curves, image grids and bar charts for reports, and the JSONL records they are drawn from.
 
 Training loops append one JSON object per logged step (`append_jsonl`), e.g.
 `{"step": 100, "loss": 0.41, "lpips": 0.38, "stage": "128px"}`; `plot_curves` draws every numeric
 key against "step". `image_grid` lays out e.g. input | predicted views | true views, one row per
-held-out object. PNGs are written atomically (a temporary file, then `os.replace`), so a reader
+held-out object; `plot_bars` draws grouped per-object metric bars, one panel per metric. PNGs are written atomically (a temporary file, then `os.replace`), so a reader
 never sees half an image. matplotlib (Agg backend) is imported inside the functions.
 """
 
@@ -113,6 +113,51 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, linewidth=1.2)
+    return _write_png_atomically(out_png, lambda path: figure.savefig(path, format="png"))
+
+
+def plot_bars(panels: dict[str, dict[str, Sequence[float | None]]], categories: Sequence[str], out_png: str | os.PathLike) -> Path:
+    """Grouped bar charts, one panel per key of `panels`, into `out_png` (written atomically).
+
+    Args:
+        panels: {panel title: {series name: one value per category}}; e.g. {"PSNR ↑": {"model A":
+            [per object], "model B": [...]}}. A None or non-finite value draws no bar.
+        categories: the x-axis labels (e.g. object ids), shared by every panel.
+    Returns:
+        out_png as a Path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_png = Path(out_png)
+    titles = list(panels) or ["no data"]
+    columns = min(3, len(titles))
+    rows = math.ceil(len(titles) / columns)
+    width = max(4.0, 0.35 * len(categories) * max((len(series) for series in panels.values()), default=1) + 1.5)
+    figure = Figure(figsize=(width * columns, 3.0 * rows), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(titles):]:
+        ax.set_axis_off()
+    positions = np.arange(len(categories))
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        series = panels.get(title, {})
+        bar_width = 0.8 / max(len(series), 1)
+        drawn = False
+        for index, (name, values) in enumerate(series.items()):
+            if len(values) != len(categories):
+                raise ValueError(f"{title!r}/{name!r}: {len(values)} values for {len(categories)} categories")
+            keep = [i for i, value in enumerate(values) if value is not None and _is_number(value)]
+            if keep:
+                ax.bar(positions[keep] + (index - (len(series) - 1) / 2) * bar_width, [float(values[i]) for i in keep], width=bar_width, label=name)
+                drawn = True
+        ax.set_xticks(positions, [str(category)[:14] for category in categories], rotation=45, ha="right", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        elif len(series) > 1:
+            ax.legend(fontsize=8)
     return _write_png_atomically(out_png, lambda path: figure.savefig(path, format="png"))
 
 
