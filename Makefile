@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/synthesize.py
 	$(BIN)/python bench/train_video.py
 	$(BIN)/python bench/train_recon.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
