@@ -33,13 +33,19 @@ test: setup browser
 demo: setup
 	$(BIN)/vf3d demo --out $(DEMO_DIR)
 
+# `make bench` runs every benchmark (BENCH_ARGS=--quick for the smoke-test sizes) and writes one
+# table of their ratios to $(BENCH_DIR)/summary.md.
+BENCH_DIR ?= bench-results
+BENCH_ARGS ?=
+BENCHMARKS := recon render synthesize train_video train_recon serve_load
+
 bench: setup
-	$(BIN)/python bench/recon.py
-	$(BIN)/python bench/render.py
-	$(BIN)/python bench/synthesize.py
-	$(BIN)/python bench/train_video.py
-	$(BIN)/python bench/train_recon.py
-	$(BIN)/python bench/serve_load.py
+	@mkdir -p $(BENCH_DIR)
+	@for name in $(BENCHMARKS); do \
+		echo "=== bench/$$name.py $(BENCH_ARGS)"; \
+		$(BIN)/python bench/$$name.py $(BENCH_ARGS) --json $(BENCH_DIR)/$$name.json || exit 1; \
+	done
+	$(BIN)/python bench/summary.py $(BENCH_DIR)
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache

@@ -5,7 +5,8 @@ Ray cluster → the `debug` video model fine-tuned on them (Ray Train + DeepSpee
 → synthetic orbits from prompts and a photo (Ray Data, elastic actor pools, quality filter)
 → the `debug` reconstructor trained on them and the renders (Ray Train + DeepSpeed, stage schedule)
 → the image-to-3D endpoint on Ray Serve, sent a real photo (shipped inside scikit-image, so it works
-offline) over HTTP → GLB + turntable MP4. Evaluation joins here when it lands.
+offline) over HTTP → GLB + turntable MP4, with an evaluation report on the held-out objects
+(PSNR/SSIM/LPIPS on novel views, Chamfer distance and F-score against the true meshes).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def write_demo_photo(path: Path, name: str = DEMO_PHOTO) -> Path:
 
     Image.fromarray(getattr(skimage.data, name)()).save(path)
     return path
+
+
+def evaluate_held_out(model_dir: Path, data_dir: Path, held_out: list[str], assets_dir: Path, out_dir: Path, log=print) -> dict:
+    """`vf3d evaluate --preset debug` on the orbits train-recon held out (random CLIP and LPIPS
+    weights, as the report says: no download here). Returns the stage's summary."""
+    from vf3d.evaluation.evaluate import evaluate
+
+    config = config_lib.preset(config_lib.EVALUATE_PRESETS, "debug")
+    document = evaluate([model_dir], data_dir, out_dir, config, assets_dir=assets_dir, ids=held_out or None, log=log)
+    (name,) = document["aggregate"]
+    means = {key: value["mean"] for key, value in document["aggregate"][name].items() if value["mean"] is not None}
+    return {"output": str(out_dir / "report.md"), "objects": len(document["objects"]),
+            **{key: round(value, 4) for key, value in means.items() if key in ("psnr", "ssim", "lpips", "chamfer", "fscore")}}
 
 
 def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path, log=print) -> dict:
@@ -159,6 +173,9 @@ def run_demo(out: Path, log=print) -> dict:
             "steps": trained["steps"],
         }
 
+        stage_start = time.perf_counter()
+        stages["evaluate"] = evaluate_held_out(out / "reconstructor", synthetic, trained["held_out"], out / "assets", out / "evaluation", log=log)
+        stages["evaluate"]["seconds"] = time.perf_counter() - stage_start
         stage_start = time.perf_counter()
         photo = write_demo_photo(out / f"{DEMO_PHOTO}.png")
         stages["serve"] = serve_photo(out / "reconstructor", photo, out / "result.glb", out / "turntable.mp4", log=log)
