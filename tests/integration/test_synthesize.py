@@ -93,8 +93,8 @@ def synthesized(ray_local, video_model, tmp_path_factory):
     lines: list[str] = []
     with GenerationActorWatcher() as watcher:
         summary = synthesize(prompts, video_model, root / "out", config, log=lines.append)
-    lines.append(f"generation actors seen alive or starting: {sorted(watcher.seen)}")
-    return root / "out", summary, expected_errors, lines, prompts, watcher.seen
+    lines.append(f"generation actors seen alive or starting: {sorted(watcher.seen)}; pool sizes over time: {watcher.sizes}")
+    return root / "out", summary, expected_errors, lines, prompts, watcher
 
 
 class GenerationActorWatcher:
@@ -106,6 +106,8 @@ class GenerationActorWatcher:
         import threading
 
         self.seen: set[str] = set()
+        self.sizes: list[int] = []
+        """Generation actors alive or starting at each poll that found any (in time order)."""
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -118,7 +120,10 @@ class GenerationActorWatcher:
 
         while not self.stop.wait(0.5):
             actors = state.actors()
-            self.seen.update(actor_id for actor_id, info in actors.items() if "GenerateOrbits" in str(info.get("ActorClassName")) and info.get("State") != "DEAD")
+            current = {actor_id for actor_id, info in actors.items() if "GenerateOrbits" in str(info.get("ActorClassName")) and info.get("State") != "DEAD"}
+            if current and (not self.sizes or self.sizes[-1] != len(current)):
+                self.sizes.append(len(current))
+            self.seen.update(current)
 
     def __exit__(self, *exc_info):
         self.stop.set()
@@ -185,12 +190,13 @@ def test_a_killed_generation_actor_loses_nothing(synthesized):
 
 
 def test_the_generation_pool_grows_from_its_minimum_towards_its_maximum(synthesized):
-    _, summary, _, lines, _, seen = synthesized
+    _, summary, _, lines, _, watcher = synthesized
     pool = summary["stages"]["generate"]["pool"]
     assert pool["min"] == 1 and pool["max"] == 2
-    assert any("generate 1" in line for line in lines), lines[-3:]
-    # The pool starts at its minimum and the autoscaler adds the second actor while work is queued.
-    assert len(seen) >= 2, lines[-3:]
+    # The pool starts at its minimum and the autoscaler adds the second actor while work is
+    # queued (whether that actor finishes a batch before the backlog is gone depends on the load).
+    assert watcher.sizes[0] == 1, lines[-1]
+    assert max(watcher.sizes) >= 2 and len(watcher.seen) >= 2, lines[-1]
 
 
 def test_rerun_processes_nothing(synthesized, video_model):
