@@ -287,6 +287,66 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# submit (the logic lives in vf3d.jobs)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_submit_options(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"), metavar="URL", help="the cluster's job server, i.e. the dashboard: http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    parser.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; exit 0 when it succeeded, 1 when it failed or was stopped")
+    parser.add_argument("--submission-id", metavar="ID", help="job id (default: vf3d-STAGE-<hash of the stage, its arguments and the job file>, so a retried submit finds the first job)")
+    parser.add_argument("--num-cpus", type=float, metavar="N", help="CPUs reserved for the job's driver (entrypoint_num_cpus)")
+    parser.add_argument("--num-gpus", type=float, metavar="N", help="GPUs reserved for the job's driver (entrypoint_num_gpus; evaluate runs its model there)")
+    parser.add_argument("--config", type=Path, metavar="JOBFILE", help="job config file inside the working directory, e.g. jobs/configs/render-assets-debug.yaml")
+    parser.add_argument("--working-dir", type=Path, metavar="DIR", help="repository root uploaded as the job's working_dir (default: the one holding this vf3d's jobs/, else the current directory)")
+    parser.add_argument("--data-root", type=Path, metavar="DIR", help="where the job's relative paths resolve (sets VF3D_DATA_ROOT; default: the current directory when --address is on this machine)")
+
+
+def _submit_stage_args(args: argparse.Namespace) -> list[str]:
+    """Split what argparse left after STAGE (args.rest) into submit options, parsed into `args`,
+    and the stage's arguments: everything after `--`, or from the first token that is not a
+    submit option (argparse drops a `--` that directly follows STAGE)."""
+    options = argparse.ArgumentParser(prog=f"vf3d submit {args.stage}", allow_abbrev=False)  # --data is not --data-root
+    _add_submit_options(options)
+    flags = options._option_string_actions
+    index, split = 0, None
+    while index < len(args.rest) and split is None:
+        token = args.rest[index]
+        action = flags.get(token.split("=", 1)[0])
+        if token == "--":
+            split = index
+        elif action is None:
+            break
+        else:
+            index += 1 if "=" in token or action.nargs == 0 else 2
+    head = args.rest[: index if split is None else split]
+    options.parse_args(head, namespace=args)
+    return args.rest[index:] if split is None else args.rest[split + 1:]
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from vf3d import jobs
+
+    stage_args = _submit_stage_args(args)
+    if not args.address:
+        raise UsageError("give --address http://HEAD:8265 (the Ray dashboard of the cluster) or set RAY_API_SERVER_ADDRESS")
+    try:
+        submission = jobs.prepare_submission(args.stage, args.address, args.config, stage_args, args.submission_id, args.num_cpus, args.num_gpus, args.working_dir, args.data_root)
+        if jobs.DATA_ROOT_ENV in submission.runtime_env.get("env_vars", {}):
+            _print(f"relative paths of the job resolve against {submission.runtime_env['env_vars'][jobs.DATA_ROOT_ENV]}")
+        client = jobs.connect(args.address)
+        outcome = jobs.submit(client, submission, log=_print)
+    except jobs.JobSubmitError as error:
+        raise UsageError(str(error)) from None
+    if not args.wait:
+        _print(f"follow it: ray job logs --follow {outcome.submission_id} --address {args.address}  (or rerun this with --wait)")
+        return 0
+    return jobs.wait_for_job(client, outcome.submission_id, log=_print)
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
 
@@ -398,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_address_argument(command)
     _add_config_arguments(command, config_lib.SERVE_PRESETS, "debug")
     command.set_defaults(handler=_serve)
+
+    command = commands.add_parser("submit", allow_abbrev=False, usage="vf3d submit STAGE --address URL [--wait] [--submission-id ID] [--num-cpus N] [--num-gpus N] [--config JOBFILE] [--working-dir DIR] [--data-root DIR] [-- STAGE-ARGS...]", help="run a pipeline stage as a Ray job on a cluster (JobSubmissionClient)", description="Submit jobs/STAGE.py to a Ray cluster's job server with the repository as working_dir and the vf3d package as py_modules. The submission id is derived from the stage, its arguments and the job file, so submitting the same thing again reports the existing job instead of starting another. Stage arguments (after `--`) override the job file's `args`; relative paths in either resolve on the cluster against --data-root.", epilog="example: vf3d submit render-assets --address http://127.0.0.1:8265 --config jobs/configs/render-assets-debug.yaml --wait -- --out job-output/orbits")
+    command.add_argument("stage", metavar="STAGE", help="render-assets, finetune-video, synthesize, train-recon or evaluate")
+    _add_submit_options(command)
+    command.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    command.set_defaults(handler=_submit)
 
     command = commands.add_parser("demo", help="run the whole pipeline at debug size (what `make demo` runs)", description="Run every available stage at debug size on this machine and print a summary of each.")
     command.add_argument("--out", type=Path, default=Path("demo-output"), help="directory for all demo outputs (default: %(default)s)")

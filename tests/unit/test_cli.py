@@ -14,7 +14,7 @@ import trimesh
 from PIL import Image
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
-COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "render-assets", "sample-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "evaluate", "serve", "demo", "show-config"]
+COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "render-assets", "sample-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "evaluate", "serve", "submit", "demo", "show-config"]
 
 
 def run(*args, **kwargs):

@@ -1,0 +1,575 @@
+"""Pipeline stages as Ray jobs: job config files, the job entrypoints' logic, and `vf3d submit`.
+
+A job config file (jobs/configs/*.yaml) names one stage and how to run it:
+
+    stage: render-assets          # which `vf3d` stage (required; must match the entrypoint)
+    preset: debug                 # the stage's --preset (default: the stage's own default)
+    args:                         # the stage's command-line options, by long name (no dashes)
+      assets: sample              #   render-assets only: gather pybullet's sample meshes
+      out: job-output/orbits
+    config:                       # overrides of the preset's fields, as in a --config file
+      pool: {max_actors: 4}
+
+Unknown keys are rejected with the key named, at every level. `jobs/<stage>.py --config FILE
+[stage options]` loads the file, lets options given after it override the file's `args`, makes
+every path absolute (relative paths resolve against $VF3D_DATA_ROOT, else the driver's working
+directory; an input found only in the job's working directory, i.e. shipped in the repository like
+jobs/prompts/debug.jsonl, resolves there), writes `config:` to a temporary file for the stage's own --config, and runs the stage
+through `vf3d.cli.main`, which attaches to the cluster the job runs on (Ray sets RAY_ADDRESS for
+job drivers).
+
+`submit_stage` sends such an entrypoint to a cluster's job server with a runtime environment
+holding the repository (working_dir: jobs/ and its configs) and the vf3d package (py_modules, so
+a cluster image without vf3d still imports it), under a submission id derived from the stage,
+its arguments and the job file's contents: submitting the same thing twice finds the first job
+instead of starting a second one.
+
+Only the standard library and vf3d.config are imported at module level (Ray lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from vf3d import config as config_lib
+from vf3d.config import ConfigError
+
+STAGE_PRESETS = {
+    "render-assets": config_lib.RENDER_ASSETS_PRESETS,
+    "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS,
+    "synthesize": config_lib.SYNTHESIZE_PRESETS,
+    "train-recon": config_lib.TRAIN_RECON_PRESETS,
+    "evaluate": config_lib.EVALUATE_PRESETS,
+}
+"""The stages that run as Ray jobs and their preset tables (what `config:` overrides)."""
+STAGES = tuple(STAGE_PRESETS)
+
+JOB_FILE_KEYS = ("stage", "preset", "args", "config")
+RESERVED_ARGS = {"preset": "use the top-level `preset:` key", "config": "use the top-level `config:` mapping", "address": "a job attaches to the cluster it runs on"}
+"""Stage options a job file's `args:` may not set, and why."""
+
+DATA_ROOT_ENV = "VF3D_DATA_ROOT"
+"""Relative paths of a job resolve against this directory (else the driver's working directory,
+which under `ray job submit --working-dir` is Ray's temporary copy of the repository)."""
+SAMPLE_ASSETS = "sample"
+"""`args: {assets: sample}` of render-assets: gather pybullet's sample meshes next to --out."""
+SAMPLE_ASSETS_LIMIT = 8
+SAMPLE_ASSETS_DIRNAME = "sample-assets"
+
+RUNTIME_ENV_EXCLUDES = [".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "job-output", "demo-output", "bench-output", "bench-results"]
+"""Never uploaded with the working directory or the package (.gitignore is honoured as well)."""
+TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
+LOG_TAIL_LINES = 20
+
+
+class JobSubmitError(ValueError):
+    """`vf3d submit` cannot go ahead (no jobs/ directory, unreachable address...): one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Job config files
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class JobSpec:
+    """A validated job config file."""
+
+    stage: str
+    preset: str | None
+    """The stage's preset (None: the stage's default)."""
+    args: dict[str, Any]
+    """Stage options by argparse dest (`video_model`), values as in the file (paths as strings)."""
+    config: dict[str, Any]
+    """Overrides of the preset's fields (validated against the preset)."""
+    path: Path | None = None
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    """The `vf3d STAGE` sub-parser (a fresh one on every call, so callers may change it)."""
+    from vf3d.cli import build_parser
+
+    if stage not in STAGE_PRESETS:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return commands.choices[stage]
+
+
+def _stage_options(stage: str) -> dict[str, argparse.Action]:
+    """The stage's options by dest (help excluded)."""
+    return {action.dest: action for action in stage_parser(stage)._actions if action.option_strings and action.dest != "help"}
+
+
+def _long_option(action: argparse.Action) -> str:
+    return max(action.option_strings, key=len)
+
+
+def _check_scalar(action: argparse.Action, value: Any, where: str) -> Any:
+    kind = action.type
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer"
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        expected = "a number"
+    else:  # Path or str: a non-empty string
+        ok = isinstance(value, str) and bool(value)
+        expected = "a non-empty string"
+    if not ok:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _check_arg(action: argparse.Action, value: Any, where: str) -> Any:
+    """A job file's value for one stage option, in the shape argparse would give (lists for
+    repeated or multi-value options), or ConfigError naming the key."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ConfigError(f"{where}: expected at least one value")
+        return [_check_scalar(action, item, f"{where}[{index}]") for index, item in enumerate(items)]
+    if isinstance(action.nargs, int):
+        if not isinstance(value, list) or len(value) != action.nargs:
+            raise ConfigError(f"{where}: expected a list of {action.nargs} values, got {value!r}")
+        return [_check_scalar(action, item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return _check_scalar(action, value, where)
+
+
+def validate_job(data: dict[str, Any], stage: str | None = None, where: str = "job file") -> JobSpec:
+    """Check a job file's contents (unknown keys, the stage, its preset, args and config)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping")
+    unknown = sorted(set(data) - set(JOB_FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s): {', '.join(unknown)} (valid: {', '.join(JOB_FILE_KEYS)})")
+    if "stage" not in data:
+        raise ConfigError(f"{where}: `stage` is required (one of {', '.join(STAGES)})")
+    if data["stage"] not in STAGE_PRESETS:
+        raise ConfigError(f"{where}: stage: unknown stage {data['stage']!r}; choose one of: {', '.join(STAGES)}")
+    if stage is not None and data["stage"] != stage:
+        raise ConfigError(f"{where}: stage is {data['stage']!r}, but this runs {stage!r}")
+    stage = data["stage"]
+    presets = STAGE_PRESETS[stage]
+    preset = data.get("preset")
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"{where}: preset: unknown {stage} preset {preset!r}; choose one of: {', '.join(presets)}")
+    raw_args = data.get("args") or {}
+    if not isinstance(raw_args, dict):
+        raise ConfigError(f"{where}: args: expected a mapping of {stage} options")
+    options = _stage_options(stage)
+    args: dict[str, Any] = {}
+    for key, value in raw_args.items():
+        dest = str(key).replace("-", "_")
+        if dest in RESERVED_ARGS:
+            raise ConfigError(f"{where}: args.{key}: not allowed here ({RESERVED_ARGS[dest]})")
+        if dest not in options:
+            valid = sorted(name for name in options if name not in RESERVED_ARGS)
+            raise ConfigError(f"{where}: args: unknown key {key!r} for {stage} (valid: {', '.join(valid)})")
+        if value is None:
+            continue
+        if stage == "render-assets" and dest == "assets" and value == SAMPLE_ASSETS:
+            args[dest] = value
+            continue
+        args[dest] = _check_arg(options[dest], value, f"{where}: args.{key}")
+    overrides = data.get("config") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: config: expected a mapping of {stage} config overrides")
+    try:
+        config_lib.merge(config_lib.preset(presets, preset or options["preset"].default), overrides).validate()
+    except ConfigError as error:
+        raise ConfigError(f"{where}: config: {error}") from None
+    return JobSpec(stage=stage, preset=preset, args=args, config=overrides)
+
+
+def load_job_file(path: str | os.PathLike, stage: str | None = None) -> JobSpec:
+    """Read and validate a job config file (YAML or JSON); `stage`: the stage it must name."""
+    path = Path(path)
+    spec = validate_job(config_lib.load_overrides(path), stage, where=str(path))
+    spec.path = path
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# From a job file (plus command-line overrides) to a `vf3d STAGE ...` invocation
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_stage_args(stage: str, argv: list[str]) -> dict[str, Any]:
+    """Stage options given on a command line, by dest: only those given (no defaults, nothing
+    required), typed as argparse types them; bad ones raise ConfigError."""
+    parser = stage_parser(stage)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    parser.set_defaults(handler=argparse.SUPPRESS)
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"{stage} arguments: {message}")
+
+    parser.error = fail  # one line instead of argparse's usage text and exit
+    given = vars(parser.parse_args(argv))
+    given.pop("handler", None)
+    return given
+
+
+@dataclasses.dataclass
+class Invocation:
+    """What a job runs: `vf3d.cli.main(argv)`, after gathering sample assets if asked to."""
+
+    argv: list[str]
+    sample_assets_dir: Path | None = None
+    """Gather pybullet's sample meshes here first (render-assets with `assets: sample`)."""
+
+
+def data_root() -> Path:
+    """Where a job's relative paths resolve: $VF3D_DATA_ROOT, else the working directory."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or os.getcwd()).expanduser().resolve()
+
+
+def build_invocation(spec: JobSpec, extra_args: list[str], root: Path, config_file: Path | None, shipped: Path | None = None) -> Invocation:
+    """The `vf3d` argv of a job: the file's args overridden by `extra_args` (same option, later
+    wins, including repeatable ones), every path made absolute against `root` (Ray Data and Train
+    workers do not share the driver's working directory) -- or against `shipped` (the job's
+    working directory: the repository) for an input that exists only there, such as
+    jobs/prompts/debug.jsonl -- and `config_file` (the `config:` overrides, written by the
+    caller) as the stage's --config."""
+    options = _stage_options(spec.stage)
+    given = parse_stage_args(spec.stage, extra_args)
+    preset = given.pop("preset", None) or spec.preset
+    if "config" in given:
+        raise ConfigError(f"{spec.stage} arguments: --config here is the job file; put stage config overrides under its `config:` key")
+    args = {**spec.args, **given}
+
+    def absolute(value: Any) -> str:
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return str(path)
+        if shipped is not None and not (root / path).exists() and (shipped / path).exists():
+            return str(shipped / path)
+        return str(root / path)
+
+    invocation = Invocation(argv=[spec.stage])
+    if spec.stage == "render-assets" and args.get("assets") is not None and str(args["assets"]) == SAMPLE_ASSETS:
+        if args.get("out") is None:
+            raise ConfigError("render-assets: `assets: sample` needs --out (the samples go next to it)")
+        invocation.sample_assets_dir = Path(absolute(args["out"])).parent / SAMPLE_ASSETS_DIRNAME
+        args["assets"] = str(invocation.sample_assets_dir)
+    if preset is not None:
+        invocation.argv += ["--preset", preset]
+    if config_file is not None:
+        invocation.argv += ["--config", str(config_file)]
+    for dest, value in args.items():
+        action = options[dest]
+        flag = _long_option(action)
+        if isinstance(action, argparse._StoreTrueAction):
+            invocation.argv += [flag] if value else []
+            continue
+        convert = absolute if action.type is Path else str
+        if isinstance(action, argparse._AppendAction):
+            for item in value:
+                invocation.argv += [flag, convert(item)]
+        elif isinstance(action.nargs, int):
+            invocation.argv += [flag, *map(convert, value)]
+        else:
+            invocation.argv += [flag, convert(value)]
+    return invocation
+
+
+def _entry_parser(stage: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"jobs/{stage.replace('-', '_')}.py",
+        allow_abbrev=False,
+        description=f"Ray job entrypoint of `vf3d {stage}`: run it from a job config file, with any "
+        f"`vf3d {stage}` options after it overriding the file's (see `vf3d {stage} --help`).",
+        epilog=f"Relative paths resolve against ${DATA_ROOT_ENV} when set, else the working directory.",
+    )
+    parser.add_argument("--config", type=Path, metavar="JOBFILE", help="job config file (jobs/configs/*.yaml): stage, preset, args, config")
+    return parser
+
+
+def main(stage: str, argv: list[str] | None = None, log=print) -> int:
+    """What jobs/<stage>.py runs: `jobs/<stage>.py [--config JOBFILE] [stage options]`.
+
+    Exit status: the stage's (0 done, 2 bad input with one line on stderr, 1 a failure)."""
+    namespace, extra_args = _entry_parser(stage).parse_known_args(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="vf3d-job-") as scratch:
+        try:
+            spec = load_job_file(namespace.config, stage) if namespace.config is not None else JobSpec(stage=stage, preset=None, args={}, config={})
+            root = data_root()
+            config_file = None
+            if spec.config:
+                config_file = Path(scratch) / "job-config.json"
+                config_file.write_text(json.dumps(spec.config, indent=2) + "\n")
+            invocation = build_invocation(spec, extra_args, root, config_file, shipped=Path.cwd().resolve())
+            if invocation.sample_assets_dir is not None:
+                from vf3d.data.assets import gather_sample_assets
+
+                gathered = gather_sample_assets(invocation.sample_assets_dir, limit=SAMPLE_ASSETS_LIMIT)
+                log(f"gathered {len(gathered)} sample assets from pybullet_data into {invocation.sample_assets_dir}")
+        except (ConfigError, RuntimeError) as error:  # RuntimeError: no pybullet for `assets: sample`
+            print(f"vf3d job {stage}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+            return 2
+        log(f"vf3d job {stage}: relative paths resolve against {root}")
+        if DATA_ROOT_ENV not in os.environ and "working_dir_files" in root.parts:
+            log(f"vf3d job {stage}: note: this is Ray's temporary copy of the working directory and ${DATA_ROOT_ENV} is not set: "
+                "relative outputs go away with it (use absolute paths on shared storage, or set it; vf3d submit does for a local cluster)")
+        log(f"vf3d job {stage}: vf3d {shlex.join(invocation.argv)}")
+        if spec.config:
+            log(f"vf3d job {stage}: config overrides {json.dumps(spec.config)}")
+        from vf3d.cli import main as cli_main
+
+        return cli_main(invocation.argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# vf3d submit
+# ---------------------------------------------------------------------------------------------
+
+
+def package_dir() -> Path:
+    """The vf3d package directory (what py_modules uploads)."""
+    return Path(__file__).resolve().parent
+
+
+def find_working_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The repository root to upload as the job's working_dir: the directory holding jobs/."""
+    candidates = [Path(explicit)] if explicit is not None else [package_dir().parents[1], Path.cwd()]
+    for candidate in candidates:
+        if (candidate / "jobs").is_dir():
+            return candidate.resolve()
+    where = str(candidates[0]) if explicit is not None else f"{candidates[0]} or {candidates[1]}"
+    raise JobSubmitError(f"no jobs/ directory in {where}: run vf3d submit from the vf3d repository (or pass --working-dir)")
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _left_out_of_upload(root: Path, relative: Path) -> bool:
+    """Whether packaging the working directory leaves this file out (our excludes, .gitignore)."""
+    import fnmatch
+    import subprocess
+
+    if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in RUNTIME_ENV_EXCLUDES):
+        return True
+    try:
+        return subprocess.run(["git", "-C", str(root), "check-ignore", "-q", relative.as_posix()], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):  # no git: Ray still honours .gitignore, but we cannot tell
+        return False
+
+
+@dataclasses.dataclass
+class Submission:
+    """A job to submit: everything the job server gets, and the id derived from it."""
+
+    stage: str
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    submission_id: str
+    entrypoint_num_cpus: float | None = None
+    entrypoint_num_gpus: float | None = None
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def submission_id_for(stage: str, entrypoint: str, job_file_text: str | None, env_vars: dict[str, str]) -> str:
+    """`vf3d-<stage>-<sha1[:12]>` of the stage, the entrypoint (job file path and stage
+    arguments), the job file's contents and the job's environment variables: the same submit
+    gives the same id (a retry finds the first job), anything different another."""
+    document = json.dumps({"stage": stage, "entrypoint": entrypoint, "job_file": job_file_text, "env_vars": env_vars}, sort_keys=True)
+    return f"vf3d-{stage}-{hashlib.sha1(document.encode()).hexdigest()[:12]}"
+
+
+def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | None = None, stage_args: list[str] | None = None, submission_id: str | None = None,
+                       num_cpus: float | None = None, num_gpus: float | None = None, working_dir: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> Submission:
+    """Check everything that can be checked here (the stage, the job file, the stage arguments,
+    the working directory) and build the submission. `data_root` defaults to the current
+    directory when `address` is on this machine (so relative outputs land where you are), and is
+    left unset for a remote cluster (use absolute paths on shared storage there)."""
+    from vf3d import __version__
+
+    if stage not in STAGE_PRESETS:
+        raise JobSubmitError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    stage_args = list(stage_args or [])
+    root = find_working_dir(working_dir)
+    entry = root / "jobs" / f"{stage.replace('-', '_')}.py"
+    if not entry.is_file():
+        raise JobSubmitError(f"job entrypoint not found: {entry}")
+    command = ["python", entry.relative_to(root).as_posix()]
+    job_file_text = None
+    if job_file is not None:
+        job_path = Path(job_file).resolve()
+        spec = load_job_file(job_path, stage)  # fail here, not on the cluster
+        try:
+            relative = job_path.relative_to(root)
+        except ValueError:
+            raise JobSubmitError(f"the job file must be inside the working directory {root} (it is uploaded with it): {job_file}") from None
+        if _left_out_of_upload(root, relative):
+            raise JobSubmitError(f"the job file is not uploaded with the working directory (.gitignore or vf3d's excludes leave it out): {job_file}")
+        command += ["--config", relative.as_posix()]
+        job_file_text = job_path.read_text()
+    else:
+        spec = JobSpec(stage=stage, preset=None, args={}, config={})
+    build_invocation(spec, stage_args, Path("/"), None)  # the stage arguments parse and combine
+    command += stage_args
+    entrypoint = shlex.join(command)
+
+    env_vars: dict[str, str] = {}
+    if data_root is None and _is_loopback(address):
+        data_root = Path.cwd()
+    if data_root is not None:
+        env_vars[DATA_ROOT_ENV] = str(Path(data_root).expanduser().resolve())
+    runtime_env: dict[str, Any] = {"working_dir": str(root), "py_modules": [str(package_dir())], "excludes": list(RUNTIME_ENV_EXCLUDES)}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    return Submission(
+        stage=stage,
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        submission_id=submission_id or submission_id_for(stage, entrypoint, job_file_text, env_vars),
+        entrypoint_num_cpus=num_cpus,
+        entrypoint_num_gpus=num_gpus,
+        metadata={"vf3d_stage": stage, "vf3d_version": __version__, "submitted_by": "vf3d submit"},
+    )
+
+
+@contextlib.contextmanager
+def _without_address_env() -> Iterator[None]:
+    """JobSubmissionClient lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override its `address`
+    argument; an explicit --address must win."""
+    saved = {name: os.environ.pop(name) for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def connect(address: str):
+    """A JobSubmissionClient for the job server (dashboard) at `address`, or JobSubmitError."""
+    import logging
+
+    from ray.job_submission import JobSubmissionClient
+
+    # Ray's client logs every package it builds and uploads at INFO; keep its warnings, except
+    # working_dir's notice that .git and .venv are now left out (which is what we want).
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+    try:
+        with _without_address_env():
+            return JobSubmissionClient(address)
+    except Exception as error:  # ConnectionError, bad URLs, version checks: all one line
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise JobSubmitError(f"cannot reach the Ray job server at {address}: {message}") from None
+
+
+def _job_info(client, submission_id: str):
+    """The job's JobDetails, or None when the cluster has no job with that id."""
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as error:
+        if "404" in str(error) or "does not exist" in str(error):
+            return None
+        raise
+
+
+def _status(info) -> str:
+    return getattr(info.status, "value", str(info.status))
+
+
+@dataclasses.dataclass
+class SubmitOutcome:
+    submission_id: str
+    existed: bool
+    """A job with this id was already on the cluster: nothing was submitted."""
+    status: str
+
+
+def submit(client, submission: Submission, log=print) -> SubmitOutcome:
+    """Submit unless a job with the same submission id exists (then report it)."""
+    info = _job_info(client, submission.submission_id)
+    if info is None:
+        try:
+            client.submit_job(
+                entrypoint=submission.entrypoint,
+                submission_id=submission.submission_id,
+                runtime_env=submission.runtime_env,
+                entrypoint_num_cpus=submission.entrypoint_num_cpus,
+                entrypoint_num_gpus=submission.entrypoint_num_gpus,
+                metadata=submission.metadata,
+            )
+        except RuntimeError as error:
+            if "already exists" not in str(error):  # else: a concurrent identical submit won
+                raise
+        else:
+            log(f"submitted job {submission.submission_id}: {submission.entrypoint}")
+            return SubmitOutcome(submission.submission_id, existed=False, status="PENDING")
+        info = client.get_job_info(submission.submission_id)
+    status = _status(info)
+    log(f"job {submission.submission_id} already exists ({status}): not submitted again"
+        + ("; pass another --submission-id to run it anew" if status in TERMINAL_STATUSES else ""))
+    return SubmitOutcome(submission.submission_id, existed=True, status=status)
+
+
+def _stream_logs(client, submission_id: str, write) -> None:
+    import asyncio
+
+    async def follow() -> None:
+        async for chunk in client.tail_job_logs(submission_id):
+            write(chunk)
+
+    asyncio.run(follow())
+
+
+def wait_for_job(client, submission_id: str, log=print, write=None, poll_s: float = 1.0) -> int:
+    """Stream the job's logs until it ends; 0 when it SUCCEEDED, 1 when it FAILED or was
+    STOPPED (with its message and last log lines on stderr)."""
+    write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    info = client.get_job_info(submission_id)
+    streamed = False
+    try:
+        if _status(info) not in TERMINAL_STATUSES:
+            try:
+                _stream_logs(client, submission_id, write)
+                streamed = True
+            except Exception as error:  # the log socket dropped (dashboard restart...): poll instead
+                log(f"log stream of {submission_id} ended early ({str(error).splitlines()[0] if str(error) else type(error).__name__}); polling its status")
+        while _status(info := client.get_job_info(submission_id)) not in TERMINAL_STATUSES:
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        log(f"stopped following job {submission_id}; it keeps running (`ray job stop {submission_id}` stops it)")
+        return 130
+    status = _status(info)
+    if status == "SUCCEEDED":
+        if not streamed:
+            write(_last_lines(client.get_job_logs(submission_id)))
+        log(f"job {submission_id} SUCCEEDED")
+        return 0
+    lines = "" if streamed else _last_lines(client.get_job_logs(submission_id))
+    message = (info.message or "").strip().splitlines()  # Ray appends the last logs to it: those are above
+    print(f"{lines}job {submission_id} {status}: {message[0] if message else 'no message'}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _last_lines(text: str, count: int = LOG_TAIL_LINES) -> str:
+    lines = text.splitlines()[-count:]
+    return "".join(line + "\n" for line in lines)

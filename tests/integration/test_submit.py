@@ -1,0 +1,179 @@
+"""`vf3d submit` against a real Ray head node (`ray start --head`, auth disabled, free ports, a
+private temp dir): a debug render-assets job runs through the job server and writes its shards;
+the same submit again finds that job instead of starting a second one.
+
+Never `ray stop` here: it stops every Ray cluster on the machine, other sessions' included. The
+head node is torn down by killing the process group of its `ray start --block` process and every
+process it started (job drivers run in sessions of their own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from vf3d.data import shards
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+VF3D = str(BIN / "vf3d")
+START_TIMEOUT_S = 120
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free right now (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def free_port_range(width: int) -> int:
+    """The first of `width` consecutive ports none of which is bound right now."""
+    for _ in range(200):
+        (start,) = free_ports(1)
+        if start + width >= 65535:
+            continue
+        probes = []
+        try:
+            for port in range(start, start + width):
+                probe = socket.socket()
+                probe.bind(("127.0.0.1", port))
+                probes.append(probe)
+            return start
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    raise RuntimeError(f"no {width} consecutive free ports")
+
+
+def submit_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env.update(RAY_AUTH_MODE="disabled", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head node with the dashboard's job server on free ports; yields its job server URL."""
+    import psutil
+
+    names = ["port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
+    ports = dict(zip(names, free_ports(len(names))))
+    workers = free_port_range(100)
+    # A short private temp dir: Unix socket paths must stay under 108 bytes, and nothing on the
+    # machine should find this cluster through /tmp/ray's "current cluster" file.
+    temp_dir = tempfile.mkdtemp(prefix="vf3d-ray-", dir="/tmp")
+    log_path = Path(temp_dir + ".log")
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address", "127.0.0.1", "--include-dashboard=true", "--dashboard-host", "127.0.0.1",
+               "--temp-dir", temp_dir, "--disable-usage-stats", f"--min-worker-port={workers}", f"--max-worker-port={workers + 99}", *(f"--{name}={port}" for name, port in ports.items())]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=submit_env(), cwd=temp_dir, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+
+    def log_tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+
+    def stop() -> None:
+        """Kill the head's process group and everything it started; check none of it is left."""
+        try:
+            started = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # SIGTERM makes Ray drain for 30 s first
+        except ProcessLookupError:
+            pass
+        for child in started:  # job drivers live in sessions of their own
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        process.wait(timeout=30)
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, f"processes of the test's Ray head still running: {alive}"
+        leftovers = [p.pid for p in psutil.process_iter(["cmdline"]) if any(temp_dir in part for part in (p.info["cmdline"] or []))]
+        assert not leftovers, f"processes using {temp_dir} still running: {leftovers}"
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/jobs/", timeout=5) as answer:
+                json.loads(answer.read())
+            break
+        except Exception:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop()
+                pytest.fail(f"the Ray head's job server at {url} did not come up:\n{log_tail()}")
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        stop()
+        subprocess.run(["rm", "-rf", temp_dir, str(log_path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def three_assets(tmp_path_factory):
+    """Three real meshes from pybullet_data (a small job on 2 loaded cores)."""
+    from vf3d.data.assets import gather_sample_assets
+
+    root = tmp_path_factory.mktemp("assets")
+    assert len(gather_sample_assets(root, limit=3)) == 3
+    return root
+
+
+def submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([VF3D, "submit", *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=submit_env())
+
+
+def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, three_assets, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+
+    out = tmp_path / "orbits"
+    # From outside the repository: the working dir comes from the package's location, and the job
+    # file (inside it) is given by an absolute path.
+    args = ["render-assets", "--address", ray_head, "--wait", "--config", str(REPO / "jobs" / "configs" / "render-assets-debug.yaml"), "--", "--out", str(out), "--assets", str(three_assets)]
+    started = time.perf_counter()
+    first = submit(*args, cwd=tmp_path)
+    seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    submitted = [line for line in first.stdout.splitlines() if line.startswith("submitted job ")]
+    assert len(submitted) == 1, first.stdout
+    submission_id = submitted[0].split()[2].rstrip(":")
+    # The job's own output came back through the log stream.
+    assert "vf3d job render-assets: vf3d render-assets --preset debug" in first.stdout and "SUCCEEDED" in first.stdout
+    assert "3 orbits and 0 errors" in first.stdout, first.stdout[-3000:]
+    files = shards.list_shard_files(out)
+    assert files and sum(pq.read_metadata(file).num_rows for file in files) == 3
+    assert json.loads((out / "render_summary.json").read_text())["orbits_total"] == 3
+    print(f"render-assets job through `vf3d submit --wait`: {seconds:.1f}s")
+
+    client = JobSubmissionClient(ray_head)
+    info = client.get_job_info(submission_id)
+    assert info.runtime_env["py_modules"] and info.runtime_env["working_dir"].startswith("gcs://")
+    assert info.metadata["vf3d_stage"] == "render-assets"
+    assert info.entrypoint.startswith("python jobs/render_assets.py --config jobs/configs/render-assets-debug.yaml --out ")
+
+    again = submit(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"job {submission_id} already exists (SUCCEEDED): not submitted again" in again.stdout and "submitted job" not in again.stdout
+    assert [job.submission_id for job in client.list_jobs()].count(submission_id) == 1 and len(client.list_jobs()) == 1
