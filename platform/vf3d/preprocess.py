@@ -230,7 +230,12 @@ def prepare_image(source: Source, size: int, foreground_ratio: float = 0.8,
     """
     if int(size) != size or size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
-    image = load_image(source, max_pixels)
+    return prepare_decoded(load_image(source, max_pixels), size, foreground_ratio, mask_method)
+
+
+def prepare_decoded(image: Image.Image, size: int, foreground_ratio: float = 0.8, mask_method: str = "auto") -> torch.Tensor:
+    """`prepare_image` for an image `load_image` already decoded (RGBA; shrunk in place), for
+    callers that inspect it first, so it is not decoded and converted a second time."""
     # Bound the working resolution: full-size float buffers of a 40 MP photo cost gigabytes,
     # and the object ends up foreground_ratio * size wide, so only objects spanning less than
     # ~a fifth of a large photo lose detail here.

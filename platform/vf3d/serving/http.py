@@ -15,7 +15,7 @@ import numpy as np
 
 from vf3d.config import InferenceConfig
 from vf3d.mesh import MESH_CONTENT_TYPES
-from vf3d.preprocess import ImageInputError, load_image, prepare_image
+from vf3d.preprocess import ImageInputError, load_image, prepare_decoded
 
 # Formats PIL decodes that a user would upload, by their leading bytes. The request's
 # Content-Type is never trusted: the bytes decide.
@@ -179,7 +179,7 @@ def decode_image(data: bytes, image_size: int, inference: InferenceConfig, max_p
     if min(image.size) < min_side:
         raise RequestError(422, f"image is {image.width}x{image.height} pixels; at least {min_side}x{min_side} is needed")
     try:
-        prepared = prepare_image(image, image_size, inference.foreground_ratio, inference.mask_method, max_pixels=max_pixels)
+        prepared = prepare_decoded(image, image_size, inference.foreground_ratio, inference.mask_method)
     except ImageInputError as error:
         raise RequestError(400, str(error)) from None
     return prepared.numpy()
