@@ -77,8 +77,12 @@ def ray_head():
     import psutil
 
     names = ["port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
-    ports = dict(zip(names, free_ports(len(names))))
     workers = free_port_range(100)
+    # Ray refuses a named port inside the worker range: draw the named ones outside it.
+    while True:
+        ports = dict(zip(names, free_ports(len(names))))
+        if not any(workers <= port < workers + 100 for port in ports.values()):
+            break
     # A short private temp dir: Unix socket paths must stay under 108 bytes, and nothing on the
     # machine should find this cluster through /tmp/ray's "current cluster" file.
     temp_dir = tempfile.mkdtemp(prefix="vf3d-ray-", dir="/tmp")
