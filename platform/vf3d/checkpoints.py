@@ -51,7 +51,7 @@ from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
 from vf3d.config import ReconstructorConfig
-from vf3d.models.pretrained import WEIGHTS_NAME
+from vf3d.models.pretrained import WEIGHTS_NAME, make_readable
 from vf3d.models.reconstructor import Reconstructor
 
 FORMATS = ("vfusion3d", "openlrm")
@@ -298,7 +298,7 @@ ABSENT_IN_RELEASE = {
 
 RELEASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "vfusion3d": {
-        "encoder": {"num_heads": 12, "image_size": 512, "normalize_input": True},
+        "encoder": {"num_heads": 12, "image_size": 512, "normalize_input": True, "position_interpolation": "scale_factor"},
         "transformer": {"num_heads": 16},
         "renderer": {"num_coarse_samples": 64, "num_fine_samples": 64, "render_size": 384},
         "source_camera_distance": 1.0,
@@ -365,6 +365,7 @@ def export_checkpoint(model: Reconstructor, path: str | os.PathLike, format: str
     os.close(handle)
     try:
         save_file(state, staging, metadata={"format": format, "exported_by": "vf3d"})
+        make_readable(staging)
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
@@ -556,9 +557,36 @@ def infer_sizes(state: dict[str, torch.Tensor], format: str = "vfusion3d") -> di
     }
 
 
+KNOWN_ARCHITECTURES = {"vfusion3d": lambda: config_lib.RECONSTRUCTOR_PRESETS["vfusion3d"]()}
+"""Formats released in exactly one architecture: a file whose shapes say otherwise is damaged
+(a truncated download, a partial state dict) unless the user's overrides say it is intended.
+OpenLRM was released in several sizes, so its sizes are only inferred."""
+
+
+def _check_known_architecture(inferred: dict[str, Any], format: str) -> None:
+    """Refuse a `format` file whose inferred sizes differ from the one released architecture."""
+    if format not in KNOWN_ARCHITECTURES:
+        return
+    released = config_lib.to_dict(KNOWN_ARCHITECTURES[format]())
+    differences = [
+        f"{section}.{name} = {value} (released: {released[section][name]})"
+        for section, values in inferred.items()
+        for name, value in values.items()
+        if released[section][name] != value
+    ]
+    if differences:
+        raise CheckpointFormatError(
+            f"this is not the released {format} architecture: {'; '.join(differences[:MAX_LISTED])}. "
+            "The file may be truncated or partial; to import a different architecture on purpose, pass it with --config"
+        )
+
+
 def _build_config(state: dict[str, torch.Tensor], format: str, overrides: dict[str, Any]) -> ReconstructorConfig:
+    inferred = infer_sizes(state, format)
+    if not overrides:
+        _check_known_architecture(inferred, format)
     config = ReconstructorConfig()
-    for layer in (RELEASE_DEFAULTS[format], infer_sizes(state, format), overrides):
+    for layer in (RELEASE_DEFAULTS[format], inferred, overrides):
         config = config_lib.merge(config, layer)
     try:
         return config.validate()

@@ -23,6 +23,7 @@ from vf3d.checkpoints import (
 )
 from vf3d.models.pretrained import ModelDirectoryError
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.decoder import activate_density
 
 
 class NotATensor:
@@ -81,6 +82,10 @@ TINY_OVERRIDES = {
     "transformer": {"num_heads": 5},
     "renderer": {"num_coarse_samples": 8, "num_fine_samples": 8, "render_size": 16, "ray_chunk_size": 0},
 }
+
+
+# VFusion3D imports keep the position-embedding interpolation the release was trained with.
+RELEASE_ERA_ENCODER = {"encoder": {"position_interpolation": "scale_factor"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +198,8 @@ def test_read_state_dict_formats_and_refusals(tmp_path):
 @pytest.mark.parametrize(
     ("format", "changes"),
     [
-        ("vfusion3d", {}),
+        # VFusion3D encoders resize position embeddings as transformers <= 4.45 did.
+        ("vfusion3d", RELEASE_ERA_ENCODER),
         # OpenLRM: DINOv2 with registers on un-normalised input; source camera at 2, iso 3.
         ("openlrm", {"encoder": {"num_register_tokens": 4, "normalize_input": False}, "source_camera_distance": 2.0, "mesh_iso": 3.0}),
     ],
@@ -220,6 +226,9 @@ def test_import_round_trip_is_bit_exact(tmp_path, format, changes):
             else:
                 assert torch.equal(ours[name], theirs[name]), name
         _assert_same_outputs(expected, _outputs(imported, config))
+        # Both files readable as the umask allows (safetensors alone writes 0600).
+        modes = {name: (out / name).stat().st_mode & 0o777 for name in ("config.json", "model.safetensors")}
+        assert modes["model.safetensors"] == modes["config.json"], modes
 
 
 def test_openlrm_export_uses_original_dinov2_names():
@@ -247,7 +256,7 @@ def test_fused_cross_attention_when_encoder_and_transformer_widths_match(tmp_pat
     assert released["transformer.layers.0.cross_attn.in_proj_weight"].shape == (120, 40)
     assert not any("q_proj_weight" in name for name in released)
     imported_config, state = convert_state_dict(released, "vfusion3d", {**TINY_OVERRIDES, "encoder": {"num_heads": 5, "image_size": 32}})
-    assert imported_config == config
+    assert imported_config == C.merge(config, RELEASE_ERA_ENCODER)
     for name, tensor in model.state_dict().items():
         assert torch.equal(state[name], tensor), name
 
@@ -263,7 +272,7 @@ def test_transformers_5_names_in_the_source_are_accepted():
         released[name] = tensor
     assert "encoder.model.encoder.layer.0.attention.q_proj.weight" in released
     imported_config, state = convert_state_dict(released, "vfusion3d", TINY_OVERRIDES)
-    assert imported_config == config
+    assert imported_config == C.merge(config, RELEASE_ERA_ENCODER)
     for name, tensor in model.state_dict().items():
         assert torch.equal(state[name], tensor), name
 
@@ -391,7 +400,8 @@ def test_exported_names_run_the_released_network(format, changes):
         planes = _reference_planes(sd, format, tokens, source, config.transformer.num_heads, config.transformer.num_layers, config.triplane.token_resolution)
         torch.testing.assert_close(model.encode(images, source), planes, atol=1e-5, rtol=1e-4)
         features = torch.randn(2, 50, 3 * config.triplane.channels)
-        for ours, theirs in zip(model.decoder(features), _reference_decoder(sd, features)):
+        raw_density, rgb = model.decoder(features)
+        for ours, theirs in zip((activate_density(raw_density), rgb), _reference_decoder(sd, features)):
             torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
 
 
@@ -463,6 +473,18 @@ def test_vfusion3d_preset_matches_the_released_layout():
     imported_config, state = convert_state_dict(released, "vfusion3d")
     assert imported_config == config
     assert all(tensor.is_meta for tensor in state.values())
+
+
+def test_vfusion3d_import_refuses_a_file_that_is_not_the_released_architecture():
+    config = C.preset(C.RECONSTRUCTOR_PRESETS, "vfusion3d")
+    with torch.device("meta"):
+        released = export_state_dict(Reconstructor(config), "vfusion3d")
+    truncated = {name: tensor for name, tensor in released.items() if not name.startswith("transformer.layers.15.")}
+    with pytest.raises(CheckpointFormatError, match=r"not the released vfusion3d architecture: transformer.num_layers = 15 \(released: 16\).*--config"):
+        convert_state_dict(truncated, "vfusion3d")
+    # Said on purpose, the same file imports as a 15-layer model.
+    imported, _ = convert_state_dict(truncated, "vfusion3d", {"transformer": {"num_layers": 15}})
+    assert imported.transformer.num_layers == 15 and imported.encoder.position_interpolation == "scale_factor"
 
 
 # ---------------------------------------------------------------------------------------------

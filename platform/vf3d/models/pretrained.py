@@ -26,6 +26,15 @@ FORMAT_VERSION = 1
 M = TypeVar("M", bound="PretrainedModel")
 
 
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file written through a private temporary (mkstemp, safetensors: mode 0600) the mode
+    a plain `open()` would have given it under this process's umask, so that a server running as
+    another user can read a published model."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 class ModelDirectoryError(ValueError):
     """A model directory is missing, incomplete or for another kind of model."""
 
@@ -58,6 +67,7 @@ class PretrainedModel(torch.nn.Module):
             # safetensors refuses shared or non-contiguous storage; clone keeps the module intact.
             state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in self.state_dict().items()}
             save_file(state, str(staging / WEIGHTS_NAME), metadata={"model_type": self.model_type})
+            make_readable(staging / WEIGHTS_NAME)
             directory.mkdir(exist_ok=True)
             for name in (CONFIG_NAME, WEIGHTS_NAME):
                 os.replace(staging / name, directory / name)
@@ -70,6 +80,8 @@ class PretrainedModel(torch.nn.Module):
         """Read and validate the config of a model directory without loading weights."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
+        if directory.is_file():
+            raise ModelDirectoryError(f"{directory} is a file, not a model directory (config.json + model.safetensors)")
         if not directory.is_dir():
             raise ModelDirectoryError(f"model directory not found: {directory}")
         if not config_path.is_file():

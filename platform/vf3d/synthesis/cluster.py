@@ -39,3 +39,40 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
         yield
     finally:
         ray.shutdown()
+
+
+ALLOW_LOGICAL_GPUS_ENV = "VF3D_ALLOW_LOGICAL_GPUS"
+"""Set to 1 to let a process that Ray gave GPUs run without CUDA: for tests and simulations on
+clusters that declare logical GPUs (e.g. `ray.init(num_gpus=4)` on a CPU machine), never in
+production, where it would burn GPU-hours at CPU speed."""
+
+
+class GPUUnavailableError(RuntimeError):
+    """Ray assigned this process GPUs, but CUDA cannot use them."""
+
+
+def require_usable_gpus(where: str) -> None:
+    """Fail at start, with one line, when Ray gave this process GPUs that CUDA cannot use.
+
+    A node whose driver and CUDA toolkit disagree (or whose container lacks the driver) still
+    advertises its GPUs to Ray; without this check its actors silently fall back to the CPU.
+    Call it in the constructor of every actor or train worker that asks for GPUs; it does
+    nothing outside Ray, when no GPU was assigned, or with VF3D_ALLOW_LOGICAL_GPUS=1.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    assigned = ray.get_gpu_ids()
+    if not assigned or os.environ.get(ALLOW_LOGICAL_GPUS_ENV) == "1":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    raise GPUUnavailableError(
+        f"{where}: Ray assigned GPU(s) {list(assigned)} to this process but CUDA is unavailable "
+        f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}): check the node's NVIDIA driver "
+        f"against the torch build. For tests and simulations with logical GPUs, set {ALLOW_LOGICAL_GPUS_ENV}=1."
+    )

@@ -10,7 +10,7 @@ from vf3d.config import DecoderConfig
 # Plane axes: plane k is indexed by (first, second) world coordinates, first on the width axis.
 PLANE_AXES = ((0, 1), (0, 2), (2, 1))
 DENSITY_SHIFT = 1.0
-"""density = softplus(raw − 1), as in the released model."""
+"""density = softplus(raw − 1), as in the released model (see `activate_density`)."""
 RGB_PADDING = 0.001
 """rgb = sigmoid(x)·(1 + 2·padding) − padding, so pure black and white stay reachable."""
 
@@ -37,8 +37,21 @@ def sample_triplane(planes: torch.Tensor, points: torch.Tensor, box_half_size: f
     return sampled.reshape(batch, 3, channels, -1).permute(0, 3, 1, 2).reshape(batch, -1, 3 * channels)
 
 
+def activate_density(raw_density: torch.Tensor) -> torch.Tensor:
+    """Raw decoder density [..., 1] → density ≥ 0: softplus(raw − 1), as in the released model.
+
+    Kept apart from the decoder because the renderer must apply it to the *average* of the raw
+    densities of an interval's two samples (the release's order), while density grids for
+    meshing apply it per point.
+    """
+    return F.softplus(raw_density.float() - DENSITY_SHIFT)
+
+
 class TriplaneDecoder(torch.nn.Module):
-    """MLP: 3·C features → (density ≥ 0, rgb ∈ [−0.001, 1.001]); no view dependence."""
+    """MLP: 3·C features → (raw density, rgb ∈ [−0.001, 1.001]); no view dependence.
+
+    The density is returned raw (unbounded); `activate_density` turns it into a density ≥ 0.
+    """
 
     def __init__(self, in_features: int, config: DecoderConfig) -> None:
         super().__init__()
@@ -46,12 +59,11 @@ class TriplaneDecoder(torch.nn.Module):
         self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features: [..., 3·C] → density [..., 1], rgb [..., 3]."""
+        """features: [..., 3·C] → raw density [..., 1] (float32), rgb [..., 3]."""
         x = features
         for index, layer in enumerate(self.layers):
             x = layer(x)
             if index < len(self.layers) - 1:
                 x = torch.relu(x)
-        density = F.softplus(x[..., :1].float() - DENSITY_SHIFT)
         rgb = torch.sigmoid(x[..., 1:].float()) * (1 + 2 * RGB_PADDING) - RGB_PADDING
-        return density, rgb
+        return x[..., :1].float(), rgb

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from vf3d.config import EncoderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+POSITION_GRID_OFFSET = 0.1
+"""transformers <= 4.45 (after the original DINO code) added 0.1 to the target patch count to
+dodge floating-point error in the scale factor; the scale factor then also moves the places the
+bicubic resampling reads, so weights trained with it expect exactly those embeddings."""
+
+
+def scale_factor_interpolation(position_embeddings: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Position embeddings for an input of height × width pixels, resized as transformers <= 4.45.
+
+    Args:
+        position_embeddings: [1, 1 + g², D] (CLS first, then a g × g grid, row-major).
+        height, width: input image size in pixels.
+        patch_size: patch side in pixels.
+    Returns:
+        [1, 1 + (height // p)·(width // p), D]: the grid resampled bicubically with
+        scale_factor = ((height // p + 0.1) / g, (width // p + 0.1) / g); the input table itself
+        when the sizes already agree.
+    """
+    num_positions = position_embeddings.shape[1] - 1
+    rows, columns = height // patch_size, width // patch_size
+    if rows * columns == num_positions and rows == columns:
+        return position_embeddings
+    side = math.sqrt(num_positions)
+    dim = position_embeddings.shape[-1]
+    grid = position_embeddings[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(
+        grid.float(),
+        scale_factor=(float((rows + POSITION_GRID_OFFSET) / side), float((columns + POSITION_GRID_OFFSET) / side)),
+        mode="bicubic",
+        align_corners=False,
+    ).to(position_embeddings.dtype)
+    if grid.shape[-2:] != (rows, columns):
+        raise ValueError(f"position grid resized to {tuple(grid.shape[-2:])}, expected {(rows, columns)}")
+    return torch.cat([position_embeddings[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 
 
 def dinov2_config(config: EncoderConfig):
@@ -46,6 +85,19 @@ class ImageEncoder(torch.nn.Module):
             self._check_pretrained_matches(self.dinov2.config)
         else:
             self.dinov2 = model_class(dinov2_config(config))
+        if config.position_interpolation == "scale_factor":
+            self._use_scale_factor_interpolation()
+
+    def _use_scale_factor_interpolation(self) -> None:
+        """Make DINOv2 resize its position embeddings as transformers <= 4.45 did, whatever
+        transformers is installed (an instance attribute shadows the class's method)."""
+        embeddings = self.dinov2.embeddings
+        patch_size = self.config.patch_size
+
+        def interpolate_pos_encoding(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+            return scale_factor_interpolation(embeddings.position_embeddings, height, width, patch_size)
+
+        embeddings.interpolate_pos_encoding = interpolate_pos_encoding
 
     def _check_pretrained_matches(self, loaded) -> None:
         expected = {"hidden_size": self.config.hidden_size, "num_hidden_layers": self.config.num_layers, "num_attention_heads": self.config.num_heads, "patch_size": self.config.patch_size}

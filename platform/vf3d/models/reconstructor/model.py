@@ -6,7 +6,7 @@ import torch
 
 from vf3d.config import ReconstructorConfig
 from vf3d.models.pretrained import PretrainedModel
-from vf3d.models.reconstructor.decoder import TriplaneDecoder, sample_triplane
+from vf3d.models.reconstructor.decoder import TriplaneDecoder, activate_density, sample_triplane
 from vf3d.models.reconstructor.encoder import ImageEncoder
 from vf3d.models.reconstructor.renderer import FieldFunction, RenderOutput, TriplaneRenderer
 from vf3d.models.reconstructor.transformer import CameraEmbedder, TriplaneTransformer, TriplaneUpsampler
@@ -30,7 +30,7 @@ class Reconstructor(PretrainedModel):
         self.transformer = TriplaneTransformer(config.transformer, config.triplane, context_dim=config.encoder.hidden_size)
         self.upsampler = TriplaneUpsampler(config.transformer.width, config.triplane)
         self.decoder = TriplaneDecoder(3 * config.triplane.channels, config.decoder)
-        self.renderer = TriplaneRenderer(config.renderer)
+        self.renderer = TriplaneRenderer(config.renderer, density_activation=activate_density)
 
     def encode(self, images: torch.Tensor, source_cameras: torch.Tensor) -> torch.Tensor:
         """Images and their source cameras → triplanes.
@@ -48,13 +48,20 @@ class Reconstructor(PretrainedModel):
         camera_embedding = self.camera_embedder(source_cameras.to(image_tokens.dtype))
         return self.upsampler(self.transformer(image_tokens, camera_embedding))
 
-    def query_points(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The field of each object: planes [N, 3, C, R, R], points [N, P, 3] → density [N, P, 1], rgb [N, P, 3]."""
+    def query_raw(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The field of each object before the density activation: planes [N, 3, C, R, R],
+        points [N, P, 3] → raw density [N, P, 1], rgb [N, P, 3]."""
         return self.decoder(sample_triplane(planes, points, self.config.renderer.box_half_size))
 
+    def query_points(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The field of each object: planes [N, 3, C, R, R], points [N, P, 3] → density [N, P, 1] ≥ 0, rgb [N, P, 3]."""
+        raw_density, rgb = self.query_raw(planes, points)
+        return activate_density(raw_density), rgb
+
     def field(self, planes: torch.Tensor) -> FieldFunction:
-        """The renderer's field function bound to these triplanes."""
-        return lambda points: self.query_points(planes, points)
+        """The renderer's field function bound to these triplanes (raw densities: the renderer
+        activates them after averaging over each interval, as the release does)."""
+        return lambda points: self.query_raw(planes, points)
 
     def render(
         self,

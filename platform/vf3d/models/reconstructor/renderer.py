@@ -1,9 +1,13 @@
 """Parameter-free volume renderer for fields inside a box (the triplane NeRF's renderer).
 
 Rays are clipped to the box [−h, h]³, sampled with stratified then importance sampling, and
-composited with midpoint quadrature: density and colour are averaged over each interval between
-consecutive samples (as the released model does). Work is chunked over rays so memory stays
-bounded whatever the image size, and batched over objects and views.
+composited with midpoint quadrature in the released model's order: the field's *raw* densities
+of the two samples bounding each interval are averaged first and the density activation is
+applied to that average (softplus is convex, so activating before averaging would make every
+interval that straddles a surface denser than the release's). Colours are averaged the same way.
+An interval with an end outside the box, or on a ray that misses it, has no density. Work is
+chunked over rays so memory stays bounded whatever the image size, and batched over objects
+and views.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ from vf3d.cameras import generate_rays
 from vf3d.config import RendererConfig
 
 FieldFunction = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""points [N, P, 3] → (density [N, P, 1] ≥ 0, rgb [N, P, 3]) for N objects."""
+"""points [N, P, 3] → (raw density [N, P, 1], rgb [N, P, 3]) for N objects. The raw density
+becomes a density (≥ 0) through the renderer's `density_activation` after interval averaging."""
+
+DensityActivation = Callable[[torch.Tensor], torch.Tensor]
+"""Raw interval density [..., 1] → density ≥ 0 [..., 1]."""
+
+BOX_TOLERANCE = 1e-4
+"""Relative slack of the inside-the-box test: deterministic samples lie exactly on the box's faces,
+where rounding alone would otherwise throw the first or last interval of a ray away."""
 
 IMPORTANCE_WEIGHT_FLOOR = 0.01
 """Added to coarse weights before importance sampling so empty-looking space is still visited."""
@@ -86,17 +98,32 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, num_samples: 
     return depth_lower + fraction * (depth_upper - depth_lower)
 
 
-def composite(depths: torch.Tensor, density: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Midpoint-quadrature volume rendering along each ray.
+def composite(
+    depths: torch.Tensor,
+    raw_density: torch.Tensor,
+    rgb: torch.Tensor,
+    density_activation: DensityActivation | None = None,
+    sample_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Midpoint-quadrature volume rendering along each ray, in the released model's order.
+
+    Each interval's density is `density_activation(mean of its two raw densities)`; an interval
+    with an invalid end (outside the box, or on a ray that misses it) has density 0.
 
     Args:
-        depths: [R, S] sorted; density: [R, S, 1]; rgb: [R, S, 3].
+        depths: [R, S] sorted; raw_density: [R, S, 1]; rgb: [R, S, 3].
+        density_activation: raw → density ≥ 0 (identity when None: the values are densities).
+        sample_valid: [R, S] bool, False for samples that must not contribute.
     Returns:
         rgb [R, 3] (not yet over a background), depth [R, 1] (expected depth given the ray
         terminates; the last sample when it does not), opacity [R, 1], interval weights [R, S−1].
     """
     deltas = (depths[:, 1:] - depths[:, :-1]).unsqueeze(-1)
-    density_mid = 0.5 * (density[:, 1:] + density[:, :-1])
+    density_mid = 0.5 * (raw_density[:, 1:] + raw_density[:, :-1])
+    if density_activation is not None:
+        density_mid = density_activation(density_mid)
+    if sample_valid is not None:
+        density_mid = density_mid * (sample_valid[:, 1:] & sample_valid[:, :-1]).unsqueeze(-1)
     rgb_mid = 0.5 * (rgb[:, 1:] + rgb[:, :-1])
     depth_mid = 0.5 * (depths[:, 1:] + depths[:, :-1]).unsqueeze(-1)
     alpha = 1.0 - torch.exp(-density_mid * deltas)
@@ -110,44 +137,56 @@ def composite(depths: torch.Tensor, density: torch.Tensor, rgb: torch.Tensor) ->
 
 
 class TriplaneRenderer(torch.nn.Module):
-    """Renders any field over the box (the triplane decoder in practice); has no parameters."""
+    """Renders any field over the box (the triplane decoder in practice); has no parameters.
 
-    def __init__(self, config: RendererConfig) -> None:
+    `density_activation` turns the field's raw densities into densities after they are averaged
+    over each interval (the reconstructor passes its decoder's `activate_density`); without one
+    the field's values are used as densities directly, as the analytic tests do.
+    """
+
+    def __init__(self, config: RendererConfig, density_activation: DensityActivation | None = None) -> None:
         super().__init__()
         self.config = config
+        self.density_activation = density_activation
 
-    def _evaluate(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Field at depths [N, r, S] along rays [N, r, 3] → density [N, r, S, 1], rgb [N, r, S, 3]."""
+    def _evaluate(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor, hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Field at depths [N, r, S] along rays [N, r, 3] → raw density [N, r, S, 1], rgb [N, r, S, 3]
+        and validity [N, r, S] (the ray hits the box [r] and the sample lies inside it)."""
         batch, rays, samples = depths.shape
         points = origins.unsqueeze(2) + directions.unsqueeze(2) * depths.unsqueeze(-1)
-        density, rgb = field(points.reshape(batch, rays * samples, 3))
-        return density.reshape(batch, rays, samples, 1).float(), rgb.reshape(batch, rays, samples, 3).float()
+        limit = self.config.box_half_size * (1 + BOX_TOLERANCE)
+        valid = hit.unsqueeze(-1) & (points.abs() <= limit).all(dim=-1)
+        raw_density, rgb = field(points.reshape(batch, rays * samples, 3))
+        return raw_density.reshape(batch, rays, samples, 1).float(), rgb.reshape(batch, rays, samples, 3).float(), valid
+
+    def _composite(self, depths: torch.Tensor, raw_density: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`composite` over rays of N objects: [N, r, S] inputs → rgb [N·r, 3], depth and opacity
+        [N·r, 1], weights [N·r, S−1]."""
+        samples = depths.shape[-1]
+        return composite(depths.reshape(-1, samples), raw_density.reshape(-1, samples, 1), rgb.reshape(-1, samples, 3), self.density_activation, valid.reshape(-1, samples))
 
     def _render_chunk(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, rays, _ = origins.shape
         near, far, hit = intersect_box(origins, directions, self.config.box_half_size)
         coarse = stratified_depths(near.reshape(-1), far.reshape(-1), self.config.num_coarse_samples, deterministic, generator).reshape(batch, rays, -1)
-        density, rgb = self._evaluate(field, origins, directions, coarse)
+        raw_density, rgb, valid = self._evaluate(field, origins, directions, coarse, hit)
         depths = coarse
         if self.config.num_fine_samples > 0:
-            flat = lambda x: x.reshape(batch * rays, *x.shape[2:])  # noqa: E731
-            _, _, _, weights = composite(flat(coarse), flat(density), flat(rgb))
-            fine = importance_depths(flat(coarse), weights, self.config.num_fine_samples, deterministic, generator).reshape(batch, rays, -1)
-            fine_density, fine_rgb = self._evaluate(field, origins, directions, fine)
+            _, _, _, weights = self._composite(coarse, raw_density, rgb, valid)
+            fine = importance_depths(coarse.reshape(batch * rays, -1), weights, self.config.num_fine_samples, deterministic, generator).reshape(batch, rays, -1)
+            fine_density, fine_rgb, fine_valid = self._evaluate(field, origins, directions, fine, hit)
             depths, order = torch.cat([coarse, fine], dim=-1).sort(dim=-1)
-            density = torch.cat([density, fine_density], dim=2).gather(2, order.unsqueeze(-1))
+            raw_density = torch.cat([raw_density, fine_density], dim=2).gather(2, order.unsqueeze(-1))
             rgb = torch.cat([rgb, fine_rgb], dim=2).gather(2, order.unsqueeze(-1).expand(-1, -1, -1, 3))
-        # Rays that miss the box see nothing; their samples (all at depth 0) must not count.
-        density = density * hit[..., None, None]
-        samples = depths.shape[-1]
-        color, depth, opacity, _ = composite(depths.reshape(-1, samples), density.reshape(-1, samples, 1), rgb.reshape(-1, samples, 3))
+            valid = torch.cat([valid, fine_valid], dim=2).gather(2, order)
+        color, depth, opacity, _ = self._composite(depths, raw_density, rgb, valid)
         return color.reshape(batch, rays, 3), depth.reshape(batch, rays, 1), opacity.reshape(batch, rays, 1)
 
     def render_rays(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor | None = None, deterministic: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Render rays of N objects, chunked over rays.
 
         Args:
-            field: points [N, P, 3] → (density [N, P, 1], rgb [N, P, 3]).
+            field: points [N, P, 3] → (raw density [N, P, 1], rgb [N, P, 3]).
             origins, directions: [N, R, 3] (directions unit length).
             background: [N, R, 3] colour behind each ray (white when None).
             deterministic: no jitter; importance samples at fixed CDF quantiles.

@@ -8,6 +8,7 @@ chosen by `trainable_parameters(mode)`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from vf3d.config import VideoModelConfig
+from vf3d.models.pretrained import make_readable
 from vf3d.models.video.conditioning import check_frame_size, close_orbit, encode_video, first_frame_condition, vae_compression
 from vf3d.models.video.pipeline import OrbitVideoPipeline, predict_velocity
 from vf3d.models.video.text import encode_prompts
@@ -60,6 +62,8 @@ class OrbitVideoModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the diffusers pipeline layout (model_index.json + one folder per component)."""
         self.to_pipeline().save_pretrained(directory)
+        for weights in Path(directory).rglob("*.safetensors"):
+            make_readable(weights)  # safetensors writes 0600
 
     def train(self, mode: bool = True) -> "OrbitVideoModel":
         """Set the training mode of the trainable parts; the frozen VAE and text encoder stay in eval."""
