@@ -22,6 +22,18 @@ class UsageError(ValueError):
     """Bad command-line input detected by the CLI itself."""
 
 
+def _check_path(path: Path, flag: str | None, kind: str, directory: bool) -> None:
+    """UsageError unless `path` is an existing directory (or file): a path of the wrong kind is
+    named as such, not reported as missing ("X is a file, not a model directory")."""
+    if path.is_dir() if directory else path.is_file():
+        return
+    prefix = f"{flag}: " if flag else ""
+    if not path.exists():
+        raise UsageError(f"{prefix}{kind} not found: {path}")
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise UsageError(f"{prefix}{path} is a {'file' if directory else 'directory'}, not {article} {kind}")
+
+
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user gave bad input" (exit 2, one line, no traceback)."""
     from vf3d.checkpoints import CheckpointFormatError
@@ -61,8 +73,8 @@ def _image_to_3d(args: argparse.Namespace) -> int:
     if args.video is not None and Path(args.video).suffix.lower() != ".mp4":
         raise UsageError(f"--video must end in .mp4, got {Path(args.video).name!r}")
     image_path = Path(args.image)
-    if not image_path.is_file():
-        raise UsageError(f"image not found: {image_path}")
+    _check_path(image_path, None, "image file", directory=False)
+    _check_path(args.model, "--model", "model directory", directory=True)
     config = config_lib.resolve(config_lib.INFERENCE_PRESETS, args.preset, args.config)
     overrides = {
         "mesh_resolution": args.mesh_resolution,
@@ -131,18 +143,38 @@ def _init_model(args: argparse.Namespace) -> int:
 def _import_checkpoint(args: argparse.Namespace) -> int:
     from vf3d.checkpoints import import_checkpoint
 
+    _check_checkpoint_source(args.src)
     overrides = config_lib.load_overrides(args.config) if args.config else None
     out = import_checkpoint(args.src, args.out, format=args.format, overrides=overrides)
     _print(f"imported {args.format} checkpoint {args.src} into {out}")
     return 0
 
 
+def _check_checkpoint_source(src: Path) -> None:
+    """One line for a checkpoint path that is missing, a directory without model.safetensors, empty
+    or unreadable; what the bytes hold is judged by the importer."""
+    if not src.exists():
+        raise UsageError(f"checkpoint not found: {src}")
+    if src.is_dir():
+        if not (src / "model.safetensors").is_file():
+            raise UsageError(f"{src} is a directory without model.safetensors; give the checkpoint file itself (.safetensors, .pt, .pth, .bin)")
+        src = src / "model.safetensors"
+    if not src.is_file():
+        raise UsageError(f"{src} is not a regular file")
+    try:
+        with src.open("rb") as file:
+            empty = not file.read(1)
+    except OSError as error:
+        raise UsageError(f"cannot read checkpoint {src}: {error.strerror or error}") from None
+    if empty:
+        raise UsageError(f"checkpoint {src} is an empty file")
+
+
 def _render_assets(args: argparse.Namespace) -> int:
     config = config_lib.resolve(config_lib.RENDER_ASSETS_PRESETS, args.preset, args.config)
     overrides = {"num_views": args.views, "resolution": args.resolution, "elevation_range_deg": args.elevation_range}
     config = config_lib.merge(config, {"render": {key: value for key, value in overrides.items() if value is not None}}).validate()
-    if not args.assets.is_dir():
-        raise UsageError(f"--assets must be a directory of meshes, got {args.assets}")
+    _check_path(args.assets, "--assets", "directory of meshes", directory=True)
     from vf3d.synthesis.cluster import ray_cluster
     from vf3d.synthesis.render_assets import render_assets
 
@@ -159,6 +191,7 @@ def _finetune_video(args: argparse.Namespace) -> int:
     from vf3d.synthesis.cluster import ray_cluster
     from vf3d.training.video import finetune_video
 
+    _check_path(args.data, "--data", "shard directory", directory=True)
     if not list_shard_files(args.data):
         raise UsageError(f"--data holds no orbit shards: {args.data} (make some with `vf3d render-assets`)")
     with ray_cluster(args.address, log=_print):
@@ -179,6 +212,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     from vf3d.synthesis.cluster import ray_cluster
     from vf3d.synthesis.synthesize import read_inputs, synthesize, video_model_settings
 
+    _check_path(args.video_model, "--video-model", "video model directory", directory=True)
     video_model_settings(args.video_model)  # fail fast on bad inputs, before Ray starts
     read_inputs(args.prompts)
     with ray_cluster(args.address, log=_print):
@@ -191,9 +225,14 @@ def _train_filter(args: argparse.Namespace) -> int:
     if args.encoder is not None:
         config = config_lib.merge(config, {"encoder": {"encoder": {"pretrained_path": str(args.encoder)}}})
     config = config.validate()
-    missing = [str(path) for path in args.data if not path.is_dir()]
+    missing = [str(path) for path in args.data if not path.exists()]
     if missing:
         raise UsageError(f"--data directories not found: {missing}")
+    for path in args.data:
+        _check_path(path, "--data", "shard directory", directory=True)
+    _check_path(args.labels, "--labels", "labels file", directory=False)
+    if args.encoder is not None:
+        _check_path(args.encoder, "--encoder", "DINOv2 directory", directory=True)
     from vf3d.synthesis.quality import train_filter
 
     train_filter(args.labels, list(args.data), args.out, config, log=_print)
@@ -209,6 +248,9 @@ def _train_recon(args: argparse.Namespace) -> int:
     config = config_lib.merge(config, overrides).validate()
     if args.data is None and args.data_3d is None:
         raise UsageError("give --data (synthetic orbit shards) and/or --data-3d (rendered orbit shards)")
+    for flag, path, kind in [("--data", args.data, "shard directory"), ("--data-3d", args.data_3d, "shard directory"), ("--init", args.init, "model directory")]:
+        if path is not None:
+            _check_path(path, flag, kind, directory=True)
     from vf3d.synthesis.cluster import ray_cluster
     from vf3d.training.recon import train_recon
 
@@ -233,6 +275,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     for flag, path in [("--data", args.data), ("--assets", args.assets)] + [("--model", model) for model in models]:
         if path is not None and not path.is_dir():
             raise UsageError(f"{flag}: not a directory: {path}")
+    for flag, path in [("--ids", args.ids), ("--lpips-backbone", args.lpips_backbone)]:
+        if path is not None and path.is_dir():  # a missing one is reported by its loader
+            raise UsageError(f"{flag}: {path} is a directory, not a file")
+    from vf3d.inference import resolve_device
+
+    resolve_device(config.inference.device)  # a CUDA-less machine fails here, before any orbit is read
     from vf3d.evaluation.evaluate import evaluate, read_ids_file
 
     ids = read_ids_file(args.ids) if args.ids is not None else None
@@ -260,10 +308,19 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {"host": args.host, "port": args.port}
     config = config_lib.merge(config, {key: value for key, value in overrides.items() if value is not None}).validate()
 
-    from vf3d.serving.app import build_application, run_endpoint
+    import os
+
+    from vf3d.serving.app import build_application, check_port_free, run_endpoint
     from vf3d.synthesis.cluster import ray_cluster
 
     application = build_application(args.model, config)  # checks the model directory first
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        # A private cluster's proxy listens on this machine: a busy port would otherwise surface
+        # as a long Serve traceback after Ray has started. (On a joined cluster the proxy may
+        # already hold the port.)
+        problem = check_port_free(config.host, config.port)
+        if problem:
+            raise UsageError(problem)
     with ray_cluster(args.address, log=_print):
         run_endpoint(application, config, log=_print)
     return 0
@@ -482,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        config_file = getattr(args, "config", None)
+        if isinstance(config_file, Path) and config_file.is_dir():  # else every loader says "not found"
+            raise UsageError(f"--config: {config_file} is a directory, not a YAML/JSON file")
         return args.handler(args)
     except _input_errors() as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

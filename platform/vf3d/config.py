@@ -56,6 +56,11 @@ class EncoderConfig:
     position_image_size: int = 518
     """Image size the position embeddings were trained at (518 = 37 patches for DINOv2); inputs of
     other sizes interpolate them, exactly as transformers does for the released checkpoint."""
+    position_interpolation: str = "size"
+    """How position embeddings are resized to other input sizes: "size" (transformers >= 4.46:
+    resample the grid to the new patch count) or "scale_factor" (transformers <= 4.45 and the
+    original DINOv2: resample by (patches + 0.1) / grid side, which samples the grid at slightly
+    different places). The released VFusion3D weights were trained with "scale_factor"."""
     num_register_tokens: int = 0
     """DINOv2 register tokens (0 for VFusion3D, 4 for OpenLRM v1.1)."""
     normalize_input: bool = True
@@ -150,6 +155,7 @@ class ReconstructorConfig:
             (self.encoder.hidden_size % self.encoder.num_heads == 0, "encoder.hidden_size must be divisible by encoder.num_heads"),
             (self.transformer.width % self.transformer.num_heads == 0, "transformer.width must be divisible by transformer.num_heads"),
             (self.encoder.image_size >= self.encoder.patch_size, "encoder.image_size must be at least encoder.patch_size"),
+            (self.encoder.position_interpolation in ("size", "scale_factor"), "encoder.position_interpolation must be size or scale_factor"),
             (self.transformer.attention_backend in ("auto", "sdpa", "xformers"), "transformer.attention_backend must be auto, sdpa or xformers"),
             (self.decoder.num_layers >= 2, "decoder.num_layers must be at least 2"),
             (self.renderer.num_coarse_samples >= 2, "renderer.num_coarse_samples must be at least 2"),
@@ -191,8 +197,9 @@ def _reconstructor_base() -> ReconstructorConfig:
 
 
 def _reconstructor_vfusion3d() -> ReconstructorConfig:
-    # Exactly the released model: the dataclass defaults are its numbers (reference.md §1).
-    return ReconstructorConfig()
+    # Exactly the released model: the dataclass defaults are its numbers, and its encoder was
+    # trained with the older position-embedding interpolation.
+    return ReconstructorConfig(encoder=EncoderConfig(position_interpolation="scale_factor"))
 
 
 RECONSTRUCTOR_PRESETS = {
@@ -217,6 +224,10 @@ class InferenceConfig:
     mask_method: str = "auto"
     """Foreground mask when the image has no alpha: "auto" (rembg if installed, else an offline
     background estimate), "rembg", "estimate" or "none" (use the whole image)."""
+    preprocessing: str = "vf3d"
+    """How the photo is framed: "vf3d" (mask box at `foreground_ratio`, antialiased resize) or
+    "release" (the released VFusion3D code's framing and rembg model, for comparing with it;
+    see vf3d.preprocess.release_framing)."""
     mesh_resolution: int = 256
     """Density grid samples per axis for marching cubes."""
     mesh_method: str = "coarse_to_fine"
@@ -249,6 +260,8 @@ class InferenceConfig:
             raise ConfigError("foreground_ratio must be in (0, 1]")
         if self.mask_method not in ("auto", "rembg", "estimate", "none"):
             raise ConfigError("mask_method must be auto, rembg, estimate or none")
+        if self.preprocessing not in ("vf3d", "release"):
+            raise ConfigError("preprocessing must be vf3d or release")
         if not 8 <= self.mesh_resolution <= 1024:
             raise ConfigError("mesh_resolution must be between 8 and 1024")
         if self.mesh_method not in ("coarse_to_fine", "dense"):
@@ -1135,6 +1148,9 @@ class ReplicaConfig:
     """Requests in flight per replica the autoscaler aims for (more → add replicas)."""
     max_ongoing_requests: int = 8
     """Requests a replica accepts at once; the rest wait in the caller's queue."""
+    max_queued_requests: int = -1
+    """Requests that wait in one caller's queue for a free replica before more are refused (Serve's
+    load shedding: the endpoint answers 503 JSON with `Retry-After`); -1 queues without bound."""
     num_cpus: float = 1.0
     """CPUs reserved per replica."""
     num_gpus: float = 0.0
@@ -1147,6 +1163,7 @@ class ReplicaConfig:
             (0 <= self.min_replicas <= initial <= self.max_replicas and self.max_replicas >= 1,
              f"{name}: replicas must satisfy 0 <= min_replicas <= initial_replicas <= max_replicas, max_replicas >= 1"),
             (self.target_ongoing_requests > 0 and self.max_ongoing_requests >= 1, f"{name}: target_ongoing_requests must be > 0 and max_ongoing_requests >= 1"),
+            (self.max_queued_requests == -1 or self.max_queued_requests >= 1, f"{name}: max_queued_requests must be -1 (no limit) or >= 1"),
             (self.num_cpus >= 0 and self.num_gpus >= 0, f"{name}: num_cpus and num_gpus must be >= 0"),
         ])
         return self
@@ -1158,11 +1175,11 @@ class ServeConfig:
 
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     """Preprocessing, mesh and turntable settings (the request's `mesh_resolution` overrides)."""
-    ingress: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=4, num_cpus=2.0, max_ongoing_requests=64, target_ongoing_requests=16.0))
+    ingress: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=4, num_cpus=2.0, max_ongoing_requests=64, target_ongoing_requests=16.0, max_queued_requests=256))
     """HTTP ingress replicas (CPU): auth, body limits, image decoding and preprocessing, the triplane cache."""
-    model: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=8, num_cpus=4.0, num_gpus=1.0, max_ongoing_requests=16, target_ongoing_requests=8.0))
+    model: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=8, num_cpus=4.0, num_gpus=1.0, max_ongoing_requests=16, target_ongoing_requests=8.0, max_queued_requests=64))
     """Reconstructor replicas: batched encoding (image → triplanes) and turntable rendering."""
-    mesh: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=16, num_cpus=4.0, max_ongoing_requests=4, target_ongoing_requests=2.0))
+    mesh: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=16, num_cpus=4.0, max_ongoing_requests=4, target_ongoing_requests=2.0, max_queued_requests=64))
     """Mesh replicas (CPU by default): density queries, marching cubes, GLB/OBJ/PLY and MP4 encoding."""
     max_batch_size: int = 8
     """Images encoded in one forward pass (`@serve.batch`); 1 turns batching off."""
@@ -1174,6 +1191,24 @@ class ServeConfig:
     """Largest image (width × height, read from the header before decoding) accepted (413 above it)."""
     min_image_side: int = 16
     """Smallest width or height accepted (422 below it)."""
+    max_concurrent_decodes: int = 2
+    """Uploads one ingress replica decodes at once (the rest wait, holding only their bytes). Each
+    decode peaks at about 16 bytes per pixel of `max_pixels` for WebP (the worst format; ~640 MB
+    at 40 MP), 8 for PNG, 1 for JPEG (decoded at reduced scale), so an ingress replica's memory is
+    bounded by about its base + this × that + `max_inflight_requests` × `max_body_bytes`."""
+    max_inflight_requests: int = 48
+    """Image requests one ingress replica holds at once (reading, decoding, waiting on the model or
+    the mesher); more are refused at once with 503 JSON and `Retry-After`. Below
+    `ingress.max_ongoing_requests`, so the ingress refuses them (Serve's own refusal is plain text)."""
+    retry_after_s: int = 5
+    """`Retry-After` seconds sent with every 503 of load shedding."""
+    max_header_count: int = 64
+    """Request headers accepted (431 JSON above it, before the body is read)."""
+    max_header_bytes: int = 16_384
+    """Total size of the request headers' names and values accepted (431 JSON above it)."""
+    api_docs: bool = False
+    """Serve FastAPI's `/docs` and `/openapi.json` (the docs page loads its script from a CDN, so
+    off by default: the endpoint then makes no page fetch anything from outside)."""
     max_mesh_resolution: int = 384
     """Largest `mesh_resolution` a request may ask for (marching-cubes cost grows with its cube)."""
     request_timeout_s: float = 300.0
@@ -1200,6 +1235,10 @@ class ServeConfig:
             # A replica that accepts fewer requests than a batch holds can never fill a batch.
             (self.model.max_ongoing_requests >= self.max_batch_size, "model.max_ongoing_requests must be >= max_batch_size"),
             (self.max_body_bytes >= 1 and self.max_pixels >= 1 and self.min_image_side >= 1, "max_body_bytes, max_pixels and min_image_side must be >= 1"),
+            (self.max_concurrent_decodes >= 1, "max_concurrent_decodes must be >= 1"),
+            (1 <= self.max_inflight_requests < self.ingress.max_ongoing_requests, "max_inflight_requests must be >= 1 and < ingress.max_ongoing_requests"),
+            (self.retry_after_s >= 0, "retry_after_s must be >= 0"),
+            (self.max_header_count >= 8 and self.max_header_bytes >= 1024, "max_header_count must be >= 8 and max_header_bytes >= 1024"),
             (8 <= self.max_mesh_resolution <= 1024, "max_mesh_resolution must be between 8 and 1024"),
             (self.inference.mesh_resolution <= self.max_mesh_resolution, "inference.mesh_resolution must be <= max_mesh_resolution"),
             (self.request_timeout_s > 0, "request_timeout_s must be > 0"),
@@ -1216,9 +1255,11 @@ def _serve_debug() -> ServeConfig:
     inference = InferenceConfig(mesh_resolution=64, mesh_iso="auto", turntable_views=16, turntable_fps=8, mask_method="estimate")
     return ServeConfig(
         inference=inference,
-        ingress=ReplicaConfig(num_cpus=0.25, max_ongoing_requests=32, target_ongoing_requests=16.0),
-        model=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=8, target_ongoing_requests=4.0),
-        mesh=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=4, target_ongoing_requests=2.0),
+        ingress=ReplicaConfig(num_cpus=0.25, max_ongoing_requests=32, target_ongoing_requests=16.0, max_queued_requests=64),
+        model=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=8, target_ongoing_requests=4.0, max_queued_requests=32),
+        mesh=ReplicaConfig(num_cpus=0.5, max_ongoing_requests=4, target_ongoing_requests=2.0, max_queued_requests=32),
+        max_concurrent_decodes=1,
+        max_inflight_requests=24,
         max_batch_size=4,
         max_body_bytes=8_000_000,
         max_mesh_resolution=128,

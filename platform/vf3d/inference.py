@@ -28,10 +28,26 @@ out-of-memory on 24 GB cards rendering all 160 views at once)."""
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available, else CPU; anything else is passed to torch.device."""
+    """"auto" → CUDA when available, else CPU; anything else is passed to torch.device.
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device this machine does not have
+            (torch would only fail later, deep inside the first allocation, with a traceback).
+    """
+    from vf3d.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (--device): use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"CUDA requested (--device {name}) but torch.cuda.is_available() is False (no usable GPU or driver, or a CPU-only torch build): use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"CUDA device {device.index} requested (--device {name}) but this machine has {torch.cuda.device_count()} (indices 0..{torch.cuda.device_count() - 1})")
+    return device
 
 
 def resolve_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -98,7 +114,7 @@ class ImageTo3D:
 
     def prepare(self, image) -> torch.Tensor:
         """An image (path, bytes or PIL image) → [3, S, S] model input in [0, 1]."""
-        return prepare_image(image, self.model.config.encoder.image_size, self.config.foreground_ratio, self.config.mask_method)
+        return prepare_image(image, self.model.config.encoder.image_size, self.config.foreground_ratio, self.config.mask_method, mode=self.config.preprocessing)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -183,3 +183,78 @@ def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(
     no_encoder = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2")
     assert no_encoder.returncode == 2 and "pretrained_path is required" in no_encoder.stderr
     assert not (tmp_path / "probe2").exists()
+
+
+def main_error(capsys, *args):
+    """Run the real entry point in this process; → (exit status, the stderr lines)."""
+    from vf3d import cli
+
+    status = cli.main([str(arg) for arg in args])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line(status, lines, command, expected):
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"vf3d {command}: error: ") and expected in lines[0], lines
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, photo, debug_model_dir):
+    expected = "CUDA requested (--device cuda) but torch.cuda.is_available() is False"
+    status, lines = main_error(capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "cuda", "--preset", "debug")
+    assert_one_line(status, lines, "image-to-3d", expected)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    status, lines = main_error(capsys, "evaluate", "--model", tmp_path / "model", "--data", tmp_path / "data", "--out", tmp_path / "report", "--device", "cuda:0")
+    assert_one_line(status, lines, "evaluate", "CUDA requested (--device cuda:0) but torch.cuda.is_available() is False")
+    assert not (tmp_path / "o.glb").exists() and not (tmp_path / "report").exists()
+
+
+def test_unknown_device_is_one_line(tmp_path, capsys, photo, debug_model_dir):
+    status, lines = main_error(capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "gpu", "--preset", "debug")
+    assert_one_line(status, lines, "image-to-3d", "unknown device 'gpu' (--device): use auto, cpu or cuda[:N]")
+
+
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        ("missing.safetensors", lambda path: None, "checkpoint not found: "),
+        ("folder", lambda path: path.mkdir(), "is a directory without model.safetensors"),
+        ("empty.safetensors", lambda path: path.write_bytes(b""), "is an empty file"),
+        ("garbage.safetensors", lambda path: path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json"), "is not a readable safetensors file"),
+        ("garbage.pt", lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "cannot be loaded with torch.load(weights_only=True)"),
+    ],
+)
+def test_import_checkpoint_of_a_bad_source_is_one_line(tmp_path, capsys, name, make, expected):
+    source = tmp_path / name
+    make(source)
+    status, lines = main_error(capsys, "import-checkpoint", source, "--format", "vfusion3d", "--out", tmp_path / "imported")
+    assert_one_line(status, lines, "import-checkpoint", expected)
+    assert not (tmp_path / "imported").exists()
+
+
+def test_paths_of_the_wrong_kind_are_named_as_such(tmp_path, capsys, photo):
+    folder, file, missing = tmp_path / "folder", tmp_path / "notes.txt", tmp_path / "missing"
+    folder.mkdir()
+    file.write_text("not what was asked for\n")
+    out = tmp_path / "out"
+    cases = [
+        (["image-to-3d", folder, "--model", folder, "--out", tmp_path / "o.glb"], f"{folder} is a directory, not an image file"),
+        (["image-to-3d", photo, "--model", file, "--out", tmp_path / "o.glb"], f"--model: {file} is a file, not a model directory"),
+        (["image-to-3d", photo, "--model", missing, "--out", tmp_path / "o.glb"], f"--model: model directory not found: {missing}"),
+        (["render-assets", "--assets", file, "--out", out], f"--assets: {file} is a file, not a directory of meshes"),
+        (["render-assets", "--assets", missing, "--out", out], f"--assets: directory of meshes not found: {missing}"),
+        (["finetune-video", "--data", file, "--out", out], f"--data: {file} is a file, not a shard directory"),
+        (["finetune-video", "--data", missing, "--out", out], f"--data: shard directory not found: {missing}"),
+        (["synthesize", "--prompts", file, "--video-model", file, "--out", out], f"--video-model: {file} is a file, not a video model directory"),
+        (["train-filter", "--labels", folder, "--data", folder, "--out", out, "--preset", "debug"], f"--labels: {folder} is a directory, not a labels file"),
+        (["train-filter", "--labels", file, "--data", file, "--out", out, "--preset", "debug"], f"--data: {file} is a file, not a shard directory"),
+        (["train-recon", "--data", file, "--data-3d", folder, "--out", out], f"--data: {file} is a file, not a shard directory"),
+        (["train-recon", "--data", folder, "--data-3d", folder, "--init", file, "--out", out], f"--init: {file} is a file, not a model directory"),
+        (["evaluate", "--model", folder, "--data", folder, "--out", out, "--ids", folder], f"--ids: {folder} is a directory, not a file"),
+        (["show-config", "inference", "--config", folder], f"--config: {folder} is a directory, not a YAML/JSON file"),
+    ]
+    for args, expected in cases:
+        status, lines = main_error(capsys, *args)
+        assert_one_line(status, lines, args[0], expected)
+    assert not out.exists() and not (tmp_path / "o.glb").exists()

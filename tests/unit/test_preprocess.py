@@ -207,3 +207,115 @@ def test_grey_alpha_and_exif_orientation():
     buf = io.BytesIO()
     wide.save(buf, "JPEG", exif=exif.tobytes())
     assert load_image(buf.getvalue()).size == (20, 40)
+
+
+def test_max_side_shrinks_while_decoding_keeping_alpha_orientation_and_the_header_size():
+    rgba = np.zeros((300, 600, 4), np.uint8)
+    rgba[100:200, 200:400] = (200, 30, 40, 255)  # an opaque red box on a transparent black field
+    im = load_image(_png_bytes(Image.fromarray(rgba)), max_side=150)
+    arr = np.asarray(im)
+    assert im.mode == "RGBA" and im.size == (150, 75) and im.info["original_size"] == (600, 300)
+    assert arr[0, 0, 3] == 0 and tuple(arr[37, 75]) == (200, 30, 40, 255)
+    # Premultiplied resize: the box's edge fades in alpha, not towards the black of the field.
+    edge = arr[25:50, 45:55].reshape(-1, 4)
+    partial = edge[(edge[:, 3] > 0) & (edge[:, 3] < 255)]
+    assert len(partial) and np.all(partial[:, 0] >= 190), partial
+
+    wide = Image.new("RGB", (400, 200), (10, 200, 10))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the shrink happens before the transpose
+    buf = io.BytesIO()
+    wide.save(buf, "JPEG", exif=exif.tobytes())
+    assert load_image(buf.getvalue(), max_side=100).size == (50, 100)
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    assert load_image(_png_bytes(Image.fromarray(ramp)), max_side=16).size == (16, 16)
+    assert load_image(_png_bytes(Image.fromarray(rgba)), max_side=1000).size == (600, 300)  # never enlarged
+    with pytest.raises(ValueError, match="max_side"):
+        load_image(_png_bytes(Image.fromarray(rgba)), max_side=0)
+
+
+DECODE_PEAK = """
+import resource, sys
+from vf3d.preprocess import load_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_image(data, max_side=int(sys.argv[2]) or None)
+print(image.size[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_40_megapixel_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    photo = Image.new("RGB", (7744, 5160), (235, 235, 235))
+    ImageDraw.Draw(photo).ellipse((1936, 1290, 5808, 3870), fill=(200, 40, 40))
+    path = tmp_path / "40mp.jpg"
+    photo.save(path, "JPEG", quality=80)
+    del photo
+    peaks = {}
+    for side in (0, 1024):
+        out = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path), str(side)], capture_output=True, text=True, timeout=120, check=True)
+        width, peaks[side] = map(int, out.stdout.split())
+        assert width == (side or 7744)
+    # Full size: 40 MP x 3-4 bytes. At 1/4 scale (the smallest DCT scale still >= 1024 px wide:
+    # 1936 px) the decode holds ~10 MB, twice at most.
+    assert peaks[0] >= 100 and peaks[1024] <= 30, peaks
+
+
+# ---------------------------------------------------------------------------------------------
+# Empty foreground, and the released code's framing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fully_transparent_image_is_refused_as_having_no_foreground():
+    blank = Image.fromarray(np.zeros((64, 48, 4), np.uint8))
+    for mode in ("vf3d", "release"):
+        with pytest.raises(ImageInputError, match="^no foreground: the image is fully transparent"):
+            prepare_image(_png_bytes(blank), size=32, mode=mode)
+
+
+def _release_framing_by_hand(rgba: np.ndarray, size: int) -> torch.Tensor:
+    """The released framing written out for an object whose box scales by exactly 2 (area
+    interpolation then repeats each pixel twice): a canvas of side max(H, W) with the crop
+    (last row and column excluded) at 80% of it, composited on white, bicubic with
+    align_corners=True."""
+    height, width = rgba.shape[:2]
+    side = max(height, width)
+    rows, columns = np.nonzero(rgba[..., 3])
+    crop = rgba[rows.min():rows.max(), columns.min():columns.max()]
+    scaled = crop.repeat(2, axis=0).repeat(2, axis=1)
+    canvas = np.zeros((side, side, 4), np.uint8)
+    top, left = (side - scaled.shape[0]) // 2, (side - scaled.shape[1]) // 2
+    canvas[top:top + scaled.shape[0], left:left + scaled.shape[1]] = scaled
+    image = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255
+    image = image[:, :3] * image[:, 3:] + (1 - image[:, 3:])
+    return torch.nn.functional.interpolate(image, size=(size, size), mode="bicubic", align_corners=True)[0].clamp(0, 1)
+
+
+def test_release_framing_matches_the_released_arithmetic():
+    rng = np.random.default_rng(0)
+    rgba = np.zeros((250, 180, 4), np.uint8)
+    rgba[..., :3] = rng.integers(0, 256, (250, 180, 3))
+    rgba[50:151, 60:111, 3] = 255  # 101 × 51 pixels: the release's box is 100 × 50 → ×2 = 200 = 0.8 · 250
+    out = prepare_image(Image.fromarray(rgba), size=64, mode="release")
+    expected = _release_framing_by_hand(rgba, 64)
+    assert out.shape == (3, 64, 64)
+    assert torch.allclose(out, expected, atol=1e-6), (out - expected).abs().max()
+    # Our own framing differs: it keeps the box's last row and column and resizes with antialiasing.
+    assert (prepare_image(Image.fromarray(rgba), size=64) - expected).abs().max() > 0.1
+
+
+def test_release_framing_of_a_real_photo_is_centred_at_80_percent():
+    photo = data.astronaut()
+    rgba = np.dstack([photo, np.zeros(photo.shape[:2], np.uint8)])
+    rgba[100:400, 150:300, 3] = 255
+    out = prepare_image(Image.fromarray(rgba), size=128, mode="release")
+    rows, columns = np.nonzero((out < 0.99).any(dim=0).numpy())
+    assert rows.max() - rows.min() + 1 == pytest.approx(0.8 * 128, abs=2)
+    assert (rows.min() + rows.max()) / 2 == pytest.approx(63.5, abs=1.5)
+    assert (columns.min() + columns.max()) / 2 == pytest.approx(63.5, abs=1.5)
+    with pytest.raises(ValueError, match="preprocessing mode"):
+        prepare_image(Image.fromarray(rgba), size=128, mode="lrm")

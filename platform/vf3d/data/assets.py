@@ -6,6 +6,12 @@ separately), with every scene-graph transform applied, triangles de-indexed into
 whole asset centred on its bounding-box centre and scaled so its farthest vertex lies at radius
 1 − margin. Bad files raise `AssetError` (a `ValueError`) with a one-line reason, never anything else.
 
+glTF encodings: Draco geometry (`KHR_draco_mesh_compression`) is decoded through the `DracoPy`
+package (trimesh calls it); meshopt geometry (`EXT_/KHR_meshopt_compression`) and KTX2/Basis
+textures (`KHR_texture_basisu`) without a PNG/JPEG fallback cannot be decoded and raise `AssetError`
+naming the extension, read from the file's glTF JSON before trimesh sees it (trimesh would
+otherwise load zeros or drop the texture without a word).
+
 Up axis: the world is +Z up (cameras.py). glTF is +Y up by specification, so GLB/glTF scenes are
 turned +90° about +X (+Y → +Z, as Blender's importer does); the other formats have no convention
 and are taken as stored (+Z up, like pybullet's meshes).
@@ -13,7 +19,7 @@ and are taken as stored (+Z up, like pybullet's meshes).
 `gather_sample_assets` copies real meshes that ship inside the `pybullet` wheel into a folder
 (no download), so demos and tests render real, textured objects.
 
-Pure library: numpy, Pillow and trimesh only; no ray, no OpenGL.
+Pure library: numpy, Pillow and trimesh (+ DracoPy for Draco) only; no ray, no OpenGL.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import math
 import os
 import re
+import struct
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +50,11 @@ GENERIC_STEMS = {"model", "mesh", "scene", "object", "untitled", "base", "textur
 """File stems that say nothing about the object; `caption_for` then uses the folder name."""
 CAPTIONS_FILES = ("captions.json", "captions.jsonl")
 """Optional caption files in an assets root (see `load_captions`)."""
+DRACO = "KHR_draco_mesh_compression"
+MESHOPT_EXTENSIONS = ("EXT_meshopt_compression", "KHR_meshopt_compression")
+BASISU = "KHR_texture_basisu"
+GLB_MAGIC = b"glTF"
+GLB_JSON_CHUNK = b"JSON"
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 """+90° about +X: glTF's +Y up becomes the world's +Z up (and glTF's +Z front becomes −Y)."""
 
@@ -131,8 +143,10 @@ def load_asset(path: str | os.PathLike, margin: float = 0.2) -> Asset:
         raise AssetError(f"unsupported file type '{suffix}'")
     if path.stat().st_size == 0:
         raise AssetError("empty file")
+    gltf = suffix in (".glb", ".gltf")
     try:
-        return _load_normalised(path, margin, y_up=suffix in (".glb", ".gltf"))
+        extensions = _check_gltf_encodings(path) if gltf else frozenset()
+        return _load_normalised(path, margin, y_up=gltf, draco=DRACO in extensions)
     except AssetError:
         raise
     except Exception as error:  # trimesh raises anything from KeyError to JSONDecodeError on bad files
@@ -140,7 +154,48 @@ def load_asset(path: str | os.PathLike, margin: float = 0.2) -> Asset:
         raise AssetError(f"cannot parse: {first_line}") from error
 
 
-def _load_normalised(path: Path, margin: float, y_up: bool) -> Asset:
+def _gltf_json(path: Path) -> dict:
+    """The glTF JSON document of a .gltf file, or the JSON chunk of a .glb; {} when the file is not
+    readable as either (trimesh then reports why it cannot parse it)."""
+    with path.open("rb") as file:
+        if path.suffix.lower() == ".glb":
+            # GLB: 12-byte header (magic, version, length), then chunk 0 = (length, b"JSON", JSON).
+            header = file.read(20)
+            if len(header) < 20 or header[:4] != GLB_MAGIC or header[16:20] != GLB_JSON_CHUNK:
+                return {}
+            text = file.read(struct.unpack_from("<I", header, 12)[0])
+        else:
+            text = file.read()
+    try:
+        document = json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _check_gltf_encodings(path: Path) -> frozenset[str]:
+    """Raise `AssetError` for glTF extensions we cannot decode; → the extensions the file uses."""
+    document = _gltf_json(path)
+    used = frozenset(name for name in [*document.get("extensionsUsed", []), *document.get("extensionsRequired", [])] if isinstance(name, str))
+    required = frozenset(name for name in document.get("extensionsRequired", []) if isinstance(name, str))
+    if DRACO in used:
+        try:
+            import DracoPy  # noqa: F401  (trimesh imports it inside its Draco handler and only logs a failure)
+        except ImportError:
+            raise AssetError(f"{path.name} uses {DRACO} (Draco-compressed geometry) but DracoPy is not installed: pip install DracoPy") from None
+    for name in MESHOPT_EXTENSIONS:
+        # Only a required meshopt extension lacks uncompressed fallback buffers (which trimesh reads).
+        if name in required:
+            raise AssetError(f"{path.name} uses {name} (meshopt-compressed geometry), which vf3d cannot decode; re-export it without mesh compression (e.g. gltfpack -i IN -o OUT -noq, without -c)")
+    textures = document.get("textures", [])
+    if BASISU in used and any(isinstance(texture, dict) and BASISU in (texture.get("extensions") or {}) and texture.get("source") is None for texture in textures):
+        # A KTX2 texture with a PNG/JPEG fallback `source` renders from the fallback; without one
+        # trimesh would silently drop the texture, and an untextured orbit is a wrong training sample.
+        raise AssetError(f"{path.name} uses {BASISU} (KTX2/Basis Universal textures) without a PNG/JPEG fallback, which vf3d cannot decode; re-export it with PNG or JPEG textures")
+    return used
+
+
+def _load_normalised(path: Path, margin: float, y_up: bool, draco: bool = False) -> Asset:
     """`load_asset` without the file checks; trimesh's own exceptions pass through."""
     import trimesh
 
@@ -156,6 +211,9 @@ def _load_normalised(path: Path, margin: float, y_up: bool) -> Asset:
     for mesh in meshes:
         if not np.isfinite(mesh.vertices[mesh.faces]).all():
             raise AssetError("non-finite vertex coordinates (NaN or inf)")
+        if draco and np.ptp(mesh.vertices[mesh.faces].reshape(-1, 3), axis=0).max() == 0.0:
+            # trimesh leaves a primitive whose Draco data failed to decode as all-zero placeholders.
+            raise AssetError(f"{path.name}: {DRACO} data did not decode (corrupt Draco buffer, or DracoPy/trimesh too old)")
         mesh.process()
         if y_up:
             mesh.apply_transform(_homogeneous(Y_UP_TO_Z_UP))
