@@ -356,12 +356,61 @@ class ActorPoolConfig:
 
 
 @dataclass
+class WriterPoolConfig:
+    """The pool of shard-writer actors (Ray Data `ActorPoolStrategy`; each writes whole shards,
+    named by the ids they hold, so writers never collide and a retried write is idempotent)."""
+
+    min_actors: int = 1
+    """Writers kept alive even when idle."""
+    max_actors: int = 4
+    """Writers the pool grows to while written batches queue up (one writer takes ~25 rows/s)."""
+    num_cpus: float = 0.5
+    """CPUs reserved per writer (Parquet zstd compression and the storage client)."""
+
+    def validate(self) -> "WriterPoolConfig":
+        """Check value ranges; returns self so calls chain."""
+        if not 1 <= self.min_actors <= self.max_actors or self.num_cpus < 0:
+            raise ConfigError("writer_pool must satisfy 1 <= min_actors <= max_actors and num_cpus >= 0")
+        return self
+
+
+@dataclass
+class StageFailureConfig:
+    """How Ray Data stages recover from infrastructure failures (vf3d.synthesis.failures): CUDA,
+    NCCL or ECC errors, GPU out-of-memory and storage OSErrors are retried, never written as a
+    row's error; input errors stay permanent error rows."""
+
+    max_batch_retries: int = 3
+    """Retries of a batch whose stage raised an infrastructure error or whose actor died (Ray's
+    `max_task_retries`; Ray Data's default, unbounded, retries a batch that kills its actor forever)."""
+    max_actor_restarts: int = 3
+    """Restarts of one actor (Ray's `max_restarts`); the pool replaces an actor past them."""
+    max_consecutive_failures: int = 2
+    """An actor whose batches fail this many times in a row with infrastructure errors exits, so
+    that Ray restarts it on a fresh process and CUDA context (a sick GPU stops eating batches)."""
+    max_errored_blocks: int = 8
+    """Error budget: blocks Ray Data may give up on (retries exhausted, or a non-input bug) before
+    the run fails; their ids get no output and a rerun retries them (DataContext.max_errored_blocks;
+    -1 = unlimited, 0 = the first one fails the run)."""
+
+    def validate(self) -> "StageFailureConfig":
+        """Check value ranges; returns self so calls chain."""
+        if self.max_batch_retries < 0 or self.max_actor_restarts < 0 or self.max_consecutive_failures < 1 or self.max_errored_blocks < -1:
+            raise ConfigError("failures: max_batch_retries and max_actor_restarts must be >= 0, max_consecutive_failures >= 1, max_errored_blocks >= -1")
+        return self
+
+
+@dataclass
 class RenderAssetsConfig:
     """The `render-assets` job: orbit rendering plus the Ray Data pool that runs it."""
 
     render: OrbitRenderConfig = field(default_factory=OrbitRenderConfig)
     pool: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     rows_per_shard: int = 64
+    writer_pool: WriterPoolConfig = field(default_factory=WriterPoolConfig)
+    """Shard writers (a pool: one writer for a whole cluster caps the job at its write rate)."""
+    failures: StageFailureConfig = field(default_factory=StageFailureConfig)
+    """Retries of infrastructure failures and the run's error budget."""
     """Orbits per Parquet file (one file per batch of finished assets)."""
     extensions: list[str] = field(default_factory=lambda: [".glb", ".gltf", ".obj", ".ply", ".stl", ".off"])
     """Files under --assets with these suffixes are assets; everything else is ignored."""
@@ -374,6 +423,8 @@ class RenderAssetsConfig:
         """Validate the nested configs; returns self so calls chain."""
         self.render.validate()
         self.pool.validate()
+        self.writer_pool.validate()
+        self.failures.validate()
         if self.rows_per_shard < 1:
             raise ConfigError("rows_per_shard must be >= 1")
         return self
@@ -383,11 +434,13 @@ RENDER_ASSETS_PRESETS = {
     "debug": lambda: RenderAssetsConfig(
         render=OrbitRenderConfig(num_views=16, resolution=64),
         pool=ActorPoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2),
+        writer_pool=WriterPoolConfig(min_actors=1, max_actors=2, num_cpus=0.25),
         rows_per_shard=8,
     ),
     "small": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=256), pool=ActorPoolConfig(max_actors=8)),
     "base": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=2, max_actors=64, batch_size=8)),
-    "vfusion3d": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8), rows_per_shard=128),
+    "vfusion3d": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8), rows_per_shard=128,
+                                            writer_pool=WriterPoolConfig(min_actors=1, max_actors=16, num_cpus=1.0)),
 }
 
 
@@ -890,6 +943,13 @@ class SynthesisFaultInjection:
     "mask" or "filter"; None disables it. A marker file in the output directory makes it fire once."""
     after_batches: int = 1
     """The actor dies in its batch number `after_batches` + 1 (batches it finished before are kept)."""
+    cuda_error_stage: str | None = None
+    """Stage whose actor raises a CUDA-style RuntimeError once, in its batch number
+    `error_after_batches` + 1 (an infrastructure error: the batch must be retried, not failed)."""
+    os_error_stage: str | None = None
+    """Stage (a model stage, "encode" or "write") whose actor raises an OSError once, the same way."""
+    error_after_batches: int = 0
+    """Batches an actor finishes before the injected error fires."""
 
 
 @dataclass
@@ -903,9 +963,17 @@ class SynthesizeConfig:
     generate_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(max_actors=8, num_gpus=1.0, num_cpus=4.0, batch_size=4))
     """Orbit-generation actors: the expensive stage, so the one that grows most."""
     mask_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(max_actors=8, num_cpus=1.0, batch_size=8))
-    """Foreground-mask actors (CPU)."""
+    """Mask + heuristics actors (CPU): foreground masks, the heuristic statistics and reasons, and
+    the few views the probe scores (so the GPU filter gets nothing else to do)."""
     filter_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(num_gpus=0.25, num_cpus=1.0, batch_size=16))
-    """Quality-filter actors (a frozen DINOv2: a fraction of a GPU is plenty)."""
+    """Probe actors (a frozen DINOv2 on the probe's views only: a fraction of a GPU is plenty).
+    Without `filter.probe_path` the stage is left out and holds no GPU."""
+    encode_pool: ActorPoolConfig = field(default_factory=lambda: ActorPoolConfig(max_actors=8, num_cpus=1.0, batch_size=8))
+    """Encoding actors (CPU): PNG-encode every view and mask into shard rows, kept or rejected."""
+    writer_pool: WriterPoolConfig = field(default_factory=WriterPoolConfig)
+    """Shard writers (a pool: one writer for a whole cluster caps the job at its write rate)."""
+    failures: StageFailureConfig = field(default_factory=StageFailureConfig)
+    """Retries of infrastructure failures and the run's error budget (vf3d.synthesis.failures)."""
     max_prompt_chars: int = 1000
     """Longer prompts become error rows (text encoders truncate silently; we refuse loudly)."""
     rows_per_shard: int = 64
@@ -920,12 +988,17 @@ class SynthesizeConfig:
         """Validate the nested configs; returns self so calls chain."""
         self.generation.validate()
         self.filter.validate()
-        for pool in (self.first_frame_pool, self.generate_pool, self.mask_pool, self.filter_pool):
+        for pool in (self.first_frame_pool, self.generate_pool, self.mask_pool, self.filter_pool, self.encode_pool):
             pool.validate()
+        self.writer_pool.validate()
+        self.failures.validate()
+        model_stages = (None, "first_frame", "generate", "mask", "filter")
         _raise_first_failure([
             (self.max_prompt_chars >= 1 and self.rows_per_shard >= 1, "max_prompt_chars and rows_per_shard must be >= 1"),
-            (self.fault.kill_stage in (None, "first_frame", "generate", "mask", "filter"), "fault.kill_stage must be first_frame, generate, mask, filter or null"),
-            (self.fault.after_batches >= 0, "fault.after_batches must be >= 0"),
+            (self.fault.kill_stage in model_stages, "fault.kill_stage must be first_frame, generate, mask, filter or null"),
+            (self.fault.cuda_error_stage in model_stages, "fault.cuda_error_stage must be first_frame, generate, mask, filter or null"),
+            (self.fault.os_error_stage in (*model_stages, "encode", "write"), "fault.os_error_stage must be first_frame, generate, mask, filter, encode, write or null"),
+            (self.fault.after_batches >= 0 and self.fault.error_after_batches >= 0, "fault.after_batches and fault.error_after_batches must be >= 0"),
         ])
         return self
 
@@ -940,6 +1013,8 @@ def _synthesize_debug() -> SynthesizeConfig:
         generate_pool=ActorPoolConfig(min_actors=1, max_actors=2, num_cpus=0.5, batch_size=2),
         mask_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.25, batch_size=4),
         filter_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.25, batch_size=4),
+        encode_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.25, batch_size=4),
+        writer_pool=WriterPoolConfig(min_actors=1, max_actors=2, num_cpus=0.25),
         rows_per_shard=8,
     )
 
@@ -950,6 +1025,10 @@ def _synthesize_cluster(max_generators: int) -> SynthesizeConfig:
         generate_pool=ActorPoolConfig(min_actors=1, max_actors=max_generators, num_gpus=1.0, num_cpus=4.0, batch_size=4),
         mask_pool=ActorPoolConfig(min_actors=1, max_actors=max(2, max_generators // 2), num_cpus=1.0, batch_size=8),
         filter_pool=ActorPoolConfig(min_actors=1, max_actors=max(1, max_generators // 16), num_gpus=0.25, num_cpus=2.0, batch_size=16),
+        # PNG encoding costs ~0.3 CPU-s per 512² orbit: at 0.1 videos/s per generation GPU, one
+        # encoder core serves ~30 GPUs; the pool's max leaves room for slower CPUs and bursts.
+        encode_pool=ActorPoolConfig(min_actors=1, max_actors=max(2, max_generators // 4), num_cpus=1.0, batch_size=8),
+        writer_pool=WriterPoolConfig(min_actors=1, max_actors=max(2, max_generators // 16), num_cpus=1.0),
         rows_per_shard=128,
     )
 

@@ -166,6 +166,7 @@ BAD_INPUTS = {
     "resolution too high": ("photo", {"mesh_resolution": 100000}, 422, "mesh_resolution"),
     "resolution not a number": ("photo", {"mesh_resolution": "high"}, 422, "mesh_resolution"),
     "negative seed": ("photo", {"seed": -1}, 422, "seed"),
+    "fully transparent": ("transparent", {}, 422, "no foreground"),
 }
 
 
@@ -173,7 +174,7 @@ BAD_INPUTS = {
 def test_bad_input_gets_json_4xx_and_the_service_stays_healthy(serve_endpoint, photos, case):
     body, params, status, words = BAD_INPUTS[case]
     body = {"tiny": _png(np.zeros((1, 1, 3), np.uint8)), "bomb": _png_bomb(20000, 20000), "truncated": photos["chelsea"][: len(photos["chelsea"]) // 3],
-            "photo": photos["chelsea"]}.get(body, body)
+            "photo": photos["chelsea"], "transparent": _png(np.zeros((128, 128, 4), np.uint8))}.get(body, body)
     response = _post(serve_endpoint, "/v1/image-to-3d", body, params=params)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -205,7 +206,8 @@ def test_api_key_and_body_limits(serve_endpoint, photos):
 KILL_MODEL_REPLICA = """
 import sys, ray
 ray.init(address=sys.argv[1], namespace="serve", log_to_driver=False)
-names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if "ReconstructorModel" in actor["name"]]
+# The replica that answered /healthz (another app on the same Serve instance may have its own).
+names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if "ReconstructorModel" in actor["name"] and sys.argv[2] in actor["name"]]
 assert len(names) == 1, names
 ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 print(names[0])
@@ -214,7 +216,7 @@ print(names[0])
 
 def test_killed_model_replica_is_replaced(serve_endpoint, photos):
     old = _health(serve_endpoint)["replica"]
-    killed = subprocess.run([sys.executable, "-c", KILL_MODEL_REPLICA, serve_endpoint.ray_address], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", KILL_MODEL_REPLICA, serve_endpoint.ray_address, old], capture_output=True, text=True, timeout=120)
     assert killed.returncode == 0, killed.stderr[-2000:]
     assert old in killed.stdout
     deadline = time.monotonic() + 240
@@ -232,3 +234,108 @@ def test_killed_model_replica_is_replaced(serve_endpoint, photos):
     else:
         pytest.fail(f"no successful request within 240 s of the kill (statuses {statuses}):\n{serve_endpoint.log_tail()}")
     assert _health(serve_endpoint)["replica"] != old
+
+
+def test_oversized_headers_get_431_and_api_docs_are_off(serve_endpoint, photos):
+    many = {**serve_endpoint.headers, **{f"X-Filler-{index}": "1" for index in range(100)}}
+    response = _post(serve_endpoint, "/v1/image-to-3d", photos["chelsea"], headers=many)
+    assert response.status_code == 431 and response.json()["error"].startswith("request has 10"), response.text
+    huge = _post(serve_endpoint, "/v1/turntable", photos["chelsea"], headers={**serve_endpoint.headers, "X-Filler": "a" * 4_000_000})
+    assert huge.status_code == 431 and "more than the limit of 16384 bytes" in huge.json()["error"], huge.text[:300]
+    for path in ("/docs", "/openapi.json", "/redoc", "/no-such-page"):
+        page = requests.get(serve_endpoint.url + path, timeout=60)
+        assert page.status_code == 404 and page.headers["content-type"] == "application/json" and page.json()["error"], (path, page.text[:200])
+    assert _health(serve_endpoint)["status"] == "ok"
+
+
+def _replica_pid(endpoint, deployment: str) -> int:
+    """PID of `deployment`'s replica process, among the `vf3d serve` process's descendants (other
+    Ray clusters may run on the same machine)."""
+    import psutil
+
+    pids = [child.pid for child in psutil.Process(endpoint.process.pid).children(recursive=True)
+            if any(f"ServeReplica:vf3d:{deployment}" in part for part in child.cmdline())]
+    assert len(pids) == 1, (deployment, pids)
+    return pids[0]
+
+
+def _status_kb(pid: int, field: str) -> int:
+    line = next(line for line in open(f"/proc/{pid}/status") if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def _webp_40mp(index: int) -> bytes:
+    """A 7744 x 5160 (40.0 MP) lossless WebP of a red disc on a flat background: ~0.3 MB on the
+    wire, ~160 MB as decoded pixels. The disc moves with `index`, so every upload is new bytes."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (7744, 5160), (235, 235, 235))
+    ImageDraw.Draw(image).ellipse((1900 + 40 * index, 1300, 5800 + 40 * index, 3900), fill=(200, 40, 40))
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", lossless=True, method=0)
+    return buffer.getvalue()
+
+
+def test_concurrent_40_megapixel_uploads_keep_the_ingress_memory_bounded(serve_endpoint):
+    from vf3d import config as config_lib
+
+    config = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    uploads = [_webp_40mp(index) for index in range(8)]
+    pid = _replica_pid(serve_endpoint, "Ingress")
+    before = _status_kb(pid, "VmRSS")
+    with open(f"/proc/{pid}/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        responses = list(pool.map(lambda data: _post(serve_endpoint, "/v1/image-to-3d", data, params={"mesh_resolution": 16, "format": "ply"}), uploads))
+    assert [response.status_code for response in responses] == [200] * len(uploads), [response.text[:200] for response in responses]
+    growth_mb = (_status_kb(pid, "VmHWM") - before) / 1024
+    # The bound the config states: max_concurrent_decodes x ~16 bytes per pixel for WebP (the
+    # worst format), plus the request bodies. Unbounded, 8 decodes at once took +3.3 GB.
+    bound_mb = config.max_concurrent_decodes * 16 * config.max_pixels / 2**20 + 150
+    print(f"ingress peak RSS growth over 8 concurrent 40 MP WebP uploads: {growth_mb:.0f} MB (bound {bound_mb:.0f} MB)")
+    assert growth_mb <= bound_mb, f"ingress grew by {growth_mb:.0f} MB, more than {bound_mb:.0f} MB"
+    assert _health(serve_endpoint)["status"] == "ok"
+
+
+DEPLOY_SHED_APP = """
+import sys, ray
+from ray import serve
+from vf3d import config as config_lib
+from vf3d.serving.app import build_application
+ray.init(address=sys.argv[1], log_to_driver=False)
+if sys.argv[3] == "delete":
+    serve.delete("shed")
+else:
+    small = {"num_cpus": 0.05, "max_ongoing_requests": 8, "target_ongoing_requests": 4.0}
+    config = config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {
+        "ingress": small, "model": small, "mesh": small, "max_inflight_requests": 1, "retry_after_s": 7})
+    serve.run(build_application(sys.argv[2], config), name="shed", route_prefix="/shed")
+"""
+
+
+@pytest.fixture(scope="module")
+def shed_endpoint(serve_endpoint, debug_model_dir):
+    """A second application on the same Serve instance, at /shed, that holds one image request
+    per ingress replica (max_inflight_requests=1) and says Retry-After: 7."""
+    def deploy(action: str) -> None:
+        done = subprocess.run([sys.executable, "-c", DEPLOY_SHED_APP, serve_endpoint.ray_address, str(debug_model_dir), action], capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    deploy("run")
+    yield serve_endpoint.url + "/shed"
+    deploy("delete")
+
+
+def test_overload_is_shed_with_503_json_and_retry_after(serve_endpoint, shed_endpoint):
+    photo = skimage.data.coffee()
+    images = [_png(photo[offset : offset + 200, offset : offset + 200]) for offset in range(0, 60, 10)]
+    with ThreadPoolExecutor(len(images)) as pool:
+        responses = list(pool.map(lambda data: requests.post(shed_endpoint + "/v1/turntable", data=data, headers=serve_endpoint.headers, timeout=TIMEOUT), images))
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["content-type"] == "application/json" and response.headers["retry-after"] == "7"
+            assert "busy" in response.json()["error"], response.text
+    health = requests.get(shed_endpoint + "/healthz", timeout=60)
+    assert health.status_code == 200 and health.json()["shed"] == statuses.count(503)

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from vf3d import config as config_lib
-from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, decode_image, image_key, sniff_format
+from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, check_headers, decode_image, image_key, sniff_format
 
 REPO = Path(__file__).resolve().parents[2]
 VF3D = str(Path(sys.executable).with_name("vf3d"))
@@ -218,7 +218,8 @@ def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
     from vf3d.serving.app import Ingress
 
     # The method on a stand-in holding only the config (an instance would need Serve handles).
-    holder = types.SimpleNamespace(config=config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}))
+    holder = types.SimpleNamespace(config=config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}), shed=0)
+    holder._retry_after = lambda: Ingress.func_or_class._retry_after(holder)
 
     class ingress:  # noqa: N801 - reads like the instance in the assertions below
         @staticmethod
@@ -239,5 +240,84 @@ def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
     assert _status(lambda: asyncio.run(ingress._with_timeout(slow(), time.monotonic()))) == (504, "request took longer than request_timeout_s=0.2")
     status, message = _status(lambda: asyncio.run(ingress._with_timeout(dead(), time.monotonic())))
     assert status == 503 and "retry shortly" in message
+
+    async def full():
+        from ray.serve.exceptions import BackPressureError
+
+        raise BackPressureError(num_queued_requests=32, max_queued_requests=32, retry_after_s=5)
+
+    with pytest.raises(RequestError) as shed:
+        asyncio.run(ingress._with_timeout(full(), time.monotonic()))
+    assert shed.value.status == 503 and "overloaded" in shed.value.message
+    assert shed.value.headers == {"Retry-After": "5"} and holder.shed == 1
     with pytest.raises(ValueError, match="a bug"):
         asyncio.run(ingress._with_timeout(broken(), time.monotonic()))
+
+
+def test_header_limits_answer_431_naming_the_limit():
+    check_headers([(b"host", b"x"), (b"authorization", b"Bearer k")], max_count=8, max_bytes=1024)
+    status, message = _status(lambda: check_headers([(b"x-a%d" % i, b"1") for i in range(9)], max_count=8, max_bytes=1024))
+    assert (status, message) == (431, "request has 9 headers, more than the limit of 8")
+    status, message = _status(lambda: check_headers([(b"cookie", b"a" * 2000)], max_count=8, max_bytes=1024))
+    assert (status, message) == (431, "request headers are 2006 bytes, more than the limit of 1024 bytes")
+
+
+def test_decode_image_judges_the_original_size_and_decodes_large_photos_small():
+    inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    # 6000 x 12: shrunk to the working size while decoding, but judged by its real 12-pixel side.
+    status, message = _status(lambda: decode_image(_encoded(np.full((12, 6000, 3), 200, np.uint8), "PNG"), 32, inference, max_pixels=10_000_000, min_side=16))
+    assert (status, message) == (422, "image is 6000x12 pixels; at least 16x16 is needed")
+    # A large photo decodes to the working size, not its full size, and still gives the model input.
+    import skimage.data
+
+    big = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((3000, 2000)))
+    assert decode_image(_encoded(big, "JPEG"), 32, inference, max_pixels=10_000_000, min_side=16).shape == (3, 32, 32)
+
+
+def test_decode_image_refuses_a_fully_transparent_image_with_422():
+    # A valid image with nothing to reconstruct: no mesh of a blank canvas.
+    inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    transparent = _encoded(np.zeros((64, 64, 4), np.uint8), "PNG")
+    status, message = _status(lambda: decode_image(transparent, 32, inference, max_pixels=10_000_000, min_side=16))
+    assert status == 422 and message.startswith("no foreground"), message
+
+
+def test_new_serve_limits_validate():
+    debug = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    assert debug.api_docs is False and debug.max_inflight_requests < debug.ingress.max_ongoing_requests
+    for overrides, words in [
+        ({"max_inflight_requests": 32}, "max_inflight_requests must be >= 1 and < ingress.max_ongoing_requests"),
+        ({"max_concurrent_decodes": 0}, "max_concurrent_decodes must be >= 1"),
+        ({"model": {"max_queued_requests": 0}}, "model: max_queued_requests must be -1"),
+        ({"max_header_bytes": 10}, "max_header_bytes"),
+    ]:
+        with pytest.raises(config_lib.ConfigError, match=words):
+            config_lib.merge(debug, overrides).validate()
+
+
+def test_vf3d_serve_on_a_busy_port_says_so_in_one_line_before_starting_ray(debug_model_dir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {key: value for key, value in __import__("os").environ.items() if key != "RAY_ADDRESS"}
+        result = subprocess.run([VF3D, "serve", "--model", str(debug_model_dir), "--port", str(port)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"vf3d serve: error: cannot listen on 127.0.0.1:{port}: already in use (another endpoint or program listens there; pick another --port)"
+    assert "started a local Ray cluster" not in result.stdout
+
+
+def test_model_health_check_does_not_wait_behind_a_render(debug_model_dir):
+    from vf3d.serving.deployments import ReconstructorModel
+
+    settings = config_lib.to_dict(config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"inference": {"device": "cpu"}}))
+    replica = ReconstructorModel.func_or_class(str(debug_model_dir), settings)
+
+    async def during_a_render():
+        async with replica._lock:  # what a 160-view turntable holds for its whole length
+            await asyncio.wait_for(replica.check_health(), timeout=60)
+            return (await asyncio.wait_for(replica.info(), timeout=60))["device"]
+
+    assert asyncio.run(during_a_render()) == "cpu"

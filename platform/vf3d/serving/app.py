@@ -10,6 +10,8 @@ gets `{"error": "..."}` with a 4xx status; a model replica that is down gets 503
 # query types) at runtime, and Serve's ingress wrapper loses the module globals to resolve strings.
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +30,7 @@ from ray import serve
 
 from vf3d.config import ServeConfig, from_dict, to_dict
 from vf3d.serving.deployments import MeshBuilder, ReconstructorModel
-from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, decode_image, image_bytes, image_key
+from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, check_headers, decode_image, image_bytes, image_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,7 +40,9 @@ API_KEY_ENV = "VF3D_API_KEY"
 Read by each ingress replica from its own environment (a secret never travels in Serve's config)."""
 HEALTH_TIMEOUT_S = 10.0
 
-api = FastAPI(title="vf3d image-to-3D", description="One image in, a vertex-coloured mesh (or a turntable video) out.", docs_url="/docs", redoc_url=None)
+# FastAPI's own docs routes are off: its docs page loads its script from a CDN. The ingress
+# serves /docs and /openapi.json itself when the config's `api_docs` is on.
+api = FastAPI(title="vf3d image-to-3D", description="One image in, a vertex-coloured mesh (or a turntable video) out.", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 # The page's script and styles (a missing file is a 404, not a failure to start).
@@ -50,8 +55,16 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 @api.exception_handler(RequestError)
 async def _request_error(request: Request, error: RequestError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return _error(error.status, error.message, headers)
+    headers = dict(error.headers)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return _error(error.status, error.message, headers or None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths and wrong methods: the same {"error"} shape as every other refusal.
+    return _error(error.status_code, f"{request.method} {request.url.path}: {error.detail}", getattr(error, "headers", None))
 
 
 @api.exception_handler(RequestValidationError)
@@ -66,6 +79,12 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     # A bug, not the client's fault: logged with its traceback, answered in the same JSON shape.
     logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
     return _error(500, f"internal error ({type(error).__name__}); see the server log")
+
+
+def _is_backpressure(error: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(error, BackPressureError)
 
 
 def _is_replica_failure(error: BaseException) -> bool:
@@ -93,8 +112,17 @@ class Ingress:
         self.api_key = os.environ.get(API_KEY_ENV) or None
         self.cache = TriplaneCache(self.config.triplane_cache_entries)
         self._pending: dict[str, asyncio.Future] = {}
+        # Decoding is the ingress's memory peak (up to ~16 bytes per pixel of max_pixels each):
+        # at most max_concurrent_decodes at once, whatever the number of uploads in flight.
+        self._decode_slots = asyncio.Semaphore(self.config.max_concurrent_decodes)
+        self._inflight = 0
+        self.shed = 0
+        self._last_info: dict | None = None
 
-    async def _with_timeout(self, awaitable, started: float):
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.config.retry_after_s)}
+
+    async def _with_timeout(self, awaitable, started: float, what: str = "model"):
         remaining = self.config.request_timeout_s - (time.monotonic() - started)
         try:
             return await asyncio.wait_for(awaitable, timeout=max(remaining, 0.001))
@@ -103,10 +131,34 @@ class Ingress:
         except RequestError:
             raise
         except Exception as error:
+            if _is_backpressure(error):
+                # Serve refused the call: the deployment's queue is at max_queued_requests.
+                self.shed += 1
+                raise RequestError(503, f"the {what} is overloaded (its queue is full); retry after {self.config.retry_after_s} s", self._retry_after()) from None
             if _is_replica_failure(error):
-                logger.warning("model call failed: %s", error)
-                raise RequestError(503, f"a model replica is unavailable ({type(error).__name__}); retry shortly") from None
+                logger.warning("%s call failed: %s", what, error)
+                raise RequestError(503, f"a {what} replica is unavailable ({type(error).__name__}); retry shortly", self._retry_after()) from None
             raise
+
+    def _check_headers(self, request: Request) -> None:
+        check_headers(request.scope["headers"], self.config.max_header_count, self.config.max_header_bytes)
+
+    @contextlib.contextmanager
+    def _admitted(self, request: Request):
+        """Header limits, then load shedding: at most max_inflight_requests image requests here."""
+        self._check_headers(request)
+        if self._inflight >= self.config.max_inflight_requests:
+            self.shed += 1
+            raise RequestError(503, f"the endpoint is busy ({self._inflight} image requests in progress on this replica); retry after {self.config.retry_after_s} s", self._retry_after())
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+
+    async def _decode(self, data: bytes):
+        async with self._decode_slots:
+            return await asyncio.to_thread(decode_image, data, self.image_size, self.config.inference, self.config.max_pixels, self.config.min_image_side)
 
     async def _triplanes(self, request: Request, started: float) -> tuple[Any, bool]:
         """Auth, body, decode, then the triplanes of the image: cached or from the model."""
@@ -122,7 +174,9 @@ class Ingress:
         future = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            image = await asyncio.to_thread(decode_image, data, self.image_size, self.config.inference, self.config.max_pixels, self.config.min_image_side)
+            # Shielded: a client that disconnects mid-decode must not free the decode slot while
+            # its thread still holds the decoded pixels.
+            image = await asyncio.shield(asyncio.ensure_future(self._decode(data)))
             planes = await self._with_timeout(self.model.encode.remote(image), started)
             self.cache.put(key, planes)
             future.set_result(planes)
@@ -135,22 +189,49 @@ class Ingress:
             del self._pending[key]
 
     @api.get("/", include_in_schema=False)
-    async def index(self):
+    async def index(self, request: Request):
         """The upload-and-view page."""
+        self._check_headers(request)
         page = STATIC_DIR / "index.html"
         if not page.is_file():
             return _error(404, "the web page is not installed (vf3d/serving/static/index.html is missing)")
         return FileResponse(page, media_type="text/html")
 
     @api.get("/healthz")
-    async def healthz(self):
+    async def healthz(self, request: Request):
         """200 with the model replica's figures when a forward pass works; 503 otherwise."""
+        self._check_headers(request)
+        status = "ok"
         try:
             info = await asyncio.wait_for(self.model.info.remote(), timeout=HEALTH_TIMEOUT_S)
-        except Exception as error:  # any failure to reach the model means "not healthy"
-            return _error(503, f"model unavailable: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip())
-        info.update(status="ok", cache_entries=len(self.cache), cache_hits=self.cache.hits, cache_misses=self.cache.misses, api_key_required=self.api_key is not None)
+            self._last_info = info
+        except Exception as error:  # any failure to reach the model means "not healthy"...
+            if not (_is_backpressure(error) and self._last_info is not None):
+                return _error(503, f"model unavailable: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip())
+            # ...except a full queue: the model is alive and working through it. Failing the
+            # probe would make a load balancer drop a busy endpoint and pile its load elsewhere.
+            info, status = dict(self._last_info), "busy"
+        info.update(status=status, cache_entries=len(self.cache), cache_hits=self.cache.hits, cache_misses=self.cache.misses,
+                    api_key_required=self.api_key is not None, inflight=self._inflight, shed=self.shed)
         return info
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request):
+        """The OpenAPI schema, when `api_docs` is on."""
+        self._check_headers(request)
+        if not self.config.api_docs:
+            return _error(404, "API docs are off (set api_docs: true in the serve config)")
+        return JSONResponse(request.app.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        """Swagger UI (its script comes from a CDN), when `api_docs` is on."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        self._check_headers(request)
+        if not self.config.api_docs:
+            return _error(404, "API docs are off (set api_docs: true in the serve config)")
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json", title=api.title)
 
     @api.post("/v1/image-to-3d")
     async def image_to_3d(self, request: Request, format: str = "glb", mesh_resolution: int | None = None, seed: int | None = None):
@@ -158,9 +239,10 @@ class Ingress:
         from vf3d.mesh import MESH_CONTENT_TYPES
 
         started = time.monotonic()
-        params = MeshRequest.from_query(format, mesh_resolution, seed, self.config.max_mesh_resolution)
-        planes, cached = await self._triplanes(request, started)
-        result = await self._with_timeout(self.mesher.mesh.remote(planes, params.format, params.mesh_resolution), started)
+        with self._admitted(request):
+            params = MeshRequest.from_query(format, mesh_resolution, seed, self.config.max_mesh_resolution)
+            planes, cached = await self._triplanes(request, started)
+            result = await self._with_timeout(self.mesher.mesh.remote(planes, params.format, params.mesh_resolution), started, "mesher")
         if "error" in result:
             raise RequestError(422, result["error"])
         headers = {
@@ -176,16 +258,22 @@ class Ingress:
     async def turntable(self, request: Request, seed: int | None = None):
         """Image bytes → an MP4 of the reconstruction turning one full revolution."""
         started = time.monotonic()
-        params = MeshRequest.from_query("glb", None, seed, self.config.max_mesh_resolution)
-        planes, cached = await self._triplanes(request, started)
-        frames = await self._with_timeout(self.model.turntable.remote(planes, params.seed), started)
-        video = await self._with_timeout(self.mesher.video.remote(frames), started)
+        with self._admitted(request):
+            params = MeshRequest.from_query("glb", None, seed, self.config.max_mesh_resolution)
+            planes, cached = await self._triplanes(request, started)
+            # The model's response goes straight into the mesher's call: Serve hands the frames
+            # [M, H, W, 3] from one replica to the other through the object store, and they never
+            # pass through (nor are copied into) this process.
+            frames = self.model.turntable.remote(planes, params.seed)
+            video = await self._with_timeout(self.mesher.video.remote(frames), started, "model or mesher")
         headers = {"X-VF3D-Triplane-Cache": "hit" if cached else "miss", "X-VF3D-Seconds": f"{time.monotonic() - started:.3f}", "Content-Disposition": 'attachment; filename="turntable.mp4"'}
         return Response(video, media_type="video/mp4", headers=headers)
 
 
-def _deployment_options(replicas) -> dict:
+def _deployment_options(replicas, retry_after_s: int) -> dict:
     return {
+        "max_queued_requests": replicas.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
         "autoscaling_config": {
             "min_replicas": replicas.min_replicas,
             "max_replicas": replicas.max_replicas,
@@ -211,12 +299,12 @@ def build_application(model_dir: str | os.PathLike, config: ServeConfig) -> serv
     model_config = Reconstructor.load_config(model_dir)
     settings = to_dict(config)
     model = ReconstructorModel.options(
-        **_deployment_options(config.model),
+        **_deployment_options(config.model, config.retry_after_s),
         health_check_period_s=config.health_check_period_s,
         health_check_timeout_s=config.health_check_timeout_s,
     ).bind(str(model_dir), settings)
-    mesher = MeshBuilder.options(**_deployment_options(config.mesh)).bind(str(model_dir), settings)
-    return Ingress.options(**_deployment_options(config.ingress)).bind(model, mesher, settings, model_config.encoder.image_size)
+    mesher = MeshBuilder.options(**_deployment_options(config.mesh, config.retry_after_s)).bind(str(model_dir), settings)
+    return Ingress.options(**_deployment_options(config.ingress, config.retry_after_s)).bind(model, mesher, settings, model_config.encoder.image_size)
 
 
 class ServeAppArgs(BaseModel):
@@ -273,3 +361,26 @@ def run_endpoint(application: serve.Application, config: ServeConfig, log=print)
     stop.wait()
     log("stopping the endpoint")
     serve.shutdown()
+
+
+def check_port_free(host: str, port: int) -> str | None:
+    """None when `host:port` can be listened on; otherwise one line saying why not.
+
+    Binds the way Serve's proxy (uvicorn) does, with SO_REUSEADDR, so a port left in TIME_WAIT by
+    an endpoint that just stopped counts as free, as it is for the proxy.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"cannot listen on {host}:{port}: unknown host ({error.strerror})"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            reason = "already in use (another endpoint or program listens there; pick another --port)" if error.errno == errno.EADDRINUSE else error.strerror
+            return f"cannot listen on {host}:{port}: {reason}"
+    return None

@@ -56,6 +56,9 @@ class ReconstructorModel:
     def __init__(self, model_dir: str, config: dict) -> None:
         import torch
 
+        from vf3d.synthesis.cluster import require_usable_gpus
+
+        require_usable_gpus("ReconstructorModel")  # a GPU replica must never serve from the CPU
         self.config = _serve_config(config)
         self.pipeline = _load_pipeline(model_dir, self.config)
         self.model_name = Path(model_dir).name
@@ -64,6 +67,11 @@ class ReconstructorModel:
         # One model call at a time: concurrent calls would only contend for the same device,
         # while queued requests keep filling the next batch.
         self._lock = asyncio.Lock()
+        # Health probes never wait on that lock: behind a long turntable render a probe would time
+        # out and Serve would replace a healthy replica. A probe's forward pass on one image runs
+        # next to whatever holds the lock (inference only reads the weights); this lock only
+        # keeps probes from piling up on each other.
+        self._probe_lock = asyncio.Lock()
         size = self.pipeline.model.config.encoder.image_size
         self._probe_image = torch.ones(1, 3, size, size)
         self.images_encoded = 0
@@ -130,8 +138,10 @@ class ReconstructorModel:
 
     async def check_health(self) -> None:
         """Called by Serve every `health_check_period_s`: a forward pass on a fixed image must run
-        and give finite triplanes, or the replica is replaced (e.g. a wedged or corrupted GPU)."""
-        await self._run(self._probe)
+        and give finite triplanes, or the replica is replaced (e.g. a wedged or corrupted GPU).
+        Runs outside the lock that batches and renders take, so it never queues behind them."""
+        async with self._probe_lock:
+            await asyncio.to_thread(self._probe)
         self._last_probe = time.monotonic()
 
 

@@ -35,10 +35,12 @@ SUPPORTED_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 class RequestError(Exception):
     """A request the endpoint refuses: HTTP `status` (4xx, or 503/504) and a one-line `message`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = " ".join(str(message).split())
+        self.headers = dict(headers or {})
+        """Extra response headers (e.g. `Retry-After` on a 503 of load shedding)."""
 
 
 def check_api_key(authorization: str | None, expected: str | None) -> None:
@@ -54,6 +56,16 @@ def check_api_key(authorization: str | None, expected: str | None) -> None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise RequestError(401, "invalid API key")
+
+
+def check_headers(headers: list[tuple[bytes, bytes]], max_count: int, max_bytes: int) -> None:
+    """Raise 431 when the raw ASGI `headers` (name, value) pairs are more than `max_count`, or
+    their names and values together more than `max_bytes`."""
+    if len(headers) > max_count:
+        raise RequestError(431, f"request has {len(headers)} headers, more than the limit of {max_count}")
+    size = sum(len(name) + len(value) for name, value in headers)
+    if size > max_bytes:
+        raise RequestError(431, f"request headers are {size} bytes, more than the limit of {max_bytes} bytes")
 
 
 def content_length(headers) -> int | None:
@@ -165,23 +177,33 @@ class MeshRequest:
         return cls(fmt, mesh_resolution, seed)
 
 
+def working_side(image_size: int) -> int:
+    """Longest side an upload is decoded to for a model input of `image_size` pixels: the size
+    preprocessing works at anyway (`prepare_decoded` shrinks to it), reached during decoding so a
+    40 MP upload never exists as a full-size RGBA copy."""
+    return max(4 * image_size, 1024)
+
+
 def decode_image(data: bytes, image_size: int, inference: InferenceConfig, max_pixels: int, min_side: int) -> np.ndarray:
     """Image bytes → the model input float32 [3, S, S] in [0, 1] (mask, recentre, resize).
 
     Raises RequestError: 415 for non-images, 413 for too many pixels (read from the header,
-    before decoding: decompression bombs), 422 for images too small, 400 for corrupt files.
+    before decoding: decompression bombs), 422 for images too small or without a foreground
+    (e.g. fully transparent), 400 for corrupt files.
     """
     sniff_format(data)
     try:
-        image = load_image(data, max_pixels=max_pixels)
+        image = load_image(data, max_pixels=max_pixels, max_side=working_side(image_size))
     except ImageInputError as error:
         raise RequestError(413 if "pixels" in str(error) else 400, str(error)) from None
-    if min(image.size) < min_side:
-        raise RequestError(422, f"image is {image.width}x{image.height} pixels; at least {min_side}x{min_side} is needed")
+    width, height = image.info.get("original_size", image.size)  # before the decode-time shrink
+    if min(width, height) < min_side:
+        raise RequestError(422, f"image is {width}x{height} pixels; at least {min_side}x{min_side} is needed")
     try:
-        prepared = prepare_decoded(image, image_size, inference.foreground_ratio, inference.mask_method)
+        prepared = prepare_decoded(image, image_size, inference.foreground_ratio, inference.mask_method, mode=inference.preprocessing)
     except ImageInputError as error:
-        raise RequestError(400, str(error)) from None
+        # A valid image without an object to reconstruct is unprocessable content, not a bad file.
+        raise RequestError(422 if str(error).startswith("no foreground") else 400, str(error)) from None
     return prepared.numpy()
 
 
