@@ -44,8 +44,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from vf3d.preprocess import ImageInputError
 
     from vf3d.synthesis.quality import LabelsError
+    from vf3d.training.checkpointing import CheckpointError
 
-    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, EmptyMeshError, AssetError, ShardFormatError, LabelsError)
+    return (UsageError, config_lib.ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, CheckpointError, EmptyMeshError, AssetError, ShardFormatError, LabelsError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, presets: dict, default: str) -> None:

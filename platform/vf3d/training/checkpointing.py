@@ -17,13 +17,24 @@ checkpoint in the run's storage therefore looks like:
 
 `restore` loads it back on every rank (each rank reading its own shard); `consolidate` turns it
 into one full fp32 state dict for export, without DeepSpeed or a process group.
+
+Checkpoints live in shared storage that every worker resumes from, and a `.pt` file is a pickle: a
+crafted one would run its payload on each worker that loads it. Both `restore` and `consolidate`
+therefore read every file weights-only (tensors, plain containers and the three plain-data
+DeepSpeed types of `_allowed_deepspeed_globals`), and refuse anything else with a `CheckpointError`
+naming the file and the global it wanted. The checkpoint's own `zero_to_fp32.py` is never run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +76,7 @@ def save(engine: "DeepSpeedEngine", step: int, metrics: dict[str, Any], extra: d
 
     rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory(prefix=f"vf3d-checkpoint-rank{rank}-") as directory:
-        engine.save_checkpoint(directory, tag=deepspeed_tag(step))
-        if rank == 0:
-            write_metadata(directory, engine, step, extra)
+        save_to_directory(engine, directory, step, extra, write_metadata_file=rank == 0)
         ray.train.report(
             {**metrics, "step": step},
             checkpoint=ray.train.Checkpoint.from_directory(directory),
@@ -80,6 +89,16 @@ def save(engine: "DeepSpeedEngine", step: int, metrics: dict[str, Any], extra: d
     # After a synchronous report the worker's latest checkpoint is the persisted copy, which
     # outlives the temporary directory.
     return ray.train.get_checkpoint()
+
+
+def save_to_directory(engine: "DeepSpeedEngine", directory: str | os.PathLike, step: int, extra: dict[str, Any] | None = None, write_metadata_file: bool = True) -> None:
+    """This rank's part of the checkpoint of `step` in a local `directory` (what `save` reports).
+
+    Collective like DeepSpeed's save; `write_metadata_file` on exactly one rank (rank 0).
+    """
+    engine.save_checkpoint(str(directory), tag=deepspeed_tag(step))
+    if write_metadata_file:
+        write_metadata(directory, engine, step, extra)
 
 
 def write_metadata(checkpoint_dir: str | os.PathLike, engine: "DeepSpeedEngine", step: int, extra: dict[str, Any] | None = None) -> None:
@@ -125,18 +144,40 @@ def restore(engine: "DeepSpeedEngine") -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        metadata = read_metadata(directory)
-        if metadata["zero_stage"] != engine.zero_optimization_stage():
-            raise CheckpointError(f"checkpoint {checkpoint.path} was written with ZeRO stage {metadata['zero_stage']}, this run uses stage {engine.zero_optimization_stage()}")
-        if metadata["zero_stage"] > 0 and metadata["world_size"] != engine.world_size:
-            # ZeRO shards are per rank; resharding them is not supported, so say what to do instead.
-            raise CheckpointError(
-                f"checkpoint {checkpoint.path} holds ZeRO shards of {metadata['world_size']} ranks, this run has {engine.world_size}; "
-                "resume with the same number of workers, or `consolidate` it and start a new run from the weights"
-            )
-        load_path, _ = engine.load_checkpoint(directory, tag=metadata["tag"])
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint {metadata['tag']!r} in {checkpoint.path}")
+        return restore_from_directory(engine, directory, label=checkpoint.path)
+
+
+def restore_from_directory(engine: "DeepSpeedEngine", directory: str | os.PathLike, label: str | None = None) -> int:
+    """Load the checkpoint in local `directory` into `engine` (collective); returns its step.
+
+    Every file DeepSpeed reads is loaded weights-only (see the module docstring); `label` names
+    the checkpoint in errors (default: `directory`).
+    """
+    label = label or str(directory)
+    metadata = read_metadata(directory)
+    if metadata["zero_stage"] != engine.zero_optimization_stage():
+        raise CheckpointError(f"checkpoint {label} was written with ZeRO stage {metadata['zero_stage']}, this run uses stage {engine.zero_optimization_stage()}")
+    if metadata["zero_stage"] > 0 and metadata["world_size"] != engine.world_size:
+        # ZeRO shards are per rank; resharding them is not supported, so say what to do instead.
+        raise CheckpointError(
+            f"checkpoint {label} holds ZeRO shards of {metadata['world_size']} ranks, this run has {engine.world_size}; "
+            "resume with the same number of workers, or `consolidate` it and start a new run from the weights"
+        )
+    # DeepSpeed reads the model states, the ZeRO optimizer shards, the scheduler and the client
+    # state through its checkpoint engine, whose torch.load asks for weights_only=False: route
+    # those reads through ours (which names a refused file), and force every other torch.load of
+    # the restore weights-only too, should some DeepSpeed path bypass its checkpoint engine.
+    deepspeed_engine = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(deepspeed_engine)
+    try:
+        with weights_only_loads():
+            load_path, _ = engine.load_checkpoint(str(directory), tag=metadata["tag"])
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(_refusal(Path(directory, metadata["tag"]), error)) from error
+    finally:
+        engine.checkpoint_engine = deepspeed_engine
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed found no checkpoint {metadata['tag']!r} in {label}")
     return int(metadata["step"])
 
 
@@ -153,7 +194,6 @@ def consolidate(checkpoint: "str | os.PathLike | ray.train.Checkpoint") -> dict[
     if hasattr(checkpoint, "as_directory"):
         with checkpoint.as_directory() as directory:
             return consolidate(directory)
-    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     metadata = read_metadata(checkpoint)
@@ -161,9 +201,114 @@ def consolidate(checkpoint: "str | os.PathLike | ray.train.Checkpoint") -> dict[
     if not tag_dir.is_dir():
         raise CheckpointError(f"{checkpoint}: DeepSpeed directory {metadata['tag']!r} is missing")
     if any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):
-        state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=metadata["tag"])
+        # The installed DeepSpeed's merge, not the checkpoint's copy of zero_to_fp32.py (that
+        # would run whatever the checkpoint's author wrote). Its own torch.load asks for
+        # weights_only=False, which the scope overrides.
+        try:
+            with weights_only_loads():
+                state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=metadata["tag"])
+        except pickle.UnpicklingError as error:
+            # Say which file it was (DeepSpeed's error does not): reread them, on this path only.
+            for path in sorted(tag_dir.glob("*.pt")):
+                load_weights_only(path)
+            raise CheckpointError(_refusal(tag_dir, error)) from error
     else:
-        # Written by our own save; it pickles DeepSpeed objects, which weights_only refuses.
-        model_states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        state_dict = model_states["module"]
+        state_dict = load_weights_only(tag_dir / "mp_rank_00_model_states.pt")["module"]
     return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+
+
+def _allowed_deepspeed_globals() -> list[type]:
+    """The non-builtin types DeepSpeed pickles into the checkpoints we write (ZeRO 0/2/3, fp32 or
+    bf16; fp16 loss scaling, which would add DynamicLossScaler, is not a precision we offer)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [
+        # ZeRO 2/3 optimizer shards: the static loss scale (its only state is a float) that
+        # DeepSpeed puts back on its optimizer.
+        LossScaler,
+        # ZeRO 2/3 optimizer shards: the stage, an int enum (rebuilt by value lookup, no code).
+        ZeroStageEnum,
+        # ZeRO 2 optimizer shards: where each parameter lies in the flat partition, a dataclass of
+        # two ints (rebuilt by setting its fields).
+        fragment_address,
+    ]
+
+
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+_scope_lock = threading.RLock()
+_scope_depth = 0
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within it, every torch.load of this process is weights-only, even one that asks for
+    weights_only=False (DeepSpeed's loaders do), with DeepSpeed's plain types allowed.
+
+    torch reads TORCH_FORCE_WEIGHTS_ONLY_LOAD on every call, so setting it is the one switch that
+    also reaches loaders we do not call ourselves. It is process-wide: other threads' loads become
+    weights-only too while a checkpoint loads (stricter, never looser), and the lock keeps two
+    threads from restoring the variable out of order.
+    """
+    global _scope_depth
+    import torch
+
+    with _scope_lock:
+        saved = {name: os.environ.pop(name, None) for name in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+        os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+        # torch's safe_globals removes its globals on exit even if an enclosing scope added them.
+        allowed = torch.serialization.safe_globals(_allowed_deepspeed_globals()) if _scope_depth == 0 else contextlib.nullcontext()
+        _scope_depth += 1
+        try:
+            with allowed:
+                yield
+        finally:
+            _scope_depth -= 1
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load` of one checkpoint file that can rebuild only tensors, plain containers and
+    DeepSpeed's plain types; anything else raises `CheckpointError` naming the file and global."""
+    import torch
+
+    with weights_only_loads():
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(_refusal(path, error)) from error
+        except (EOFError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{path}: not a readable checkpoint file ({first_line})") from error
+
+
+class _WeightsOnlyCheckpointEngine:
+    """DeepSpeed's checkpoint engine with `load` replaced by `load_weights_only`; everything else
+    (saving, commit, the engine's flags) goes to the wrapped engine."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return load_weights_only(path, map_location)
+
+
+def _refusal(path: str | os.PathLike, error: pickle.UnpicklingError) -> str:
+    """One line for a file that weights-only unpickling refused, naming the global it wanted."""
+    message = str(error)
+    found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", message)
+    if found:
+        what = f"it pickles {found.group(1)}, which is not tensor data and could run code when loaded"
+    else:
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+        what = f"weights-only unpickling failed ({detail.group(1).strip() if detail else 'it holds more than tensors and plain containers'})"
+    return f"{path}: refusing to load this checkpoint file: {what}"

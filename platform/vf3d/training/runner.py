@@ -98,11 +98,33 @@ def run_training(
     try:
         return trainer.fit()
     except TrainingFailedError as error:
+        refused = _checkpoint_error_in(error)
+        if refused is not None:
+            # A refused checkpoint (unsafe or damaged files) is the user's input, not a crash:
+            # surface it as itself so the CLI prints its one line.
+            raise refused from None
         where = f"{storage_uri}/{run.name}" if storage_uri else f"Ray's default storage (~/ray_results/{run.name})"
         raise TrainingRunFailed(
             f"training run {run.name!r} failed (run.max_failures={run.max_failures}): {error}\n"
             f"Its checkpoints are in {where}; rerun with the same run.name and run.storage_path to resume from the latest one."
         ) from error
+
+
+def _checkpoint_error_in(error: BaseException):
+    """The `CheckpointError` a worker raised, if that is why the worker group failed.
+
+    Ray Train reports worker failures as {rank: exception}, each possibly wrapped (the user
+    exception with its traceback under `_base_exc`, or chained as `__cause__`)."""
+    from vf3d.training.checkpointing import CheckpointError
+
+    for failure in (getattr(error, "worker_failures", None) or {}).values():
+        seen = 0
+        while failure is not None and seen < 8:
+            if isinstance(failure, CheckpointError):
+                return failure
+            failure = getattr(failure, "_base_exc", None) or failure.__cause__
+            seen += 1
+    return None
 
 
 def batches_forever(shard, batch_size: int):
