@@ -74,6 +74,12 @@ def png_header_claiming(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
 
 
+def transparent_png():
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((48, 48, 4), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def truncated_png():
     buffer = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(buffer, format="PNG")
@@ -87,6 +93,7 @@ def truncated_png():
         ("empty.png", b"", "empty"),
         ("truncated.png", truncated_png(), "truncated"),
         ("huge.png", png_header_claiming(50000, 50000), "pixels"),
+        ("transparent.png", transparent_png(), "no foreground: the image is fully transparent"),
     ],
 )
 def test_bad_images_get_one_clear_line_and_exit_code_2(tmp_path, debug_model_dir, name, content, expected):
