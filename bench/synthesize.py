@@ -5,11 +5,12 @@ What it measures:
      actors) vs a bare loop in this process over the same prompts. The bare loop calls the same
      stage classes as plain objects (no Ray): `prepare_inputs` on the input table, then, one shard
      of `rows_per_shard` rows at a time, FirstFrames → GenerateOrbits → ForegroundMasks →
-     FilterOrbits with each stage's batch size from the same config, and WriteSynthesized, which
+     (FilterOrbits with a probe) → EncodeOrbits with each stage's batch size from the same
+     config, and WriteSynthesized, which
      writes real shards to the loop's own temporary directory. Both sides are timed end to end
      from the same starting point (the prompts Parquet and the saved debug video model on disk)
      until every shard is written, model loading included: the bare loop builds its five stage
-     objects (loading the video model, the text-to-image model and the filter) inside its timer;
+     objects (loading the video model and the text-to-image model) inside its timer;
      the pipeline's actors load theirs inside `synthesize()`. The pipeline runs on one private
      local Ray cluster (`vf3d.synthesis.cluster.ray_cluster`, started once and reused for every
      pipeline run); its start-up is reported on its own and counted nowhere else. Python imports
@@ -86,7 +87,7 @@ PIPELINE_TARGET = 0.8
 PROGRESS = re.compile(r"\s*\d+/\d+ inputs: (?P<kept>\d+) kept, (?P<rejected>\d+) rejected")
 """Start of synthesize()'s progress line, logged once per written batch (= shard)."""
 SUBJECTS = ("a wooden chair", "a red sports car", "a ceramic mug", "a toy robot", "a potted plant", "a leather boot", "a brass lamp", "a teddy bear")
-STAGE_NAMES = ("first_frame", "generate", "mask", "filter")
+STAGE_NAMES = ("first_frame", "generate", "mask", "filter", "encode")
 
 
 @dataclass
@@ -177,22 +178,24 @@ def bare_loop(prompts: Path, video_model: Path, out_dir: Path, config) -> dict[s
     import pyarrow.parquet as pq
 
     from vf3d import config as config_lib
-    from vf3d.synthesis.stages import FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs
+    from vf3d.synthesis.stages import EncodeOrbits, FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs
     from vf3d.synthesis.synthesize import video_model_settings
 
     started = time.perf_counter()
     as_dict, out = config_lib.to_dict(config), str(out_dir)
     resolution = int(video_model_settings(video_model).get("resolution", 512))
-    rows = prepare_inputs(pq.read_table(prompts), done_ids=frozenset(), config=as_dict, images_root=str(prompts.parent))
+    rows = prepare_inputs(pq.read_table(prompts), done_ids=pa.array([], pa.string()), config=as_dict, images_root=str(prompts.parent))
     stages = [
         (FirstFrames(config=as_dict, out_dir=out, resolution=resolution), config.first_frame_pool.batch_size),
         (GenerateOrbits(config=as_dict, out_dir=out, video_model=str(video_model)), config.generate_pool.batch_size),
         (ForegroundMasks(config=as_dict, out_dir=out), config.mask_pool.batch_size),
     ]
-    filter_stage, filter_batch = FilterOrbits(config=as_dict, out_dir=out, video_model=str(video_model)), config.filter_pool.batch_size
+    if config.filter.probe_path:  # the pipeline runs the probe stage only when there is a probe
+        stages.append((FilterOrbits(config=as_dict, out_dir=out, video_model=str(video_model)), config.filter_pool.batch_size))
+    encode_stage, encode_batch = EncodeOrbits(config=as_dict, out_dir=out, video_model=str(video_model)), config.encode_pool.batch_size
     writer = WriteSynthesized(out_dir=out)
     load_seconds = time.perf_counter() - started
-    log(f"  bare: {rows.num_rows} inputs prepared, 5 stage objects built in {load_seconds:.1f}s (from the start)")
+    log(f"  bare: {rows.num_rows} inputs prepared, {len(stages) + 2} stage objects built in {load_seconds:.1f}s (from the start)")
     counts = {"kept": 0, "rejected": 0, "errors": 0}
     stage_totals: dict[str, dict[str, float]] = {}
     first_shard_seconds = None
@@ -201,7 +204,7 @@ def bare_loop(prompts: Path, video_model: Path, out_dir: Path, config) -> dict[s
         batch = numpy_batch(rows.slice(start, config.rows_per_shard))
         for stage, batch_size in stages:
             batch = concatenated(in_batches(stage, batch, batch_size))
-        filtered = pa.concat_tables(in_batches(filter_stage, batch, filter_batch))
+        filtered = pa.concat_tables(in_batches(encode_stage, batch, encode_batch))
         written = writer(filtered)
         for key in counts:
             counts[key] += written[key][0]

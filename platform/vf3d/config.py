@@ -401,6 +401,24 @@ class StageFailureConfig:
 
 
 @dataclass
+class LeaseConfig:
+    """The output-directory lease (vf3d.synthesis.lease): one run per `--out` at a time."""
+
+    heartbeat_seconds: float = 30.0
+    """How often the running driver rewrites its lease's heartbeat."""
+    stale_after_seconds: float = 300.0
+    """A lease held from another host whose heartbeat is older than this is taken over (its run is
+    presumed dead). On the same host the holder's pid decides, whatever the heartbeat. Keep it
+    well above heartbeat_seconds plus the clock skew between hosts."""
+
+    def validate(self) -> "LeaseConfig":
+        """Check value ranges; returns self so calls chain."""
+        if not 0 < self.heartbeat_seconds < self.stale_after_seconds:
+            raise ConfigError("lease: need 0 < heartbeat_seconds < stale_after_seconds")
+        return self
+
+
+@dataclass
 class RenderAssetsConfig:
     """The `render-assets` job: orbit rendering plus the Ray Data pool that runs it."""
 
@@ -418,10 +436,13 @@ class RenderAssetsConfig:
     """On a rerun, try assets that failed before again (by default a failure is final)."""
     seed: int = 0
     """Mixed with each asset's id to draw its elevation and random views (reruns are identical)."""
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    """The `--out` lease: a second run on the same directory refuses while this one lives."""
 
     def validate(self) -> "RenderAssetsConfig":
         """Validate the nested configs; returns self so calls chain."""
         self.render.validate()
+        self.lease.validate()
         self.pool.validate()
         self.writer_pool.validate()
         self.failures.validate()
@@ -983,10 +1004,13 @@ class SynthesizeConfig:
     seed: int = 0
     """Mixed with each input's id to seed its first frame, orbit noise and elevation."""
     fault: SynthesisFaultInjection = field(default_factory=SynthesisFaultInjection)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    """The `--out` lease: a second run on the same directory refuses while this one lives."""
 
     def validate(self) -> "SynthesizeConfig":
         """Validate the nested configs; returns self so calls chain."""
         self.generation.validate()
+        self.lease.validate()
         self.filter.validate()
         for pool in (self.first_frame_pool, self.generate_pool, self.mask_pool, self.filter_pool, self.encode_pool):
             pool.validate()
@@ -1025,8 +1049,8 @@ def _synthesize_cluster(max_generators: int) -> SynthesizeConfig:
         generate_pool=ActorPoolConfig(min_actors=1, max_actors=max_generators, num_gpus=1.0, num_cpus=4.0, batch_size=4),
         mask_pool=ActorPoolConfig(min_actors=1, max_actors=max(2, max_generators // 2), num_cpus=1.0, batch_size=8),
         filter_pool=ActorPoolConfig(min_actors=1, max_actors=max(1, max_generators // 16), num_gpus=0.25, num_cpus=2.0, batch_size=16),
-        # PNG encoding costs ~0.3 CPU-s per 512² orbit: at 0.1 videos/s per generation GPU, one
-        # encoder core serves ~30 GPUs; the pool's max leaves room for slower CPUs and bursts.
+        # PNG encoding costs ~0.45 CPU-s per 16-view 512² orbit: at 0.1 videos/s per generation
+        # GPU one encoder core serves ~20 GPUs; the max leaves room for slower CPUs and bursts.
         encode_pool=ActorPoolConfig(min_actors=1, max_actors=max(2, max_generators // 4), num_cpus=1.0, batch_size=8),
         writer_pool=WriterPoolConfig(min_actors=1, max_actors=max(2, max_generators // 16), num_cpus=1.0),
         rows_per_shard=128,
@@ -1125,6 +1149,28 @@ class ReconValidationConfig:
 
 
 @dataclass
+class ReconInputConfig:
+    """How training samples stream to the train-recon workers (Ray Data; see vf3d.data.training_input)."""
+
+    prefetch_batches: int = 2
+    """Batches each worker prepares ahead of the one it trains on."""
+    shuffle_buffer_size: int = 64
+    """Samples in each worker's local shuffle buffer (0: no shuffling beyond the per-epoch file order)."""
+    min_samples_per_epoch: int = 256
+    """Datasets smaller than this repeat each orbit (fresh views per repeat) so an epoch holds at
+    least this many samples, instead of running a tiny epoch every step."""
+
+    def validate(self) -> "ReconInputConfig":
+        """Check the bounds; returns self so calls chain."""
+        _raise_first_failure([
+            (self.prefetch_batches >= 0, "input.prefetch_batches must be >= 0"),
+            (self.shuffle_buffer_size >= 0, "input.shuffle_buffer_size must be >= 0"),
+            (self.min_samples_per_epoch >= 1, "input.min_samples_per_epoch must be >= 1"),
+        ])
+        return self
+
+
+@dataclass
 class TrainReconConfig:
     """`vf3d train-recon`: model, data sampling, losses, stage schedule, validation, harness."""
 
@@ -1144,12 +1190,15 @@ class TrainReconConfig:
     gradient_checkpointing: bool = True
     """Recompute transformer blocks in the backward pass instead of storing their activations."""
     validation: ReconValidationConfig = field(default_factory=ReconValidationConfig)
+    input: ReconInputConfig = field(default_factory=ReconInputConfig)
+    """Streaming of training samples: prefetching, local shuffling, minimum epoch size."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def validate(self) -> "TrainReconConfig":
         """Validate the nested configs and the stage schedule; returns self so calls chain."""
         self.model.validate()
         self.losses.validate()
+        self.input.validate()
         self.training.validate()
         checks = [(bool(self.stages), "stages must not be empty"), (self.num_target_views >= 1, "num_target_views must be >= 1")]
         # LPIPS backbones pool an input down to nothing below 32 px (squeeze and alex; vgg needs 16).

@@ -44,6 +44,8 @@ def test_every_asset_becomes_one_orbit_or_one_error(sample_assets, rendered):
     summary = json.loads((out / "render_summary.json").read_text())
     assert summary["assets"] == 13 and summary["orbits_total"] == 10 and summary["errors_total"] == 3
     assert summary["duplicate_rows"] == 0 and summary["frames"] == 10 * 16 and summary["frames_per_second"] > 0
+    # Bad assets are input errors (rows above), never infrastructure failures retried by Ray.
+    assert summary["failures"]["infrastructure_failures"] == 0 and summary["failures"]["ids_dropped"] == 0
     assert "render-assets: 10 orbits and 3 errors" in result.stdout
     assert (out / "render_config.json").is_file()
 

@@ -281,3 +281,44 @@ def test_a_folder_of_images_is_an_input(tmp_path):
     inputs = read_inputs(tmp_path)
     assert len(inputs.ids) == 2 and not inputs.needs_text_to_image
     assert sorted(inputs.table.column("prompt").to_pylist()) == ["chelsea", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def infrastructure_faults(ray_local, video_model, tmp_path_factory):
+    """Eight prompts; a generation actor raises a CUDA error in its first batch and a writer an
+    OSError in its first batch, once each (config-driven fault hooks)."""
+    from vf3d.synthesis.failures import FAILURES_NAME
+    from vf3d.synthesis.synthesize import synthesize
+
+    root = tmp_path_factory.mktemp("infrastructure-faults")
+    prompts = root / "prompts.parquet"
+    rows = [{"id": f"f{index}", "prompt": f"a toy number {index}, studio photo"} for index in range(8)]
+    pq.write_table(pa.Table.from_pylist(rows), prompts)
+    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {
+        "fault": {"cuda_error_stage": "generate", "os_error_stage": "write", "error_after_batches": 0},
+        "rows_per_shard": 4,
+        # With no error budget a batch that were given up on would fail the run outright.
+        "failures": {"max_errored_blocks": 0},
+    })
+    summary = synthesize(prompts, video_model, root / "out", config, log=lambda line: None)
+    path = root / "out" / FAILURES_NAME
+    failures = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return root / "out", summary, failures, {row["id"] for row in rows}
+
+
+def test_a_cuda_error_in_generation_is_retried_not_written_as_errors(infrastructure_faults):
+    out, summary, failures, ids = infrastructure_faults
+    assert (out / ".fault-generate-cuda.fired").is_file()
+    assert [record["stage"] for record in failures if "CUDA error" in record["error"]] == ["generate"]
+    tables = table_ids(out)
+    assert tables["errors"] == [] and sorted(tables["orbits"] + tables["rejected"]) == sorted(ids)
+    assert summary["missing"] == 0 and summary["stages"]["generate"]["items"] == len(ids)
+
+
+def test_a_writer_oserror_is_retried_and_loses_nothing(infrastructure_faults):
+    out, summary, failures, ids = infrastructure_faults
+    assert (out / ".fault-write-oserror.fired").is_file()
+    assert [record["stage"] for record in failures if "OSError" in record["error"]] == ["write"]
+    every = [value for table in TABLES for value in table_ids(out)[table]]
+    assert sorted(every) == sorted(ids) and summary["duplicate_rows"] == 0 and summary["ids_in_two_tables"] == 0
+    assert not list(out.rglob(".*.partial"))

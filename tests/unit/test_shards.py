@@ -187,7 +187,7 @@ def test_partial_and_foreign_files_are_ignored_then_cleaned(tmp_path, records):
 
     assert shards.remove_partials(tmp_path) == 2
     assert shards.remove_partials(tmp_path) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "_errors", "notes.parquet"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "_errors", "_ids", "notes.parquet"])
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, records, monkeypatch):

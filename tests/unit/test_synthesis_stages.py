@@ -12,7 +12,8 @@ import pytest
 
 from vf3d import config as config_lib
 from vf3d.data import shards
-from vf3d.synthesis.stages import FilterOrbits, ForegroundMasks, GenerateOrbits, derived_seed, prepare_inputs
+from vf3d.synthesis.failures import FAILURES_NAME, FailureTracker, InfrastructureError, is_infrastructure_error
+from vf3d.synthesis.stages import EncodeOrbits, FilterOrbits, ForegroundMasks, GenerateOrbits, derived_seed, prepare_inputs
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,8 @@ def test_filter_keeps_a_real_orbit_and_rejects_a_static_one(debug_config, tmp_pa
     static = np.repeat(real[:1], 16, axis=0)
     batch = _orbit_batch(np.stack([real, static]))
     batch.update(ForegroundMasks(debug_config, str(tmp_path))(batch))
-    table = FilterOrbits(debug_config, str(tmp_path), "video-model")(batch)
+    assert "probe_views" not in batch  # no probe: the mask stage prepares nothing for a GPU
+    table = EncodeOrbits(debug_config, str(tmp_path), "video-model")(batch)
     rows = {row["id"]: row for row in table.to_pylist()}
     assert rows["o0"]["outcome"] == "kept" and rows["o0"]["reasons"] == []
     assert rows["o1"]["outcome"] == "rejected" and "static" in rows["o1"]["reasons"]
@@ -159,11 +161,68 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
 
     frames = np.stack([np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)])
     batch = _orbit_batch(frames)
-    batch.update(ForegroundMasks(debug_config, str(tmp_path))(batch))
     with_probe = config_lib.to_dict(config_lib.merge(config_lib.from_dict(config_lib.SynthesizeConfig, debug_config), {"filter": {"probe_path": str(tmp_path / "probe"), "min_score": 1.0}}))
     with pytest.raises(OSError):  # the recorded path is gone
         FilterOrbits(with_probe, str(tmp_path), "video-model")
     with_probe["filter"]["encoder_path"] = str(tmp_path / "dino-there")
-    row = FilterOrbits(with_probe, str(tmp_path), "video-model")(batch).to_pylist()[0]
+    batch.update(ForegroundMasks(with_probe, str(tmp_path))(batch))
+    # The GPU stage gets the probe's views ready-made (evenly spaced, as its encoder picks them).
+    assert batch["probe_views"].shape == (1, encoder_config.num_views, 32, 32, 3)
+    np.testing.assert_array_equal(batch["probe_views"][0][1], frames[0][16 // encoder_config.num_views])
+    scored = FilterOrbits(with_probe, str(tmp_path), "video-model")(batch)
+    assert "probe_views" not in scored and set(json.loads(scored["trace"][0])) == {"mask", "filter"}
+    row = EncodeOrbits(with_probe, str(tmp_path), "video-model")(scored).to_pylist()[0]
     assert row["outcome"] == "rejected" and "probe_score" in row["reasons"] and 0 < row["quality"] < 1
     assert json.loads(row["metadata"])["filter"]["min_score"] == 1.0
+
+
+@pytest.mark.parametrize(("error", "infrastructure"), [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
+    (RuntimeError("NCCL communicator was aborted on rank 0"), True),
+    (RuntimeError("uncorrectable ECC error encountered"), True),
+    (OSError(5, "Input/output error"), True),
+    (InfrastructureError("write: OSError"), True),
+    (RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu"), False),
+    (ValueError("first frame must be RGB"), False),
+    (RuntimeError("shape mismatch"), False),
+])
+def test_errors_are_sorted_into_input_and_infrastructure(error, infrastructure):
+    assert is_infrastructure_error(error) is infrastructure
+
+
+def test_torch_gpu_errors_and_pil_decoding_errors_are_classified_by_type():
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    assert is_infrastructure_error(torch.cuda.OutOfMemoryError("out of memory"))
+    assert Image is not None and not is_infrastructure_error(UnidentifiedImageError("cannot identify image file"))
+
+
+def test_an_infrastructure_error_fails_the_batch_not_its_rows(debug_config, tmp_path):
+    """An input error costs its row; a CUDA error raises (Ray retries the whole batch) and is
+    recorded for the run summary; a later success resets the actor's count of failures in a row."""
+    stage = ForegroundMasks(debug_config, str(tmp_path))
+    rows = [0, 1, 2]
+
+    def bad_input(indices):
+        if 1 in indices:
+            raise ValueError("model refuses row 1")
+        return indices
+
+    results, failures = stage.per_row(rows, bad_input)
+    assert results == [0, None, 2] and list(failures) == [1] and "ValueError" in failures[1]
+
+    def sick_gpu(indices):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        stage.per_row(rows, sick_gpu)
+    tracker = FailureTracker("generate", tmp_path, max_consecutive=3, actor="a1")
+    with pytest.raises(InfrastructureError, match="illegal memory access"):
+        tracker.call(stage.per_row, rows, sick_gpu)
+    assert tracker.consecutive == 1 and tracker.call(lambda: "ok") == "ok" and tracker.consecutive == 0
+    with pytest.raises(ValueError):
+        tracker.call(bad_input, [1])  # an input error escaping a stage is not counted as the machine's
+    records = [json.loads(line) for line in (tmp_path / FAILURES_NAME).read_text().splitlines()]
+    assert [(record["stage"], record["consecutive"], record["actor_exit"]) for record in records] == [("generate", 1, False)]

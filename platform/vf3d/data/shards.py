@@ -54,6 +54,9 @@ A shard directory:
                                                   scores in `quality` and `metadata`) with the
                                                   filter's `reasons`, so nothing is silently
                                                   dropped and rejects can be audited or labelled
+        _ids/                                     id manifests (vf3d.data.manifest): which ids
+                                                  each published file holds, so resuming reads
+                                                  them instead of every shard's id column
 
 The error table lives in `_errors/`, not `errors/`, because both `ray.data.read_parquet(out_dir)`
 and `pyarrow.dataset.dataset(out_dir)` skip paths starting with "_" or "." when they list a
@@ -61,9 +64,10 @@ directory: a plain `errors/` would be read as orbit rows with the wrong schema. 
 rejected orbits (`_rejected/`) out of training data and readers away from `.partial` files.
 
 Rows hold images, so row groups are small (`ROWS_PER_ROW_GROUP`) and readers can stream them.
-Decoding turns a row into float tensors (`decode_row`) or a Ray Data numpy batch into stacked
-arrays (`decode_batch`); `ViewSampler` then picks one training sample (source view + k targets on
-random backgrounds, reference.md §4). This module imports neither ray nor deepspeed.
+Decoding turns a row into float or uint8 tensors, all views or only chosen ones (`decode_row`), or
+a Ray Data numpy batch into stacked arrays (`decode_batch`); `ViewSampler` picks one training
+sample (source view + k targets on random backgrounds, reference.md §4), and its `choose` decides
+the views before anything is decoded. This module imports neither ray nor deepspeed.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+
+from vf3d.data import manifest as id_manifest
 
 FORMAT_VERSION = 1
 """Version written into every row; bump it when the meaning of a column changes."""
@@ -441,20 +447,30 @@ class OrbitShardWriter:
     file; the random tag keeps two writers of the same ids (a retried task racing its original)
     from writing into one partial file.
 
+    After each rename the writer appends the file's ids to its own id log in `_ids/`
+    (vf3d.data.manifest), which is what lets a resume skip reading every shard.
+
     Args:
         out_dir: the shard directory (created when missing).
         prefix: file-name prefix, e.g. "orbits", "render" or "synthetic".
         fsync: flush file and directory to disk before returning (slower; survives power loss,
             not only a killed process).
+        manifest: keep the id log (readers fall back to the shards' id columns without it).
     """
 
-    def __init__(self, out_dir: str | os.PathLike, prefix: str = "orbits", fsync: bool = False):
+    def __init__(self, out_dir: str | os.PathLike, prefix: str = "orbits", fsync: bool = False, manifest: bool = True):
         if not _PREFIX_PATTERN.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_PATTERN.pattern}, got {prefix!r}")
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.fsync = fsync
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log = id_manifest.ManifestLog(self.out_dir, fsync=fsync) if manifest else None
+
+    def close(self) -> None:
+        """Close the id log (optional: an unclosed log reads the same)."""
+        if self._log is not None:
+            self._log.close()
 
     def write(self, data: pa.Table | Iterable[OrbitRecord | Mapping[str, Any]]) -> Path | None:
         """Validate and write one shard.
@@ -476,7 +492,7 @@ class OrbitShardWriter:
             return None
         validate_table(table)
         table = table.select(ORBIT_SCHEMA.names).cast(ORBIT_SCHEMA).sort_by("id")
-        return _write_atomically(table, self.out_dir, self.prefix, self.fsync)
+        return _write_atomically(table, self.out_dir, self.prefix, self.fsync, self._log, "orbits")
 
     def write_errors(self, rows: Iterable[Mapping[str, Any]]) -> Path | None:
         """Write error rows {id, asset (optional), stage, reason} to `_errors/` (same naming and
@@ -488,7 +504,7 @@ class OrbitShardWriter:
         _check_schema(table, ERROR_SCHEMA)
         directory = self.out_dir / ERRORS_DIRNAME
         directory.mkdir(exist_ok=True)
-        return _write_atomically(table.sort_by("id"), directory, self.prefix, self.fsync)
+        return _write_atomically(table.sort_by("id"), directory, self.prefix, self.fsync, self._log, "errors")
 
     def write_rejected(self, table: pa.Table) -> Path | None:
         """Write rejected orbits (`REJECTED_SCHEMA`: orbit columns + `reasons`) to `_rejected/`,
@@ -502,10 +518,14 @@ class OrbitShardWriter:
         directory = self.out_dir / REJECTED_DIRNAME
         directory.mkdir(exist_ok=True)
         table = table.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA).sort_by("id")
-        return _write_atomically(table, directory, self.prefix, self.fsync)
+        return _write_atomically(table, directory, self.prefix, self.fsync, self._log, "rejected")
 
 
-def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool) -> Path:
+def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool, log: "id_manifest.ManifestLog | None" = None, table_name: str = "orbits") -> Path:
+    """Write `table` as `directory/<shard_file_name>` via a partial file and a rename, then record
+    its ids in `log`. The log entry comes after the rename: a kill in between leaves a shard
+    without an entry, which readers handle by reading its id column; the other order could leave
+    an entry for a file that never appeared, and that would claim ids nobody wrote."""
     name = shard_file_name(table.column("id").to_pylist(), prefix)
     final_path = directory / name
     partial_path = directory / f".{name}.{uuid.uuid4().hex[:8]}.partial"
@@ -529,6 +549,8 @@ def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool
     except BaseException:
         partial_path.unlink(missing_ok=True)
         raise
+    if log is not None:
+        log.append(table_name, name, table.column("id").combine_chunks())
     return final_path
 
 
@@ -564,12 +586,108 @@ def list_shard_files(directory: str | os.PathLike, table: str = "orbits") -> lis
     return sorted(path for path in folder.iterdir() if path.is_file() and _SHARD_NAME_PATTERN.fullmatch(path.name))
 
 
+TABLES = tuple(_SCHEMAS)
+"""The tables of a shard directory: "orbits", "errors", "rejected"."""
+
+
+@dataclass
+class ShardIndex:
+    """Which ids every complete shard file of a directory holds, from the id manifests (and the
+    shards' id columns where no manifest entry exists).
+
+    Attributes:
+        entries: one row per listed shard file, `vf3d.data.manifest.MANIFEST_SCHEMA`:
+            table (string), file (string, the name inside the table's folder), ids (list<string>).
+        manifests: names of the manifest files read into `entries` (a later `index_shards` with
+            `previous=` reads only newer ones).
+        read_from_shards: how many shard files had no manifest entry and were read directly.
+    """
+
+    entries: pa.Table
+    manifests: list[str]
+    read_from_shards: int = 0
+
+    def ids(self, table: str = "orbits") -> pa.Array:
+        """string [rows of `table`], every id of every file of `table` (with repeats, if any)."""
+        rows = self.entries.filter(pc.equal(self.entries.column("table"), table))
+        return pc.list_flatten(rows.column("ids")).combine_chunks().cast(pa.string())
+
+    def files(self, table: str) -> list[str]:
+        """Names of the indexed files of `table`."""
+        return self.entries.filter(pc.equal(self.entries.column("table"), table)).column("file").to_pylist()
+
+    def files_holding(self, table: str, ids: "id_manifest.IdSet") -> list[str]:
+        """Names of the files of `table` holding at least one of `ids`."""
+        rows = self.entries.filter(pc.equal(self.entries.column("table"), table))
+        if not rows.num_rows or not len(ids):
+            return []
+        hits = ids.contains(pc.list_flatten(rows.column("ids")))
+        parents = pc.list_parent_indices(rows.column("ids")).to_numpy(zero_copy_only=False)
+        return [rows.column("file")[int(index)].as_py() for index in np.unique(parents[hits])]
+
+
+def index_shards(directory: str | os.PathLike, tables: Sequence[str] = TABLES, previous: ShardIndex | None = None, threads: int = 16) -> ShardIndex:
+    """Index the complete shard files of `tables`: one listing of each table's folder, the id
+    manifests, and the id column of any listed file without a manifest entry (every file of a
+    directory written before manifests existed), read on `threads` threads.
+
+    Cost: the listing plus the manifests, O(files + ids) in memory but a few files read; the
+    shards themselves are read only when they have no entry. Entries for files no longer listed
+    (moved to `_errors/_retried/`) are dropped.
+
+    Args:
+        directory: the shard directory.
+        tables: which tables to index.
+        previous: an index of the same directory from earlier in this process: its entries are
+            kept (when their files are still listed) and its manifest files are not read again.
+        threads: parallel readers for shards without an entry (I/O-bound: more than cores helps on
+            network filesystems).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    listed = {(table, path.name): path for table in tables for path in list_shard_files(directory, table)}
+    read, names = id_manifest.read_manifests(directory, skip=set(previous.manifests) if previous else frozenset())
+    entries = pa.concat_tables([previous.entries, read]) if previous is not None else read
+    entries = entries.filter(pc.is_in(entries.column("table"), value_set=pa.array(list(tables), pa.string())))
+    keys = pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/")
+    listed_keys = pa.array([f"{table}/{name}" for table, name in listed], pa.string())
+    entries = entries.filter(pc.is_in(keys, value_set=listed_keys))
+    keys = pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/")
+    # A file recorded twice (a retried batch rewrote the same ids) is kept once.
+    codes = pc.dictionary_encode(keys).combine_chunks().indices.to_numpy(zero_copy_only=False) if entries.num_rows else np.zeros(0, np.int64)
+    _, first = np.unique(codes, return_index=True)
+    entries = entries.take(pa.array(np.sort(first)))
+    covered = set(pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/").to_pylist())
+    missing = [(table, name, path) for (table, name), path in listed.items() if f"{table}/{name}" not in covered]
+
+    def read_one(item: tuple[str, str, Path]) -> tuple[str, str, pa.Array]:
+        table, name, path = item
+        return table, name, pq.read_table(path, columns=["id"]).column("id").combine_chunks().cast(pa.string())
+
+    if missing:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(missing)))) as pool:
+            found = list(pool.map(read_one, missing))
+        offsets = np.concatenate([[0], np.cumsum([len(ids) for _, _, ids in found])]).astype(np.int32)
+        flat = pa.concat_arrays([ids for _, _, ids in found]) if found else pa.array([], pa.string())
+        extra = pa.table([pa.array([table for table, _, _ in found], pa.string()), pa.array([name for _, name, _ in found], pa.string()), pa.ListArray.from_arrays(pa.array(offsets), flat)], schema=id_manifest.MANIFEST_SCHEMA)
+        entries = pa.concat_tables([entries.cast(id_manifest.MANIFEST_SCHEMA), extra])
+    return ShardIndex(entries=entries.cast(id_manifest.MANIFEST_SCHEMA).combine_chunks(), manifests=(previous.manifests if previous else []) + names, read_from_shards=len(missing))
+
+
+def compact_index(directory: str | os.PathLike, index: ShardIndex) -> ShardIndex:
+    """Fold `index` into one manifest file and remove the manifest files it was read from, so the
+    next resume reads one file (and no shard). Only while holding the directory's lease (see
+    vf3d.synthesis.lease): another run's writers could be appending to those manifests."""
+    if index.entries.num_rows == 0 and not index.manifests:
+        return index
+    name = id_manifest.write_index(directory, index.entries, index.manifests)
+    return ShardIndex(entries=index.entries, manifests=[name], read_from_shards=index.read_from_shards)
+
+
 def read_ids(directory: str | os.PathLike, table: str = "orbits") -> set[str]:
-    """Ids of every row of `table` in a shard directory, reading only the `id` column."""
-    ids: set[str] = set()
-    for path in list_shard_files(directory, table):
-        ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-    return ids
+    """Ids of every row of `table` in a shard directory, from the id manifests (the `id` column of
+    shards without one)."""
+    return set(index_shards(directory, tables=(table,)).ids(table).to_pylist())
 
 
 def read_table(source: str | os.PathLike | Iterable[str | os.PathLike], columns: Sequence[str] | None = None, table: str = "orbits") -> pa.Table:
@@ -614,7 +732,7 @@ def remove_partials(directory: str | os.PathLike) -> int:
     Run it when no writer is active on the directory (e.g. when a stage starts): a live writer's
     partial file looks the same as a dead one's.
     """
-    removed = 0
+    removed = id_manifest.remove_partials(directory)
     for folder in (_table_directory(directory, table) for table in _SCHEMAS):
         if folder.is_dir():
             for path in folder.glob(".*.partial"):
@@ -628,19 +746,33 @@ def remove_partials(directory: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Decode one orbit row (a dict from Arrow `to_pylist`, or one row of a numpy batch).
+def decode_row(row: Mapping[str, Any], views: Sequence[int] | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Decode one orbit row (a dict from Arrow `to_pylist`, one row of a numpy batch, or one row of
+    an Arrow batch whose list cells are pyarrow scalars).
 
+    Args:
+        row: the encoded orbit.
+        views: indices of the views to decode, in the order wanted (repeats allowed); None decodes
+            all V. Only these images are decoded (a trainer needs 4 of 16 views), so bytes of the
+            other views are never touched, corrupt or not.
+        dtype: torch.float32 (values in [0, 1]) or torch.uint8 (the stored 0..255, 4× smaller:
+            what a data pipeline should move; convert where the model runs).
     Returns:
-        the row's other columns unchanged (metadata stays a JSON string), plus
-        frames float32 [V, 3, H, W] in [0, 1] (on white), masks float32 [V, 1, H, W] in [0, 1],
-        cameras float32 [V, 25].
+        the row's other columns unchanged (metadata stays a JSON string), plus, with n = len(views)
+        (V when None): frames [n, 3, H, W] (on white), masks [n, 1, H, W], cameras float32 [n, 25].
     Raises:
         ShardFormatError naming the row id and column when an image cannot be decoded, has the
-        wrong mode or size, or V differs between frames, masks and cameras.
+        wrong mode or size, a view index is out of range, or V differs between frames, masks and
+        cameras.
     """
-    decoded = _decode_arrays(row)
-    return {**{name: value for name, value in row.items() if name not in _DECODED_COLUMNS}, **{name: torch.from_numpy(decoded[name]) for name in _DECODED_COLUMNS}}
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
+    decoded = _decode_arrays(row, views)
+    frames, masks = torch.from_numpy(decoded["frames"]), torch.from_numpy(decoded["masks"])
+    if dtype == torch.float32:
+        frames, masks = frames.float() / 255, masks.float() / 255
+    arrays = {"frames": frames, "masks": masks, "cameras": torch.from_numpy(decoded["cameras"])}
+    return {**{name: value for name, value in row.items() if name not in _DECODED_COLUMNS}, **arrays}
 
 
 def decode_batch(batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
@@ -656,6 +788,8 @@ def decode_batch(batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
     """
     size = len(batch["frames"])
     decoded = [_decode_arrays({name: column[index] for name, column in batch.items()}) for index in range(size)]
+    for row in decoded:
+        row["frames"], row["masks"] = row["frames"].astype(np.float32) / 255, row["masks"].astype(np.float32) / 255
     output = {name: np.asarray(column) for name, column in batch.items() if name not in _DECODED_COLUMNS}
     stackable = size > 0 and all(row["frames"].shape == decoded[0]["frames"].shape for row in decoded)
     for name in _DECODED_COLUMNS:
@@ -670,21 +804,25 @@ def decode_batch(batch: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
     return output
 
 
-def _decode_arrays(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """frames float32 [V, 3, H, W], masks float32 [V, 1, H, W], cameras float32 [V, 25] of a row."""
+def _decode_arrays(row: Mapping[str, Any], views: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """frames uint8 [n, 3, H, W], masks uint8 [n, 1, H, W], cameras float32 [n, 25] of a row's
+    `views` (all V when None; n = len(views))."""
     row_id = row.get("id")
     for name in _DECODED_COLUMNS:
         if row.get(name) is None:
             raise ShardFormatError(f"row {row_id!r}: column {name!r} is missing")
-    views = len(row["frames"])
-    if views < 1:
+    count = len(row["frames"])
+    if count < 1:
         raise ShardFormatError(f"row {row_id!r}: column 'frames' holds no views")
     for name in ("masks", "cameras"):
-        if len(row[name]) != views:
-            raise ShardFormatError(f"row {row_id!r}: column {name!r} holds {len(row[name])} views but 'frames' holds {views}")
+        if len(row[name]) != count:
+            raise ShardFormatError(f"row {row_id!r}: column {name!r} holds {len(row[name])} views but 'frames' holds {count}")
+    picked = list(range(count)) if views is None else [int(view) for view in views]
+    if not picked or any(not 0 <= view < count for view in picked):
+        raise ShardFormatError(f"row {row_id!r}: views {picked} are not a non-empty selection of its {count} views")
 
-    frames = _decode_images(row["frames"], "RGB", row_id, "frames")
-    masks = _decode_images(row["masks"], "L", row_id, "masks")
+    frames = _decode_images([row["frames"][view] for view in picked], "RGB", row_id, "frames", picked)
+    masks = _decode_images([row["masks"][view] for view in picked], "L", row_id, "masks", picked)
     if frames.shape[:3] != masks.shape:
         raise ShardFormatError(f"row {row_id!r}: masks are {masks.shape[1:]} pixels but frames are {frames.shape[1:3]}")
     resolution = row.get("resolution")
@@ -692,31 +830,34 @@ def _decode_arrays(row: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise ShardFormatError(f"row {row_id!r}: frames are {frames.shape[1:3]} pixels but column 'resolution' is {resolution}")
 
     try:
-        cameras = np.stack([np.asarray(camera, dtype=np.float32) for camera in row["cameras"]])
+        cameras = np.stack([np.asarray(_plain(row["cameras"][view]), dtype=np.float32) for view in picked])
     except (TypeError, ValueError) as error:
         raise ShardFormatError(f"row {row_id!r}: column 'cameras' is not a list of {CAMERA_DIM}-vectors ({error})") from error
-    if cameras.shape != (views, CAMERA_DIM):
-        raise ShardFormatError(f"row {row_id!r}: column 'cameras' has shape {cameras.shape}, expected ({views}, {CAMERA_DIM})")
+    if cameras.shape != (len(picked), CAMERA_DIM):
+        raise ShardFormatError(f"row {row_id!r}: column 'cameras' has shape {cameras.shape}, expected ({len(picked)}, {CAMERA_DIM})")
 
-    return {
-        "frames": np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / 255,
-        "masks": masks[:, None].astype(np.float32) / 255,
-        "cameras": cameras,
-    }
+    return {"frames": np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), "masks": masks[:, None], "cameras": cameras}
 
 
-def _decode_images(encoded: Sequence[Any], mode: str, row_id: Any, column: str) -> np.ndarray:
-    """V encoded images of one column → uint8 [V, H, W, 3] (mode "RGB") or [V, H, W] ("L")."""
-    images = [_decode_image(data, mode, row_id, column, view) for view, data in enumerate(encoded)]
-    for view, image in enumerate(images):
+def _plain(value: Any) -> Any:
+    """A pyarrow scalar (a cell of an Arrow batch) as its Python value; anything else unchanged."""
+    return value.as_py() if isinstance(value, pa.Scalar) else value
+
+
+def _decode_images(encoded: Sequence[Any], mode: str, row_id: Any, column: str, views: Sequence[int]) -> np.ndarray:
+    """n encoded images of one column (orbit views `views`) → uint8 [n, H, W, 3] (mode "RGB") or
+    [n, H, W] ("L")."""
+    images = [_decode_image(data, mode, row_id, column, view) for view, data in zip(views, encoded)]
+    for view, image in zip(views, images):
         if image.shape != images[0].shape:
-            raise ShardFormatError(f"row {row_id!r}, column {column!r}, view {view}: {image.shape[:2]} pixels, view 0 has {images[0].shape[:2]}")
+            raise ShardFormatError(f"row {row_id!r}, column {column!r}, view {view}: {image.shape[:2]} pixels, view {views[0]} has {images[0].shape[:2]}")
     return np.stack(images)
 
 
 def _decode_image(data: Any, mode: str, row_id: Any, column: str, view: int) -> np.ndarray:
     """One PNG or WebP image, its format told by its first bytes, that must decode to `mode`."""
     where = f"row {row_id!r}, column {column!r}, view {view}"
+    data = _plain(data)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ShardFormatError(f"{where}: expected encoded image bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -793,6 +934,30 @@ class ViewSampler:
         digest = hashlib.sha256(f"{self.seed}\n{epoch}\n{row_id}".encode("utf-8")).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a non-negative int64
 
+    def choose(self, row_id: str, num_views: int, num_orbit_views: int | None = None, generator: torch.Generator | None = None, epoch: int = 0) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Which views a sample of an orbit uses, decided before anything is decoded.
+
+        Args:
+            row_id: the orbit's id (seeds the default generator).
+            num_views: V, the orbit's view count; num_orbit_views: its leading orbit views (None: V).
+            generator, epoch: as in `__call__`, which draws exactly these numbers.
+        Returns:
+            (source view index, target view indices int64 [k], target backgrounds float32 [k, 3]).
+        """
+        k = self.num_target_views
+        if num_views < k:
+            raise ValueError(f"row {row_id!r}: {num_views} views cannot give {k} distinct target views")
+        if generator is None:
+            generator = self.generator_for(row_id, epoch)
+        orbit_views = int(num_orbit_views or num_views)
+        source_candidates = orbit_views if self.source_from_orbit_only else num_views
+        source_view = int(torch.randint(source_candidates, (), generator=generator))
+        others = torch.tensor([view for view in range(num_views) if view != source_view], dtype=torch.long)
+        pool = others if len(others) >= k else torch.arange(num_views)
+        target_views = pool[torch.randperm(len(pool), generator=generator)[:k]]
+        backgrounds = self.background_colors[torch.randint(len(self.background_colors), (k,), generator=generator)]
+        return source_view, target_views, backgrounds
+
     def __call__(self, row: Mapping[str, Any], generator: torch.Generator | None = None, epoch: int = 0) -> dict[str, torch.Tensor]:
         """Sample the views of one training example.
 
@@ -810,20 +975,7 @@ class ViewSampler:
         frames = torch.as_tensor(row["frames"], dtype=torch.float32)
         masks = torch.as_tensor(row["masks"], dtype=torch.float32)
         cameras = torch.as_tensor(row["cameras"], dtype=torch.float32)
-        views, k = frames.shape[0], self.num_target_views
-        if views < k:
-            raise ValueError(f"row {row.get('id')!r}: {views} views cannot give {k} distinct target views")
-        if generator is None:
-            generator = self.generator_for(str(row["id"]), epoch)
-
-        num_orbit_views = int(row.get("num_orbit_views") or views)
-        source_candidates = num_orbit_views if self.source_from_orbit_only else views
-        source_view = int(torch.randint(source_candidates, (), generator=generator))
-        others = torch.tensor([view for view in range(views) if view != source_view], dtype=torch.long)
-        pool = others if len(others) >= k else torch.arange(views)
-        target_views = pool[torch.randperm(len(pool), generator=generator)[:k]]
-
-        backgrounds = self.background_colors[torch.randint(len(self.background_colors), (k,), generator=generator)]
+        source_view, target_views, backgrounds = self.choose(str(row.get("id")), frames.shape[0], row.get("num_orbit_views"), generator, epoch)
         target_frames, target_masks = frames[target_views], masks[target_views]
         target_images = (target_frames - (1 - target_masks) * (1 - backgrounds[:, :, None, None])).clamp(0, 1)
         return {

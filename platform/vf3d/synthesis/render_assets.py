@@ -4,8 +4,12 @@
                              shard (or in the errors table), clean up partial files
     RenderOrbits (actors)    load + normalise + render each asset on an elastic actor pool
                              (min/max actors from the config); bad assets become error rows
-    WriteShards (tasks)      write finished orbits / errors as Parquet files named by their ids,
-                             atomically: a file either holds its whole batch or does not exist
+    WriteShards (actors)     a pool of writers (writer_pool): finished orbits / errors as Parquet
+                             files named by their ids, atomically: a file either holds its whole
+                             batch or does not exist, and two writers never pick the same name
+
+Failures are sorted as in synthesize (vf3d.synthesis.failures): a bad asset is an error row; an
+infrastructure error (EGL/CUDA, storage OSError) makes Ray retry the batch, finitely.
 
 Exactly once: an id is "done" only when the file holding it is complete, a rerun skips done ids
 before any rendering, and file names come from the ids they hold, so a retried write replaces
@@ -28,6 +32,9 @@ from vf3d import config as config_lib
 from vf3d.config import RenderAssetsConfig
 from vf3d.data import shards
 from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
+from vf3d.data.manifest import IdSet
+from vf3d.synthesis.lease import holding_lease
+from vf3d.synthesis.failures import failure_summary
 
 RENDER_STAGE = "render"
 
@@ -44,26 +51,34 @@ class RenderPlan:
 
 
 def plan_render(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> RenderPlan:
-    """List the assets under `assets_dir` that have no finished orbit (nor error) in `out_dir`."""
+    """List the assets under `assets_dir` that have no finished orbit (nor error) in `out_dir`.
+
+    The finished ids come from the id manifests (vf3d.data.manifest; shards without one are read),
+    folded into one manifest file for the next resume: call it holding `out_dir`'s lease."""
     # Known 3D formats we cannot read are listed too, so each gets an error row with its reason.
     paths = find_assets(assets_dir, [*config.extensions, *UNSUPPORTED_3D_SUFFIXES])
     captions = load_captions(assets_dir)
     shards.remove_partials(out_dir)
-    rendered = shards.read_ids(out_dir, table="orbits")
-    failed = set() if config.retry_errors else shards.read_ids(out_dir, table="errors")
+    index = shards.compact_index(out_dir, shards.index_shards(out_dir, tables=("orbits", "errors")))
+    rendered = IdSet(index.ids("orbits"))
+    failed = IdSet(None if config.retry_errors else index.ids("errors"))
+    relatives = [path.relative_to(assets_dir).as_posix() for path in paths]
+    identifiers = [asset_id(relative) for relative in relatives]
+    is_rendered = rendered.contains(identifiers)
+    is_failed = failed.contains(identifiers)
     pending, seen, duplicates = [], set(), []
-    for path in paths:
-        relative = path.relative_to(assets_dir).as_posix()
-        identifier = asset_id(relative)
+    already_rendered = already_failed = 0
+    for path, relative, identifier, done, fail in zip(paths, relatives, identifiers, is_rendered, is_failed):
         if identifier in seen:  # two paths hashing alike would break exactly-once; refuse loudly
             duplicates.append(relative)
             continue
         seen.add(identifier)
-        if identifier in rendered or identifier in failed:
+        already_rendered += int(done)
+        already_failed += int(fail and not done)
+        if done or fail:
             continue
         pending.append({"id": identifier, "asset": relative, "prompt": caption_for(path, assets_dir, captions)})
-    done = seen & rendered
-    return RenderPlan(pending=pending, total=len(seen), already_rendered=len(done), already_failed=len(seen & failed - done), duplicate_ids=duplicates)
+    return RenderPlan(pending=pending, total=len(seen), already_rendered=already_rendered, already_failed=already_failed, duplicate_ids=duplicates)
 
 
 ERROR_COLUMN = "error"
@@ -77,14 +92,22 @@ class RenderOrbits:
     that cannot be loaded or rendered becomes a row with its reason instead of failing the run.
     """
 
-    def __init__(self, assets_dir: str, config: dict[str, Any]) -> None:
+    def __init__(self, assets_dir: str, config: dict[str, Any], out_dir: str = ".") -> None:
         from vf3d.data.orbit_renderer import OrbitRenderer
-
+        from vf3d.synthesis.cluster import require_usable_gpus
+        from vf3d.synthesis.failures import FailureTracker, actor_name
+        
+        # EGL renders on the GPU when the pool assigns one: fail at start when CUDA cannot use it.
+        require_usable_gpus("render-assets RenderOrbits")
         self.assets_dir = Path(assets_dir)
         self.config = config_lib.from_dict(RenderAssetsConfig, config)
         self.renderer = OrbitRenderer(self.config.render.resolution, ambient=self.config.render.ambient)
+        self.failures = FailureTracker(RENDER_STAGE, out_dir, self.config.failures.max_consecutive_failures, actor_name())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return self.failures.call(self._call, batch)
+
+    def _call(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from vf3d.data.assets import AssetError, load_asset
         from vf3d.data.orbit_renderer import render_orbit
 
@@ -124,12 +147,21 @@ class RenderOrbits:
 
 
 class WriteShards:
-    """Ray Data stage: a batch of rendered rows → one orbit file and/or one error file."""
+    """Ray Data stage, on a pool of writers: a batch of rendered rows → one orbit file and/or one
+    error file (named by their ids: writers never collide, a retried batch rewrites the same
+    files). A storage OSError is retried by Ray (`failures`), never written as a row's error."""
 
-    def __init__(self, out_dir: str) -> None:
+    def __init__(self, out_dir: str, config: dict[str, Any] | None = None) -> None:
+        from vf3d.synthesis.failures import FailureTracker, actor_name
+        
+        failures = config_lib.from_dict(RenderAssetsConfig, config or {}).failures
         self.writer = shards.OrbitShardWriter(out_dir)
+        self.failures = FailureTracker("write", out_dir, failures.max_consecutive_failures, actor_name())
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
+        return self.failures.call(self._call, batch)
+
+    def _call(self, batch: pa.Table) -> dict[str, list]:
         failed = batch[ERROR_COLUMN].is_valid()
         orbits = batch.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
         errors = batch.filter(failed)
@@ -139,8 +171,10 @@ class WriteShards:
         return {"orbits": [len(orbits)], "frames": [frames or 0], "errors": [len(errors)]}
 
 
+@holding_lease("render-assets")
 def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, log=print) -> dict[str, Any]:
-    """Run the pipeline on the connected Ray cluster; returns (and writes) the run summary."""
+    """Run the pipeline on the connected Ray cluster; returns (and writes) the run summary.
+    Holds `out_dir`'s lease throughout (a second run on it refuses, naming this one)."""
     import ray
 
     config = config.validate()
@@ -154,22 +188,35 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
         raise config_lib.ConfigError(f"asset ids collide for {plan.duplicate_ids[:3]}: rename those files")
     log(f"{plan.total} assets under {assets_dir}: {plan.already_rendered} already rendered, {plan.already_failed} failed before, {len(plan.pending)} to render")
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     totals = {"orbits": 0, "frames": 0, "errors": 0}
     if plan.pending:
-        pool = config.pool
-        # Small blocks keep every actor busy and let finished batches reach the writer early.
-        dataset = ray.data.from_items(plan.pending, override_num_blocks=max(1, min(len(plan.pending) // pool.batch_size, 10_000)))
-        rendered = dataset.map_batches(
-            RenderOrbits,
-            fn_constructor_kwargs={"assets_dir": str(assets_dir), "config": config_lib.to_dict(config)},
-            batch_size=pool.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus,
-            batch_format="numpy",
-        )
-        written = rendered.map_batches(WriteShards, fn_constructor_kwargs={"out_dir": str(out_dir)}, batch_size=config.rows_per_shard, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_format="pyarrow")
+        from vf3d.synthesis.failures import failure_policy, remote_args
+
+        pool, writers, as_dict = config.pool, config.writer_pool, config_lib.to_dict(config)
+        retries = remote_args(config.failures)
+        with failure_policy(config.failures):  # bounded retries of infrastructure errors, an error budget
+            # Small blocks keep every actor busy and let finished batches reach the writers early.
+            dataset = ray.data.from_items(plan.pending, override_num_blocks=max(1, min(len(plan.pending) // pool.batch_size, 10_000)))
+            rendered = dataset.map_batches(
+                RenderOrbits,
+                fn_constructor_kwargs={"assets_dir": str(assets_dir), "config": as_dict, "out_dir": str(out_dir)},
+                batch_size=pool.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
+                num_cpus=pool.num_cpus,
+                num_gpus=pool.num_gpus,
+                batch_format="numpy",
+                **retries,
+            )
+            written = rendered.map_batches(
+                WriteShards,
+                fn_constructor_kwargs={"out_dir": str(out_dir), "config": as_dict},
+                batch_size=config.rows_per_shard,
+                compute=ray.data.ActorPoolStrategy(min_size=writers.min_actors, max_size=writers.max_actors),
+                num_cpus=writers.num_cpus,
+                batch_format="pyarrow",
+                **retries,
+            )
         for row in written.iter_rows():
             for key in totals:
                 totals[key] += int(row[key])
@@ -192,6 +239,7 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
         "frames_per_second": round(totals["frames"] / seconds, 2) if seconds > 0 and totals["frames"] else 0.0,
         "views_per_orbit": config.render.num_views + config.render.num_random_views,
         "resolution": config.render.resolution,
+        "failures": failure_summary(out_dir, started_at, len(plan.pending), totals["orbits"] + totals["errors"], config.failures.max_errored_blocks),
     }
     (out_dir / "render_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(

@@ -4,10 +4,17 @@
                                 derive each id's seed and elevation; bad inputs become error rows
     FirstFrames (actors)        text-to-image first frame, or the given image recentred on white
     GenerateOrbits (actors)     first frame + prompt + elevation → V-view orbit and its cameras
-    ForegroundMasks (actors)    masks of the views against the white background
-    FilterOrbits (actors)       heuristics + linear probe on frozen DINOv2 features → kept or
-                                rejected, encoded as orbit-shard rows
-    WriteSynthesized (1 actor)  orbits / rejected / errors, each to its own table, atomically
+    ForegroundMasks (CPU)       masks of the views against the white background, the heuristics'
+                                statistics and reasons, and the views the probe reads
+    FilterOrbits (GPU)          linear probe on frozen DINOv2 features of those views only (left
+                                out without a probe)
+    EncodeOrbits (CPU)          kept or rejected, PNG-encoded as orbit-shard rows
+    WriteSynthesized (pool)     orbits / rejected / errors, each to its own table, atomically
+
+GPU actors do GPU work only: everything a GPU would wait on (masks, heuristics, PNG encoding,
+Parquet writing) runs on autoscaling CPU pools. Failures are sorted (vf3d.synthesis.failures):
+an input error is its row's outcome, an infrastructure error (CUDA, NCCL, ECC, GPU out of memory,
+storage) makes Ray retry the batch and, repeated, restart the actor.
 
 Every row carries `error` and `error_stage` ("" while it is healthy): a row that failed passes
 through the later stages untouched and is written as an error row, so nothing is lost. Each stage
@@ -33,9 +40,12 @@ import pyarrow.compute as pc
 from vf3d import config as config_lib
 from vf3d.config import SynthesizeConfig
 from vf3d.data import shards
+from vf3d.synthesis.failures import FailureTracker, actor_name, is_infrastructure_error, maybe_fire_fault, short_error
 
 STAGES = ("first_frame", "generate", "mask", "filter")
 """Model stages in pipeline order (each on its own actor pool); "prepare" runs as plain tasks."""
+PIPELINE_STAGES = (*STAGES, "encode")
+"""Every stage that records its time in the rows' traces (STAGES plus the CPU encoding pool)."""
 FAULT_MARKER = ".fault-{stage}.fired"
 """File in the output directory recording that a configured fault already fired (it fires once)."""
 
@@ -94,18 +104,25 @@ def _read_image(value: Any, images_root: str) -> tuple[bytes, str]:
     return (data, "") if data else (b"", f"image is empty (0 bytes): {path}")
 
 
-def prepare_inputs(batch: pa.Table, done_ids: pa.Array, config: dict[str, Any], images_root: str) -> pa.Table:
+def prepare_inputs(batch: pa.Table, done_ids: "IdSet | pa.Array", config: dict[str, Any], images_root: str) -> pa.Table:
     """Input rows (id, prompt, optional image / elevation) → the pipeline's working rows.
 
     Rows whose id is in `done_ids` (finished in an earlier run) are dropped here, before any model
-    runs. `done_ids` is an Arrow string array rather than a Python set: with millions of finished
-    ids, every task deserialises it without copying instead of unpickling millions of strings.
+    runs. `done_ids` is a `vf3d.data.manifest.IdSet`, built once at planning: its buffers
+    deserialise without copying and each batch probes its sorted hashes (O(batch · log n)), where
+    `pc.is_in` would rebuild a hash table of every finished id for every batch. A plain Arrow
+    string array (small sets, tests) is filtered with `pc.is_in`.
     Returns columns id, prompt, elevation (degrees), elevation_given, seed, image (encoded bytes,
     b"" when none), error, error_stage, trace.
     """
+    from vf3d.data.manifest import IdSet
+
     synthesize = config_lib.from_dict(SynthesizeConfig, config)
     batch = batch.set_column(batch.schema.get_field_index("id"), "id", batch.column("id").cast(pa.string()))
-    if len(done_ids):
+    if isinstance(done_ids, IdSet):
+        if len(done_ids):
+            batch = batch.filter(pa.array(~done_ids.contains(batch.column("id"))))
+    elif len(done_ids):
         batch = batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=done_ids)))
     names = set(batch.column_names)
     ids = batch.column("id").to_pylist()
@@ -150,18 +167,20 @@ def _quiet_model_loading() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _short_error(error: BaseException) -> str:
-    """One line naming the exception, bounded (CUDA errors can run to pages)."""
-    return " ".join(f"{type(error).__name__}: {error}".split())[:500]
+_short_error = short_error
 
 
 class _ModelStage:
-    """Shared machinery: device and precision, per-row error isolation, trace, fault injection.
+    """Shared machinery: device and precision, failure classes, trace, fault injection.
 
     Subclasses set `stage`, load their model in `__init__` and implement `process(batch, rows)`,
     which computes new columns for the healthy rows (`rows`: their indices) and returns
     ({column: [values per healthy row]}, {row index: reason} for rows that failed).
     `placeholders(batch)` gives the values error rows carry in the new columns.
+
+    Input errors (anything `is_infrastructure_error` does not claim) become the row's reason;
+    infrastructure errors leave the stage through `FailureTracker`: the batch is retried by Ray,
+    and an actor that fails `failures.max_consecutive_failures` batches in a row exits.
     """
 
     stage: str = ""
@@ -170,17 +189,22 @@ class _ModelStage:
         import ray
         import torch
 
+        from vf3d.synthesis.cluster import require_usable_gpus
+
         self.config = config_lib.from_dict(SynthesizeConfig, config)
         self.out_dir = Path(out_dir)
         self.batches_done = 0
+        # Any stage may be given GPUs by its pool's config; one that CUDA cannot use fails here,
+        # at start, instead of running at CPU speed on a GPU's reservation.
+        require_usable_gpus(f"synthesize stage {self.stage!r}")
         # Outside Ray (tests, a bare loop) a stage is a plain object on this process's devices.
         in_ray = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-        # An actor id is 24 unique hex digits followed by the job id: keep the unique part.
-        self.actor = ray.get_runtime_context().get_actor_id()[:12] if in_ray else f"pid{os.getpid()}"
+        self.actor = actor_name()
         uses_gpu = bool(ray.get_gpu_ids()) if in_ray else True
         self.device = torch.device("cuda" if torch.cuda.is_available() and uses_gpu else "cpu")
         precision = self.config.generation.precision
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision in ("auto", "bf16") else None
+        self.failures = FailureTracker(self.stage, self.out_dir, self.config.failures.max_consecutive_failures, self.actor)
 
     def autocast(self):
         """bf16 autocast on GPUs (weights stay fp32), nothing on the CPU."""
@@ -194,6 +218,11 @@ class _ModelStage:
 
     def _maybe_inject_fault(self) -> None:
         fault = self.config.fault
+        if self.batches_done == fault.error_after_batches:
+            if fault.cuda_error_stage == self.stage:
+                maybe_fire_fault(self.out_dir, self.stage, "cuda")
+            if fault.os_error_stage == self.stage:
+                maybe_fire_fault(self.out_dir, self.stage, "oserror")
         if fault.kill_stage != self.stage or self.batches_done != fault.after_batches:
             return
         marker = self.out_dir / FAULT_MARKER.format(stage=self.stage)
@@ -206,6 +235,9 @@ class _ModelStage:
         os._exit(1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.failures.call(self._call, batch)
+
+    def _call(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         self._maybe_inject_fault()
         errors = [str(value) for value in batch["error"]]
@@ -218,7 +250,7 @@ class _ModelStage:
             for index, value in zip(healthy, columns.get(name, [])):
                 if value is not None:  # None: the row failed here and keeps the placeholder
                     values[index] = value
-            output[name] = np.stack(values) if isinstance(placeholder, np.ndarray) else np.array(values, dtype=object)
+            output[name] = np.stack(values) if isinstance(placeholder, np.ndarray) else np.array(values, dtype=object if not isinstance(placeholder, float) else np.float64)
         stages = [str(value) for value in batch["error_stage"]]
         for index, reason in failures.items():
             errors[index], stages[index] = reason, self.stage
@@ -243,11 +275,14 @@ class _ModelStage:
         raise NotImplementedError
 
     def per_row(self, rows: list[int], on_batch) -> tuple[list, dict[int, str]]:
-        """Run `on_batch(rows)` → list of results; if the batch raises, retry row by row so one
-        bad input costs only its own row (reason recorded), not its batch-mates'."""
+        """Run `on_batch(rows)` → list of results; if the batch raises an input error, retry row
+        by row so one bad input costs only its own row (reason recorded), not its batch-mates'.
+        An infrastructure error propagates (the batch is retried whole, no row is marked)."""
         try:
             return on_batch(rows), {}
-        except Exception as error:  # noqa: BLE001 - any failure of a model call is a row's outcome
+        except Exception as error:  # noqa: BLE001 - sorted into input and infrastructure errors
+            if is_infrastructure_error(error):
+                raise
             if len(rows) == 1:
                 return [None], {rows[0]: _short_error(error)}
         results, failures = [], {}
@@ -255,6 +290,8 @@ class _ModelStage:
             try:
                 results.append(on_batch([row])[0])
             except Exception as error:  # noqa: BLE001
+                if is_infrastructure_error(error):
+                    raise
                 results.append(None)
                 failures[row] = _short_error(error)
         return results, failures
@@ -364,41 +401,65 @@ class GenerateOrbits(_ModelStage):
 
 
 class ForegroundMasks(_ModelStage):
-    """Ray Data stage: `frames` → `masks` uint8 [V, S, S] (255 = object) against the white
-    background the model generates on (CPU)."""
+    """Ray Data stage (CPU): `frames` → `masks` uint8 [V, S, S] (255 = object, against the white
+    background the model generates on), `statistics` (JSON: the heuristics' numbers), `reasons`
+    (JSON list: the heuristics that failed) and, when a probe is configured, `probe_views` uint8
+    [K, S, S, 3]: the K views the probe's encoder reads (evenly spaced), so the GPU filter stage
+    receives them ready and does no CPU work of its own."""
 
     stage = "mask"
 
+    def __init__(self, config: dict[str, Any], out_dir: str) -> None:
+        super().__init__(config, out_dir)
+        probe_path = self.config.filter.probe_path
+        self.probe_views = 0
+        if probe_path:
+            from vf3d.models.quality_filter import QualityProbe
+
+            self.probe_views = int(QualityProbe.load_config(probe_path).encoder.num_views)
+
     def placeholders(self, batch):
         frames = batch["frames"]
-        return {"masks": np.zeros(frames.shape[1:4], np.uint8)}
+        columns: dict[str, Any] = {"masks": np.zeros(frames.shape[1:4], np.uint8), "statistics": "{}", "reasons": "[]"}
+        if self.probe_views:
+            columns["probe_views"] = np.zeros((self.probe_views, *frames.shape[2:5]), np.uint8)
+        return columns
 
     def process(self, batch, rows):
-        from vf3d.synthesis.quality import white_background_masks
+        from vf3d.models.quality_filter import evenly_spaced_views
+        from vf3d.synthesis.quality import heuristic_reasons, orbit_statistics, white_background_masks
 
         threshold = self.config.filter.mask_threshold
-        return {"masks": [white_background_masks(np.asarray(batch["frames"][row]), threshold) for row in rows]}, {}
+        columns: dict[str, list] = {"masks": [], "statistics": [], "reasons": [], "probe_views": []}
+        for row in rows:
+            frames = np.asarray(batch["frames"][row])
+            masks = white_background_masks(frames, threshold)
+            statistics = orbit_statistics(frames, masks)
+            columns["masks"].append(masks)
+            columns["statistics"].append(json.dumps(statistics))
+            columns["reasons"].append(json.dumps(heuristic_reasons(statistics, self.config.filter.heuristics)))
+            if self.probe_views:
+                columns["probe_views"].append(np.ascontiguousarray(frames[evenly_spaced_views(len(frames), self.probe_views).numpy()]))
+        return columns, {}
 
 
 class FilterOrbits(_ModelStage):
-    """Ray Data stage: orbits → encoded shard rows with an `outcome` ("kept", "rejected", "error").
-
-    Heuristics (static, empty/full-frame foreground, flicker) always run; the linear probe on frozen
-    encoder features runs when `filter.probe_path` is set, and its score is the row's `quality`.
-    Every reason an orbit fails is recorded; an orbit passes only when there is none.
-    """
+    """Ray Data stage (GPU): `probe_views` uint8 [K, S, S, 3] → `quality` float (the linear probe
+    on frozen encoder features; NaN for error rows). Only in the pipeline when `filter.probe_path`
+    is set; the heuristics and the encoding happen on CPU stages around it."""
 
     stage = "filter"
+    drop_columns = ("probe_views",)
 
-    def __init__(self, config: dict[str, Any], out_dir: str, video_model: str) -> None:
+    def __init__(self, config: dict[str, Any], out_dir: str, video_model: str = "") -> None:
         super().__init__(config, out_dir)
         _quiet_model_loading()
         from vf3d.synthesis.quality import QualityFilter
 
-        self.video_model = video_model
         probe_path = self.config.filter.probe_path
-        self.probe = QualityFilter.from_pretrained(probe_path, device=self.device, encoder=self._encoder_here(probe_path)) if probe_path else None
-        self.min_score = self.config.filter.min_score if self.config.filter.min_score is not None else (self.probe.threshold if self.probe else None)
+        if not probe_path:
+            raise config_lib.ConfigError("FilterOrbits needs filter.probe_path (without a probe the pipeline leaves the stage out)")
+        self.probe = QualityFilter.from_pretrained(probe_path, device=self.device, encoder=self._encoder_here(probe_path))
 
     def _encoder_here(self, probe_path: str):
         """The probe's recorded encoder config, pointed at `filter.encoder_path` when that is set."""
@@ -410,46 +471,76 @@ class FilterOrbits(_ModelStage):
         encoder.encoder.pretrained_path = self.config.filter.encoder_path
         return encoder
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        started = time.perf_counter()
-        self._maybe_inject_fault()
-        from vf3d.synthesis.quality import heuristic_reasons, orbit_statistics
+    def placeholders(self, batch):
+        return {"quality": float("nan")}
 
-        errors = [str(value) for value in batch["error"]]
-        healthy = [index for index, error in enumerate(errors) if not error]
-        scores: dict[int, float] = {}
-        if self.probe is not None and healthy:
-            try:
-                with self.autocast():
-                    values = self.probe.score(np.stack([batch["frames"][index] for index in healthy]))
-                scores = dict(zip(healthy, map(float, values)))
-            except Exception as error:  # noqa: BLE001 - a failed probe call fails its rows, not the run
-                for index in healthy:
-                    errors[index] = _short_error(error)
-                healthy = []
-        stages = [str(value) if errors[index] == str(batch["error"][index]) else self.stage for index, value in enumerate(batch["error_stage"])]
-        seconds = (time.perf_counter() - started) / max(len(healthy), 1)
+    def process(self, batch, rows):
+        def score(indices):
+            with self.autocast():
+                return [float(value) for value in self.probe.score(np.stack([batch["probe_views"][index] for index in indices]))]
+
+        scores, failures = self.per_row(rows, score)
+        return {"quality": scores}, failures
+
+
+def probe_threshold(config: SynthesizeConfig) -> float | None:
+    """The score below which the probe rejects an orbit: `filter.min_score`, else the probe's own
+    threshold (read from its config, no weights loaded); None without a probe."""
+    if config.filter.min_score is not None:
+        return config.filter.min_score
+    if not config.filter.probe_path:
+        return None
+    from vf3d.models.quality_filter import QualityProbe
+
+    return float(QualityProbe.load_config(config.filter.probe_path).threshold)
+
+
+class EncodeOrbits:
+    """Ray Data stage (CPU): scored orbits → encoded shard rows (PNG views and masks) with an
+    `outcome` ("kept", "rejected", "error"): `FILTERED_SCHEMA`, what the writers take.
+
+    An orbit is kept when neither the heuristics (`reasons`, from ForegroundMasks) nor the probe
+    (`quality` below `probe_threshold`) reject it; every reason is recorded.
+    """
+
+    stage = "encode"
+
+    def __init__(self, config: dict[str, Any], out_dir: str, video_model: str) -> None:
+        self.config = config_lib.from_dict(SynthesizeConfig, config)
+        self.out_dir = Path(out_dir)
+        self.video_model = video_model
+        self.min_score = probe_threshold(self.config)
+        self.actor = actor_name()
+        self.batches_done = 0
+        self.failures = FailureTracker(self.stage, self.out_dir, self.config.failures.max_consecutive_failures, self.actor)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return self.failures.call(self._call, batch)
+
+    def _call(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        fault = self.config.fault
+        if fault.os_error_stage == self.stage and self.batches_done == fault.error_after_batches:
+            maybe_fire_fault(self.out_dir, self.stage, "oserror")
         rows = []
         for index, identifier in enumerate(batch["id"]):
+            started = time.perf_counter()
             trace = json.loads(str(batch["trace"][index]))
-            row = {"id": str(identifier), "error": errors[index], "error_stage": stages[index]}
-            if errors[index]:
+            error, error_stage = str(batch["error"][index]), str(batch["error_stage"][index])
+            row = {"id": str(identifier), "error": error, "error_stage": error_stage}
+            if error:
                 rows.append({**row, "outcome": "error", "trace": json.dumps(trace)})
                 continue
-            row_started = time.perf_counter()
-            frames, masks = np.asarray(batch["frames"][index]), np.asarray(batch["masks"][index])
-            statistics = orbit_statistics(frames, masks)
-            reasons = heuristic_reasons(statistics, self.config.filter.heuristics)
-            quality = scores.get(index)
+            statistics = json.loads(str(batch["statistics"][index]))
+            reasons = json.loads(str(batch["reasons"][index]))
+            quality = float(batch["quality"][index]) if "quality" in batch and not math.isnan(float(batch["quality"][index])) else None
             if quality is not None and self.min_score is not None and quality < self.min_score:
                 reasons.append("probe_score")
-            trace[self.stage] = {"actor": self.actor, "seconds": round(seconds + time.perf_counter() - row_started, 6)}
             record = shards.OrbitRecord(
                 id=str(identifier),
                 source="synthetic",
                 prompt=str(batch["prompt"][index]),
-                rgb=frames,
-                mask=masks,
+                rgb=np.asarray(batch["frames"][index]),
+                mask=np.asarray(batch["masks"][index]),
                 cameras=np.asarray(batch["cameras"][index]),
                 elevation=float(batch["elevation"][index]),
                 quality=quality,
@@ -464,13 +555,19 @@ class FilterOrbits(_ModelStage):
                     "trace": trace,
                 },
             )
-            rows.append({**row, **shards.encode_record(record), "reasons": reasons, "outcome": "rejected" if reasons else "kept", "trace": json.dumps(trace)})
+            try:
+                encoded = shards.encode_record(record)
+            except shards.ShardFormatError as problem:  # the model made something that is no orbit
+                rows.append({**row, "error": _short_error(problem), "error_stage": self.stage, "outcome": "error", "trace": json.dumps(trace)})
+                continue
+            trace[self.stage] = {"actor": self.actor, "seconds": round(time.perf_counter() - started, 6)}
+            rows.append({**row, **encoded, "reasons": reasons, "outcome": "rejected" if reasons else "kept", "trace": json.dumps(trace)})
         self.batches_done += 1
         return _filtered_table(rows)
 
 
 FILTERED_SCHEMA = shards.REJECTED_SCHEMA.append(pa.field("outcome", pa.string())).append(pa.field("error", pa.string())).append(pa.field("error_stage", pa.string())).append(pa.field("trace", pa.string()))
-"""What FilterOrbits hands the writer: every column of a rejected orbit plus the outcome, the
+"""What EncodeOrbits hands the writers: every column of a rejected orbit plus the outcome, the
 error (if any) and the trace. Error rows leave the orbit columns empty."""
 
 
@@ -481,15 +578,30 @@ def _filtered_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class WriteSynthesized:
-    """Ray Data stage: a batch of filtered rows → one file per table it has rows for.
+    """Ray Data stage, on a pool of writers: a batch of encoded rows → one file per table it has
+    rows for. File names come from the ids they hold, so writers never collide and a retried
+    batch rewrites the same files. A storage OSError is an infrastructure error: the batch is
+    retried (`failures`), and a writer failing K batches in a row exits for Ray to restart.
 
     Returns one row of counts and the stage traces summed over the batch (for progress output
     and the run summary)."""
 
-    def __init__(self, out_dir: str) -> None:
+    stage = "write"
+
+    def __init__(self, out_dir: str, config: dict[str, Any] | None = None) -> None:
+        self.config = config_lib.from_dict(SynthesizeConfig, config or {})
+        self.out_dir = out_dir
         self.writer = shards.OrbitShardWriter(out_dir, prefix="synthetic")
+        self.batches_done = 0
+        self.failures = FailureTracker(self.stage, out_dir, self.config.failures.max_consecutive_failures, actor_name())
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
+        return self.failures.call(self._call, batch)
+
+    def _call(self, batch: pa.Table) -> dict[str, list]:
+        fault = self.config.fault
+        if fault.os_error_stage == self.stage and self.batches_done == fault.error_after_batches:
+            maybe_fire_fault(self.out_dir, self.stage, "oserror")
         outcome = batch.column("outcome")
         kept = batch.filter(pc.equal(outcome, "kept"))
         rejected = batch.filter(pc.equal(outcome, "rejected"))
@@ -497,6 +609,7 @@ class WriteSynthesized:
         self.writer.write(kept.select(shards.ORBIT_SCHEMA.names))
         self.writer.write_rejected(rejected.select(shards.REJECTED_SCHEMA.names))
         self.writer.write_errors([{"id": row["id"], "stage": row["error_stage"] or "unknown", "reason": row["error"]} for row in errors.select(["id", "error", "error_stage"]).to_pylist()])
+        self.batches_done += 1
         stages: dict[str, dict[str, Any]] = {}
         for trace in batch.column("trace").to_pylist():
             for stage, entry in json.loads(trace).items():
@@ -513,3 +626,8 @@ class WriteSynthesized:
         for stage in errors.column("error_stage").to_pylist():
             error_stages[stage] = error_stages.get(stage, 0) + 1
         return {"kept": [kept.num_rows], "rejected": [rejected.num_rows], "errors": [errors.num_rows], "stages": [json.dumps(stages)], "reasons": [json.dumps(reasons)], "error_stages": [json.dumps(error_stages)]}
+
+
+def stage_pools(config: SynthesizeConfig) -> dict[str, config_lib.ActorPoolConfig]:
+    """Every traced stage's actor pool, by stage name (PIPELINE_STAGES), for the run summary."""
+    return {"first_frame": config.first_frame_pool, "generate": config.generate_pool, "mask": config.mask_pool, "filter": config.filter_pool, "encode": config.encode_pool}

@@ -3,11 +3,12 @@
     plan (driver)      read the inputs' ids (only that column), refuse null/duplicate ids, list ids
                        already finished in the output (kept, rejected or failed), check the models
     prepare (tasks)    drop finished ids, validate, seed each id    ─┐
-    FirstFrames        text-to-image or the given image              │ each on its own elastic
-    GenerateOrbits     the fine-tuned orbit video model              │ actor pool (min/max/initial
-    ForegroundMasks    masks against the white background            │ actors, CPUs, GPUs, batch
-    FilterOrbits       heuristics + probe → kept / rejected          │ size from the config)
-    WriteSynthesized   orbits / _rejected / _errors                 ─┘
+    FirstFrames        text-to-image or the given image (GPU)        │ each on its own elastic
+    GenerateOrbits     the fine-tuned orbit video model (GPU)        │ actor pool (min/max/initial
+    ForegroundMasks    masks, heuristics, views to probe (CPU)       │ actors, CPUs, GPUs, batch
+    FilterOrbits       the probe on those views only (GPU; if any)   │ size from the config)
+    EncodeOrbits       PNG-encode frames and masks into rows (CPU)   │
+    WriteSynthesized   orbits / _rejected / _errors (writer pool)   ─┘
 
 Exactly once: every input id ends in exactly one of the three tables; files are named by the ids
 they hold and written atomically, and a rerun skips ids present in any table before any model
@@ -32,7 +33,10 @@ from vf3d import config as config_lib
 from vf3d.config import ConfigError, SynthesizeConfig
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, caption_for, load_captions
-from vf3d.synthesis.stages import STAGES, FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs
+from vf3d.data.manifest import IdSet
+from vf3d.synthesis.lease import LeaseHeldError, OutputLease
+from vf3d.synthesis.failures import failure_summary
+from vf3d.synthesis.stages import PIPELINE_STAGES, STAGES, FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs, stage_pools
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl")
@@ -49,26 +53,47 @@ class InputError(ConfigError):
 @dataclass
 class SynthesisInputs:
     """The inputs of a run: every id, whether any row needs a text-to-image first frame, and how
-    Ray Data reads the rows."""
+    Ray Data reads the rows. Only the ids are ever held by the driver; rows are streamed."""
 
-    ids: list[str]
+    ids: pa.Array
+    """string [n], unique and non-empty."""
     needs_text_to_image: bool
     images_root: str
-    parquet_path: Path | None = None
+    path: Path | None = None
+    """The --prompts table (Parquet, CSV or JSONL), read by Ray Data; None for a folder."""
+    format: str = "parquet"
+    """"parquet", "csv" or "jsonl" (with `path`)."""
     table: pa.Table | None = None
+    """A folder's index (id, prompt, image path), small enough to pass as it is."""
 
     def dataset(self):
-        """The input rows as a Ray Dataset (Parquet is streamed; small tables are passed as they are)."""
+        """The input rows as a Ray Dataset, streamed by Ray Data's readers (a folder's small index
+        is passed as it is)."""
         import ray
 
-        if self.parquet_path is not None:
-            return ray.data.read_parquet(str(self.parquet_path))
-        return ray.data.from_arrow(self.table)
+        if self.table is not None:
+            return ray.data.from_arrow(self.table)
+        if self.format == "csv":
+            import pyarrow.csv as pacsv
+
+            return ray.data.read_csv(str(self.path), convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES))
+        if self.format == "jsonl":
+            return ray.data.read_json(str(self.path), lines=True, file_extensions=None)
+        return ray.data.read_parquet(str(self.path))
+
+
+CSV_COLUMN_TYPES = {"id": pa.string(), "prompt": pa.string(), "image": pa.string()}
+"""ids stay text even when they look like numbers ("007" is not 7)."""
+INPUT_BLOCK_BYTES = 16 << 20
+"""CSV/JSONL inputs are parsed in blocks of this size; only the ids of each block are kept."""
 
 
 def read_inputs(prompts: Path) -> SynthesisInputs:
     """Index --prompts: a Parquet/CSV/JSONL table (`id`, `prompt`, optional `image`, `elevation`)
-    or a folder of images (ids from their relative paths, prompts from captions or file names)."""
+    or a folder of images (ids from their relative paths, prompts from captions or file names).
+
+    Tables are streamed: the driver keeps the `id` column only (and whether any `image` is null),
+    whatever the size of the rows."""
     prompts = Path(prompts)
     if prompts.is_dir():
         paths = sorted((path for path in prompts.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()), key=lambda path: path.relative_to(prompts).as_posix())
@@ -89,21 +114,37 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
             schema = pq.read_schema(prompts)
             _check_columns(schema.names, prompts)
             ids_column = pq.read_table(prompts, columns=["id"]).column("id")
-            return SynthesisInputs(ids=_checked_ids(ids_column, prompts), needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names), images_root=str(prompts.parent), parquet_path=prompts)
+            return SynthesisInputs(ids=_checked_ids(ids_column, prompts), needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names), images_root=str(prompts.parent), path=prompts)
         if suffix == ".csv":
             import pyarrow.csv as pacsv
 
-            # ids stay text even when they look like numbers ("007" is not 7).
-            table = pacsv.read_csv(prompts, convert_options=pacsv.ConvertOptions(column_types={"id": pa.string(), "prompt": pa.string(), "image": pa.string()}))
+            read_options = pacsv.ReadOptions(block_size=INPUT_BLOCK_BYTES)
+            with pacsv.open_csv(prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=[])) as reader:
+                names = reader.schema.names  # the header (with include_columns=[], no cell is converted)
+            _check_columns(names, prompts)
+            wanted = [name for name in ("id", "image") if name in names]
+            batches = pacsv.open_csv(prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=wanted))
+            fmt = "csv"
         else:
             import pyarrow.json as pajson
 
-            table = pajson.read_json(prompts)
+            batches = pajson.open_json(prompts, read_options=pajson.ReadOptions(block_size=INPUT_BLOCK_BYTES))
+            names = None
+            fmt = "jsonl"
+        chunks, needs, seen_names = [], "image" not in (names or ["image"]), set()
+        for batch in batches:
+            seen_names.update(batch.schema.names)
+            if "id" in batch.schema.names:
+                chunks.append(batch.column("id").cast(pa.string()))
+            if "image" in batch.schema.names:
+                needs = needs or batch.column("image").null_count > 0
+            else:
+                needs = True
     except (pa.ArrowInvalid, OSError) as error:
         raise InputError(f"--prompts {prompts} cannot be read: {' '.join(str(error).split())[:300]}") from None
-    _check_columns(table.column_names, prompts)
-    needs = "image" not in table.column_names or table.column("image").null_count > 0
-    return SynthesisInputs(ids=_checked_ids(table.column("id"), prompts), needs_text_to_image=needs, images_root=str(prompts.parent), table=table)
+    _check_columns(names if names is not None else sorted(seen_names), prompts)
+    ids_column = pa.chunked_array(chunks, pa.string()) if chunks else pa.chunked_array([], pa.string())
+    return SynthesisInputs(ids=_checked_ids(ids_column, prompts), needs_text_to_image=needs, images_root=str(prompts.parent), path=prompts, format=fmt)
 
 
 def _check_columns(names: list[str], path: Path) -> None:
@@ -113,22 +154,24 @@ def _check_columns(names: list[str], path: Path) -> None:
         raise InputError(f"{path}: needs a 'prompt' or an 'image' column (columns: {names})")
 
 
-def _checked_ids(column: pa.ChunkedArray, path: Path) -> list[str]:
-    """Ids as strings; null, empty or repeated ids are refused (they would break exactly-once)."""
+def _checked_ids(column: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
+    """Ids as one string array [n]; null, empty or repeated ids are refused (they would break
+    exactly-once). Vectorised: 4M ids take seconds and no Python string per id."""
     if column.null_count:
         row = int(pc.index(pc.is_null(column), True).as_py())
         raise InputError(f"{path}: row {row} has a null id")
-    ids = [str(value) for value in column.to_pylist()]
-    seen: set[str] = set()
-    repeated = []
-    for row, identifier in enumerate(ids):
-        if not identifier.strip():
-            raise InputError(f"{path}: row {row} has an empty id")
-        if identifier in seen and len(repeated) < 5:
-            repeated.append(identifier)
-        seen.add(identifier)
-    if repeated:
-        raise InputError(f"{path}: ids must be unique; repeated: {repeated}")
+    ids = column.cast(pa.string())
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    blank = pc.equal(pc.utf8_trim_whitespace(ids), "")
+    if pc.any(blank).as_py():
+        raise InputError(f"{path}: row {int(pc.index(blank, True).as_py())} has an empty id")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+        # In input order, like a reader would find them.
+        first = pc.filter(ids, pc.is_in(ids, value_set=repeated))
+        examples = list(dict.fromkeys(first.slice(0, 10 * len(repeated[:5]) + 10).to_pylist()))[:5]
+        raise InputError(f"{path}: ids must be unique; repeated: {examples}")
     return ids
 
 
@@ -145,23 +188,67 @@ def _parquet_needs_text_to_image(path: Path, names: list[str]) -> bool:
     return False
 
 
+@dataclass
+class ResumePlan:
+    """What is already in the output directory, measured against this run's inputs."""
+
+    index: shards.ShardIndex
+    """Every finished file's ids (from the id manifests), folded into one manifest file."""
+    done: IdSet
+    """Input ids already in a table this run does not redo (kept, rejected and, unless errors
+    are retried, failed): the filter the prepare tasks apply, built once."""
+    counts: dict[str, int]
+    """Input ids found per table ("orbits", "rejected", "errors")."""
+    pending: int
+    """Inputs left to synthesize."""
+    retried_files: int = 0
+    """Error files moved to `_errors/_retried/` because their ids are retried."""
+
+
+def plan_resume(inputs: SynthesisInputs, out_dir: Path, retry_errors: bool) -> ResumePlan:
+    """Index the output directory once (manifests, plus the id column of shards without one),
+    fold the index into one manifest file, and work out what this run has left to do.
+
+    Call it holding the directory's lease (it removes partial files and folds manifests).
+    """
+    shards.remove_partials(out_dir)
+    index = shards.index_shards(out_dir)
+    inputs_set = IdSet(inputs.ids)
+    in_inputs = {table: index.ids(table) for table in shards.TABLES}
+    counts = {table: int(pc.count_distinct(ids.filter(pa.array(inputs_set.contains(ids)))).as_py()) if len(ids) else 0 for table, ids in in_inputs.items()}
+    retried_files = 0
+    if retry_errors:
+        finished = IdSet(pa.concat_arrays([in_inputs["orbits"], in_inputs["rejected"]]))
+        errors = in_inputs["errors"]
+        retried = errors.filter(pa.array(inputs_set.contains(errors) & ~finished.contains(errors)))
+        if len(retried):
+            retried_files = _archive_retried_errors(out_dir, index.files_holding("errors", IdSet(retried)))
+            index = shards.index_shards(out_dir, previous=index)  # the moved files drop out
+    done_tables = ("orbits", "rejected") if retry_errors else shards.TABLES
+    index = shards.compact_index(out_dir, index)
+    done_ids = pa.concat_arrays([index.ids(table) for table in done_tables])
+    done = IdSet(done_ids.filter(pa.array(inputs_set.contains(done_ids))))
+    pending = len(inputs.ids) - int(pc.count_distinct(done.ids).as_py() if len(done) else 0)
+    return ResumePlan(index=index, done=done, counts=counts, pending=pending, retried_files=retried_files)
+
+
 def finished_ids(out_dir: Path, retry_errors: bool) -> tuple[set[str], set[str], set[str]]:
     """(kept, rejected, failed) ids already in `out_dir`; failed is empty when errors are retried."""
-    failed = set() if retry_errors else shards.read_ids(out_dir, table="errors")
-    return shards.read_ids(out_dir, table="orbits"), shards.read_ids(out_dir, table="rejected"), failed
+    index = shards.index_shards(out_dir)
+    as_set = lambda table: set(index.ids(table).to_pylist())  # noqa: E731
+    return as_set("orbits"), as_set("rejected"), set() if retry_errors else as_set("errors")
 
 
-def _archive_retried_errors(out_dir: Path, retried: set[str]) -> int:
-    """Move error files holding ids about to be retried into `_errors/_retried/` (nothing is deleted;
-    readers skip the folder), so a retried id cannot end up in two tables. Returns files moved."""
-    moved = 0
-    for path in shards.list_shard_files(out_dir, table="errors"):
-        if retried & set(pq.read_table(path, columns=["id"]).column("id").to_pylist()):
-            archive = path.parent / RETRIED_DIRNAME
-            archive.mkdir(exist_ok=True)
-            path.replace(archive / f"{time.strftime('%Y%m%dT%H%M%S')}-{path.name}")
-            moved += 1
-    return moved
+def _archive_retried_errors(out_dir: Path, files: list[str]) -> int:
+    """Move the error files `files` (they hold ids about to be retried) into `_errors/_retried/`
+    (nothing is deleted; readers skip the folder), so a retried id cannot end up in two tables.
+    Returns files moved."""
+    folder = out_dir / shards.ERRORS_DIRNAME
+    for name in files:
+        archive = folder / RETRIED_DIRNAME
+        archive.mkdir(exist_ok=True)
+        (folder / name).replace(archive / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}")
+    return len(files)
 
 
 def video_model_settings(video_model: Path) -> dict[str, Any]:
@@ -177,7 +264,10 @@ def video_model_settings(video_model: Path) -> dict[str, Any]:
 
 
 def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: SynthesizeConfig, log=print) -> dict[str, Any]:
-    """Run the synthesis pipeline on the connected Ray cluster; returns (and writes) the summary."""
+    """Run the synthesis pipeline on the connected Ray cluster; returns (and writes) the summary.
+
+    Holds `out_dir`'s lease (vf3d.synthesis.lease) from planning to the summary: a second run on
+    the same directory refuses with the holder's host, pid and start time."""
     config = config.validate()
     out_dir, video_model = Path(out_dir), Path(video_model).resolve()
     settings = video_model_settings(video_model)
@@ -189,65 +279,95 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
 
         QualityProbe.load_config(config.filter.probe_path)  # a wrong directory fails now, not in every actor
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save_json(config, out_dir / "synthesize_config.json")
-    shards.remove_partials(out_dir)
-    all_ids = set(inputs.ids)
-    kept, rejected, failed = finished_ids(out_dir, config.retry_errors)
-    done = (kept | rejected | failed) & all_ids
-    pending = len(all_ids) - len(done)
-    if config.retry_errors:
-        retried = shards.read_ids(out_dir, table="errors") & (all_ids - kept - rejected)
-        if retried:
-            log(f"retrying {len(retried)} inputs that failed before ({_archive_retried_errors(out_dir, retried)} error files moved to _errors/{RETRIED_DIRNAME}/)")
-    log(f"{len(all_ids)} inputs in {prompts}: {len(kept & all_ids)} kept, {len(rejected & all_ids)} rejected and {len(failed & all_ids)} failed before; {pending} to synthesize")
-    if not config.filter.probe_path:
-        log("quality filter: heuristics only (no filter.probe_path; train one with `vf3d train-filter`)")
+    with OutputLease(out_dir, config.lease, command="synthesize", log=log) as lease:
+        config_lib.save_json(config, out_dir / "synthesize_config.json")
+        plan = plan_resume(inputs, out_dir, config.retry_errors)
+        if plan.retried_files:
+            log(f"retrying inputs that failed before ({plan.retried_files} error files moved to _errors/{RETRIED_DIRNAME}/)")
+        failed_before = 0 if config.retry_errors else plan.counts["errors"]
+        log(f"{len(inputs.ids)} inputs in {prompts}: {plan.counts['orbits']} kept, {plan.counts['rejected']} rejected and {failed_before} failed before; {plan.pending} to synthesize")
+        if not config.filter.probe_path:
+            log("quality filter: heuristics only (no filter.probe_path; train one with `vf3d train-filter`)")
 
-    started = time.perf_counter()
-    totals: dict[str, Any] = {"kept": 0, "rejected": 0, "errors": 0, "stages": {}, "reasons": {}, "error_stages": {}}
-    if pending:
-        written = _build_pipeline(inputs, done, video_model, int(settings.get("resolution", 512)), out_dir, config)
-        for row in written.iter_rows():
-            _accumulate(totals, row)
-            finished = totals["kept"] + totals["rejected"] + totals["errors"]
-            elapsed = time.perf_counter() - started
-            actors = ", ".join(f"{stage} {len(totals['stages'].get(stage, {}).get('actors', []))}" for stage in STAGES)
-            log(f"  {finished}/{pending} inputs: {totals['kept']} kept, {totals['rejected']} rejected, {totals['errors']} errors; "
-                f"{(totals['kept'] + totals['rejected']) / max(elapsed, 1e-9):.2f} videos/s; actors used: {actors}")
-    summary = _summary(out_dir, inputs, config, totals, pending, len(done), time.perf_counter() - started, str(video_model))
-    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        started, started_at = time.perf_counter(), time.time()
+        totals: dict[str, Any] = {"kept": 0, "rejected": 0, "errors": 0, "stages": {}, "reasons": {}, "error_stages": {}}
+        if plan.pending:
+            written = _build_pipeline(inputs, plan.done, video_model, int(settings.get("resolution", 512)), out_dir, config)
+            for row in written.iter_rows():
+                if lease.lost:
+                    raise LeaseHeldError(f"{out_dir}: another run took over this directory's lease; stopping so the two do not write the same ids")
+                _accumulate(totals, row)
+                finished = totals["kept"] + totals["rejected"] + totals["errors"]
+                elapsed = time.perf_counter() - started
+                actors = ", ".join(f"{stage} {len(totals['stages'].get(stage, {}).get('actors', []))}" for stage in STAGES)
+                log(f"  {finished}/{plan.pending} inputs: {totals['kept']} kept, {totals['rejected']} rejected, {totals['errors']} errors; "
+                    f"{(totals['kept'] + totals['rejected']) / max(elapsed, 1e-9):.2f} videos/s; actors used: {actors}")
+        seconds = time.perf_counter() - started
+        index = shards.compact_index(out_dir, shards.index_shards(out_dir, previous=plan.index))  # this run's manifests only
+        summary = _summary(index, inputs, config, totals, plan.pending, len(inputs.ids) - plan.pending, seconds, str(video_model))
+        finished = totals["kept"] + totals["rejected"] + totals["errors"]
+        summary["failures"] = failure_summary(out_dir, since=started_at, pending=plan.pending, finished=finished, max_errored_blocks=config.failures.max_errored_blocks)
+        (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     log(f"synthesize: {summary['kept_total']} kept, {summary['rejected_total']} rejected, {summary['errors_total']} errors of {summary['inputs']} inputs in {out_dir} "
         f"({summary['videos_this_run']} videos in {summary['seconds']} s, {summary['videos_per_second']} videos/s, pass rate {summary['pass_rate']})")
     return summary
 
 
-def _build_pipeline(inputs: SynthesisInputs, done: set[str], video_model: Path, resolution: int, out_dir: Path, config: SynthesizeConfig):
+def _build_pipeline(inputs: SynthesisInputs, done: IdSet, video_model: Path, resolution: int, out_dir: Path, config: SynthesizeConfig):
+    """The Ray Data chain: prepare → FirstFrames → GenerateOrbits (GPU pools) → ForegroundMasks
+    (CPU: masks, heuristics, probe views) → FilterOrbits (GPU, only with a probe) → EncodeOrbits
+    (CPU: PNG shard rows) → WriteSynthesized (writer pool). Returns the dataset of per-batch counts.
+
+    Every actor pool has bounded restarts and batch retries, and the datasets retry
+    `InfrastructureError` and tolerate `failures.max_errored_blocks` failed blocks
+    (vf3d.synthesis.failures; `failures.failure_summary` reports what that cost)."""
     import ray
+
+    from vf3d.synthesis.failures import failure_policy, remote_args
+    from vf3d.synthesis.stages import EncodeOrbits
 
     as_dict = config_lib.to_dict(config)
     common = {"config": as_dict, "out_dir": str(out_dir)}
-    done_ids = pa.array(sorted(done), pa.string())
-    rows = inputs.dataset().map_batches(prepare_inputs, fn_kwargs={"done_ids": done_ids, "config": as_dict, "images_root": inputs.images_root}, batch_format="pyarrow", batch_size=4096, num_cpus=0.25)
-    # Small blocks spread the work over every actor of a pool (a whole input file is one block).
-    smallest_batch = min(pool.batch_size for pool in (config.first_frame_pool, config.generate_pool, config.mask_pool, config.filter_pool))
-    rows = rows.repartition(target_num_rows_per_block=smallest_batch)
+    done_ids = done  # built once at planning; Ray Data ships it once with the prepare stage
+    # Bounded restarts and retries go in map_batches' **ray_remote_args: Ray 2.60's actor pool reads
+    # `max_restarts` / `max_task_retries` only from there (it warns that the dict is deprecated).
+    retries = remote_args(config.failures)
+    # FirstFrames and GenerateOrbits are looked up in this module when the chain is built (a
+    # benchmark puts stand-ins there).
     stages = [
         (FirstFrames, config.first_frame_pool, {**common, "resolution": resolution}),
         (GenerateOrbits, config.generate_pool, {**common, "video_model": str(video_model)}),
         (ForegroundMasks, config.mask_pool, common),
-        (FilterOrbits, config.filter_pool, {**common, "video_model": str(video_model)}),
     ]
-    for stage_class, pool, kwargs in stages:
-        rows = rows.map_batches(
-            stage_class,
-            fn_constructor_kwargs=kwargs,
-            batch_size=pool.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus,
-            batch_format="numpy",
+    if config.filter.probe_path:  # without a probe there is no GPU work left in filtering
+        stages.append((FilterOrbits, config.filter_pool, {**common, "video_model": str(video_model)}))
+    stages.append((EncodeOrbits, config.encode_pool, {**common, "video_model": str(video_model)}))
+    with failure_policy(config.failures):
+        rows = inputs.dataset().map_batches(prepare_inputs, fn_kwargs={"done_ids": done_ids, "config": as_dict, "images_root": inputs.images_root}, batch_format="pyarrow", batch_size=4096, num_cpus=0.25)
+        # Small blocks spread the work over every actor of a pool (a whole input file is one block).
+        rows = rows.repartition(target_num_rows_per_block=min(pool.batch_size for _, pool, _ in stages))
+        for stage_class, pool, kwargs in stages:
+            rows = rows.map_batches(
+                stage_class,
+                fn_constructor_kwargs=kwargs,
+                batch_size=pool.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
+                num_cpus=pool.num_cpus,
+                num_gpus=pool.num_gpus,
+                # EncodeOrbits hands the writers Arrow rows (nested lists of PNG bytes).
+                batch_format="numpy",
+                **retries,
+            )
+        writers = config.writer_pool
+        return rows.map_batches(
+            WriteSynthesized,
+            fn_constructor_kwargs={"out_dir": str(out_dir), "config": as_dict},
+            batch_size=config.rows_per_shard,
+            compute=ray.data.ActorPoolStrategy(min_size=writers.min_actors, max_size=writers.max_actors),
+            num_cpus=writers.num_cpus,
+            batch_format="pyarrow",
+            **retries,
         )
-    return rows.map_batches(WriteSynthesized, fn_constructor_kwargs={"out_dir": str(out_dir)}, batch_size=config.rows_per_shard, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_format="pyarrow")
 
 
 def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
@@ -263,17 +383,41 @@ def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
             totals[key][name] = totals[key].get(name, 0) + count
 
 
-def _summary(out_dir: Path, inputs: SynthesisInputs, config: SynthesizeConfig, totals: dict[str, Any], pending: int, skipped: int, seconds: float, video_model: str) -> dict[str, Any]:
-    """The run summary: what is on disk now (the exactly-once check) and what this run did."""
-    all_ids = set(inputs.ids)
-    tables = {name: shards.read_ids(out_dir, table=name) for name in ("orbits", "rejected", "errors")}
-    rows = {name: shards.read_table(out_dir, columns=["id"], table=name).num_rows for name in tables}
-    in_two_tables = (tables["orbits"] & tables["rejected"]) | (tables["orbits"] & tables["errors"]) | (tables["rejected"] & tables["errors"])
-    accounted = (tables["orbits"] | tables["rejected"] | tables["errors"]) & all_ids
+def exactly_once_counts(index: shards.ShardIndex, input_ids: pa.Array) -> dict[str, int]:
+    """The exactly-once checks over an index (vectorised; no shard is read).
+
+    Returns kept_total / rejected_total / errors_total (distinct input ids per table), missing
+    (inputs in no table), ids_in_two_tables and duplicate_rows (rows beyond one per id and table).
+    """
+    inputs_set = IdSet(input_ids)
+    tables = {name: index.ids(name) for name in ("orbits", "rejected", "errors")}
+    distinct = {name: pc.unique(ids) for name, ids in tables.items()}
+    everything = pa.concat_arrays(list(distinct.values()))
+    distinct_everywhere = pc.unique(everything)
+    accounted = int(inputs_set.contains(distinct_everywhere).sum()) if len(distinct_everywhere) else 0
+    return {
+        "kept_total": int(inputs_set.contains(distinct["orbits"]).sum()),
+        "rejected_total": int(inputs_set.contains(distinct["rejected"]).sum()),
+        "errors_total": int(inputs_set.contains(distinct["errors"]).sum()),
+        "missing": len(input_ids) - accounted,
+        "ids_in_two_tables": int(pc.count_distinct(everything.filter(pc.is_in(everything, value_set=_repeated(everything)))).as_py()) if len(everything) != len(distinct_everywhere) else 0,
+        "duplicate_rows": sum(len(tables[name]) - len(distinct[name]) for name in tables),
+    }
+
+
+def _repeated(values: pa.Array) -> pa.Array:
+    counts = pc.value_counts(values)
+    return counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+
+
+def _summary(index: shards.ShardIndex, inputs: SynthesisInputs, config: SynthesizeConfig, totals: dict[str, Any], pending: int, skipped: int, seconds: float, video_model: str) -> dict[str, Any]:
+    """The run summary: what is on disk now (the exactly-once checks, from the id manifests: the
+    index of planning plus this run's new files) and what this run did."""
+    checks = exactly_once_counts(index, inputs.ids)
     videos = totals["kept"] + totals["rejected"]
-    pools = {"first_frame": config.first_frame_pool, "generate": config.generate_pool, "mask": config.mask_pool, "filter": config.filter_pool}
+    pools = stage_pools(config)
     stages = {}
-    for stage in STAGES:
+    for stage in PIPELINE_STAGES:
         entry = totals["stages"].get(stage, {"items": 0, "seconds": 0.0, "actors": []})
         pool = pools[stage]
         stages[stage] = {
@@ -284,15 +428,10 @@ def _summary(out_dir: Path, inputs: SynthesisInputs, config: SynthesizeConfig, t
             "pool": {"min": pool.min_actors, "max": pool.max_actors, "gpus_per_actor": pool.num_gpus, "cpus_per_actor": pool.num_cpus, "batch_size": pool.batch_size},
             "gpu_hours": round(entry["seconds"] * pool.num_gpus / 3600, 6),
         }
-    kept_total, rejected_total = len(tables["orbits"] & all_ids), len(tables["rejected"] & all_ids)
+    kept_total, rejected_total = checks["kept_total"], checks["rejected_total"]
     return {
-        "inputs": len(all_ids),
-        "kept_total": kept_total,
-        "rejected_total": rejected_total,
-        "errors_total": len(tables["errors"] & all_ids),
-        "missing": len(all_ids - accounted),
-        "ids_in_two_tables": len(in_two_tables),
-        "duplicate_rows": sum(rows.values()) - sum(len(ids) for ids in tables.values()),
+        "inputs": len(inputs.ids),
+        **checks,
         "pass_rate": round(kept_total / (kept_total + rejected_total), 4) if kept_total + rejected_total else None,
         "skipped_already_done": skipped,
         "pending_this_run": pending,

@@ -1,0 +1,301 @@
+"""Id manifests: a small record of which ids each published shard file holds, so that resuming a
+run over millions of ids reads a few megabytes of ids instead of the id column of every shard.
+
+Layout, inside a shard directory (the "_" keeps Ray Data and pyarrow.dataset from reading it):
+
+    _ids/log-<32 hex>.arrows     one per writer (OrbitShardWriter instance): an Arrow IPC stream
+                                 that the writer appends one record batch to after each shard it
+                                 publishes, flushed at once
+    _ids/index-<32 hex>.arrow    the logs (and shards read directly) folded into one Arrow IPC
+                                 file by a planning step that holds the directory's lease; written
+                                 as a partial file and renamed, then the logs it folded are removed
+
+Every entry is one row of `MANIFEST_SCHEMA`: (table, file, ids) with `table` one of "orbits",
+"rejected", "errors", `file` the shard's name inside that table's folder and `ids` the ids it holds.
+
+Why one append-only log per writer and not a sidecar file per shard: a sidecar doubles the file
+count (85k shards at paper scale) and reading 85k small files is exactly the cost to be removed; a
+log per writer is a handful of files per run, and folding them into one index makes the next
+resume read one file. Appending needs no lock because no two writers share a log.
+
+The manifest is a cache, never the truth: a shard counts only when its file is listed in its
+table's folder. A log entry is appended after the shard is renamed into place, so a writer killed
+in between leaves a published shard with no entry (the reader then reads that shard's id column:
+correct, just slower); an entry whose file is no longer listed (moved to `_errors/_retried/`) is
+ignored; a log whose last batch was cut short by a kill yields the batches before it. This module
+imports neither ray nor the shard format (`vf3d.data.shards` builds on it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MANIFEST_DIRNAME = "_ids"
+"""Sub-directory of a shard directory holding the id logs and the folded index."""
+MANIFEST_SCHEMA = pa.schema([pa.field("table", pa.string(), nullable=False), pa.field("file", pa.string(), nullable=False), pa.field("ids", pa.list_(pa.string()), nullable=False)])
+"""One row per published shard file: its table, its file name and the ids it holds."""
+_LOG_PREFIX, _LOG_SUFFIX = "log-", ".arrows"
+_INDEX_PREFIX, _INDEX_SUFFIX = "index-", ".arrow"
+
+
+class ManifestLog:
+    """The append-only id log of one writer. Opened on the first `append`, so a writer that
+    publishes nothing leaves no file.
+
+    Args:
+        directory: the shard directory (the log goes into its `_ids/`).
+        fsync: flush each appended entry to disk before returning (with a writer that fsyncs).
+    """
+
+    def __init__(self, directory: str | os.PathLike, fsync: bool = False):
+        self.directory = Path(directory) / MANIFEST_DIRNAME
+        self.fsync = fsync
+        self._file: BinaryIO | None = None
+        self._stream: Any = None
+
+    def append(self, table: str, file: str, ids: pa.Array | list[str]) -> None:
+        """Record that `file` of `table` (already published) holds `ids` (string [n])."""
+        if self._stream is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.directory / f"{_LOG_PREFIX}{uuid.uuid4().hex}{_LOG_SUFFIX}", "wb")
+            self._stream = pa.ipc.new_stream(self._file, MANIFEST_SCHEMA)
+        ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids.cast(pa.string())
+        offsets = pa.array([0, len(ids)], pa.int32())
+        entry = pa.record_batch([pa.array([table]), pa.array([file]), pa.ListArray.from_arrays(offsets, ids)], schema=MANIFEST_SCHEMA)
+        self._stream.write_batch(entry)
+        self._file.flush()  # a killed process loses at most the entry being written
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """End the stream (readers also accept a log that was never closed)."""
+        if self._stream is not None:
+            try:
+                self._stream.close()
+                self._file.close()
+            except (OSError, ValueError):
+                pass  # the directory went away under us; the shards themselves are what count
+            self._stream = self._file = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def manifest_files(directory: str | os.PathLike) -> list[Path]:
+    """The logs and folded indexes under `directory/_ids/`, sorted (partial files excluded)."""
+    folder = Path(directory) / MANIFEST_DIRNAME
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_file() and ((path.name.startswith(_LOG_PREFIX) and path.name.endswith(_LOG_SUFFIX)) or (path.name.startswith(_INDEX_PREFIX) and path.name.endswith(_INDEX_SUFFIX))))
+
+
+def read_manifest(path: Path) -> pa.Table:
+    """Entries of one log or index file (`MANIFEST_SCHEMA`); a log cut short by a kill yields the
+    entries before the cut, an unreadable file none (the shards are then read directly)."""
+    batches: list[pa.RecordBatch] = []
+    try:
+        if path.name.endswith(_INDEX_SUFFIX):
+            with pa.memory_map(str(path)) as source:
+                return pa.ipc.open_file(source).read_all().cast(MANIFEST_SCHEMA)
+        with pa.OSFile(str(path)) as source:
+            reader = pa.ipc.open_stream(source)
+            while True:
+                batches.append(reader.read_next_batch())
+    except StopIteration:
+        pass
+    except (pa.ArrowInvalid, OSError, EOFError):
+        pass  # a torn tail (or a file that is not ours): keep what was read whole
+    if not batches:
+        return MANIFEST_SCHEMA.empty_table()
+    try:
+        return pa.Table.from_batches(batches).cast(MANIFEST_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return MANIFEST_SCHEMA.empty_table()
+
+
+def read_manifests(directory: str | os.PathLike, skip: frozenset[str] | set[str] = frozenset()) -> tuple[pa.Table, list[str]]:
+    """All entries under `directory/_ids/` except files named in `skip`, and the names read."""
+    paths = [path for path in manifest_files(directory) if path.name not in skip]
+    tables = [read_manifest(path) for path in paths]
+    return (pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()), [path.name for path in paths]
+
+
+def write_index(directory: str | os.PathLike, entries: pa.Table, folded: list[str]) -> str:
+    """Write `entries` as one index file (partial file, then rename), then remove the manifest
+    files in `folded` (their entries are in the index now). Returns the index's file name.
+
+    Only call this while holding the directory's lease: a writer of another run could still be
+    appending to a log in `folded`.
+    """
+    folder = Path(directory) / MANIFEST_DIRNAME
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{_INDEX_PREFIX}{uuid.uuid4().hex}{_INDEX_SUFFIX}"
+    partial = folder / f".{name}.partial"
+    try:
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, MANIFEST_SCHEMA) as writer:
+            writer.write_table(entries.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
+        os.replace(partial, folder / name)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    for old in folded:
+        if old != name:
+            (folder / old).unlink(missing_ok=True)
+    return name
+
+
+def remove_partials(directory: str | os.PathLike) -> int:
+    """Delete index files a killed planner left half-written; returns how many."""
+    folder = Path(directory) / MANIFEST_DIRNAME
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob(".*.partial"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# A set of ids built once, probed per batch at a cost that does not grow with the set
+# ---------------------------------------------------------------------------------------------
+
+_HASH_BASE = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
+_HASH_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 2**64))
+_HASH_CHUNK_BYTES = 1 << 20
+"""Strings are hashed in chunks of about this many bytes, which bounds the temporary arrays."""
+
+
+_POWERS: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _hash_powers(length: int = _HASH_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """(B^i, B^-i) mod 2^64 for i in 0..length, uint64 [length + 1] each; the chunk-sized pair is
+    computed once per process."""
+    global _POWERS
+    if length == _HASH_CHUNK_BYTES and _POWERS is not None:
+        return _POWERS
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.concatenate([[np.uint64(1)], np.full(length, _HASH_BASE, np.uint64)]), dtype=np.uint64)
+        inverse = np.cumprod(np.concatenate([[np.uint64(1)], np.full(length, _HASH_BASE_INVERSE, np.uint64)]), dtype=np.uint64)
+    if length == _HASH_CHUNK_BYTES:
+        _POWERS = (powers, inverse)
+    return powers, inverse
+
+
+def hash_strings(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each string, vectorised over Arrow's buffers (no Python strings).
+
+    A polynomial hash Σ byte_i·B^i mod 2^64 from prefix sums, mixed with the length and a
+    murmur-style finaliser. Not cryptographic: `IdSet` confirms every hash hit by comparing the
+    strings, so a collision costs a comparison, never a wrong answer.
+
+    Args:
+        values: string array [n] without nulls.
+    Returns:
+        uint64 [n].
+    """
+    if isinstance(values, pa.ChunkedArray):
+        return np.concatenate([hash_strings(chunk) for chunk in values.chunks]) if values.num_chunks else np.zeros(0, np.uint64)
+    if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
+        offset_type = np.int64
+    else:
+        values = values.cast(pa.string())
+        offset_type = np.int32
+    count = len(values)
+    if count == 0:
+        return np.zeros(0, np.uint64)
+    buffers = values.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[values.offset : values.offset + count + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    hashes = np.empty(count, np.uint64)
+    powers, inverse = _hash_powers()
+    start = 0
+    with np.errstate(over="ignore"):
+        while start < count:
+            # The next run of strings whose bytes fit in one chunk (at least one string; a longer
+            # string gets a chunk of its own).
+            stop = int(np.searchsorted(offsets, offsets[start] + _HASH_CHUNK_BYTES, side="right")) - 1
+            stop = min(max(stop, start + 1), count)
+            first, last = offsets[start], offsets[stop]
+            if last - first > _HASH_CHUNK_BYTES:
+                chunk_powers, chunk_inverse = _hash_powers(int(last - first))
+            else:
+                chunk_powers, chunk_inverse = powers, inverse
+            chunk = data[first:last].astype(np.uint64)
+            prefix = np.zeros(len(chunk) + 1, np.uint64)
+            np.cumsum(chunk * chunk_powers[: len(chunk)], out=prefix[1:])
+            begin, end = offsets[start:stop] - first, offsets[start + 1 : stop + 1] - first
+            value = (prefix[end] - prefix[begin]) * chunk_inverse[begin]
+            value ^= (end - begin).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            value ^= value >> np.uint64(33)
+            value *= np.uint64(0xFF51AFD7ED558CCD)
+            value ^= value >> np.uint64(33)
+            value *= np.uint64(0xC4CEB9FE1A85EC53)
+            value ^= value >> np.uint64(33)
+            hashes[start:stop] = value
+            start = stop
+    return hashes
+
+
+class IdSet:
+    """An immutable set of string ids: built once (on the driver), shipped once (its numpy and Arrow
+    buffers deserialise without copying from Ray's object store), then probed batch by batch at
+    O(batch · log n), with no hash table rebuilt per batch.
+
+    Args:
+        ids: string array [n] (duplicates allowed, no nulls).
+    """
+
+    def __init__(self, ids: pa.Array | pa.ChunkedArray | list[str] | None = None):
+        if ids is None:
+            ids = pa.array([], pa.string())
+        if isinstance(ids, list):
+            ids = pa.array(ids, pa.string())
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+        hashes = hash_strings(ids)
+        self.order = np.argsort(hashes)
+        """int64 [n]: position in `ids` of each sorted hash."""
+        self.hashes = hashes[self.order]
+        """uint64 [n], sorted."""
+        self.ids = ids
+        """string [n], as given."""
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def contains(self, values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """bool [m]: whether each of `values` (string [m], no nulls) is in the set."""
+        if isinstance(values, list):
+            values = pa.array(values, pa.string())
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+        found = np.zeros(len(values), bool)
+        if not len(values) or not len(self.hashes):
+            return found
+        wanted = hash_strings(values)
+        position = np.searchsorted(self.hashes, wanted, side="left")
+        pending = np.flatnonzero(position < len(self.hashes))
+        # Walk forward over equal hashes (almost always one step): compare the strings themselves.
+        while len(pending):
+            at = position[pending]
+            same_hash = self.hashes[at] == wanted[pending]
+            pending, at = pending[same_hash], at[same_hash]
+            if not len(pending):
+                break
+            equal = pc.equal(self.ids.take(pa.array(self.order[at])), values.take(pa.array(pending))).to_numpy(zero_copy_only=False)
+            found[pending[equal]] = True
+            pending = pending[~equal]
+            position[pending] += 1
+            pending = pending[position[pending] < len(self.hashes)]
+        return found
+
+    def __contains__(self, value: str) -> bool:
+        return bool(self.contains(pa.array([value], pa.string()))[0])

@@ -1,0 +1,242 @@
+"""One run per output directory: a lease file that a second concurrent run refuses to share.
+
+Two runs writing one directory would both write the same ids (nothing in a batch's file name says
+which run made it) and each would delete the other's partial files on start-up. So a run first
+takes `out_dir/.vf3d-lease.json` (dot-prefixed: shard readers skip it):
+
+    {"host": ..., "pid": ..., "started": ISO time, "heartbeat": unix time, "token": ..., "command": ...}
+
+- Taking it is atomic: the content is written to a private file and hard-linked to the lease name,
+  which fails when a lease exists (atomic on local filesystems and NFS alike), so no reader sees a
+  half-written lease.
+- While the run lasts a daemon thread rewrites `heartbeat` every `heartbeat_seconds`.
+- A lease is stale when its holder is provably gone: on this host its pid no longer runs (or now
+  belongs to a process started after the lease); on another host its heartbeat is older than
+  `stale_after_seconds`. A stale lease is taken over with a log line; a live one makes the run
+  refuse with `LeaseHeldError` naming the holder.
+- Release on exit removes the file if it is still ours.
+
+This module imports no ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from vf3d.config import ConfigError, LeaseConfig
+
+LEASE_NAME = ".vf3d-lease.json"
+
+
+class LeaseHeldError(ConfigError):
+    """Another live run holds the output directory."""
+
+
+def _process_started(pid: int) -> float | None:
+    """Start time (unix seconds) of a live process, or None when there is no such process."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0  # alive, start time unknown
+    except Exception:  # psutil.NoSuchProcess / ZombieProcess / AccessDenied
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+
+
+class OutputLease:
+    """The lease on one output directory; a context manager (`with OutputLease(...):`).
+
+    Args:
+        out_dir: the output directory (must exist).
+        config: heartbeat period and staleness timeout.
+        command: what holds it (shown to a refused run), e.g. "synthesize".
+        log: where the takeover line goes.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, config: LeaseConfig, command: str = "vf3d", log: Callable[[str], None] = print):
+        self.path = Path(out_dir) / LEASE_NAME
+        self.config = config
+        self.command = command
+        self.log = log
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        """Set when the heartbeat found the lease held by someone else (ours was judged stale)."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._content: dict[str, Any] = {}
+
+    # -- taking and giving back -----------------------------------------------------------------
+
+    def acquire(self) -> "OutputLease":
+        """Take the lease, taking over a stale one; raise LeaseHeldError when a live run holds it."""
+        now = time.time()
+        self._content = {
+            "host": socket.gethostname(), "pid": os.getpid(), "process_started": _process_started(os.getpid()),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "heartbeat": now, "token": self.token,
+            "command": self.command, "argv": " ".join(sys.argv)[:500],
+        }
+        for _ in range(3):
+            if self._create():
+                self._start_heartbeat()
+                return self
+            holder = self._read()
+            if holder is None:
+                continue  # released (or half-replaced) between our attempt and our read: try again
+            reason = self._stale_reason(holder)
+            if reason is None:
+                raise LeaseHeldError(f"{self.path.parent} is in use by another run ({describe(holder)}); wait for it to finish or stop it (a lease whose run is gone is taken over automatically)")
+            if self._take_over(holder):
+                self.log(f"taking over a stale lease on {self.path.parent}: {describe(holder)}, {reason}")
+        raise LeaseHeldError(f"{self.path.parent}: could not take the lease {self.path.name} (it keeps changing hands); is another run starting?")
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        holder = self._read()
+        if holder is not None and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "OutputLease":
+        return self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _write_private(self, content: dict[str, Any]) -> Path:
+        private = self.path.parent / f".{LEASE_NAME}.{self.token}.{uuid.uuid4().hex[:8]}.tmp"
+        private.write_text(json.dumps(content) + "\n")
+        return private
+
+    def _create(self) -> bool:
+        private = self._write_private(self._content)
+        try:
+            os.link(private, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            private.unlink(missing_ok=True)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            # Not ours to judge: an unreadable lease is treated as held until its file is old.
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            return {"host": "?", "pid": -1, "started": "?", "heartbeat": time.time() - age, "token": None, "unreadable": True}
+
+    def _stale_reason(self, holder: dict[str, Any]) -> str | None:
+        age = time.time() - float(holder.get("heartbeat", 0))
+        if holder.get("host") == socket.gethostname() and not holder.get("unreadable"):
+            started = _process_started(int(holder.get("pid", -1)))
+            if started is None:
+                return f"its process {holder.get('pid')} is gone"
+            recorded = holder.get("process_started")
+            if recorded and started and abs(started - float(recorded)) > 1.0:
+                return f"pid {holder.get('pid')} now belongs to another process"
+            return None
+        if age > self.config.stale_after_seconds:
+            return f"no heartbeat for {age:.0f} s (timeout {self.config.stale_after_seconds:.0f} s)"
+        return None
+
+    def _take_over(self, holder: dict[str, Any]) -> bool:
+        """Move the stale lease aside and create ours; False when someone else got there first."""
+        aside = self.path.parent / f".{LEASE_NAME}.stale-{self.token}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        moved = self._read_file(aside)
+        if moved is not None and moved.get("token") != holder.get("token"):
+            # Between our read and our rename another run took over: put its lease back.
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True  # the caller's loop now creates our lease
+
+    @staticmethod
+    def _read_file(path: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="vf3d-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_seconds):
+            holder = self._read()
+            if holder is None or holder.get("token") != self.token:
+                self.lost = True
+                self.log(f"lost the lease on {self.path.parent}: " + (describe(holder) if holder else "its file is gone") + "; stopping")
+                return
+            self._content["heartbeat"] = time.time()
+            private = self._write_private(self._content)
+            os.replace(private, self.path)
+
+
+def describe(holder: dict[str, Any]) -> str:
+    """'host H, pid P, started T, heartbeat N s ago' for messages."""
+    age = time.time() - float(holder.get("heartbeat", 0))
+    command = f"{holder.get('command')} " if holder.get("command") else ""
+    return f"{command}host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started')}, heartbeat {age:.0f} s ago"
+
+
+def holding_lease(command: str) -> Callable:
+    """Decorator for a stage function with `out_dir`, `config` (with a `lease` field) and an
+    optional `log` parameter: it runs holding `out_dir`'s lease (creating the directory first)."""
+    import functools
+    import inspect
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            out_dir, config = Path(bound.arguments["out_dir"]), bound.arguments["config"]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with OutputLease(out_dir, config.lease.validate(), command=command, log=bound.arguments.get("log") or print):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
