@@ -37,7 +37,7 @@ demo: setup
 # table of their ratios to $(BENCH_DIR)/summary.md.
 BENCH_DIR ?= bench-results
 BENCH_ARGS ?=
-BENCHMARKS := recon render synthesize train_video train_recon serve_load release_fidelity
+BENCHMARKS := recon render synthesize train_video train_recon serve_load release_fidelity scale
 
 bench: setup
 	@mkdir -p $(BENCH_DIR)

@@ -25,8 +25,12 @@ ids. Then, in a fresh subprocess per size (so its peak RSS is the planner's own)
 
 Targets (issue 14) at 4M ids on the 2-core test machine: planning ≤ 20 s and ≤ 1 GB peak RSS.
 
-Other sections (train-recon start-up, saturation) are added as functions in SECTIONS below: each
-takes the parsed arguments and returns (rows, details).
+Section "training_input" (bench/scale_training.py): train-recon's input pipeline start-up (Ray
+start excluded, to the first batch) at 1k vs 100k orbits, and bytes moved per training sample vs
+the uint8 size of the views it uses. Section "saturation" (bench/scale_saturation.py): a local
+cluster declaring logical GPUs, the generation stage replaced by a stand-in that sleeps a fixed
+time per video, the rest of the pipeline real: the generation actors' busy share of the wall time
+at several offered rates. `--sections NAME ...` runs a subset.
 """
 
 from __future__ import annotations
@@ -186,10 +190,26 @@ def bench_resume(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     return rows, details
 
 
+def bench_training_input(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """train-recon start-up at 1k vs 100k orbits and bytes moved per sample (bench/scale_training.py)."""
+    from scale_training import run_training_input
+
+    details, rows = run_training_input(args.quick)
+    return rows, details
+
+
+def bench_saturation(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """Generation actors' busy share with a stand-in generator (bench/scale_saturation.py)."""
+    from scale_saturation import run_saturation
+
+    details, rows = run_saturation(args.quick)
+    return rows, details
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], tuple[list[Row], dict[str, Any]]]] = {
     "resume": bench_resume,
-    # Add further sections here (e.g. "train_recon_startup", "saturation"): a function of the
-    # parsed arguments returning (rows, details), plus any flags it needs in parse_args.
+    "training_input": bench_training_input,
+    "saturation": bench_saturation,
 }
 
 

@@ -30,7 +30,6 @@ def ray_local():
     from vf3d.synthesis.cluster import MIN_LOCAL_CPUS
 
     # As `vf3d` does for local runs: trainers fed by Ray Data need CPUs left for the data tasks.
-    # One logical GPU (no CUDA behind it) lets tests schedule GPU actors and see them refused.
-    ray.init(address="local", num_cpus=MIN_LOCAL_CPUS, num_gpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=MIN_LOCAL_CPUS, include_dashboard=False)
     yield
     ray.shutdown()

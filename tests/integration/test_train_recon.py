@@ -30,7 +30,9 @@ def duck_orbits(tmp_path_factory):
 
 def recon_config(**run):
     config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
-    return config_lib.merge(config, {"training": {"run": run}} if run else {})
+    # CPU workers: the session's cluster advertises one logical GPU (no CUDA behind it), which
+    # "auto" would take and two workers could not share.
+    return config_lib.merge(config, {"training": {"scaling": {"use_gpu": False}, **({"run": run} if run else {})}})
 
 
 @pytest.fixture(scope="module")

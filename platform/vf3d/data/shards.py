@@ -81,17 +81,19 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
 
 from vf3d.data import manifest as id_manifest
+
+if TYPE_CHECKING:  # torch is imported where it is used: a planning driver needs none of it
+    import torch
 
 FORMAT_VERSION = 1
 """Version written into every row; bump it when the meaning of a column changes."""
@@ -291,7 +293,7 @@ def records_to_table(records: Iterable[OrbitRecord], image_format: str = "png") 
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
+    if hasattr(array, "detach"):  # a torch.Tensor (checked without importing torch)
         return array.detach().cpu().numpy()
     return np.asarray(array)
 
@@ -746,7 +748,7 @@ def remove_partials(directory: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_row(row: Mapping[str, Any], views: Sequence[int] | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def decode_row(row: Mapping[str, Any], views: Sequence[int] | None = None, dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Decode one orbit row (a dict from Arrow `to_pylist`, one row of a numpy batch, or one row of
     an Arrow batch whose list cells are pyarrow scalars).
 
@@ -755,8 +757,8 @@ def decode_row(row: Mapping[str, Any], views: Sequence[int] | None = None, dtype
         views: indices of the views to decode, in the order wanted (repeats allowed); None decodes
             all V. Only these images are decoded (a trainer needs 4 of 16 views), so bytes of the
             other views are never touched, corrupt or not.
-        dtype: torch.float32 (values in [0, 1]) or torch.uint8 (the stored 0..255, 4× smaller:
-            what a data pipeline should move; convert where the model runs).
+        dtype: torch.float32 (values in [0, 1]; the default) or torch.uint8 (the stored 0..255,
+            4× smaller: what a data pipeline should move; convert where the model runs).
     Returns:
         the row's other columns unchanged (metadata stays a JSON string), plus, with n = len(views)
         (V when None): frames [n, 3, H, W] (on white), masks [n, 1, H, W], cameras float32 [n, 25].
@@ -765,6 +767,9 @@ def decode_row(row: Mapping[str, Any], views: Sequence[int] | None = None, dtype
         wrong mode or size, a view index is out of range, or V differs between frames, masks and
         cameras.
     """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     if dtype not in (torch.float32, torch.uint8):
         raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
     decoded = _decode_arrays(row, views)
@@ -919,6 +924,8 @@ class ViewSampler:
         source_from_orbit_only: bool = True,
         seed: int = 0,
     ):
+        import torch
+
         if num_target_views < 1:
             raise ValueError(f"num_target_views must be >= 1, got {num_target_views}")
         colors = torch.tensor([[float(color)] * 3 if isinstance(color, (int, float)) else [float(channel) for channel in color] for color in background_colors])
@@ -931,6 +938,8 @@ class ViewSampler:
 
     def generator_for(self, row_id: str, epoch: int = 0) -> torch.Generator:
         """The generator `__call__` uses for a row when none is given."""
+        import torch
+
         digest = hashlib.sha256(f"{self.seed}\n{epoch}\n{row_id}".encode("utf-8")).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a non-negative int64
 
@@ -944,6 +953,8 @@ class ViewSampler:
         Returns:
             (source view index, target view indices int64 [k], target backgrounds float32 [k, 3]).
         """
+        import torch
+
         k = self.num_target_views
         if num_views < k:
             raise ValueError(f"row {row_id!r}: {num_views} views cannot give {k} distinct target views")
@@ -972,6 +983,8 @@ class ViewSampler:
             target_backgrounds [k, 3], source_view (int64 scalar) and target_views [k] (indices
             into the orbit's views).
         """
+        import torch
+
         frames = torch.as_tensor(row["frames"], dtype=torch.float32)
         masks = torch.as_tensor(row["masks"], dtype=torch.float32)
         cameras = torch.as_tensor(row["cameras"], dtype=torch.float32)

@@ -1,16 +1,17 @@
 """`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (reference.md §4).
 
-Driver: orbit shards (synthetic `--data`, real renders `--data-3d`) → Ray Data (decoded orbits,
-held-out objects removed) → `TorchTrainer` running `train_recon_loop` on every worker with
-DeepSpeed → the last checkpoint consolidated into a reconstructor directory (`config.json` +
+Driver: orbit shards (synthetic `--data`, real renders `--data-3d`) → Ray Data
+(`vf3d.data.training_input`: held-out ids filtered out, views chosen per (seed, epoch, id) and only
+those decoded, in CPU map tasks, uint8) → `TorchTrainer` running `train_recon_loop` on every worker
+with DeepSpeed → the last checkpoint consolidated into a reconstructor directory (`config.json` +
 `model.safetensors`, loadable with `Reconstructor.from_pretrained` and `vf3d image-to-3d`).
 
-One training sample (built on the worker, so each step draws fresh views): one source view,
-recentred on white and resized to the encoder's input; k target views on random background colours,
-resized to the stage's render resolution and cut to a random crop that is the only part rendered
-(patch rendering: high-resolution supervision at a bounded cost). Every camera is expressed in the
-frame where the source camera is the canonical one (what the model sees at inference), then
-perturbed by the configured camera noise. The stage schedule (`stages`) switches resolution, crop,
+One training sample: one source view, recentred on white and resized to the encoder's input (in the
+map stage); k target views, turned into floats on the worker's device, composited on random
+background colours, resized to the stage's render resolution and cut to a random crop that is the
+only part rendered (patch rendering: high-resolution supervision at a bounded cost). Every camera
+is expressed in the frame where the source camera is the canonical one (what the model sees at
+inference), then perturbed by the configured camera noise. The stage schedule (`stages`) switches resolution, crop,
 data and pixel loss at fixed steps; a resumed run continues in the stage its step belongs to.
 """
 
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 RUNS_DIRNAME = "training_runs"
 VALIDATION_LOG = "validation.jsonl"
 TRAIN_LOG = "train_log.jsonl"
-CACHE_MAX_ORBITS = 4096
-"""Datasets up to this many orbits are decoded once and kept in the object store."""
 
 
 def stage_at(stages: list[ReconStage], step: int) -> tuple[int, ReconStage]:
@@ -68,30 +67,44 @@ def source_inputs(frames: "torch.Tensor", masks: "torch.Tensor", image_size: int
     return torch.stack(images)
 
 
-def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
-    """Decoded orbit rows → one training batch for `stage` (see the module docstring).
+def _unit(images: "torch.Tensor") -> "torch.Tensor":
+    """uint8 pixels (0..255) or floats already in [0, 1] → float32 in [0, 1]."""
+    import torch
 
-    Returns source_images [B, 3, S, S], source_cameras [B, 16], target_cameras [B, k, 25] (at the
-    render resolution's scale), crop_offsets [B, k, 2], target_images / target_masks [B, k, c, c],
-    backgrounds [B, k, 3].
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+    """Sampled views (`vf3d.data.training_input.sample_views`, as torch tensors on the worker's
+    device; pixels uint8 or already float) → one training batch for `stage`.
+
+    Pixels become floats here, on the samples' device. Camera noise and crop offsets are drawn
+    from `generator` (CPU). Returns source_images [B, 3, S, S], source_cameras [B, 16],
+    target_cameras [B, k, 25] (at the render resolution's scale), crop_offsets [B, k, 2],
+    target_images / target_masks [B, k, c, c], backgrounds [B, k, 3].
     """
     import torch
 
     from vf3d import cameras
-    from vf3d.data.shards import ViewSampler
 
-    sampler = ViewSampler(config.num_target_views)
-    samples = [sampler(row, generator=generator) for row in rows]
-    stack = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
-    source_images = source_inputs(stack["source_image"], stack["source_mask"], config.model.encoder.image_size)
-    target_cameras = cameras.relative_to_source(stack["source_camera"], stack["target_cameras"])
+    device = samples["target_frames"].device
+    size = config.model.encoder.image_size
+    source_images = _unit(samples["source_images"])
+    if source_images.shape[-1] != size:
+        source_images = torch.nn.functional.interpolate(source_images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    frames, masks = _unit(samples["target_frames"]), _unit(samples["target_masks"])
+    backgrounds = samples["target_backgrounds"].float()
+    # Frames are stored on white: rgb_on_bg = frame − (1 − mask)·(1 − bg) (see shards.ViewSampler).
+    images = (frames - (1 - masks) * (1 - backgrounds[..., None, None])).clamp(0, 1)
+    source_camera, target_cameras = samples["source_cameras"].float().cpu(), samples["target_cameras"].float().cpu()
+    target_cameras = cameras.relative_to_source(source_camera, target_cameras)
     noise = config.camera_noise
     target_cameras = cameras.perturb_render_cameras(target_cameras, noise.target_rotation_deg, noise.target_translation, generator)
-    source_cameras = cameras.canonical_source_camera(config.model.source_camera_distance).expand(len(rows), 16)
+    batch, views = images.shape[:2]
+    source_cameras = cameras.canonical_source_camera(config.model.source_camera_distance).expand(batch, 16)
     source_cameras = cameras.perturb_source_cameras(source_cameras, noise.source_rotation_deg, noise.source_translation, generator)
 
     resolution, crop = stage.render_resolution, stage.crop_size
-    batch, views = stack["target_images"].shape[:2]
 
     def resized(images: torch.Tensor) -> torch.Tensor:
         flat = images.flatten(0, 1)
@@ -99,10 +112,11 @@ def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReco
             flat = torch.nn.functional.interpolate(flat, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
         return flat.unflatten(0, (batch, views))
 
-    images, masks = resized(stack["target_images"]), resized(stack["target_masks"])
+    images, masks = resized(images), resized(masks)
     offsets = torch.randint(0, resolution - crop + 1, (batch, views, 2), generator=generator)
-    rows_index = offsets[..., 0, None] + torch.arange(crop)  # [B, k, c]
-    cols_index = offsets[..., 1, None] + torch.arange(crop)
+    on_device = offsets.to(device)
+    rows_index = on_device[..., 0, None] + torch.arange(crop, device=device)  # [B, k, c]
+    cols_index = on_device[..., 1, None] + torch.arange(crop, device=device)
 
     def cropped(images: torch.Tensor) -> torch.Tensor:
         channels = images.shape[2]
@@ -116,13 +130,33 @@ def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReco
         "crop_offsets": offsets,
         "target_images": cropped(images).clamp(0, 1),
         "target_masks": cropped(masks).clamp(0, 1),
-        "backgrounds": stack["target_backgrounds"],
+        "backgrounds": backgrounds,
     }
 
 
-def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    count = len(batch["id"])
-    return [{key: value[index] for key, value in batch.items()} for index in range(count)]
+def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+    """Fully decoded orbit rows (`shards.decode_row`) → one training batch, for benchmarks and
+    tests that hold orbits in memory; training streams samples instead (`batch_from_samples`).
+    Views are drawn with `shards.ViewSampler` from `generator`, then noise and crops as in
+    `batch_from_samples`, which gives the shapes."""
+    import torch
+
+    from vf3d.data.shards import ViewSampler
+
+    sampler = ViewSampler(config.num_target_views)
+    drawn = [sampler(row, generator=generator) for row in rows]
+    stack = {key: torch.stack([sample[key] for sample in drawn]) for key in drawn[0]}
+    samples = {
+        "source_images": source_inputs(stack["source_image"], stack["source_mask"], config.model.encoder.image_size),
+        "source_cameras": stack["source_camera"],
+        # The sampler composited the targets already: on a white "background" the formula of
+        # batch_from_samples leaves them as they are.
+        "target_frames": stack["target_images"],
+        "target_masks": stack["target_masks"],
+        "target_cameras": stack["target_cameras"],
+        "target_backgrounds": torch.ones_like(stack["target_backgrounds"]),
+    }
+    return {**batch_from_samples(samples, stage, config, generator), "backgrounds": stack["target_backgrounds"]}
 
 
 def validation_views(record: dict[str, Any], num_views: int, resolution: int):
@@ -196,12 +230,14 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import torch
 
-    from vf3d.data import shards
+    from vf3d.data import training_input
     from vf3d.evaluation.plots import append_jsonl, plot_curves, read_jsonl
     from vf3d.models.reconstructor import Reconstructor
-    from vf3d.training import batches_forever, initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.synthesis.cluster import require_usable_gpus
+    from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
     from vf3d.training.losses import ReconstructionLoss
 
+    require_usable_gpus("train-recon worker")
     training = training_config_from(config)
     recon = config_lib.from_dict(TrainReconConfig, config["recon"])
     out_dir = Path(config["out_dir"])
@@ -215,15 +251,21 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
     start = step = restore(engine)
     iterators: dict[str, Any] = {}
 
-    def next_rows(source: str) -> list[dict[str, Any]]:
+    def next_samples(source: str) -> dict[str, torch.Tensor]:
         if source not in iterators:
-            iterators[source] = batches_forever(ray.train.get_dataset_shard(source), training.run.batch_size)
-        return _rows(next(iterators[source]))
+            shard = ray.train.get_dataset_shard(source)
+            settings = recon.input
+            iterators[source] = training_input.batches_forever(shard, training.run.batch_size, prefetch_batches=settings.prefetch_batches, shuffle_buffer_size=settings.shuffle_buffer_size, seed=training.run.seed * 7919 + rank, device=device)
+        return next(iterators[source])
 
     validator = None
     if rank == 0:
-        wanted = {entry["id"] for entry in config["validation_records"]}
-        records = [record for directory in sorted({entry["dir"] for entry in config["validation_records"]}) for record in shards.iter_records(directory) if record["id"] in wanted]
+        # Only the held-out rows are read (a filter on `id`): the other ranks wait for rank 0 in
+        # the first collective, so a scan of the whole dataset here would time them out.
+        by_dir: dict[str, list[str]] = {}
+        for entry in config["validation_records"]:
+            by_dir.setdefault(entry["dir"], []).append(entry["id"])
+        records = [record for directory in sorted(by_dir) for record in training_input.read_orbits_by_id(directory, by_dir[directory])]
         validator = Validator(records, recon, loss_fn.lpips, out_dir) if records else None
 
     def validate(stage_name: str) -> dict[str, float] | None:
@@ -248,7 +290,7 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
                 print(f"[train-recon] step {step}: stage {stage_index + 1}/{len(recon.stages)} {stage.name!r} ({stage.data} data, {stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {'on' if stage.pixel_loss else 'off'})", flush=True)
         inject_fault_if_due(training, step + 1)
         generator = torch.Generator().manual_seed(training.run.seed * 1_000_003 + rank * 7919 + step)
-        batch = {key: value.to(device) for key, value in build_batch(next_rows(stage.data), stage, recon, generator).items()}
+        batch = {key: value.to(device) for key, value in batch_from_samples(next_samples(stage.data), stage, recon, generator).items()}
         planes, rendered = engine(
             batch["source_images"].to(dtype),
             batch["source_cameras"].to(dtype),
@@ -298,11 +340,55 @@ def _orbit_ids(directory: Path) -> list[str]:
     return sorted(shards.read_ids(directory))
 
 
+def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, log=print) -> dict[str, Any]:
+    """The held-out set and the lazy training datasets of every data source the stages use.
+
+    Reads only the `id` column (held-out choice) and Parquet footers (counts); nothing is decoded
+    until a worker iterates a dataset. Returns {"datasets": {source: Dataset}, "counts": {source:
+    training orbits}, "held_out": ids, "excluded": ids removed from training, "validation_source":
+    directory of the held-out orbits}.
+    """
+    from vf3d.data import shards, training_input
+
+    training = config.training
+    needed = sorted({stage.data for stage in config.stages})
+    # Held-out objects come from the first stage's data and are never trained on.
+    validation_source = Path(sources[config.stages[0].data])
+    ids = _orbit_ids(validation_source)
+    held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
+    if not held_out:
+        held_out = ids[: max(1, config.validation.num_objects)]
+        log(f"only {len(ids)} orbits in {validation_source}: validating on training objects {held_out[:3]} (no held-out set)")
+        excluded: set[str] = set()
+    else:
+        excluded = set(held_out)
+    datasets = {}
+    counts = {}
+    workers, batch_size = training.scaling.num_workers, training.run.batch_size
+    for name in needed:
+        files = shards.list_shard_files(sources[name])
+        skip = excluded if Path(sources[name]) == validation_source else set()
+        # Parquet footers give the count: nothing is decoded (or even read) before training starts.
+        count = training_input.count_rows(files) - len(skip)
+        # Every worker needs a full batch per epoch; tiny datasets also repeat to a useful epoch size.
+        repeats = max(training_input.epoch_repeats(count, config.input.min_samples_per_epoch), -(-workers * batch_size // count))
+        datasets[name] = training_input.training_dataset(
+            files,
+            exclude_ids=skip,
+            num_target_views=config.num_target_views,
+            image_size=config.model.encoder.image_size,
+            target_resolution=max(stage.render_resolution for stage in config.stages if stage.data == name),
+            seed=training.run.seed,
+            repeats=repeats,
+        )
+        counts[name] = count
+    return {"datasets": datasets, "counts": counts, "held_out": held_out, "excluded": excluded, "validation_source": validation_source}
+
+
 def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, config: TrainReconConfig, log=print) -> dict[str, Any]:
     """Driver: train on the orbit shards, export the reconstructor into `out_dir`; returns a summary."""
     from vf3d.data import shards
     from vf3d.models.reconstructor import Reconstructor
-    from vf3d.synthesis.datasets import read_orbit_dataset
     from vf3d.training import run_training
 
     config = config.validate()
@@ -322,29 +408,8 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
         training.run.storage_path = str(out_dir / RUNS_DIRNAME)
     config_lib.save_json(config, out_dir / "train_recon_config.json")
 
-    # Held-out objects come from the first stage's data and are never trained on.
-    validation_source = Path(sources[config.stages[0].data])
-    ids = _orbit_ids(validation_source)
-    held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
-    if not held_out:
-        held_out = ids[: max(1, config.validation.num_objects)]
-        log(f"only {len(ids)} orbits in {validation_source}: validating on training objects {held_out[:3]} (no held-out set)")
-        excluded: set[str] = set()
-    else:
-        excluded = set(held_out)
-    datasets = {}
-    counts = {}
-    for name in needed:
-        dataset = read_orbit_dataset(sources[name])
-        if excluded and Path(sources[name]) == validation_source:
-            dataset = dataset.filter(lambda row, skip=frozenset(excluded): row["id"] not in skip)
-        count = dataset.count()
-        if count <= CACHE_MAX_ORBITS:
-            dataset = dataset.materialize()
-        needed_rows = training.scaling.num_workers * training.run.batch_size
-        if count < needed_rows:  # every worker needs a full batch per epoch
-            dataset = dataset.union(*[dataset] * (-(-needed_rows // count) - 1))
-        datasets[name], counts[name] = dataset, count
+    inputs = prepare_inputs(sources, config, log)
+    datasets, counts, held_out, excluded, validation_source = inputs["datasets"], inputs["counts"], inputs["held_out"], inputs["excluded"], inputs["validation_source"]
     schedule = " → ".join(f"{stage.name} ({stage.steps} steps, {stage.render_resolution}px/{stage.crop_size}px, {stage.data})" for stage in config.stages)
     log(f"training the reconstructor on {counts} orbits ({len(excluded)} held out): {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}; stages: {schedule}; checkpoints in {training.run.storage_path}/{training.run.name}")
     if config.losses.lpips_random_backbone:
