@@ -47,22 +47,15 @@ def _process_started(pid: int) -> float | None:
         import psutil
 
         return psutil.Process(pid).create_time()
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0  # alive, start time unknown
-    except Exception:  # psutil.NoSuchProcess / ZombieProcess / AccessDenied
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0.0
+    except Exception:  # no psutil, or NoSuchProcess / ZombieProcess / AccessDenied: ask the kernel
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return 0.0  # alive, start time unknown
 
 
 class OutputLease:
