@@ -91,7 +91,7 @@ def pool_for(cpus: int) -> ActorPoolConfig:
     """An elastic pool of up to one actor per core whose reservations leave room for the writer.
 
     On a 2-CPU cluster, actors that reserve every CPU starve the other operators and the job
-    hangs (environment.md), so each actor asks for a fraction of a CPU: all `cpus` actors plus the
+    hangs (seen on 2-core machines), so each actor asks for a fraction of a CPU: all `cpus` actors plus the
     writer's 0.25 plus a little headroom fit in the cluster's `cpus` logical CPUs. The reservation
     is bookkeeping only; each actor still renders on a whole core of its own. (The alternative, a
     cluster with more logical CPUs than cores, works too, but would let Ray schedule more CPU

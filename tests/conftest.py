@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-# Tests never attach to a stray Ray cluster nor need its auth token (environment.md).
+# Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 

@@ -1,4 +1,4 @@
-"""Camera conventions shared by every vf3d component (reference.md §2).
+"""Camera conventions shared by every vf3d component (those of the released VFusion3D/OpenLRM code).
 
 - World: +Z up; objects live inside [-1, 1]³.
 - Poses are camera-to-world 4×4 matrices in the OpenGL/Blender convention: the camera looks down

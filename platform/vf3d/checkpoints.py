@@ -11,7 +11,7 @@ Model directory (our format, written by `PretrainedModel.save_pretrained`):
 
 Importers (`import_checkpoint`) turn a released state dict into such a directory:
 
-- "vfusion3d": the facebookresearch/vfusion3d release (reference.md §1, §6): `encoder.model.*` in
+- "vfusion3d": the facebookresearch/vfusion3d release: `encoder.model.*` in
   transformers `Dinov2Model` names (transformers 4.x attention names as in the released file, or
   5.x names), `camera_embedder.mlp.{0,2}`, `transformer.{pos_embed, layers.N.*, norm, deconv}`,
   `synthesizer.decoder.net.{0,2,4,...}`.
@@ -312,7 +312,7 @@ RELEASE_DEFAULTS: dict[str, dict[str, Any]] = {
         "mesh_iso": 3.0,
     },
 }
-"""Settings tensor shapes cannot reveal, as in each release (reference.md §1); `overrides` win."""
+"""Settings tensor shapes cannot reveal, as in each release; `overrides` win."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1067,7 +1067,7 @@ SYNTHESIZE_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# train-recon: the reconstructor trained on orbit shards (reference.md §4)
+# train-recon: the reconstructor trained on orbit shards (VFusion3D's recipe)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Camera conventions of reference.md §2."""
+"""Camera conventions of the released VFusion3D/OpenLRM code."""
 
 import math
 

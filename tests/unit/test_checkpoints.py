@@ -406,7 +406,7 @@ def test_exported_names_run_the_released_network(format, changes):
 
 
 # ---------------------------------------------------------------------------------------------
-# The released VFusion3D layout (reference.md §6), without allocating a single weight
+# The released VFusion3D layout, without allocating a single weight
 # ---------------------------------------------------------------------------------------------
 
 RELEASED_SHAPES = {

@@ -66,7 +66,7 @@ rejected orbits (`_rejected/`) out of training data and readers away from `.part
 Rows hold images, so row groups are small (`ROWS_PER_ROW_GROUP`) and readers can stream them.
 Decoding turns a row into float or uint8 tensors, all views or only chosen ones (`decode_row`), or
 a Ray Data numpy batch into stacked arrays (`decode_batch`); `ViewSampler` picks one training
-sample (source view + k targets on random backgrounds, reference.md §4), and its `choose` decides
+sample (source view + k targets on random backgrounds, as OpenLRM's released trainer does), and its `choose` decides
 the views before anything is decoded. This module imports neither ray nor deepspeed.
 """
 
@@ -111,7 +111,7 @@ ERRORS_DIRNAME = "_errors"
 REJECTED_DIRNAME = "_rejected"
 """Sub-directory of the rejected-orbit table (hidden from orbit readers the same way)."""
 DEFAULT_BACKGROUND_COLORS = ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
-"""Target background colours of the released trainer: black, grey, white (reference.md §4)."""
+"""Target background colours of the released trainer: black, grey, white."""
 
 ORBIT_SCHEMA = pa.schema(
     [
@@ -888,7 +888,7 @@ def _decode_image(data: Any, mode: str, row_id: Any, column: str, view: int) -> 
 
 
 class ViewSampler:
-    """Picks one reconstructor training sample from a decoded orbit (reference.md §4).
+    """Picks one reconstructor training sample from a decoded orbit (OpenLRM's released trainer's recipe).
 
     One source view, drawn from the orbit views (the first `num_orbit_views`) or from all views,
     and k distinct target views drawn from the other views. When the orbit has fewer than k + 1

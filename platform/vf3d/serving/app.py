@@ -1,6 +1,6 @@
 """The image-to-3D HTTP application: the FastAPI ingress, the application builder, and `vf3d serve`.
 
-Routes (architecture.md): `POST /v1/image-to-3d` → mesh bytes, `POST /v1/turntable` → MP4,
+Routes: `POST /v1/image-to-3d` → mesh bytes, `POST /v1/turntable` → MP4,
 `GET /healthz`, and the web page at `/` (static files shipped in the package, no CDN). Bad input
 gets `{"error": "..."}` with a 4xx status; a model replica that is down gets 503, a request over
 `request_timeout_s` gets 504 — never a bare 500 with a traceback.
