@@ -138,6 +138,26 @@ def remote_args(failures: Any) -> dict[str, Any]:
     return {"max_restarts": failures.max_actor_restarts, "max_task_retries": failures.max_batch_retries}
 
 
+def map_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: Any, failures: Any, batch_size: int | None = None, batch_format: str = "numpy") -> Any:
+    """`dataset.map_batches(stage_class)` on the stage's own elastic actor pool: size, CPUs and
+    GPUs from `pool` (an ActorPoolConfig or WriterPoolConfig), bounded restarts and batch retries
+    from `failures` (`remote_args`; Ray 2.60's actor pool reads `max_restarts` / `max_task_retries`
+    only from map_batches' **ray_remote_args, which it warns are deprecated until 2.64).
+    `batch_size` defaults to the pool's."""
+    import ray
+
+    return dataset.map_batches(
+        stage_class,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size if batch_size is not None else pool.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=getattr(pool, "initial_actors", None) or pool.min_actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=getattr(pool, "num_gpus", 0),
+        batch_format=batch_format,
+        **remote_args(failures),
+    )
+
+
 @contextlib.contextmanager
 def failure_policy(failures: Any) -> Iterator[None]:
     """Datasets created inside this block retry `InfrastructureError` (and only it) and tolerate

@@ -191,32 +191,16 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
     started, started_at = time.perf_counter(), time.time()
     totals = {"orbits": 0, "frames": 0, "errors": 0}
     if plan.pending:
-        from vf3d.synthesis.failures import failure_policy, remote_args
+        from vf3d.synthesis.failures import failure_policy, map_on_pool
 
-        pool, writers, as_dict = config.pool, config.writer_pool, config_lib.to_dict(config)
-        retries = remote_args(config.failures)
+        pool, as_dict = config.pool, config_lib.to_dict(config)
         with failure_policy(config.failures):  # bounded retries of infrastructure errors, an error budget
             # Small blocks keep every actor busy and let finished batches reach the writers early.
             dataset = ray.data.from_items(plan.pending, override_num_blocks=max(1, min(len(plan.pending) // pool.batch_size, 10_000)))
-            rendered = dataset.map_batches(
-                RenderOrbits,
-                fn_constructor_kwargs={"assets_dir": str(assets_dir), "config": as_dict, "out_dir": str(out_dir)},
-                batch_size=pool.batch_size,
-                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
-                num_cpus=pool.num_cpus,
-                num_gpus=pool.num_gpus,
-                batch_format="numpy",
-                **retries,
-            )
-            written = rendered.map_batches(
-                WriteShards,
-                fn_constructor_kwargs={"out_dir": str(out_dir), "config": as_dict},
-                batch_size=config.rows_per_shard,
-                compute=ray.data.ActorPoolStrategy(min_size=writers.min_actors, max_size=writers.max_actors),
-                num_cpus=writers.num_cpus,
-                batch_format="pyarrow",
-                **retries,
-            )
+            render_kwargs = {"assets_dir": str(assets_dir), "config": as_dict, "out_dir": str(out_dir)}
+            rendered = map_on_pool(dataset, RenderOrbits, render_kwargs, pool, config.failures)
+            writer_kwargs = {"out_dir": str(out_dir), "config": as_dict}
+            written = map_on_pool(rendered, WriteShards, writer_kwargs, config.writer_pool, config.failures, batch_size=config.rows_per_shard, batch_format="pyarrow")
         for row in written.iter_rows():
             for key in totals:
                 totals[key] += int(row[key])

@@ -321,17 +321,12 @@ def _build_pipeline(inputs: SynthesisInputs, done: IdSet, video_model: Path, res
     Every actor pool has bounded restarts and batch retries, and the datasets retry
     `InfrastructureError` and tolerate `failures.max_errored_blocks` failed blocks
     (vf3d.synthesis.failures; `failures.failure_summary` reports what that cost)."""
-    import ray
-
-    from vf3d.synthesis.failures import failure_policy, remote_args
+    from vf3d.synthesis.failures import failure_policy, map_on_pool
     from vf3d.synthesis.stages import EncodeOrbits
 
     as_dict = config_lib.to_dict(config)
     common = {"config": as_dict, "out_dir": str(out_dir)}
     done_ids = done  # built once at planning; Ray Data ships it once with the prepare stage
-    # Bounded restarts and retries go in map_batches' **ray_remote_args: Ray 2.60's actor pool reads
-    # `max_restarts` / `max_task_retries` only from there (it warns that the dict is deprecated).
-    retries = remote_args(config.failures)
     # FirstFrames and GenerateOrbits are looked up in this module when the chain is built (a
     # benchmark puts stand-ins there).
     stages = [
@@ -347,27 +342,10 @@ def _build_pipeline(inputs: SynthesisInputs, done: IdSet, video_model: Path, res
         # Small blocks spread the work over every actor of a pool (a whole input file is one block).
         rows = rows.repartition(target_num_rows_per_block=min(pool.batch_size for _, pool, _ in stages))
         for stage_class, pool, kwargs in stages:
-            rows = rows.map_batches(
-                stage_class,
-                fn_constructor_kwargs=kwargs,
-                batch_size=pool.batch_size,
-                compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=pool.initial_actors or pool.min_actors),
-                num_cpus=pool.num_cpus,
-                num_gpus=pool.num_gpus,
-                # EncodeOrbits hands the writers Arrow rows (nested lists of PNG bytes).
-                batch_format="numpy",
-                **retries,
-            )
-        writers = config.writer_pool
-        return rows.map_batches(
-            WriteSynthesized,
-            fn_constructor_kwargs={"out_dir": str(out_dir), "config": as_dict},
-            batch_size=config.rows_per_shard,
-            compute=ray.data.ActorPoolStrategy(min_size=writers.min_actors, max_size=writers.max_actors),
-            num_cpus=writers.num_cpus,
-            batch_format="pyarrow",
-            **retries,
-        )
+            # EncodeOrbits hands the writers Arrow rows (nested lists of PNG bytes).
+            rows = map_on_pool(rows, stage_class, kwargs, pool, config.failures)
+        writer_kwargs = {"out_dir": str(out_dir), "config": as_dict}
+        return map_on_pool(rows, WriteSynthesized, writer_kwargs, config.writer_pool, config.failures, batch_size=config.rows_per_shard, batch_format="pyarrow")
 
 
 def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
