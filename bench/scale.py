@@ -130,7 +130,7 @@ def measure(out: Path, prompts: Path) -> dict[str, Any]:
         figures["write_new_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
         index = shards.compact_index(out, shards.index_shards(out, previous=plan.index))
-        checks = exactly_once_counts(index, inputs.ids)
+        checks = exactly_once_counts(index, inputs.id_set())
         figures["summary_seconds"] = time.perf_counter() - started
         assert checks["missing"] == 0 and checks["duplicate_rows"] == 0, checks
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

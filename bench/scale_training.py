@@ -2,7 +2,7 @@
 
 What it measures (a private local Ray cluster, 4 logical CPUs; Ray start-up excluded):
   1. Start-up: from the call that prepares the datasets (`vf3d.training.recon.prepare_inputs`:
-     held-out ids from the `id` column, counts from Parquet footers, the lazy Ray Data pipeline)
+     ids, held-out set and counts from the id manifests, the lazy Ray Data pipeline)
      to the first training batch in the consumer (`training_input.batches_forever` over
      `streaming_split(1)`, as a Ray Train worker's shard is, with the preset's prefetching and
      shuffle buffer, then `batch_from_samples`: floats, composited, resized, cropped). The same
@@ -17,7 +17,8 @@ What it measures (a private local Ray cluster, 4 logical CPUs; Ray start-up excl
 The datasets are synthetic: orbits of V = 8 views, 64² frames (the train-recon debug preset's
 stages render at 32 and 48 px, its encoder input is 64 px), drawn from a few pre-encoded PNG
 templates so writing 100k orbits takes seconds (pyarrow, 64 orbits per file as render-assets
-writes them by default, row groups of `shards.ROWS_PER_ROW_GROUP`). Nothing asserts a timing; targets are printed as information.
+writes them by default, row groups of `shards.ROWS_PER_ROW_GROUP`, each file recorded in an id log
+as render-assets' writers record theirs). Nothing asserts a timing; targets are printed as information.
 
 Run (from the repository root):
   python bench/scale_training.py            # 1k vs 100k orbits, two rounds (~5-10 min on 2 busy cores)
@@ -83,8 +84,11 @@ def write_orbits(directory: Path, count: int) -> None:
     """`count` synthetic orbits in files of ROWS_PER_FILE rows (ORBIT_SCHEMA, zstd)."""
     from vf3d.data import shards
 
+    from vf3d.data.manifest import ManifestLog
+
     frames, masks, camera_rows = _templates()
     directory.mkdir(parents=True, exist_ok=True)
+    id_log = ManifestLog(directory)  # as render-assets' writers keep one
     for start in range(0, count, ROWS_PER_FILE):
         ids = [f"orbit-{index:07d}" for index in range(start, min(count, start + ROWS_PER_FILE))]
         rows = len(ids)
@@ -107,7 +111,10 @@ def write_orbits(directory: Path, count: int) -> None:
                 "metadata": ["{}"] * rows,
             }
         ).cast(shards.ORBIT_SCHEMA)
-        pq.write_table(table, directory / shards.shard_file_name(ids), compression="zstd", row_group_size=shards.ROWS_PER_ROW_GROUP)
+        name = shards.shard_file_name(ids)
+        pq.write_table(table, directory / name, compression="zstd", row_group_size=shards.ROWS_PER_ROW_GROUP)
+        id_log.append("orbits", name, ids)
+    id_log.close()
 
 
 def _config():

@@ -102,6 +102,25 @@ def test_id_set_membership_matches_a_python_set():
     assert not IdSet().contains(["a"]).any() and "p1" in IdSet(["p0", "p1"]) and "p2" not in IdSet(["p0", "p1"])
 
 
+
+def test_id_set_positions_subsets_and_repeats_match_python():
+    rng = np.random.default_rng(1)
+    values = [f"id-{int(number)}" for number in rng.integers(0, 800, size=1500)]  # many repeats
+    id_set = IdSet(values)
+    positions = id_set.positions(["id-3", "nope", *values[:50]])
+    assert positions[1] == -1 and all(values[position] == probe for position, probe in zip(positions.tolist(), ["id-3", "nope", *values[:50]]) if position >= 0)
+    assert (positions[2:] >= 0).all() and (positions[0] >= 0) == ("id-3" in values)
+    assert id_set.distinct_count() == len(set(values))
+    repeats = id_set.repeated()
+    assert len(repeats) == len(values) - len(set(values)) and all(values[index] in values[:index] + values[index + 1 :] for index in repeats.tolist())
+    keep = rng.random(len(values)) < 0.3
+    subset = id_set.subset(keep)
+    kept = {value for value, chosen in zip(values, keep) if chosen}
+    probes = sorted(set(values)) + ["nope"]
+    assert subset.contains(probes).tolist() == [probe in kept for probe in probes]
+    assert len(subset) == int(keep.sum()) and subset.ids.to_pylist() == [value for value, chosen in zip(values, keep) if chosen]
+    assert IdSet().distinct_count() == 0 and len(IdSet(["a"]).subset(np.zeros(1, bool))) == 0
+
 def test_prepare_drops_ids_in_the_finished_set():
     from vf3d.synthesis.stages import prepare_inputs
 

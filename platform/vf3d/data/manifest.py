@@ -105,6 +105,11 @@ def read_manifest(path: Path) -> pa.Table:
             with pa.memory_map(str(path)) as source:
                 return pa.ipc.open_file(source).read_all().cast(MANIFEST_SCHEMA)
         with pa.OSFile(str(path)) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all().cast(MANIFEST_SCHEMA).combine_chunks()
+            except (pa.ArrowInvalid, OSError, EOFError):
+                pass  # a torn tail: read again batch by batch, keeping the whole ones
+        with pa.OSFile(str(path)) as source:
             reader = pa.ipc.open_stream(source)
             while True:
                 batches.append(reader.read_next_batch())
@@ -115,7 +120,9 @@ def read_manifest(path: Path) -> pa.Table:
     if not batches:
         return MANIFEST_SCHEMA.empty_table()
     try:
-        return pa.Table.from_batches(batches).cast(MANIFEST_SCHEMA)
+        # One chunk, not one per logged shard: tens of thousands of one-row chunks make every later
+        # filter or take pay a per-chunk cost (measured: ~1 s per filter at 31k chunks).
+        return pa.Table.from_batches(batches).cast(MANIFEST_SCHEMA).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return MANIFEST_SCHEMA.empty_table()
 
@@ -124,7 +131,7 @@ def read_manifests(directory: str | os.PathLike, skip: frozenset[str] | set[str]
     """All entries under `directory/_ids/` except files named in `skip`, and the names read."""
     paths = [path for path in manifest_files(directory) if path.name not in skip]
     tables = [read_manifest(path) for path in paths]
-    return (pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()), [path.name for path in paths]
+    return (pa.concat_tables(tables).combine_chunks() if tables else MANIFEST_SCHEMA.empty_table()), [path.name for path in paths]
 
 
 def write_index(directory: str | os.PathLike, entries: pa.Table, folded: list[str]) -> str:
@@ -256,10 +263,7 @@ class IdSet:
     def __init__(self, ids: pa.Array | pa.ChunkedArray | list[str] | None = None):
         if ids is None:
             ids = pa.array([], pa.string())
-        if isinstance(ids, list):
-            ids = pa.array(ids, pa.string())
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+        ids = _one_string_array(ids)
         hashes = hash_strings(ids)
         self.order = np.argsort(hashes)
         """int64 [n]: position in `ids` of each sorted hash."""
@@ -271,17 +275,21 @@ class IdSet:
     def __len__(self) -> int:
         return len(self.hashes)
 
-    def contains(self, values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
-        """bool [m]: whether each of `values` (string [m], no nulls) is in the set."""
-        if isinstance(values, list):
-            values = pa.array(values, pa.string())
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
-        found = np.zeros(len(values), bool)
+    @classmethod
+    def _from_parts(cls, ids: pa.Array, order: np.ndarray, hashes: np.ndarray) -> "IdSet":
+        made = cls.__new__(cls)
+        made.ids, made.order, made.hashes = ids, order, hashes
+        return made
+
+    def positions(self, values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """int64 [m]: for each of `values` (string [m], no nulls), the position in `ids` of an
+        equal id, or -1 when it is not in the set."""
+        values = _one_string_array(values)
+        found = np.full(len(values), -1, np.int64)
         if not len(values) or not len(self.hashes):
             return found
         wanted = hash_strings(values)
-        position = np.searchsorted(self.hashes, wanted, side="left")
+        position = _sorted_search(self.hashes, wanted)
         pending = np.flatnonzero(position < len(self.hashes))
         # Walk forward over equal hashes (almost always one step): compare the strings themselves.
         while len(pending):
@@ -291,11 +299,73 @@ class IdSet:
             if not len(pending):
                 break
             equal = pc.equal(self.ids.take(pa.array(self.order[at])), values.take(pa.array(pending))).to_numpy(zero_copy_only=False)
-            found[pending[equal]] = True
+            found[pending[equal]] = self.order[at[equal]]
             pending = pending[~equal]
             position[pending] += 1
             pending = pending[position[pending] < len(self.hashes)]
         return found
 
+    def contains(self, values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
+        """bool [m]: whether each of `values` (string [m], no nulls) is in the set."""
+        return self.positions(values) >= 0
+
+    def subset(self, keep: np.ndarray) -> "IdSet":
+        """The set of `ids[keep]` (bool [n]), derived from this one in O(n): nothing is hashed or
+        sorted again."""
+        keep = np.asarray(keep, bool)
+        kept_sorted = keep[self.order]
+        new_position = np.cumsum(keep) - 1
+        return IdSet._from_parts(self.ids.filter(pa.array(keep)), new_position[self.order[kept_sorted]], self.hashes[kept_sorted])
+
+    def repeated(self) -> np.ndarray:
+        """int64 [r]: positions in `ids` of every id equal to an earlier one in sorted order (one
+        per repeat, so `len(self) - len(self.repeated())` ids are distinct). O(n) from the sorted
+        hashes; equal hashes are confirmed by comparing the strings."""
+        if len(self.hashes) < 2:
+            return np.zeros(0, np.int64)
+        same = np.flatnonzero(self.hashes[1:] == self.hashes[:-1]) + 1
+        if not len(same):
+            return same.astype(np.int64)
+        # Runs of equal hashes are tiny (a repeated id, or a rare collision): group them in Python.
+        repeats: list[int] = []
+        run_starts = same[np.concatenate([[True], np.diff(same) > 1])] - 1
+        for start in run_starts.tolist():
+            stop = start + 1
+            while stop < len(self.hashes) and self.hashes[stop] == self.hashes[start]:
+                stop += 1
+            seen: set[str] = set()
+            for sorted_index in range(start, stop):
+                position = int(self.order[sorted_index])
+                value = self.ids[position].as_py()
+                if value in seen:
+                    repeats.append(position)
+                seen.add(value)
+        return np.asarray(repeats, np.int64)
+
+    def distinct_count(self) -> int:
+        """How many distinct ids the set holds."""
+        return len(self.hashes) - len(self.repeated())
+
     def __contains__(self, value: str) -> bool:
         return bool(self.contains(pa.array([value], pa.string()))[0])
+
+
+def _sorted_search(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(haystack, needles, side="left")`, faster for many needles: they are
+    searched in sorted order (binary searches that walk the haystack in order hit the cache;
+    measured 5.5 s → under 1 s for 4M needles in 4M hashes) and the answers put back in place."""
+    if len(needles) < 65536:
+        return np.searchsorted(haystack, needles, side="left")
+    order = np.argsort(needles)
+    position = np.empty(len(needles), np.int64)
+    position[order] = np.searchsorted(haystack, needles[order], side="left")
+    return position
+
+
+def _one_string_array(values: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:
+    """`values` as one Arrow string array (a list or a chunked array is combined)."""
+    if isinstance(values, list):
+        return pa.array(values, pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+    return values

@@ -583,9 +583,17 @@ def list_shard_files(directory: str | os.PathLike, table: str = "orbits") -> lis
     are ignored. A missing directory has no shards.
     """
     folder = _table_directory(directory, table)
+    return [folder / name for name in _shard_names(folder)]
+
+
+def _shard_names(folder: Path) -> list[str]:
+    """Sorted names of the complete shard files in `folder` (none when it does not exist)."""
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.is_file() and _SHARD_NAME_PATTERN.fullmatch(path.name))
+    # scandir's entries know their type without a stat per file on most filesystems, and names sort
+    # as plain strings: listing 100k shards stays well under a second.
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if _SHARD_NAME_PATTERN.fullmatch(entry.name) and entry.is_file())
 
 
 TABLES = tuple(_SCHEMAS)
@@ -647,20 +655,25 @@ def index_shards(directory: str | os.PathLike, tables: Sequence[str] = TABLES, p
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    listed = {(table, path.name): path for table in tables for path in list_shard_files(directory, table)}
+    folders = {table: _table_directory(directory, table) for table in tables}
+    listed = [(table, name) for table in tables for name in _shard_names(folders[table])]
     read, names = id_manifest.read_manifests(directory, skip=set(previous.manifests) if previous else frozenset())
-    entries = pa.concat_tables([previous.entries, read]) if previous is not None else read
-    entries = entries.filter(pc.is_in(entries.column("table"), value_set=pa.array(list(tables), pa.string())))
+    entries = pa.concat_tables([previous.entries, read]).combine_chunks() if previous is not None else read
+    # Keep the entries of listed files of the wanted tables, each file once (a retried batch may
+    # have recorded the same file twice); one filter at most, as each copies every id.
     keys = pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/")
     listed_keys = pa.array([f"{table}/{name}" for table, name in listed], pa.string())
-    entries = entries.filter(pc.is_in(keys, value_set=listed_keys))
-    keys = pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/")
-    # A file recorded twice (a retried batch rewrote the same ids) is kept once.
-    codes = pc.dictionary_encode(keys).combine_chunks().indices.to_numpy(zero_copy_only=False) if entries.num_rows else np.zeros(0, np.int64)
-    _, first = np.unique(codes, return_index=True)
-    entries = entries.take(pa.array(np.sort(first)))
-    covered = set(pc.binary_join_element_wise(entries.column("table"), entries.column("file"), "/").to_pylist())
-    missing = [(table, name, path) for (table, name), path in listed.items() if f"{table}/{name}" not in covered]
+    keep = pc.is_in(keys, value_set=listed_keys).to_numpy(zero_copy_only=False) if entries.num_rows else np.zeros(0, bool)
+    if entries.num_rows:
+        codes = pc.dictionary_encode(keys).combine_chunks().indices.to_numpy(zero_copy_only=False)
+        _, first = np.unique(codes, return_index=True)
+        first_of_key = np.zeros(entries.num_rows, bool)
+        first_of_key[first] = True
+        keep &= first_of_key
+    if not keep.all():
+        entries, keys = entries.filter(pa.array(keep)), keys.filter(pa.array(keep))
+    covered = set(keys.to_pylist())
+    missing = [(table, name, folders[table] / name) for table, name in listed if f"{table}/{name}" not in covered]
 
     def read_one(item: tuple[str, str, Path]) -> tuple[str, str, pa.Array]:
         table, name, path = item

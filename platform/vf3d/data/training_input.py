@@ -12,8 +12,9 @@ the views first and decodes only those:
       → each training worker: `iter_torch_batches` with a local shuffle buffer and prefetching;
         pixels turn into floats on the worker's device (`vf3d.training.recon.batch_from_samples`).
 
-Counts come from Parquet footers (`count_rows`) and the validator reads its held-out orbits with a
-filter on `id` (`read_orbits_by_id`), so nothing in start-up decodes or scans the whole dataset.
+Ids and counts come from the directory's id manifests (`vf3d.training.recon.prepare_inputs`, via
+`shards.index_shards`) and the validator reads its held-out orbits with a filter on `id`
+(`read_orbits_by_id`), so nothing in start-up decodes or scans the whole dataset.
 Ray is imported only inside the functions that build datasets.
 """
 
@@ -188,6 +189,7 @@ def training_dataset(
     target_resolution: int,
     seed: int,
     repeats: int = 1,
+    max_blocks: int | None = None,
 ) -> "ray.data.Dataset":
     """The lazy Ray Dataset of training samples (`sample_views` columns) over shard `files`:
     file order reshuffled every epoch, `exclude_ids` dropped by a filter on `id` before sampling,
@@ -200,7 +202,8 @@ def training_dataset(
     # cores), so start-up would grow with the dataset. One block per file: reordering blocks
     # (a new random order every execution) needs no tasks, where a row shuffle would run two
     # tasks per block before the first sample.
-    dataset = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=len(files)).randomize_block_order()
+    blocks = len(files) if max_blocks is None else max(1, min(len(files), max_blocks))
+    dataset = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=blocks).randomize_block_order()
     # A task hands on its output a block at a time, and a block may hold 128 MiB: a whole file of
     # samples, with every task sharing the CPUs, so the first batch would wait longer the more
     # files there are. Blocks of about SAMPLES_PER_BLOCK samples let the first ones through in

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -65,6 +66,13 @@ class SynthesisInputs:
     """"parquet", "csv" or "jsonl" (with `path`)."""
     table: pa.Table | None = None
     """A folder's index (id, prompt, image path), small enough to pass as it is."""
+    _id_set: IdSet | None = field(default=None, repr=False)
+
+    def id_set(self) -> IdSet:
+        """The ids as an `IdSet` (built by the uniqueness check, else on first use)."""
+        if self._id_set is None:
+            self._id_set = IdSet(self.ids)
+        return self._id_set
 
     def dataset(self):
         """The input rows as a Ray Dataset, streamed by Ray Data's readers (a folder's small index
@@ -102,8 +110,8 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
         captions = load_captions(prompts)
         relative = [path.relative_to(prompts).as_posix() for path in paths]
         table = pa.table({"id": [asset_id(name) for name in relative], "prompt": [caption_for(path, prompts, captions) for path in paths], "image": relative})
-        ids = _checked_ids(table.column("id"), prompts)
-        return SynthesisInputs(ids=ids, needs_text_to_image=False, images_root=str(prompts), table=table)
+        ids, id_set = _checked_ids(table.column("id"), prompts)
+        return SynthesisInputs(ids=ids, needs_text_to_image=False, images_root=str(prompts), table=table, _id_set=id_set)
     if not prompts.is_file():
         raise InputError(f"--prompts not found: {prompts}")
     suffix = prompts.suffix.lower()
@@ -113,8 +121,8 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
         if suffix in (".parquet", ".pq"):
             schema = pq.read_schema(prompts)
             _check_columns(schema.names, prompts)
-            ids_column = pq.read_table(prompts, columns=["id"]).column("id")
-            return SynthesisInputs(ids=_checked_ids(ids_column, prompts), needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names), images_root=str(prompts.parent), path=prompts)
+            ids, id_set = _checked_ids(pq.read_table(prompts, columns=["id"]).column("id"), prompts)
+            return SynthesisInputs(ids=ids, needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names), images_root=str(prompts.parent), path=prompts, _id_set=id_set)
         if suffix == ".csv":
             import pyarrow.csv as pacsv
 
@@ -144,7 +152,8 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
         raise InputError(f"--prompts {prompts} cannot be read: {' '.join(str(error).split())[:300]}") from None
     _check_columns(names if names is not None else sorted(seen_names), prompts)
     ids_column = pa.chunked_array(chunks, pa.string()) if chunks else pa.chunked_array([], pa.string())
-    return SynthesisInputs(ids=_checked_ids(ids_column, prompts), needs_text_to_image=needs, images_root=str(prompts.parent), path=prompts, format=fmt)
+    ids, id_set = _checked_ids(ids_column, prompts)
+    return SynthesisInputs(ids=ids, needs_text_to_image=needs, images_root=str(prompts.parent), path=prompts, format=fmt, _id_set=id_set)
 
 
 def _check_columns(names: list[str], path: Path) -> None:
@@ -154,9 +163,10 @@ def _check_columns(names: list[str], path: Path) -> None:
         raise InputError(f"{path}: needs a 'prompt' or an 'image' column (columns: {names})")
 
 
-def _checked_ids(column: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
-    """Ids as one string array [n]; null, empty or repeated ids are refused (they would break
-    exactly-once). Vectorised: 4M ids take seconds and no Python string per id."""
+def _checked_ids(column: pa.ChunkedArray | pa.Array, path: Path) -> tuple[pa.Array, IdSet]:
+    """Ids as one string array [n], and their `IdSet` (the uniqueness check builds it; planning
+    reuses it); null, empty or repeated ids are refused (they would break exactly-once).
+    Vectorised: 4M ids take seconds and no Python string per id."""
     if column.null_count:
         row = int(pc.index(pc.is_null(column), True).as_py())
         raise InputError(f"{path}: row {row} has a null id")
@@ -165,14 +175,13 @@ def _checked_ids(column: pa.ChunkedArray | pa.Array, path: Path) -> pa.Array:
     blank = pc.equal(pc.utf8_trim_whitespace(ids), "")
     if pc.any(blank).as_py():
         raise InputError(f"{path}: row {int(pc.index(blank, True).as_py())} has an empty id")
-    if pc.count_distinct(ids).as_py() != len(ids):
-        counts = pc.value_counts(ids)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    id_set = IdSet(ids)
+    repeats = id_set.repeated()
+    if len(repeats):
         # In input order, like a reader would find them.
-        first = pc.filter(ids, pc.is_in(ids, value_set=repeated))
-        examples = list(dict.fromkeys(first.slice(0, 10 * len(repeated[:5]) + 10).to_pylist()))[:5]
+        examples = list(dict.fromkeys(ids.take(pa.array(np.sort(repeats)[:50])).to_pylist()))[:5]
         raise InputError(f"{path}: ids must be unique; repeated: {examples}")
-    return ids
+    return ids, id_set
 
 
 def _parquet_needs_text_to_image(path: Path, names: list[str]) -> bool:
@@ -213,23 +222,31 @@ def plan_resume(inputs: SynthesisInputs, out_dir: Path, retry_errors: bool) -> R
     """
     shards.remove_partials(out_dir)
     index = shards.index_shards(out_dir)
-    inputs_set = IdSet(inputs.ids)
-    in_inputs = {table: index.ids(table) for table in shards.TABLES}
-    counts = {table: int(pc.count_distinct(ids.filter(pa.array(inputs_set.contains(ids)))).as_py()) if len(ids) else 0 for table, ids in in_inputs.items()}
+    inputs_set = inputs.id_set()
+    # One bool per input and table: which inputs a table holds. Input ids are unique, so counting
+    # marks counts distinct ids without hashing any string twice.
+    held = {table: _marks(inputs_set, index.ids(table)) for table in shards.TABLES}
+    counts = {table: int(marks.sum()) for table, marks in held.items()}
     retried_files = 0
     if retry_errors:
-        finished = IdSet(pa.concat_arrays([in_inputs["orbits"], in_inputs["rejected"]]))
-        errors = in_inputs["errors"]
-        retried = errors.filter(pa.array(inputs_set.contains(errors) & ~finished.contains(errors)))
-        if len(retried):
-            retried_files = _archive_retried_errors(out_dir, index.files_holding("errors", IdSet(retried)))
+        retried = held["errors"] & ~held["orbits"] & ~held["rejected"]
+        if retried.any():
+            retried_files = _archive_retried_errors(out_dir, index.files_holding("errors", inputs_set.subset(retried)))
             index = shards.index_shards(out_dir, previous=index)  # the moved files drop out
     done_tables = ("orbits", "rejected") if retry_errors else shards.TABLES
     index = shards.compact_index(out_dir, index)
-    done_ids = pa.concat_arrays([index.ids(table) for table in done_tables])
-    done = IdSet(done_ids.filter(pa.array(inputs_set.contains(done_ids))))
-    pending = len(inputs.ids) - int(pc.count_distinct(done.ids).as_py() if len(done) else 0)
-    return ResumePlan(index=index, done=done, counts=counts, pending=pending, retried_files=retried_files)
+    done_marks = np.logical_or.reduce([held[table] for table in done_tables])
+    done = inputs_set.subset(done_marks)
+    return ResumePlan(index=index, done=done, counts=counts, pending=len(inputs.ids) - len(done), retried_files=retried_files)
+
+
+def _marks(inputs_set: IdSet, ids: pa.Array) -> np.ndarray:
+    """bool [len(inputs_set)]: which inputs appear in `ids` (string [m]; ids that are not inputs
+    are ignored)."""
+    marks = np.zeros(len(inputs_set), bool)
+    positions = inputs_set.positions(ids)
+    marks[positions[positions >= 0]] = True
+    return marks
 
 
 def finished_ids(out_dir: Path, retry_errors: bool) -> tuple[set[str], set[str], set[str]]:
@@ -361,25 +378,34 @@ def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
             totals[key][name] = totals[key].get(name, 0) + count
 
 
-def exactly_once_counts(index: shards.ShardIndex, input_ids: pa.Array) -> dict[str, int]:
+def exactly_once_counts(index: shards.ShardIndex, inputs: pa.Array | IdSet) -> dict[str, int]:
     """The exactly-once checks over an index (vectorised; no shard is read).
 
+    Args:
+        index: the output directory's index.
+        inputs: the run's input ids (string [n], unique), or their `IdSet`.
     Returns kept_total / rejected_total / errors_total (distinct input ids per table), missing
     (inputs in no table), ids_in_two_tables and duplicate_rows (rows beyond one per id and table).
     """
-    inputs_set = IdSet(input_ids)
+    inputs_set = inputs if isinstance(inputs, IdSet) else IdSet(inputs)
     tables = {name: index.ids(name) for name in ("orbits", "rejected", "errors")}
-    distinct = {name: pc.unique(ids) for name, ids in tables.items()}
-    everything = pa.concat_arrays(list(distinct.values()))
-    distinct_everywhere = pc.unique(everything)
-    accounted = int(inputs_set.contains(distinct_everywhere).sum()) if len(distinct_everywhere) else 0
+    marks, outsiders = {}, {}
+    for name, ids in tables.items():
+        positions = inputs_set.positions(ids)
+        marks[name] = np.zeros(len(inputs_set), bool)
+        marks[name][positions[positions >= 0]] = True
+        # Ids that are not this run's inputs (an earlier run's prompts): usually none.
+        outsiders[name] = pc.unique(ids.filter(pa.array(positions < 0)))
+    in_tables = np.sum([marks[name] for name in tables], axis=0, dtype=np.int64) if len(inputs_set) else np.zeros(0, np.int64)
+    other = pa.concat_arrays(list(outsiders.values()))
+    other_in_two = int(pc.count_distinct(other.filter(pc.is_in(other, value_set=_repeated(other)))).as_py()) if len(other) != len(pc.unique(other)) else 0
     return {
-        "kept_total": int(inputs_set.contains(distinct["orbits"]).sum()),
-        "rejected_total": int(inputs_set.contains(distinct["rejected"]).sum()),
-        "errors_total": int(inputs_set.contains(distinct["errors"]).sum()),
-        "missing": len(input_ids) - accounted,
-        "ids_in_two_tables": int(pc.count_distinct(everything.filter(pc.is_in(everything, value_set=_repeated(everything)))).as_py()) if len(everything) != len(distinct_everywhere) else 0,
-        "duplicate_rows": sum(len(tables[name]) - len(distinct[name]) for name in tables),
+        "kept_total": int(marks["orbits"].sum()),
+        "rejected_total": int(marks["rejected"].sum()),
+        "errors_total": int(marks["errors"].sum()),
+        "missing": int((in_tables == 0).sum()),
+        "ids_in_two_tables": int((in_tables > 1).sum()) + other_in_two,
+        "duplicate_rows": sum(len(tables[name]) - int(marks[name].sum()) - len(outsiders[name]) for name in tables),
     }
 
 
@@ -391,7 +417,7 @@ def _repeated(values: pa.Array) -> pa.Array:
 def _summary(index: shards.ShardIndex, inputs: SynthesisInputs, config: SynthesizeConfig, totals: dict[str, Any], pending: int, skipped: int, seconds: float, video_model: str) -> dict[str, Any]:
     """The run summary: what is on disk now (the exactly-once checks, from the id manifests: the
     index of planning plus this run's new files) and what this run did."""
-    checks = exactly_once_counts(index, inputs.ids)
+    checks = exactly_once_counts(index, inputs.id_set())
     videos = totals["kept"] + totals["rejected"]
     pools = stage_pools(config)
     stages = {}

@@ -18,12 +18,14 @@ data and pixel loss at fixed steps; a resumed run continues in the stage its ste
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from vf3d import config as config_lib
 from vf3d.config import ReconStage, TrainReconConfig
@@ -49,7 +51,7 @@ def stage_at(stages: list[ReconStage], step: int) -> tuple[int, ReconStage]:
 def holdout_ids(ids: list[str], count: int, seed: int = 0) -> list[str]:
     """The `count` ids with the smallest hash: a held-out set that does not depend on file order,
     and that stays the same as a dataset grows (new ids only displace old ones with larger hashes)."""
-    return sorted(ids, key=lambda identifier: hashlib.sha256(f"{seed}:{identifier}".encode()).digest())[:count]
+    return heapq.nsmallest(count, ids, key=lambda identifier: hashlib.sha256(f"{seed}:{identifier}".encode()).digest())
 
 
 def source_inputs(frames: "torch.Tensor", masks: "torch.Tensor", image_size: int) -> "torch.Tensor":
@@ -334,30 +336,26 @@ def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path) ->
     return model.save_pretrained(out_dir, metadata={"trained_with": "vf3d train-recon"})
 
 
-def _orbit_ids(directory: Path) -> list[str]:
-    from vf3d.data import shards
-
-    return sorted(shards.read_ids(directory))
-
-
 def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, log=print) -> dict[str, Any]:
     """The held-out set and the lazy training datasets of every data source the stages use.
 
-    Reads only the `id` column (held-out choice) and Parquet footers (counts); nothing is decoded
-    until a worker iterates a dataset. Returns {"datasets": {source: Dataset}, "counts": {source:
-    training orbits}, "held_out": ids, "excluded": ids removed from training, "validation_source":
-    directory of the held-out orbits}.
+    Ids and per-file counts come from each directory's id manifests (`shards.index_shards`: one
+    listing plus a few small files; shards written without a manifest have their `id` column
+    read); nothing is decoded until a worker iterates a dataset. Returns {"datasets": {source:
+    Dataset}, "counts": {source: training orbits}, "held_out": ids, "excluded": ids removed from
+    training, "validation_source": directory of the held-out orbits}.
     """
     from vf3d.data import shards, training_input
 
     training = config.training
     needed = sorted({stage.data for stage in config.stages})
+    indexes = {name: shards.index_shards(sources[name], tables=("orbits",)) for name in needed}
     # Held-out objects come from the first stage's data and are never trained on.
     validation_source = Path(sources[config.stages[0].data])
-    ids = _orbit_ids(validation_source)
+    ids = pc.unique(indexes[config.stages[0].data].ids("orbits")).to_pylist()
     held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
     if not held_out:
-        held_out = ids[: max(1, config.validation.num_objects)]
+        held_out = sorted(ids)[: max(1, config.validation.num_objects)]
         log(f"only {len(ids)} orbits in {validation_source}: validating on training objects {held_out[:3]} (no held-out set)")
         excluded: set[str] = set()
     else:
@@ -366,10 +364,10 @@ def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, lo
     counts = {}
     workers, batch_size = training.scaling.num_workers, training.run.batch_size
     for name in needed:
-        files = shards.list_shard_files(sources[name])
-        skip = excluded if Path(sources[name]) == validation_source else set()
-        # Parquet footers give the count: nothing is decoded (or even read) before training starts.
-        count = training_input.count_rows(files) - len(skip)
+        folder = Path(sources[name])
+        files = [folder / file for file in sorted(indexes[name].files("orbits"))]
+        skip = excluded if folder == validation_source else set()
+        count = len(indexes[name].ids("orbits")) - len(skip)
         # Every worker needs a full batch per epoch; tiny datasets also repeat to a useful epoch size.
         repeats = max(training_input.epoch_repeats(count, config.input.min_samples_per_epoch), -(-workers * batch_size // count))
         datasets[name] = training_input.training_dataset(
