@@ -1,7 +1,7 @@
 """Imported release weights rendered by vf3d vs the released renderer's arithmetic.
 
 A model in the released VFusion3D layout (random weights: the real ones are not redistributable)
-is written as a release-format safetensors file, imported with `vf3d.checkpoints.import_checkpoint`,
+is written as a release-format safetensors file, imported with `vf3d.models.release_weights.import_checkpoint`,
 given a decoder density output scaled to swing from empty to opaque as a trained one does, fed a real photo, and its triplanes rendered with fixed, uniform samples (no importance pass, no
 jitter) three ways, side by side:
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"
 from test_release_fidelity import release_render  # noqa: E402  (the independent reference)
 
 from vf3d import cameras, config as config_lib  # noqa: E402
-from vf3d.checkpoints import export_checkpoint, import_checkpoint, load_reconstructor  # noqa: E402
+from vf3d.models.release_weights import export_checkpoint, import_checkpoint, load_reconstructor  # noqa: E402
 from vf3d.models.reconstructor import Reconstructor  # noqa: E402
 from vf3d.models.reconstructor.decoder import activate_density  # noqa: E402
 from vf3d.models.reconstructor.renderer import intersect_box  # noqa: E402

@@ -12,7 +12,7 @@ What it measures:
      until every shard is written, model loading included: the bare loop builds its five stage
      objects (loading the video model and the text-to-image model) inside its timer;
      the pipeline's actors load theirs inside `synthesize()`. The pipeline runs on one private
-     local Ray cluster (`vf3d.synthesis.cluster.ray_cluster`, started once and reused for every
+     local Ray cluster (`vf3d.ray_runtime.ray_cluster`, started once and reused for every
      pipeline run); its start-up is reported on its own and counted nowhere else. Python imports
      are not model loading and fall on the pipeline's side only: this process has torch, diffusers
      and vf3d imported before the bare loop's timer starts, while each of the pipeline's fresh
@@ -230,7 +230,7 @@ def start_cluster(stack) -> dict[str, Any]:
     the torch threads a worker with a fractional CPU reservation really gets."""
     import ray
 
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
 
     started = time.perf_counter()
     stack.enter_context(ray_cluster(log=lambda message: log(f"  ray: {message}")))

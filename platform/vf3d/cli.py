@@ -36,7 +36,7 @@ def _check_path(path: Path, flag: str | None, kind: str, directory: bool) -> Non
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user gave bad input" (exit 2, one line, no traceback)."""
-    from vf3d.checkpoints import CheckpointFormatError
+    from vf3d.models.release_weights import CheckpointFormatError
     from vf3d.data.assets import AssetError
     from vf3d.data.shards import ShardFormatError
     from vf3d.mesh import EmptyMeshError
@@ -142,7 +142,7 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from vf3d.checkpoints import import_checkpoint
+    from vf3d.models.release_weights import import_checkpoint
 
     _check_checkpoint_source(args.src)
     overrides = config_lib.load_overrides(args.config) if args.config else None
@@ -176,7 +176,7 @@ def _render_assets(args: argparse.Namespace) -> int:
     overrides = {"num_views": args.views, "resolution": args.resolution, "elevation_range_deg": args.elevation_range}
     config = config_lib.merge(config, {"render": {key: value for key, value in overrides.items() if value is not None}}).validate()
     _check_path(args.assets, "--assets", "directory of meshes", directory=True)
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
     from vf3d.synthesis.render_assets import render_assets
 
     with ray_cluster(args.address, log=_print):
@@ -189,7 +189,7 @@ def _finetune_video(args: argparse.Namespace) -> int:
     run = {"name": args.name, "storage_path": None if args.storage_path is None else str(args.storage_path), "max_steps": args.max_steps}
     config = config_lib.merge(config, {"training": {"run": {key: value for key, value in run.items() if value is not None}}}).validate()
     from vf3d.data.shards import list_shard_files
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
     from vf3d.training.video import finetune_video
 
     _check_path(args.data, "--data", "shard directory", directory=True)
@@ -210,7 +210,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.retry_errors:
         overrides["retry_errors"] = True
     config = config_lib.merge(config, overrides).validate()
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
     from vf3d.synthesis.synthesize import read_inputs, synthesize, video_model_settings
 
     _check_path(args.video_model, "--video-model", "video model directory", directory=True)
@@ -252,7 +252,7 @@ def _train_recon(args: argparse.Namespace) -> int:
     for flag, path, kind in [("--data", args.data, "shard directory"), ("--data-3d", args.data_3d, "shard directory"), ("--init", args.init, "model directory")]:
         if path is not None:
             _check_path(path, flag, kind, directory=True)
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
     from vf3d.training.recon import train_recon
 
     with ray_cluster(args.address, log=_print):
@@ -312,7 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from vf3d.serving.app import build_application, check_port_free, run_endpoint
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
 
     application = build_application(args.model, config)  # checks the model directory first
     if not (args.address or os.environ.get("RAY_ADDRESS")):

@@ -117,7 +117,7 @@ def run_demo(out: Path, log=print) -> dict:
 
     stage_start = time.perf_counter()
     from vf3d.data.assets import gather_sample_assets
-    from vf3d.synthesis.cluster import ray_cluster
+    from vf3d.ray_runtime import ray_cluster
     from vf3d.synthesis.render_assets import render_assets
     from vf3d.synthesis.synthesize import synthesize
     from vf3d.training.recon import train_recon

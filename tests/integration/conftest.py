@@ -27,7 +27,7 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from vf3d.synthesis.cluster import MIN_LOCAL_CPUS
+    from vf3d.ray_runtime import MIN_LOCAL_CPUS
 
     # As `vf3d` does for local runs: trainers fed by Ray Data need CPUs left for the data tasks.
     ray.init(address="local", num_cpus=MIN_LOCAL_CPUS, include_dashboard=False)

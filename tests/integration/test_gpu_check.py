@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from vf3d.synthesis.cluster import ALLOW_LOGICAL_GPUS_ENV, require_usable_gpus
+from vf3d.ray_runtime import ALLOW_LOGICAL_GPUS_ENV, require_usable_gpus
 
 CHILD = """
 import json, os, sys
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray
-from vf3d.synthesis.cluster import require_usable_gpus
+from vf3d.ray_runtime import require_usable_gpus
 
 ray.init(address="local", num_cpus=1, num_gpus=1, include_dashboard=False, log_to_driver=False)
 

@@ -141,7 +141,7 @@ def test_init_model_and_show_config(tmp_path):
 def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_dir):
     import torch
 
-    from vf3d.checkpoints import export_checkpoint
+    from vf3d.models.release_weights import export_checkpoint
     from vf3d.models.reconstructor import Reconstructor
 
     original = Reconstructor.from_pretrained(debug_model_dir)

@@ -56,7 +56,7 @@ class ReconstructorModel:
     def __init__(self, model_dir: str, config: dict) -> None:
         import torch
 
-        from vf3d.synthesis.cluster import require_usable_gpus
+        from vf3d.ray_runtime import require_usable_gpus
 
         require_usable_gpus("ReconstructorModel")  # a GPU replica must never serve from the CPU
         self.config = _serve_config(config)

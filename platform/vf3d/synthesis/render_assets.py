@@ -94,7 +94,7 @@ class RenderOrbits:
 
     def __init__(self, assets_dir: str, config: dict[str, Any], out_dir: str = ".") -> None:
         from vf3d.data.orbit_renderer import OrbitRenderer
-        from vf3d.synthesis.cluster import require_usable_gpus
+        from vf3d.ray_runtime import require_usable_gpus
         from vf3d.synthesis.failures import FailureTracker, actor_name
         
         # EGL renders on the GPU when the pool assigns one: fail at start when CUDA cannot use it.

@@ -189,7 +189,7 @@ class _ModelStage:
         import ray
         import torch
 
-        from vf3d.synthesis.cluster import require_usable_gpus
+        from vf3d.ray_runtime import require_usable_gpus
 
         self.config = config_lib.from_dict(SynthesizeConfig, config)
         self.out_dir = Path(out_dir)

@@ -235,7 +235,7 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
     from vf3d.data import training_input
     from vf3d.evaluation.plots import append_jsonl, plot_curves, read_jsonl
     from vf3d.models.reconstructor import Reconstructor
-    from vf3d.synthesis.cluster import require_usable_gpus
+    from vf3d.ray_runtime import require_usable_gpus
     from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
     from vf3d.training.losses import ReconstructionLoss
 

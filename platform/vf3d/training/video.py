@@ -59,7 +59,7 @@ def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vf3d.models.video import OrbitVideoModel
-    from vf3d.synthesis.cluster import require_usable_gpus
+    from vf3d.ray_runtime import require_usable_gpus
     from vf3d.training import batches_forever, initialize, inject_fault_if_due, restore, save, training_config_from
 
     require_usable_gpus("finetune-video worker")

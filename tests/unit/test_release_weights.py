@@ -1,4 +1,4 @@
-"""Tests for vf3d.checkpoints: model directories, and the VFusion3D / OpenLRM importers and exporters."""
+"""Tests for vf3d.models.release_weights: model directories, and the VFusion3D / OpenLRM importers and exporters."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from vf3d import config as C
 from vf3d.cameras import canonical_source_camera, orbit_poses, render_camera_vector
-from vf3d.checkpoints import (
+from vf3d.models.release_weights import (
     CheckpointFormatError,
     convert_state_dict,
     export_checkpoint,
