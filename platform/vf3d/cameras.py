@@ -1,4 +1,5 @@
-"""Camera conventions shared by every vf3d component (those of the released VFusion3D/OpenLRM code).
+"""Camera conventions shared by every vf3d component (those of the released VFusion3D/OpenLRM code;
+docs/reference.md#cameras).
 
 - World: +Z up; objects live inside [-1, 1]³.
 - Poses are camera-to-world 4×4 matrices in the OpenGL/Blender convention: the camera looks down
@@ -26,7 +27,8 @@ DEFAULT_INTRINSICS = (0.75, 0.75, 0.5, 0.5)
 RENDER_RADIUS = 1.5
 """Distance of render and turntable cameras from the origin."""
 CANONICAL_SOURCE_DISTANCE = 1.0
-"""Translation of the canonical source camera fed to the released VFusion3D weights."""
+"""Translation of the canonical source camera fed to the released VFusion3D weights
+(docs/reference.md#source-camera-vector)."""
 WORLD_UP = (0.0, 0.0, 1.0)
 OPENCV_TO_OPENGL = (1.0, -1.0, -1.0)
 

@@ -9,10 +9,8 @@ the solid is where density > iso.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,8 @@ import torch
 import trimesh
 from scipy import ndimage
 from skimage import measure
+
+from vf3d.atomic import PARTIAL_SUFFIX, atomic_path, write_bytes_atomic
 
 QueryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -257,19 +257,6 @@ def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
-@contextlib.contextmanager
-def _replace_when_complete(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (same suffix) and move it onto `path` only on success,
-    so a failed or interrupted write never leaves a truncated file where a good one was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     """Write ``mesh`` to ``path`` in the format named by its suffix (.glb, .obj, .ply)."""
     path = Path(path)
@@ -278,9 +265,8 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
         allowed = ", ".join(f".{name}" for name in sorted(MESH_CONTENT_TYPES))
         raise ValueError(f"cannot tell the mesh format from {path.name!r}; use one of {allowed}")
     data = export_mesh(mesh, fmt)
-    with _replace_when_complete(path) as partial:
-        partial.write_bytes(data)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, data)
 
 
 def _video_frames(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> np.ndarray:
@@ -314,7 +300,9 @@ def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: 
     path = Path(path)
     import imageio.v2 as imageio  # the ffmpeg plugin is only needed when writing videos
 
-    with _replace_when_complete(path) as partial:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # ffmpeg picks the container from the file name, so the partial file keeps the real suffix last.
+    with atomic_path(path, partial_suffix=f"{PARTIAL_SUFFIX}{path.suffix}") as partial:
         with imageio.get_writer(partial, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
             for frame in frames:
                 writer.append_data(frame)

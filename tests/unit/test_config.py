@@ -100,3 +100,151 @@ def test_synthesize_config_rejects_bad_pools_and_faults():
         config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "writer"}}).validate()
     with pytest.raises(config.ConfigError, match="elevation_range_deg"):
         config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"generation": {"elevation_range_deg": [40, 10]}}).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Declared choices and bounds, checked by one walker over the whole config tree
+# ---------------------------------------------------------------------------------------------
+
+PRESET_TABLES = {name: table for name, table in vars(config).items() if name.endswith("_PRESETS")}
+NEEDS_LOCAL_WEIGHTS = {("TRAIN_FILTER_PRESETS", "dinov2-base"): {"encoder": {"encoder": {"pretrained_path": "/weights/dinov2-base"}}}}
+
+
+@pytest.mark.parametrize("table, name", [(table, name) for table in PRESET_TABLES for name in PRESET_TABLES[table]])
+def test_every_preset_of_every_table_validates_and_round_trips(table, name):
+    preset = config.merge(config.preset(PRESET_TABLES[table], name), NEEDS_LOCAL_WEIGHTS.get((table, name), {}))
+    assert preset.validate() is preset
+    assert config.from_dict(type(preset), config.to_dict(preset)) == preset
+
+
+def test_a_preset_without_its_local_weights_names_the_missing_path():
+    with pytest.raises(config.ConfigError, match=r"^encoder\.encoder\.pretrained_path is required"):
+        config.preset(config.TRAIN_FILTER_PRESETS, "dinov2-base").validate()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"generation": {"precision": "fp16"}}, "generation.precision: expected one of 'auto', 'bf16', 'fp32', got 'fp16'"),
+        ({"generation": {"image_mask_method": "sam"}},
+         "generation.image_mask_method: expected one of 'auto', 'rembg', 'estimate', 'none', got 'sam'"),
+        ({"fault": {"kill_stage": "writer"}},
+         "fault.kill_stage: expected one of 'first_frame', 'generate', 'mask', 'filter' or null, got 'writer'"),
+    ],
+)
+def test_a_literal_field_refuses_an_unknown_choice_naming_path_value_and_choices(overrides, message):
+    debug = config.preset(config.SYNTHESIZE_PRESETS, "debug")
+    with pytest.raises(config.ConfigError) as error:
+        config.merge(debug, overrides)
+    assert str(error.value) == message
+
+
+def test_literal_choices_keep_their_type_and_are_checked_on_validate_too():
+    training = config.TrainingConfig()
+    with pytest.raises(config.ConfigError, match=r"^deepspeed\.zero_stage: expected one of 0, 2, 3, got '2'$"):
+        config.merge(training, {"deepspeed": {"zero_stage": "2"}})
+    with pytest.raises(config.ConfigError, match=r"^scaling\.use_gpu: expected true/false or 'auto', got 'yes'$"):
+        config.merge(training, {"scaling": {"use_gpu": "yes"}})
+    assert config.merge(training, {"scaling": {"use_gpu": False}}).validate().scaling.use_gpu is False
+    with pytest.raises(config.ConfigError, match=r"^mesh_iso: expected a number, 'auto' or null, got 'high'$"):
+        config.merge(config.InferenceConfig(), {"mesh_iso": "high"})
+    # A value set in code, not read from a file, is checked by validate() with the same message.
+    training.optimizer.schedule = "linear"
+    with pytest.raises(config.ConfigError, match=r"^optimizer\.schedule: expected one of 'cosine', 'constant', got 'linear'$"):
+        training.validate()
+
+
+@pytest.mark.parametrize(
+    "table, overrides, message",
+    [
+        (config.TRAIN_RECON_PRESETS, {"training": {"run": {"batch_size": 0}}}, "training.run.batch_size must be >= 1, got 0"),
+        (config.TRAIN_RECON_PRESETS, {"training": {"optimizer": {"betas": [0.9, 1.0]}}},
+         "training.optimizer.betas[1] must be in [0, 1), got 1.0"),
+        (config.INFERENCE_PRESETS, {"foreground_ratio": 0}, "foreground_ratio must be in (0, 1], got 0.0"),
+        (config.INFERENCE_PRESETS, {"mesh_resolution": 2000}, "mesh_resolution must be between 8 and 1024, got 2000"),
+        (config.SYNTHESIZE_PRESETS, {"generation": {"elevation_range_deg": [0, 95]}},
+         "generation.elevation_range_deg[1] must be in (-90, 90), got 95.0"),
+        (config.SYNTHESIZE_PRESETS, {"generation": {"elevation_range_deg": [10]}},
+         "generation.elevation_range_deg must be a list of 2 values, got [10.0]"),
+        (config.SERVE_PRESETS, {"model": {"num_gpus": -1}}, "model.num_gpus must be >= 0, got -1.0"),
+        (config.EVALUATE_PRESETS, {"limit": 0}, "limit must be >= 1, got 0"),
+    ],
+)
+def test_a_declared_bound_refuses_naming_the_path_and_the_value(table, overrides, message):
+    with pytest.raises(config.ConfigError) as error:
+        config.merge(config.preset(table, "debug"), overrides).validate()
+    assert str(error.value) == message
+
+
+def test_optional_bounded_fields_accept_null():
+    assert config.merge(config.preset(config.EVALUATE_PRESETS, "debug"), {"limit": None, "resolution": None}).validate().limit is None
+
+
+def test_the_walker_reaches_nested_configs_and_lists_of_them():
+    recon = config.preset(config.TRAIN_RECON_PRESETS, "debug")
+    stage = {"name": "high", "steps": 80, "data": "3d", "render_resolution": 48, "crop_size": 32, "pixel_loss": True}
+    with pytest.raises(config.ConfigError, match=r"^stages\[1\]\.data: expected one of 'synthetic', '3d', got 'real'$"):
+        config.merge(recon, {"stages": [config.to_dict(recon.stages[0]), {**stage, "data": "real"}]})
+    with pytest.raises(config.ConfigError, match=r"^stages\[1\]\.steps must be >= 1, got 0$"):
+        config.merge(recon, {"stages": [config.to_dict(recon.stages[0]), {**stage, "steps": 0}]}).validate()
+    with pytest.raises(config.ConfigError, match=r"^stages\[1\]\.crop_size must be <= stages\[1\]\.render_resolution, got 64$"):
+        config.merge(recon, {"stages": [config.to_dict(recon.stages[0]), {**stage, "crop_size": 64}]}).validate()
+    recon.stages[0].data = "real"  # set in code: validate() walks into the list too
+    with pytest.raises(config.ConfigError, match=r"^stages\[0\]\.data: expected one of"):
+        recon.validate()
+
+    # Cross-field rules of a nested config name their fields from the root, and validate(path) prefixes them.
+    recon = config.preset(config.TRAIN_RECON_PRESETS, "debug")
+    recon.model.transformer.num_heads = 5
+    divisible = r"^model\.transformer\.width must be divisible by model\.transformer\.num_heads, got 64 and 5$"
+    with pytest.raises(config.ConfigError, match=divisible):
+        recon.validate()
+    with pytest.raises(config.ConfigError, match=r"^transformer\.width must be divisible by transformer\.num_heads"):
+        recon.model.validate()
+    with pytest.raises(config.ConfigError, match=r"^train\.model\.transformer\.width must be divisible"):
+        recon.validate("train")
+    video = config.preset(config.FINETUNE_VIDEO_PRESETS, "debug")
+    video.model.architecture.patch_size = [1, 0, 2]
+    with pytest.raises(config.ConfigError, match=r"^model\.architecture\.patch_size\[1\] must be >= 1, got 0$"):
+        video.validate()
+
+
+def test_cross_field_rules_run_after_the_fields_they_read_are_checked():
+    serve = config.preset(config.SERVE_PRESETS, "debug")
+    with pytest.raises(config.ConfigError, match=r"^need model\.min_replicas <= initial_replicas <= max_replicas, got 3 <= 3 <= 2$"):
+        config.merge(serve, {"model": {"min_replicas": 3, "max_replicas": 2}}).validate()
+    fail_rank = r"^training\.fault_injection\.fail_rank must be a rank below training\.scaling\.num_workers$"
+    with pytest.raises(config.ConfigError, match=fail_rank):
+        config.merge(config.preset(config.FINETUNE_VIDEO_PRESETS, "debug"), {"training": {"fault_injection": {"fail_rank": 2}}}).validate()
+    # A zero divisor is refused by its bound before the divisibility rule could divide by it.
+    with pytest.raises(config.ConfigError, match=r"^encoder\.num_heads must be >= 1, got 0$"):
+        config.merge(config.preset(config.RECONSTRUCTOR_PRESETS, "debug"), {"encoder": {"num_heads": 0}}).validate()
+
+
+def test_bounded_choices_and_rules_compose_on_any_config_dataclass():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    @dataclass
+    class Pool(config.ConfigBase):
+        low: int = config.bounded(1, ge=1)
+        high: int = config.bounded(4, ge=1)
+        mode: Literal["fast", "safe"] = "safe"
+
+        def rules(self, at):
+            return [(self.low <= self.high, f"{at.low} must be <= {at.high}")]
+
+    @dataclass
+    class Job(config.ConfigBase):
+        pools: list[Pool] = config.bounded(factory=lambda: [Pool()])
+        share: float = config.bounded(0.5, gt=0, le=1)
+
+    assert Job().validate() == Job()
+    with pytest.raises(config.ConfigError, match=r"^pools\[0\]\.high must be >= 1, got 0$"):
+        config.from_dict(Job, {"pools": [{"high": 0}]}).validate()
+    with pytest.raises(config.ConfigError, match=r"^pools\[1\]\.low must be <= pools\[1\]\.high$"):
+        config.from_dict(Job, {"pools": [{}, {"low": 5}]}).validate()
+    with pytest.raises(config.ConfigError, match=r"^pools\[0\]\.mode: expected one of 'fast', 'safe', got 'slow'$"):
+        config.from_dict(Job, {"pools": [{"mode": "slow"}]})
+    with pytest.raises(config.ConfigError, match=r"^share must be in \(0, 1\], got 1\.5$"):
+        Job(share=1.5).validate()

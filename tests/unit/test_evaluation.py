@@ -26,7 +26,7 @@ def test_psnr_and_ssim_match_scikit_image_within_1e_4():
     from skimage import data
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from vf3d.evaluation.metrics import psnr, ssim
+    from vf3d.image_metrics import psnr, ssim
 
     side = 64
     clean = np.stack([image[:side, :side].astype(np.float32) / 255 for image in (data.astronaut(), data.chelsea(), data.coffee())])

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from vf3d.config import ConfigError, ReconLossConfig
-from vf3d.evaluation.metrics import LpipsMetric, psnr, ssim
-from vf3d.evaluation.plots import GRID_PADDING, append_jsonl, image_grid, plot_curves, read_jsonl
-from vf3d.training.losses import ReconstructionLoss, build_lpips, total_variation
+from vf3d.image_metrics import LpipsMetric, psnr, ssim
+from vf3d.models.lpips_network import build_lpips
+from vf3d.plots import GRID_PADDING, append_jsonl, image_grid, plot_curves, read_jsonl
+from vf3d.training.losses import ReconstructionLoss, total_variation
 
 
 def random_lpips_config(**overrides) -> ReconLossConfig:
@@ -303,7 +304,7 @@ def test_plot_curves_draws_one_panel_per_key(tmp_path):
     four = open_png(plot_curves(records, tmp_path / "four.png", keys=["loss", "lpips", "psnr", "never_logged"]))
     assert default[0] == 3 * one[0] and default[1] == one[1]  # three panels side by side
     assert four[0] == default[0] and four[1] == 2 * one[1]  # a second row
-    assert not [path for path in tmp_path.rglob("*") if ".tmp" in path.name]  # written atomically
+    assert not [path for path in tmp_path.rglob("*") if path.name.startswith(".")]  # written atomically
 
 
 def test_image_grid_lays_out_labelled_rows(tmp_path):
@@ -325,13 +326,14 @@ def test_image_grid_lays_out_labelled_rows(tmp_path):
     assert labelled_width > width and labelled_height > height
     with pytest.raises(ValueError, match="row labels"):
         image_grid(rows, tmp_path / "bad.png", row_labels=["only one"])
-    assert not [path for path in tmp_path.rglob("*") if ".tmp" in path.name]
+    assert not [path for path in tmp_path.rglob("*") if path.name.startswith(".")]
 
 
 def test_plots_and_metrics_modules_do_not_import_ray():
     import subprocess
     import sys
 
-    code = "import sys, vf3d.evaluation.metrics, vf3d.evaluation.plots, vf3d.training.losses; assert 'ray' not in sys.modules and 'deepspeed' not in sys.modules"
+    modules = "vf3d.image_metrics, vf3d.plots, vf3d.models.lpips_network, vf3d.training.losses"
+    code = f"import sys, {modules}; assert 'ray' not in sys.modules and 'deepspeed' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 

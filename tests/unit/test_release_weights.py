@@ -280,7 +280,7 @@ def test_transformers_5_names_in_the_source_are_accepted():
 # ---------------------------------------------------------------------------------------------
 # The released names mean the released network: functional re-implementations of the released
 # forward passes, written against the released names only (so a mapping table that swaps two
-# same-shaped tensors, which a round trip cannot see, fails here).
+# same-shaped tensors, which a round trip cannot see, fails here; docs/reference.md#released-checkpoint).
 # ---------------------------------------------------------------------------------------------
 
 ENCODER_NAMES = {
@@ -406,7 +406,7 @@ def test_exported_names_run_the_released_network(format, changes):
 
 
 # ---------------------------------------------------------------------------------------------
-# The released VFusion3D layout, without allocating a single weight
+# The released VFusion3D layout, without allocating a single weight (docs/reference.md#released-checkpoint)
 # ---------------------------------------------------------------------------------------------
 
 RELEASED_SHAPES = {

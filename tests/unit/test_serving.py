@@ -128,7 +128,7 @@ def test_serve_presets_validate_and_bad_settings_are_named():
     debug = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
     for overrides, words in [
         ({"max_batch_size": 16}, "model.max_ongoing_requests must be >= max_batch_size"),
-        ({"model": {"min_replicas": 3, "max_replicas": 2}}, "model: replicas must satisfy"),
+        ({"model": {"min_replicas": 3, "max_replicas": 2}}, "need model.min_replicas <= initial_replicas <= max_replicas"),
         ({"inference": {"mesh_resolution": 256}}, "inference.mesh_resolution must be <= max_mesh_resolution"),
         ({"port": 70000}, "port must be between"),
     ]:
@@ -288,7 +288,7 @@ def test_new_serve_limits_validate():
     for overrides, words in [
         ({"max_inflight_requests": 32}, "max_inflight_requests must be >= 1 and < ingress.max_ongoing_requests"),
         ({"max_concurrent_decodes": 0}, "max_concurrent_decodes must be >= 1"),
-        ({"model": {"max_queued_requests": 0}}, "model: max_queued_requests must be -1"),
+        ({"model": {"max_queued_requests": 0}}, "model.max_queued_requests must be -1"),
         ({"max_header_bytes": 10}, "max_header_bytes"),
     ]:
         with pytest.raises(config_lib.ConfigError, match=words):

@@ -37,6 +37,8 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from vf3d.atomic import write_bytes_atomic, write_json_atomic
+
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 UNSUPPORTED_3D_SUFFIXES = (".fbx", ".blend", ".usd", ".usda", ".usdc", ".usdz", ".3ds", ".max", ".c4d", ".abc", ".dae", ".x3d")
 """3D formats we cannot read: a job lists them so each is reported as an error, not silently ignored."""
@@ -421,7 +423,7 @@ def gather_sample_assets(out_dir: str | os.PathLike, limit: int | None = None) -
     captions_file = out_dir / CAPTIONS_FILES[0]
     existing = json.loads(captions_file.read_text(encoding="utf-8")) if captions_file.is_file() else {}
     if {**existing, **captions} != existing:
-        _write_atomically(captions_file, json.dumps({**existing, **captions}, indent=1, sort_keys=True).encode("utf-8"))
+        write_json_atomic(captions_file, {**existing, **captions}, indent=1, sort_keys=True)
     return assets
 
 
@@ -475,12 +477,12 @@ def _export_urdf_asset(data_root: Path, relative_urdf: PurePath, out_dir: Path) 
             target = out_dir / file.relative_to(data_root)
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(target, file.read_bytes())
+                write_bytes_atomic(target, file.read_bytes())
         return out_dir / single.mesh_file.relative_to(data_root)
     target = out_dir / relative_urdf.with_suffix(".glb")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(target, _bake_visuals_to_glb(visuals))
+        write_bytes_atomic(target, _bake_visuals_to_glb(visuals))
     return target
 
 
@@ -536,9 +538,3 @@ def _bake_visuals_to_glb(visuals: list[_UrdfVisual]) -> bytes:
         scene.add_geometry(merged)
     return scene.export(file_type="glb")
 
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so an interrupted run leaves no half file behind."""
-    temporary = target.with_name(target.name + ".partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)

@@ -37,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vf3d import atomic
+
 MANIFEST_DIRNAME = "_ids"
 """Sub-directory of a shard directory holding the id logs and the folded index."""
 MANIFEST_SCHEMA = pa.schema([pa.field("table", pa.string(), nullable=False), pa.field("file", pa.string(), nullable=False), pa.field("ids", pa.list_(pa.string()), nullable=False)])
@@ -144,14 +146,9 @@ def write_index(directory: str | os.PathLike, entries: pa.Table, folded: list[st
     folder = Path(directory) / MANIFEST_DIRNAME
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{_INDEX_PREFIX}{uuid.uuid4().hex}{_INDEX_SUFFIX}"
-    partial = folder / f".{name}.partial"
-    try:
+    with atomic.atomic_path(folder / name) as partial:
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, MANIFEST_SCHEMA) as writer:
             writer.write_table(entries.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
-        os.replace(partial, folder / name)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     for old in folded:
         if old != name:
             (folder / old).unlink(missing_ok=True)
@@ -160,13 +157,7 @@ def write_index(directory: str | os.PathLike, entries: pa.Table, folded: list[st
 
 def remove_partials(directory: str | os.PathLike) -> int:
     """Delete index files a killed planner left half-written; returns how many."""
-    folder = Path(directory) / MANIFEST_DIRNAME
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob(".*.partial"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return atomic.remove_partials(Path(directory) / MANIFEST_DIRNAME)
 
 
 # ---------------------------------------------------------------------------------------------

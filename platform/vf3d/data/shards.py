@@ -77,7 +77,6 @@ import io
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +89,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
+from vf3d import atomic
 from vf3d.data import manifest as id_manifest
 
 if TYPE_CHECKING:  # torch is imported where it is used: a planning driver needs none of it
@@ -111,7 +111,7 @@ ERRORS_DIRNAME = "_errors"
 REJECTED_DIRNAME = "_rejected"
 """Sub-directory of the rejected-orbit table (hidden from orbit readers the same way)."""
 DEFAULT_BACKGROUND_COLORS = ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
-"""Target background colours of the released trainer: black, grey, white."""
+"""Target background colours of the released trainer: black, grey, white (docs/reference.md#training-recipe)."""
 
 ORBIT_SCHEMA = pa.schema(
     [
@@ -523,18 +523,19 @@ class OrbitShardWriter:
         return _write_atomically(table, directory, self.prefix, self.fsync, self._log, "rejected")
 
 
-def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool, log: "id_manifest.ManifestLog | None" = None, table_name: str = "orbits") -> Path:
-    """Write `table` as `directory/<shard_file_name>` via a partial file and a rename, then record
-    its ids in `log`. The log entry comes after the rename: a kill in between leaves a shard
+def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool, log: "id_manifest.ManifestLog | None" = None,
+                      table_name: str = "orbits") -> Path:
+    """Write `table` as `directory/<shard_file_name>` via a partial file and a rename
+    (`vf3d.atomic`: `.{name}.{8 hex}.partial`, which `remove_partials` deletes), then record its
+    ids in `log`. The log entry comes after the rename: a kill in between leaves a shard
     without an entry, which readers handle by reading its id column; the other order could leave
     an entry for a file that never appeared, and that would claim ids nobody wrote."""
     name = shard_file_name(table.column("id").to_pylist(), prefix)
     final_path = directory / name
-    partial_path = directory / f".{name}.{uuid.uuid4().hex[:8]}.partial"
     # Dictionaries and min/max statistics help scalar columns only: encoded images are unique
     # and incompressible, so both would be wasted work on frames and masks.
     scalar_columns = [f.name for f in table.schema if not (pa.types.is_list(f.type) or pa.types.is_binary(f.type))]
-    try:
+    with atomic.atomic_path(final_path, fsync=fsync) as partial_path:
         pq.write_table(
             table,
             partial_path,
@@ -543,25 +544,9 @@ def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool
             use_dictionary=scalar_columns,
             write_statistics=scalar_columns,
         )
-        if fsync:
-            _fsync(partial_path)
-        os.replace(partial_path, final_path)
-        if fsync:
-            _fsync(directory)  # makes the rename itself durable
-    except BaseException:
-        partial_path.unlink(missing_ok=True)
-        raise
     if log is not None:
         log.append(table_name, name, table.column("id").combine_chunks())
     return final_path
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,11 +733,8 @@ def remove_partials(directory: str | os.PathLike) -> int:
     partial file looks the same as a dead one's.
     """
     removed = id_manifest.remove_partials(directory)
-    for folder in (_table_directory(directory, table) for table in _SCHEMAS):
-        if folder.is_dir():
-            for path in folder.glob(".*.partial"):
-                path.unlink(missing_ok=True)
-                removed += 1
+    for table in _SCHEMAS:
+        removed += atomic.remove_partials(_table_directory(directory, table))
     return removed
 
 
@@ -901,7 +883,8 @@ def _decode_image(data: Any, mode: str, row_id: Any, column: str, view: int) -> 
 
 
 class ViewSampler:
-    """Picks one reconstructor training sample from a decoded orbit (OpenLRM's released trainer's recipe).
+    """Picks one reconstructor training sample from a decoded orbit (OpenLRM's released trainer's
+    recipe; docs/reference.md#training-recipe).
 
     One source view, drawn from the orbit views (the first `num_orbit_views`) or from all views,
     and k distinct target views drawn from the other views. When the orbit has fewer than k + 1

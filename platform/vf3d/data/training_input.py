@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,11 @@ SAMPLE_COLUMNS = ["id", "frames", "masks", "cameras", "num_orbit_views", "resolu
 """Columns the sampling stage reads (prompts, metadata and the rest stay on disk)."""
 SAMPLES_PER_BLOCK = 32
 """Samples per Ray Data block the pipeline aims at (see `training_dataset`)."""
+MIN_PATH_BLOCKS = 64
+PATH_BLOCKS_PER_CPU = 4
+"""The shard paths are split into max(MIN_PATH_BLOCKS, PATH_BLOCKS_PER_CPU × cluster CPUs) blocks
+at most: enough map tasks to keep every CPU busy, few enough that building the dataset does not
+grow with the number of files."""
 SAMPLE_FIELDS = ("source_images", "source_cameras", "target_frames", "target_masks", "target_cameras", "target_backgrounds", "source_views", "target_views")
 """Columns of a sampled batch (see `sample_views`)."""
 
@@ -170,7 +176,13 @@ def read_and_sample(paths: pa.Table, *, exclude_ids: Sequence[str] = (), **sampl
     on `id` before anything is decoded, and every row group's samples (`sample_views`, given
     `sampling`) are yielded as they are ready."""
     excluded = pa.array(sorted(exclude_ids), pa.string())
-    for path in paths.column("path").to_pylist():
+    files = paths.column("path").to_pylist()
+    if len(files) > 1:
+        # A block holds several files: visit them in a new order every epoch (the blocks
+        # themselves are reordered by Ray Data), seeded so a rerun reads the same sequence.
+        epoch = current_epoch() if sampling.get("epoch") is None else sampling["epoch"]
+        files = [files[index] for index in np.random.default_rng([sampling.get("seed", 0), epoch, zlib.crc32(files[0].encode())]).permutation(len(files))]
+    for path in files:
         with pq.ParquetFile(path) as shard:
             for batch in shard.iter_batches(batch_size=shards.ROWS_PER_ROW_GROUP, columns=SAMPLE_COLUMNS):
                 table = pa.Table.from_batches([batch])
@@ -194,15 +206,19 @@ def training_dataset(
     """The lazy Ray Dataset of training samples (`sample_views` columns) over shard `files`:
     file order reshuffled every epoch, `exclude_ids` dropped by a filter on `id` before sampling,
     views sampled and decoded in CPU map tasks (`read_and_sample`). Nothing is read until it is
-    iterated."""
+    iterated. `max_blocks` caps the blocks the paths are split into (default: see
+    `MIN_PATH_BLOCKS`)."""
     import ray.data
 
     # The dataset starts from the list of paths, not from `read_parquet`: that one inspects every
     # file when an execution starts (measured: ~55 s before the first row over 1,563 files on 2
-    # cores), so start-up would grow with the dataset. One block per file: reordering blocks
-    # (a new random order every execution) needs no tasks, where a row shuffle would run two
-    # tasks per block before the first sample.
-    blocks = len(files) if max_blocks is None else max(1, min(len(files), max_blocks))
+    # cores), so start-up would grow with the dataset. The paths go into a bounded number of
+    # blocks (one per file made 1,563 blocks cost ~4 s to build at 100k orbits): reordering
+    # blocks every execution needs no tasks, where a row shuffle would run two tasks per block
+    # before the first sample, and `read_and_sample` reorders the files inside each block.
+    if max_blocks is None:
+        max_blocks = max(MIN_PATH_BLOCKS, PATH_BLOCKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else MIN_PATH_BLOCKS
+    blocks = max(1, min(len(files), max_blocks))
     dataset = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=blocks).randomize_block_order()
     # A task hands on its output a block at a time, and a block may hold 128 MiB: a whole file of
     # samples, with every task sharing the CPUs, so the first batch would wait longer the more
@@ -213,7 +229,7 @@ def training_dataset(
     return dataset.map_batches(
         read_and_sample,
         batch_format="pyarrow",
-        batch_size=1,
+        batch_size=None,  # a whole block of paths per call, so its files can be reordered
         fn_kwargs={"exclude_ids": sorted(set(exclude_ids)), "num_target_views": num_target_views, "image_size": image_size, "target_resolution": target_resolution, "seed": seed, "repeats": repeats},
     )
 

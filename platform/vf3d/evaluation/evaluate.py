@@ -2,8 +2,8 @@
 
 For every selected orbit of `--data` (all, `--ids`, or the first `limit` by id) and every model:
 
-1. input: orbit view 0, recentred as the model sees it at inference (`training.recon.source_inputs`);
-   targets: `num_views` other orbit views spread evenly around it (`training.recon.validation_views`,
+1. input: orbit view 0, recentred as the model sees it at inference (`data.reconstruction_views.source_inputs`);
+   targets: `num_views` other orbit views spread evenly around it (`data.reconstruction_views.validation_views`,
    the same task the trainer validates on), at `resolution`;
 2. encode once (`ImageTo3D.encode`: canonical source camera, bf16 autocast on CUDA), render the
    target cameras expressed in the source-canonical frame (`cameras.relative_to_source`)
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic, write_text_atomic
 from vf3d.config import ConfigError, EvaluateConfig
 
 METRICS_FILE = "metrics.json"
@@ -160,7 +161,7 @@ def reconstruct_views(pipeline, record: dict[str, Any], num_views: int, resoluti
     import torch
 
     from vf3d import cameras
-    from vf3d.training.recon import source_inputs, validation_views
+    from vf3d.data.reconstruction_views import source_inputs, validation_views
 
     source, mask, source_camera, truth, target_cameras = validation_views(record, num_views, resolution)
     image = source_inputs(source[None], mask[None], pipeline.model.config.encoder.image_size)
@@ -205,7 +206,7 @@ def score_object(pipeline, record: dict[str, Any], truth_surface: _TruthSurface,
     """Every metric of one model on one orbit → (result for metrics.json, views for the figures)."""
     from vf3d.data.assets import AssetError
     from vf3d.evaluation.geometry import geometry_scores
-    from vf3d.evaluation.metrics import psnr, ssim
+    from vf3d.image_metrics import psnr, ssim
     from vf3d.mesh import EmptyMeshError
 
     started = time.perf_counter()
@@ -253,8 +254,8 @@ def _build_lpips(config: EvaluateConfig, device):
     import warnings
 
     from vf3d.config import ReconLossConfig
-    from vf3d.evaluation.metrics import LpipsMetric
-    from vf3d.training.losses import build_lpips
+    from vf3d.image_metrics import LpipsMetric
+    from vf3d.models.lpips_network import build_lpips
 
     settings = config.lpips
     loss_config = ReconLossConfig(lpips_net=settings.net, lpips_backbone_path=settings.backbone_path, lpips_random_backbone=settings.random_backbone)
@@ -269,7 +270,7 @@ def _build_lpips(config: EvaluateConfig, device):
 
 
 def _write_views_figure(out_png: Path, views_by_model: dict[str, dict[str, Any]]) -> None:
-    from vf3d.evaluation.plots import image_grid
+    from vf3d.plots import image_grid
 
     def to_image(tensor) -> np.ndarray:
         return (tensor.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -282,7 +283,7 @@ def _write_views_figure(out_png: Path, views_by_model: dict[str, dict[str, Any]]
 
 
 def _write_bars_figure(out_png: Path, objects: list[dict[str, Any]], names: list[str], threshold: float) -> None:
-    from vf3d.evaluation.plots import plot_bars
+    from vf3d.plots import plot_bars
     from vf3d.evaluation.report import METRICS
 
     panels = {}
@@ -435,8 +436,8 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
     }
     document = _json_ready(document)
     config_lib.save_json(config, out_dir / CONFIG_FILE)
-    _write_text_atomically(out_dir / METRICS_FILE, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    _write_text_atomically(out_dir / REPORT_FILE, report.markdown_report(document))
+    write_json_atomic(out_dir / METRICS_FILE, document, ensure_ascii=False)
+    write_text_atomic(out_dir / REPORT_FILE, report.markdown_report(document))
     summary = "; ".join(
         f"{name}: " + ", ".join(f"{metric.name} {document['aggregate'][name][metric.key]['mean']:.{metric.digits}f}" for metric in report.METRICS if document["aggregate"][name][metric.key]["mean"] is not None)
         for name in names
@@ -445,11 +446,3 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
     log(f"report: {out_dir / REPORT_FILE}; metrics: {out_dir / METRICS_FILE}; figures: {figures_dir}")
     return document
 
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

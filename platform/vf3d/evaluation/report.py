@@ -48,7 +48,8 @@ REFERENCE_RESULTS = (
     ("VFusion3D (third-party GSO evaluation)", {"psnr": 17.42, "ssim": 0.846, "lpips": 0.155, "chamfer": 0.161, "fscore": 0.637}),
     ("InstantMesh (same GSO evaluation)", {"psnr": 16.80, "ssim": 0.786, "lpips": 0.207, "chamfer": 0.123, "fscore": 0.737}),
 )
-"""Published numbers (the VFusion3D paper and a third-party GSO evaluation), for orientation only: other data, renders and definitions."""
+"""Published numbers (the VFusion3D paper and a third-party GSO evaluation), for orientation only: other data, renders and definitions
+(docs/reference.md#results-to-beat)."""
 
 
 def _finite(value: Any) -> bool:

@@ -7,10 +7,9 @@ unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
+from vf3d.atomic import atomic_path, atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -27,9 +27,9 @@ M = TypeVar("M", bound="PretrainedModel")
 
 
 def make_readable(path: str | os.PathLike) -> None:
-    """Give a file written through a private temporary (mkstemp, safetensors: mode 0600) the mode
-    a plain `open()` would have given it under this process's umask, so that a server running as
-    another user can read a published model."""
+    """Give a file safetensors wrote (it creates files with mode 0600) the mode a plain `open()`
+    would have given it under this process's umask, so that a server running as another user can
+    read a published model."""
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
@@ -55,24 +55,29 @@ class PretrainedModel(torch.nn.Module):
     def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write config.json + model.safetensors into `directory`, atomically.
 
-        Files are written into a temporary sibling and moved into place only when complete, so
-        an interrupted save never leaves a half-written model where a good one was.
+        Both files are written as partial files (`vf3d.atomic`) and renamed into place only when
+        both are complete, weights first and config.json last, so an interrupted save never leaves
+        a half-written model where a good one was, and a new directory that has a config.json has
+        its weights too. A failed first save removes the directory it created.
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        document = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **(metadata or {}),
+                    "config": config_lib.to_dict(self.config)}
         try:
-            document = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **(metadata or {}), "config": config_lib.to_dict(self.config)}
-            (staging / CONFIG_NAME).write_text(json.dumps(document, indent=2) + "\n")
-            # safetensors refuses shared or non-contiguous storage; clone keeps the module intact.
-            state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in self.state_dict().items()}
-            save_file(state, str(staging / WEIGHTS_NAME), metadata={"model_type": self.model_type})
-            make_readable(staging / WEIGHTS_NAME)
-            directory.mkdir(exist_ok=True)
-            for name in (CONFIG_NAME, WEIGHTS_NAME):
-                os.replace(staging / name, directory / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            # Nested: the inner block (weights) is renamed first, the outer (config) after it.
+            with atomic_write(directory / CONFIG_NAME, "w") as config_file, atomic_path(directory / WEIGHTS_NAME) as weights_file:
+                config_file.write(json.dumps(document, indent=2) + "\n")
+                # safetensors refuses shared or non-contiguous storage; clone keeps the module intact.
+                state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in self.state_dict().items()}
+                save_file(state, str(weights_file), metadata={"model_type": self.model_type})
+                make_readable(weights_file)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):  # rmdir only removes it empty: our partial files are gone already
+                    directory.rmdir()
+            raise
         return directory
 
     @classmethod

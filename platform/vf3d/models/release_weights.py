@@ -1,4 +1,5 @@
-"""Model directories, and importers/exporters for the released VFusion3D and OpenLRM weights.
+"""Model directories, and importers/exporters for the released VFusion3D and OpenLRM weights
+(docs/reference.md#released-checkpoint, docs/architecture.md#model-directories).
 
 Model directory (our format, written by `PretrainedModel.save_pretrained`):
 
@@ -40,7 +41,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
+from vf3d.atomic import atomic_path
 from vf3d.config import ReconstructorConfig
 from vf3d.models.pretrained import WEIGHTS_NAME, make_readable
 from vf3d.models.reconstructor import Reconstructor
@@ -232,7 +233,8 @@ HF_DINOV2_ATTENTION = {
     "transformers-5": ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
 }
 """(q, k, v, out) module names inside `encoder.layer.N` of transformers' DINOv2, by version.
-The released VFusion3D file has the 4.x names; our encoder has whatever is installed."""
+The released VFusion3D file has the 4.x names; our encoder has whatever is installed
+(docs/reference.md#import-mapping)."""
 
 
 @functools.cache
@@ -312,7 +314,8 @@ RELEASE_DEFAULTS: dict[str, dict[str, Any]] = {
         "mesh_iso": 3.0,
     },
 }
-"""Settings tensor shapes cannot reveal, as in each release; `overrides` win."""
+"""Settings tensor shapes cannot reveal, as in each release; `overrides` win (docs/reference.md#import-mapping,
+docs/reference.md#openlrm)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +364,9 @@ def export_checkpoint(model: Reconstructor, path: str | os.PathLike, format: str
     # safetensors refuses views sharing storage (the split q/k/v of an import): write copies.
     state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(state, staging, metadata={"format": format, "exported_by": "vf3d"})
-        make_readable(staging)
-        os.replace(staging, path)
-    finally:
-        Path(staging).unlink(missing_ok=True)
+    with atomic_path(path) as partial:
+        save_file(state, str(partial), metadata={"format": format, "exported_by": "vf3d"})
+        make_readable(partial)
     return path
 
 

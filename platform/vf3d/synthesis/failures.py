@@ -144,6 +144,19 @@ def map_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: A
     from `failures` (`remote_args`; Ray 2.60's actor pool reads `max_restarts` / `max_task_retries`
     only from map_batches' **ray_remote_args, which it warns are deprecated until 2.64).
     `batch_size` defaults to the pool's."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    # Ray 2.60 has no named parameter for these two actor options yet, only **ray_remote_args,
+    # which it flags as deprecated on every call; the project pins ray 2.60.*, and the pin is the
+    # place to revisit this (Ray 2.64 removes **ray_remote_args).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return _map_batches_on_pool(dataset, stage_class, kwargs, pool, failures, batch_size, batch_format)
+
+
+def _map_batches_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: Any, failures: Any, batch_size: int | None, batch_format: str) -> Any:
     import ray
 
     return dataset.map_batches(

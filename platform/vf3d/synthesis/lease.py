@@ -32,9 +32,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from vf3d.atomic import write_json_atomic
 from vf3d.config import ConfigError, LeaseConfig
 
 LEASE_NAME = ".vf3d-lease.json"
+LEASE_PARTIAL_SUFFIX = ".tmp"
+"""Suffix of the lease's own partial files, which must not look like the partial files that
+`vf3d.data.shards.remove_partials` deletes from the same directory while the lease is held."""
 
 
 class LeaseHeldError(ConfigError):
@@ -122,7 +126,10 @@ class OutputLease:
     # -- internals ------------------------------------------------------------------------------
 
     def _write_private(self, content: dict[str, Any]) -> Path:
-        private = self.path.parent / f".{LEASE_NAME}.{self.token}.{uuid.uuid4().hex[:8]}.tmp"
+        """Write `content` to a private file for `_create` to hard-link as the lease. Not
+        `vf3d.atomic`: that renames over an existing file, and taking a lease must fail when one
+        exists; the link does, atomically."""
+        private = self.path.parent / f".{LEASE_NAME}.{self.token}.{uuid.uuid4().hex[:8]}{LEASE_PARTIAL_SUFFIX}"
         private.write_text(json.dumps(content) + "\n")
         return private
 
@@ -201,8 +208,9 @@ class OutputLease:
                 self.log(f"lost the lease on {self.path.parent}: " + (describe(holder) if holder else "its file is gone") + "; stopping")
                 return
             self._content["heartbeat"] = time.time()
-            private = self._write_private(self._content)
-            os.replace(private, self.path)
+            # Not the default ".partial" suffix: the run that holds this lease deletes leftover
+            # partial files in this directory while the heartbeat may be writing one.
+            write_json_atomic(self.path, self._content, indent=None, partial_suffix=LEASE_PARTIAL_SUFFIX)
 
 
 def describe(holder: dict[str, Any]) -> str:

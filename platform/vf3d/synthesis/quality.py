@@ -9,7 +9,7 @@ composited on white), so
   ("full_frame_foreground") or flickers ("flicker");
 - `QualityFilter` scores the subtler ones (identity drift, smeared or noisy views) with a
   logistic-regression probe on frozen DINOv2 features, as VFusion3D did with a linear SVM on DINO
-  features of ~2K hand-labelled videos. `train_filter` fits it from a labels file and orbit shards.
+  features of ~2K hand-labelled videos (docs/reference.md#data-engine). `train_filter` fits it from a labels file and orbit shards.
 
 Pure numpy/scipy/torch (the Ray Data stages that call this live in stages.py); no ray import.
 """
@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from scipy import ndimage
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic
 from vf3d.config import FilterEncoderConfig, HeuristicsConfig, QualityProbeConfig, TrainFilterConfig
 from vf3d.data import shards
 from vf3d.models.pretrained import CONFIG_NAME, ModelDirectoryError
@@ -417,7 +417,7 @@ def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.Pa
     }
 
     QualityFilter(encoder, probe).save_pretrained(out_dir)
-    _write_json_atomically(out_dir / REPORT_NAME, report)
+    write_json_atomic(out_dir / REPORT_NAME, report)  # readers never see half a report
     config_lib.save_json(config, out_dir / CONFIG_FILE_NAME)
     validation_metrics = report["validation"]
     log(f"train-filter: threshold {threshold:.3f}; accuracy {_rounded(report['train']['accuracy'])} (train), {_rounded(validation_metrics['accuracy'])} "
@@ -593,14 +593,3 @@ def _classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: f
         "roc_auc": roc_auc(scores, labels) if both_classes else None,
     }
 
-
-def _write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON through a temporary sibling and a rename: readers never see half a report."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(json.dumps(document, indent=2) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

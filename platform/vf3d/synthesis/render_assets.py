@@ -18,7 +18,6 @@ rather than duplicates. A killed run, rerun with the same arguments, renders onl
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic
 from vf3d.config import RenderAssetsConfig
 from vf3d.data import shards
 from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
@@ -225,7 +225,7 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
         "resolution": config.render.resolution,
         "failures": failure_summary(out_dir, started_at, len(plan.pending), totals["orbits"] + totals["errors"], config.failures.max_errored_blocks),
     }
-    (out_dir / "render_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "render_summary.json", summary)
     log(
         f"render-assets: {summary['orbits_total']} orbits and {summary['errors_total']} errors in {out_dir} "
         f"({summary['rendered_this_run']} rendered now, {summary['frames']} frames at {summary['frames_per_second']} frames/s)"

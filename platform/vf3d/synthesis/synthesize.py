@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic
 from vf3d.config import ConfigError, SynthesizeConfig
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, caption_for, load_captions
@@ -324,7 +325,7 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
         summary = _summary(index, inputs, config, totals, plan.pending, len(inputs.ids) - plan.pending, seconds, str(video_model))
         finished = totals["kept"] + totals["rejected"] + totals["errors"]
         summary["failures"] = failure_summary(out_dir, since=started_at, pending=plan.pending, finished=finished, max_errored_blocks=config.failures.max_errored_blocks)
-        (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(out_dir / SUMMARY_NAME, summary)
     log(f"synthesize: {summary['kept_total']} kept, {summary['rejected_total']} rejected, {summary['errors_total']} errors of {summary['inputs']} inputs in {out_dir} "
         f"({summary['videos_this_run']} videos in {summary['seconds']} s, {summary['videos_per_second']} videos/s, pass rate {summary['pass_rate']})")
     return summary

@@ -1,4 +1,4 @@
-"""`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (the paper; OpenLRM's released trainer where it is silent).
+"""`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (the paper; OpenLRM's released trainer where it is silent; docs/reference.md#training-recipe).
 
 Driver: orbit shards (synthetic `--data`, real renders `--data-3d`) → Ray Data
 (`vf3d.data.training_input`: held-out ids filtered out, views chosen per (seed, epoch, id) and only
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic
 from vf3d.config import ReconStage, TrainReconConfig
+from vf3d.data.reconstruction_views import source_inputs, validation_views
 
 if TYPE_CHECKING:
     import torch
@@ -52,21 +53,6 @@ def holdout_ids(ids: list[str], count: int, seed: int = 0) -> list[str]:
     """The `count` ids with the smallest hash: a held-out set that does not depend on file order,
     and that stays the same as a dataset grows (new ids only displace old ones with larger hashes)."""
     return heapq.nsmallest(count, ids, key=lambda identifier: hashlib.sha256(f"{seed}:{identifier}".encode()).digest())
-
-
-def source_inputs(frames: "torch.Tensor", masks: "torch.Tensor", image_size: int) -> "torch.Tensor":
-    """Source views as the model sees them at inference: cropped to the mask's box, rescaled so it
-    spans 80% of a white square canvas, resized. frames [B, 3, H, W], masks [B, 1, H, W] → [B, 3, S, S]."""
-    import torch
-
-    from vf3d.preprocess import recenter
-
-    images = []
-    for frame, mask in zip(frames, masks):
-        canvas = recenter(frame.permute(1, 2, 0).cpu().numpy(), mask[0].cpu().numpy())
-        tensor = torch.from_numpy(canvas).permute(2, 0, 1)[None]
-        images.append(torch.nn.functional.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1))
-    return torch.stack(images)
 
 
 def _unit(images: "torch.Tensor") -> "torch.Tensor":
@@ -161,28 +147,12 @@ def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReco
     return {**batch_from_samples(samples, stage, config, generator), "backgrounds": stack["target_backgrounds"]}
 
 
-def validation_views(record: dict[str, Any], num_views: int, resolution: int):
-    """A held-out orbit's validation task: source = orbit view 0; targets = `num_views` other orbit
-    views spread evenly around it. Returns (source image [3, H, W], source mask [1, H, W], source
-    camera [25], target frames [n, 3, r, r] on white, target cameras [n, 25])."""
-    import torch
-
-    orbit_views = int(record["num_orbit_views"])
-    picks = np.linspace(0, orbit_views, num_views + 1, endpoint=False)[1:].round().astype(int) % orbit_views
-    frames = torch.as_tensor(record["frames"])
-    targets = frames[picks]
-    if targets.shape[-1] != resolution:
-        targets = torch.nn.functional.interpolate(targets, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-    cameras = torch.as_tensor(record["cameras"])
-    return frames[0], torch.as_tensor(record["masks"])[0], cameras[0], targets, cameras[picks]
-
-
 class Validator:
     """Novel-view PSNR / SSIM / LPIPS on held-out orbits, plus a grid of input, predicted and true
     views (rank 0 only; writes into the output directory)."""
 
     def __init__(self, records: list[dict[str, Any]], config: TrainReconConfig, lpips_module, out_dir: Path) -> None:
-        from vf3d.evaluation.metrics import LpipsMetric
+        from vf3d.image_metrics import LpipsMetric
 
         self.records = records
         self.config = config
@@ -193,8 +163,8 @@ class Validator:
         import torch
 
         from vf3d import cameras
-        from vf3d.evaluation.metrics import psnr, ssim
-        from vf3d.evaluation.plots import image_grid
+        from vf3d.image_metrics import psnr, ssim
+        from vf3d.plots import image_grid
 
         settings = self.config.validation
         model.eval()
@@ -233,7 +203,7 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vf3d.data import training_input
-    from vf3d.evaluation.plots import append_jsonl, plot_curves, read_jsonl
+    from vf3d.plots import append_jsonl, plot_curves, read_jsonl
     from vf3d.models.reconstructor import Reconstructor
     from vf3d.ray_runtime import require_usable_gpus
     from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
@@ -418,13 +388,13 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     outcome = result.return_value or {}
     # Rank 0's return value only knows what its own (possibly restarted) worker group saw: take the
     # validation history from the log every group appended to.
-    from vf3d.evaluation.plots import read_jsonl
+    from vf3d.plots import read_jsonl
 
     history = read_jsonl(out_dir / VALIDATION_LOG) if (out_dir / VALIDATION_LOG).is_file() else []
     outcome["first_validation"] = history[0] if history and history[0]["step"] == 0 else outcome.get("first_validation")
     outcome["last_validation"] = history[-1] if history else outcome.get("last_validation")
     summary = {**outcome, "orbits": counts, "held_out": held_out, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
-    (out_dir / "train_recon_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "train_recon_summary.json", summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
     log(f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "
         f"SSIM {first.get('ssim', float('nan')):.3f} → {last.get('ssim', float('nan')):.3f}, LPIPS {first.get('lpips', float('nan')):.3f} → {last.get('lpips', float('nan')):.3f}; model in {out_dir}")

@@ -7,7 +7,6 @@ diffusers `save_pretrained` layout (`OrbitVideoPipeline.from_pretrained(out)` lo
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vf3d import config as config_lib
+from vf3d.atomic import write_json_atomic
 from vf3d.config import FinetuneVideoConfig, VideoModelConfig
 
 RUNS_DIRNAME = "training_runs"
@@ -156,6 +156,6 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
     result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
     outcome = result.return_value or {}
     summary = {**outcome, "orbits": count, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
-    (out_dir / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "finetune_summary.json", summary)
     log(f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}")
     return summary

@@ -1,5 +1,8 @@
 """Per-image metrics between predicted and true views: PSNR, SSIM and LPIPS.
 
+Shared by train-recon's validation and `vf3d evaluate`, which must score views the same way, so it
+sits below both (it imports nothing from vf3d).
+
 Images are [B, C, H, W] in [0, 1] (any leading dims work: [N, V, 3, H, W] gives [N, V]). Every
 metric returns one value per image so callers can average per object, per view or overall.
 """
@@ -81,7 +84,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class LpipsMetric(nn.Module):
     """LPIPS distance per image pair, from an already built lpips network (see
-    `vf3d.training.losses.build_lpips`; evaluation usually uses net="alex", training "vgg").
+    `vf3d.models.lpips_network.build_lpips`; evaluation usually uses net="alex", training "vgg").
 
     The network is frozen and kept in eval mode; images are taken in [0, 1].
     """

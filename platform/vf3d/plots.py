@@ -1,10 +1,12 @@
 """Training curves, image grids and bar charts for reports, and the JSONL records they are drawn from.
 
-Training loops append one JSON object per logged step (`append_jsonl`), e.g.
+Shared by train-recon (its logs, curves and validation grids) and `vf3d evaluate` (its figures),
+so it sits below both. Training loops append one JSON object per logged step (`append_jsonl`), e.g.
 `{"step": 100, "loss": 0.41, "lpips": 0.38, "stage": "128px"}`; `plot_curves` draws every numeric
 key against "step". `image_grid` lays out e.g. input | predicted views | true views, one row per
-held-out object; `plot_bars` draws grouped per-object metric bars, one panel per metric. PNGs are written atomically (a temporary file, then `os.replace`), so a reader
-never sees half an image. matplotlib (Agg backend) is imported inside the functions.
+held-out object; `plot_bars` draws grouped per-object metric bars, one panel per metric. PNGs are
+written atomically (`vf3d.atomic`), so a reader never sees half an image. matplotlib (Agg backend)
+is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vf3d.atomic import atomic_write
 
 STEP_KEY = "step"
 GRID_PADDING = 2
@@ -68,10 +72,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _temporary_sibling(out_png: Path) -> Path:
-    return out_png.with_name(f".{out_png.name}.{os.getpid()}.tmp")
-
-
 def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys: list[str] | None = None) -> Path:
     """Plot each key against "step", one subplot per key, into `out_png`.
 
@@ -113,7 +113,10 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, linewidth=1.2)
-    return _write_png_atomically(out_png, lambda path: figure.savefig(path, format="png"))
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_png) as file:
+        figure.savefig(file, format="png")
+    return out_png
 
 
 def plot_bars(panels: dict[str, dict[str, Sequence[float | None]]], categories: Sequence[str], out_png: str | os.PathLike) -> Path:
@@ -158,7 +161,10 @@ def plot_bars(panels: dict[str, dict[str, Sequence[float | None]]], categories: 
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         elif len(series) > 1:
             ax.legend(fontsize=8)
-    return _write_png_atomically(out_png, lambda path: figure.savefig(path, format="png"))
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out_png) as file:
+        figure.savefig(file, format="png")
+    return out_png
 
 
 def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -238,16 +244,8 @@ def image_grid(
         text_w = text_size(label)[0]
         draw.text((left_margin + pad + c * (cell_w + pad) + (cell_w - text_w) // 2, pad), label, fill=(0, 0, 0), font=font)
 
-    return _write_png_atomically(out_png, lambda path: canvas.save(path, format="PNG"))
-
-
-def _write_png_atomically(out_png: Path, write) -> Path:
-    """`write(temporary_path)` then rename onto `out_png`: readers never see a half-written plot."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(out_png)
-    try:
-        write(temporary)
-        os.replace(temporary, out_png)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(out_png) as file:
+        canvas.save(file, format="PNG")
     return out_png
+
