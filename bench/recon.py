@@ -253,7 +253,7 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
     size = config.encoder.image_size
     count = settings.encode_images
     images = torch.rand(count, 3, size, size, device=device)
-    source = cameras.canonical_source_camera(config.source_camera_distance).to(device).expand(count, 16)
+    source = cameras.model_source_camera(config).to(device).expand(count, 16)
     log(f"encode: small preset, {count} images of {size}² batched vs one at a time")
     with torch.no_grad():
         timings = compare_timings({

@@ -89,7 +89,7 @@ def main() -> None:
         model.decoder.layers[-1].weight[0] *= 60.0
         model.decoder.layers[-1].bias[0] = -4.0
     image = prepare_image(Image.fromarray(data.astronaut()), model.config.encoder.image_size, mask_method="none")[None]
-    source_camera = cameras.canonical_source_camera(model.config.source_camera_distance)[None]
+    source_camera = cameras.model_source_camera(model.config)[None]
     with torch.no_grad():
         planes = model.encode(image, source_camera)
     views = render_three_ways(model, planes, args.size, args.samples)

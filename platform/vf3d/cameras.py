@@ -9,8 +9,9 @@ docs/reference.md#cameras).
   a field of view of about 67.4°). Pixel (row i, col j) has its centre at ((j + 0.5)/W, (i + 0.5)/H).
 - Source-camera vector (16-D): the 3×4 [R|t] of the pose flattened row-major, then fx, fy, cx, cy.
 - Render-camera vector (25-D): the flattened 4×4 pose, then the flattened normalised 3×3 K.
-- Orbits: azimuth 0 is the +X axis (the canonical camera's side), azimuth grows towards +Y,
-  elevation is measured up from the XY plane.
+- Orbits: azimuth 0 is the +X axis, azimuth grows towards +Y, elevation is measured up from the
+  XY plane. The canonical source camera sits at the model's `source_camera_azimuth_deg` (0, on +X,
+  for VFusion3D; −90, on −Y, for OpenLRM).
 
 Everything here is pure torch on whatever device the inputs are on; nothing has parameters.
 """
@@ -83,9 +84,10 @@ def orbit_poses(num_views: int, elevation_deg: float = 0.0, radius: float = REND
     return look_at(orbit_positions(azimuths, elevations, radius))
 
 
-def turntable_poses(num_views: int, radius: float = RENDER_RADIUS, elevation_deg: float = 0.0) -> torch.Tensor:
-    """Turntable of `num_views` poses; view 0 faces the canonical source camera (+X) → [V, 4, 4]."""
-    return orbit_poses(num_views, elevation_deg=elevation_deg, radius=radius)
+def turntable_poses(num_views: int, radius: float = RENDER_RADIUS, elevation_deg: float = 0.0, azimuth_deg: float = 0.0) -> torch.Tensor:
+    """Turntable of `num_views` poses; view 0 at `azimuth_deg`, facing a canonical source camera there
+    (+X by default) → [V, 4, 4]."""
+    return orbit_poses(num_views, elevation_deg=elevation_deg, radius=radius, azimuth_offset_deg=azimuth_deg)
 
 
 def random_sphere_poses(num_views: int, radius: float = RENDER_RADIUS, min_elevation_deg: float = -30.0, max_elevation_deg: float = 60.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -118,13 +120,31 @@ def source_camera_vector(poses: torch.Tensor, intrinsics: Sequence[float] = DEFA
     return torch.cat([extrinsics, intr], dim=-1)
 
 
-def canonical_source_camera(distance: float = CANONICAL_SOURCE_DISTANCE, intrinsics: Sequence[float] = DEFAULT_INTRINSICS) -> torch.Tensor:
-    """The source camera the released model always sees: at (distance, 0, 0) looking at the origin.
+def _cos_sin_deg(angle_deg: float) -> tuple[float, float]:
+    """(cos, sin) of an angle in degrees, exact (0 and ±1) at multiples of 90°."""
+    quarters, rest = divmod(float(angle_deg), 90.0)
+    if rest == 0.0:
+        return ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))[int(quarters) % 4]
+    return math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
 
-    With the defaults this is exactly [0,0,1,1, 1,0,0,0, 0,1,0,0, 0.75,0.75,0.5,0.5] → [16].
+
+def canonical_source_camera(
+    distance: float = CANONICAL_SOURCE_DISTANCE, azimuth_deg: float = 0.0, intrinsics: Sequence[float] = DEFAULT_INTRINSICS
+) -> torch.Tensor:
+    """The source camera a reconstructor always sees: at (d·cos a, d·sin a, 0) looking at the origin, +Z up.
+
+    With the defaults (VFusion3D) this is exactly [0,0,1,1, 1,0,0,0, 0,1,0,0, 0.75,0.75,0.5,0.5];
+    with distance 2 and azimuth −90° it is OpenLRM's [1,0,0,0, 0,0,-1,-2, 0,1,0,0, 0.75,0.75,0.5,0.5] → [16].
     """
-    pose = look_at(torch.tensor([distance, 0.0, 0.0]))
+    cos, sin = _cos_sin_deg(azimuth_deg)
+    pose = look_at(torch.tensor([distance * cos, distance * sin, 0.0]))
     return source_camera_vector(pose, intrinsics)
+
+
+def model_source_camera(config) -> torch.Tensor:
+    """The canonical source-camera vector of a reconstructor with this `ReconstructorConfig` (its
+    `source_camera_distance` and `source_camera_azimuth_deg`) → [16]."""
+    return canonical_source_camera(config.source_camera_distance, config.source_camera_azimuth_deg)
 
 
 def render_camera_vector(poses: torch.Tensor, intrinsics: torch.Tensor | None = None) -> torch.Tensor:
@@ -268,23 +288,27 @@ def perturb_source_cameras(cameras: torch.Tensor, rotation_std_deg: float, trans
     return torch.cat([perturbed[..., :3, :4].reshape(*cameras.shape[:-1], 12), cameras[..., 12:]], dim=-1)
 
 
-def relative_to_source(source_cameras: torch.Tensor, target_cameras: torch.Tensor, radius: float = RENDER_RADIUS) -> torch.Tensor:
+def relative_to_source(
+    source_cameras: torch.Tensor, target_cameras: torch.Tensor, radius: float = RENDER_RADIUS, azimuth_deg: float = 0.0
+) -> torch.Tensor:
     """Express target cameras in the frame where the source camera is the canonical one.
 
-    The reconstructor always sees the canonical source camera (on +X, elevation 0), so in
-    training every view of a sample is moved by the rigid transform M = C · S⁻¹ that takes the
-    source pose S to the canonical render pose C at `radius`. For cameras looking at the origin
-    from `radius` (every orbit view), M is a rotation about the origin: the object stays centred
-    and inside the cube.
+    The reconstructor always sees the canonical source camera (at the model's azimuth `azimuth_deg`,
+    +X by default, elevation 0), so in training every view of a sample is moved by the rigid
+    transform M = C · S⁻¹ that takes the source pose S to the canonical render pose C at `radius`
+    and `azimuth_deg`. For cameras looking at the origin from `radius` (every orbit view), M is a
+    rotation about the origin: the object stays centred and inside the cube.
 
     Args:
         source_cameras: [..., 25] render vectors of the source views.
         target_cameras: [..., k, 25] render vectors of the target views of the same samples.
+        azimuth_deg: the model's `source_camera_azimuth_deg` (0 for VFusion3D, −90 for OpenLRM).
     Returns:
         [..., k, 25] the targets in the source-canonical frame (intrinsics unchanged).
     """
     source_poses, _ = split_render_camera(source_cameras)
     target_poses, target_intrinsics = split_render_camera(target_cameras)
-    canonical = orbit_poses(1, elevation_deg=0.0, radius=radius)[0].to(dtype=source_poses.dtype, device=source_poses.device)
+    canonical = orbit_poses(1, elevation_deg=0.0, radius=radius, azimuth_offset_deg=azimuth_deg)[0]
+    canonical = canonical.to(dtype=source_poses.dtype, device=source_poses.device)
     transform = canonical @ torch.linalg.inv(source_poses)  # [..., 4, 4]
     return render_camera_vector(transform.unsqueeze(-3) @ target_poses, target_intrinsics)

@@ -273,6 +273,10 @@ class ReconstructorConfig(ConfigBase):
     """Translation of the canonical source camera in the 16-D conditioning vector (the release
     uses 1.0 although render cameras sit at 1.5; OpenLRM uses 2.0). Keep it as trained
     (docs/reference.md#source-camera-vector)."""
+    source_camera_azimuth_deg: float = bounded(0.0, ge=-180.0, le=180.0)
+    """Azimuth of the canonical source camera in degrees, growing towards +Y (0 = on +X as in
+    VFusion3D; −90 = on −Y as in OpenLRM). Sets the source-canonical frame and where turntables
+    start. Keep it as trained (docs/reference.md#source-camera-vector)."""
     mesh_iso: float = 1.0
     """Density level of the extracted surface (1.0 for VFusion3D, 3.0 for OpenLRM;
     docs/reference.md#meshes-and-turntables)."""

@@ -120,7 +120,7 @@ class ImageTo3D:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Prepared images [N, 3, S, S] → triplanes [N, 3, C, R, R] (float32), one batched pass."""
-        source = cameras.canonical_source_camera(self.model.config.source_camera_distance).to(self.device).expand(images.shape[0], 16)
+        source = cameras.model_source_camera(self.model.config).to(self.device).expand(images.shape[0], 16)
         with self._autocast():
             return self.model.encode(images.to(self.device), source).float()
 
@@ -152,7 +152,10 @@ class ImageTo3D:
         """
         config = self.config
         size = config.turntable_size or self.model.config.renderer.render_size
-        poses = cameras.turntable_poses(config.turntable_views, radius=config.turntable_radius, elevation_deg=config.turntable_elevation_deg)
+        poses = cameras.turntable_poses(
+            config.turntable_views, radius=config.turntable_radius, elevation_deg=config.turntable_elevation_deg,
+            azimuth_deg=self.model.config.source_camera_azimuth_deg,
+        )
         render_cameras = cameras.render_camera_vector(poses).to(self.device)
         generator = self._generator(seed)
         deterministic = config.deterministic and seed is None

@@ -10,21 +10,22 @@ A job config file (jobs/configs/*.yaml) names one stage and how to run it:
     config:                       # overrides of the preset's fields, as in a --config file
       pool: {max_actors: 4}
 
-Unknown keys are rejected with the key named, at every level. `jobs/<stage>.py --config FILE
-[stage options]` loads the file, lets options given after it override the file's `args`, makes
-every path absolute (relative paths resolve against $VF3D_DATA_ROOT, else the driver's working
-directory; an input found only in the job's working directory, i.e. shipped in the repository like
-jobs/prompts/debug.jsonl, resolves there), writes `config:` to a temporary file for the stage's own --config, and runs the stage
-through `vf3d.cli.main`, which attaches to the cluster the job runs on (Ray sets RAY_ADDRESS for
-job drivers).
+Unknown keys are rejected with the key named, at every level; `args:` is checked against the
+stage's spec (vf3d.specs: its option names and types). `jobs/<stage>.py --config FILE [stage
+options]` loads the file, lets options given after it override the file's `args`, makes every path
+absolute (relative paths resolve against $VF3D_DATA_ROOT, else the driver's working directory; an
+input found only in the job's working directory, i.e. shipped in the repository like
+jobs/prompts/debug.jsonl, resolves there), writes `config:` to a temporary file for the stage's own
+--config, and runs the stage's spec as `vf3d STAGE` does (`vf3d.specs.run_command`), attached to
+the cluster the job runs on (Ray sets RAY_ADDRESS for job drivers).
 
-`submit_stage` sends such an entrypoint to a cluster's job server with a runtime environment
+`prepare_submission` and `submit` send such an entrypoint to a cluster's job server with a runtime environment
 holding the repository (working_dir: jobs/ and its configs) and the vf3d package (py_modules, so
 a cluster image without vf3d still imports it), under a submission id derived from the stage,
 its arguments and the job file's contents: submitting the same thing twice finds the first job
 instead of starting a second one.
 
-Only the standard library and vf3d.config are imported at module level (Ray lazily).
+Only the standard library, vf3d.config and vf3d.specs are imported at module level (Ray lazily).
 """
 
 from __future__ import annotations
@@ -39,23 +40,20 @@ import shlex
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from vf3d import config as config_lib
+from vf3d import specs
 from vf3d.config import ConfigError
 
-STAGE_PRESETS = {
-    "render-assets": config_lib.RENDER_ASSETS_PRESETS,
-    "finetune-video": config_lib.FINETUNE_VIDEO_PRESETS,
-    "synthesize": config_lib.SYNTHESIZE_PRESETS,
-    "train-recon": config_lib.TRAIN_RECON_PRESETS,
-    "evaluate": config_lib.EVALUATE_PRESETS,
-}
-"""The stages that run as Ray jobs and their preset tables (what `config:` overrides)."""
-STAGES = tuple(STAGE_PRESETS)
+STAGES = specs.JOB_STAGES
+"""The stages that run as Ray jobs (those with a jobs/<stage>.py entrypoint), in pipeline order."""
+STAGE_PRESETS = {stage: specs.SPECS[stage].presets for stage in STAGES}
+"""Their preset tables (what a job file's `config:` overrides)."""
 
 JOB_FILE_KEYS = ("stage", "preset", "args", "config")
 RESERVED_ARGS = {"preset": "use the top-level `preset:` key", "config": "use the top-level `config:` mapping", "address": "a job attaches to the cluster it runs on"}
@@ -92,37 +90,17 @@ class JobSpec:
     preset: str | None
     """The stage's preset (None: the stage's default)."""
     args: dict[str, Any]
-    """Stage options by argparse dest (`video_model`), values as in the file (paths as strings)."""
+    """Stage options by spec field name (`video_model`), values as in the file (paths as strings)."""
     config: dict[str, Any]
     """Overrides of the preset's fields (validated against the preset)."""
     path: Path | None = None
 
 
-def stage_parser(stage: str) -> argparse.ArgumentParser:
-    """The `vf3d STAGE` sub-parser (a fresh one on every call, so callers may change it)."""
-    from vf3d.cli import build_parser
-
-    if stage not in STAGE_PRESETS:
-        raise ConfigError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
-    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
-    return commands.choices[stage]
-
-
-def _stage_options(stage: str) -> dict[str, argparse.Action]:
-    """The stage's options by dest (help excluded)."""
-    return {action.dest: action for action in stage_parser(stage)._actions if action.option_strings and action.dest != "help"}
-
-
-def _long_option(action: argparse.Action) -> str:
-    return max(action.option_strings, key=len)
-
-
-def _check_scalar(action: argparse.Action, value: Any, where: str) -> Any:
-    kind = action.type
-    if kind is int:
+def _check_scalar(option: specs.Option, value: Any, where: str) -> Any:
+    if option.kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
         expected = "an integer"
-    elif kind is float:
+    elif option.kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         expected = "a number"
     else:  # Path or str: a non-empty string
@@ -130,28 +108,50 @@ def _check_scalar(action: argparse.Action, value: Any, where: str) -> Any:
         expected = "a non-empty string"
     if not ok:
         raise ConfigError(f"{where}: expected {expected}, got {value!r}")
-    if action.choices is not None and value not in action.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    if option.choices is not None and value not in option.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, option.choices))}")
     return value
 
 
-def _check_arg(action: argparse.Action, value: Any, where: str) -> Any:
-    """A job file's value for one stage option, in the shape argparse would give (lists for
-    repeated or multi-value options), or ConfigError naming the key."""
-    if isinstance(action, argparse._StoreTrueAction):
+def check_value(option: specs.Option, value: Any, where: str) -> Any:
+    """A job file's value for one stage option, typed as the option's field says (a list for a
+    repeatable or multi-value option; one item of a repeatable one may stand alone), or
+    ConfigError naming the key."""
+    if option.kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
-    if isinstance(action, argparse._AppendAction):
+    if option.repeated:
         items = value if isinstance(value, list) else [value]
         if not items:
             raise ConfigError(f"{where}: expected at least one value")
-        return [_check_scalar(action, item, f"{where}[{index}]") for index, item in enumerate(items)]
-    if isinstance(action.nargs, int):
-        if not isinstance(value, list) or len(value) != action.nargs:
-            raise ConfigError(f"{where}: expected a list of {action.nargs} values, got {value!r}")
-        return [_check_scalar(action, item, f"{where}[{index}]") for index, item in enumerate(value)]
-    return _check_scalar(action, value, where)
+        return [_check_scalar(option, item, f"{where}[{index}]") for index, item in enumerate(items)]
+    if option.count is not None:
+        if not isinstance(value, list) or len(value) != option.count:
+            raise ConfigError(f"{where}: expected a list of {option.count} values, got {value!r}")
+        return [_check_scalar(option, item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return _check_scalar(option, value, where)
+
+
+def check_args(spec: type[specs.Spec], raw_args: dict[str, Any], where: str) -> dict[str, Any]:
+    """A job file's `args:` for `spec`, by field name (dashes in keys read as underscores), with
+    values as in the file; unknown keys, reserved ones and wrong types raise ConfigError naming the key."""
+    options = {option.name: option for option in specs.options(spec)}
+    args: dict[str, Any] = {}
+    for key, value in raw_args.items():
+        name = str(key).replace("-", "_")
+        if name in RESERVED_ARGS:
+            raise ConfigError(f"{where}: args.{key}: not allowed here ({RESERVED_ARGS[name]})")
+        if name not in options:
+            valid = sorted(option for option in options if option not in RESERVED_ARGS)
+            raise ConfigError(f"{where}: args: unknown key {key!r} for {spec.command} (valid: {', '.join(valid)})")
+        if value is None:
+            continue
+        if spec is specs.RenderAssets and name == "assets" and value == SAMPLE_ASSETS:
+            args[name] = value
+            continue
+        args[name] = check_value(options[name], value, f"{where}: args.{key}")
+    return args
 
 
 def validate_job(data: dict[str, Any], stage: str | None = None, where: str = "job file") -> JobSpec:
@@ -163,38 +163,24 @@ def validate_job(data: dict[str, Any], stage: str | None = None, where: str = "j
         raise ConfigError(f"{where}: unknown key(s): {', '.join(unknown)} (valid: {', '.join(JOB_FILE_KEYS)})")
     if "stage" not in data:
         raise ConfigError(f"{where}: `stage` is required (one of {', '.join(STAGES)})")
-    if data["stage"] not in STAGE_PRESETS:
+    if data["stage"] not in STAGES:
         raise ConfigError(f"{where}: stage: unknown stage {data['stage']!r}; choose one of: {', '.join(STAGES)}")
     if stage is not None and data["stage"] != stage:
         raise ConfigError(f"{where}: stage is {data['stage']!r}, but this runs {stage!r}")
     stage = data["stage"]
-    presets = STAGE_PRESETS[stage]
+    spec = specs.SPECS[stage]
     preset = data.get("preset")
-    if preset is not None and preset not in presets:
-        raise ConfigError(f"{where}: preset: unknown {stage} preset {preset!r}; choose one of: {', '.join(presets)}")
+    if preset is not None and preset not in spec.presets:
+        raise ConfigError(f"{where}: preset: unknown {stage} preset {preset!r}; choose one of: {', '.join(spec.presets)}")
     raw_args = data.get("args") or {}
     if not isinstance(raw_args, dict):
         raise ConfigError(f"{where}: args: expected a mapping of {stage} options")
-    options = _stage_options(stage)
-    args: dict[str, Any] = {}
-    for key, value in raw_args.items():
-        dest = str(key).replace("-", "_")
-        if dest in RESERVED_ARGS:
-            raise ConfigError(f"{where}: args.{key}: not allowed here ({RESERVED_ARGS[dest]})")
-        if dest not in options:
-            valid = sorted(name for name in options if name not in RESERVED_ARGS)
-            raise ConfigError(f"{where}: args: unknown key {key!r} for {stage} (valid: {', '.join(valid)})")
-        if value is None:
-            continue
-        if stage == "render-assets" and dest == "assets" and value == SAMPLE_ASSETS:
-            args[dest] = value
-            continue
-        args[dest] = _check_arg(options[dest], value, f"{where}: args.{key}")
+    args = check_args(spec, raw_args, where)
     overrides = data.get("config") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: config: expected a mapping of {stage} config overrides")
     try:
-        config_lib.merge(config_lib.preset(presets, preset or options["preset"].default), overrides).validate()
+        config_lib.merge(config_lib.preset(spec.presets, preset or spec.default_preset), overrides).validate()
     except ConfigError as error:
         raise ConfigError(f"{where}: config: {error}") from None
     return JobSpec(stage=stage, preset=preset, args=args, config=overrides)
@@ -203,41 +189,57 @@ def validate_job(data: dict[str, Any], stage: str | None = None, where: str = "j
 def load_job_file(path: str | os.PathLike, stage: str | None = None) -> JobSpec:
     """Read and validate a job config file (YAML or JSON); `stage`: the stage it must name."""
     path = Path(path)
-    spec = validate_job(config_lib.load_overrides(path), stage, where=str(path))
-    spec.path = path
-    return spec
+    job = validate_job(config_lib.load_overrides(path), stage, where=str(path))
+    job.path = path
+    return job
 
 
 # ---------------------------------------------------------------------------------------------
-# From a job file (plus command-line overrides) to a `vf3d STAGE ...` invocation
+# From a job file (plus command-line overrides) to the stage's spec
 # ---------------------------------------------------------------------------------------------
+
+
+class _StageArgumentParser(argparse.ArgumentParser):
+    """Reads a stage's options given after a job file: bad ones raise ConfigError, one line
+    (instead of argparse's usage text and exit)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(prog=f"vf3d {stage}", add_help=False)
+        self.stage = stage
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.stage} arguments: {message}")
 
 
 def parse_stage_args(stage: str, argv: list[str]) -> dict[str, Any]:
-    """Stage options given on a command line, by dest: only those given (no defaults, nothing
-    required), typed as argparse types them; bad ones raise ConfigError."""
-    parser = stage_parser(stage)
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    parser.set_defaults(handler=argparse.SUPPRESS)
-
-    def fail(message: str) -> None:
-        raise ConfigError(f"{stage} arguments: {message}")
-
-    parser.error = fail  # one line instead of argparse's usage text and exit
-    given = vars(parser.parse_args(argv))
-    given.pop("handler", None)
-    return given
+    """Stage options given on a command line, by field name: only those given (no defaults,
+    nothing required), typed as the `vf3d STAGE` parser types them; bad ones raise ConfigError."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    parser = _StageArgumentParser(stage)
+    specs.add_arguments(parser, specs.SPECS[stage], partial=True)
+    return vars(parser.parse_args(argv))
 
 
 @dataclasses.dataclass
 class Invocation:
-    """What a job runs: `vf3d.cli.main(argv)`, after gathering sample assets if asked to."""
+    """What a job runs: the stage's spec with these option values, after gathering sample assets
+    if asked to."""
 
-    argv: list[str]
+    stage: str
+    values: dict[str, Any]
+    """Option values by field name, typed (paths absolute): the preset and --config first."""
     sample_assets_dir: Path | None = None
     """Gather pybullet's sample meshes here first (render-assets with `assets: sample`)."""
+
+    @property
+    def argv(self) -> list[str]:
+        """The same as a `vf3d` command line (what the job's log shows)."""
+        return specs.to_argv(self.stage, self.values)
+
+    def spec(self) -> specs.Spec:
+        """The stage's spec instance (UsageError when a required option is missing)."""
+        return specs.build(self.stage, self.values)
 
 
 def data_root() -> Path:
@@ -245,52 +247,50 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or os.getcwd()).expanduser().resolve()
 
 
-def build_invocation(spec: JobSpec, extra_args: list[str], root: Path, config_file: Path | None, shipped: Path | None = None) -> Invocation:
-    """The `vf3d` argv of a job: the file's args overridden by `extra_args` (same option, later
+def build_invocation(job: JobSpec, extra_args: list[str], root: Path, config_file: Path | None, shipped: Path | None = None) -> Invocation:
+    """The option values of a job: the file's args overridden by `extra_args` (same option, later
     wins, including repeatable ones), every path made absolute against `root` (Ray Data and Train
     workers do not share the driver's working directory) -- or against `shipped` (the job's
     working directory: the repository) for an input that exists only there, such as
     jobs/prompts/debug.jsonl -- and `config_file` (the `config:` overrides, written by the
-    caller) as the stage's --config."""
-    options = _stage_options(spec.stage)
-    given = parse_stage_args(spec.stage, extra_args)
-    preset = given.pop("preset", None) or spec.preset
+    caller) as the stage's --config. Required options are not checked here (`Invocation.spec`)."""
+    given = parse_stage_args(job.stage, extra_args)
+    preset = given.pop("preset", None) or job.preset
     if "config" in given:
-        raise ConfigError(f"{spec.stage} arguments: --config here is the job file; put stage config overrides under its `config:` key")
-    args = {**spec.args, **given}
+        raise ConfigError(f"{job.stage} arguments: --config here is the job file; put stage config overrides under its `config:` key")
+    args = {**job.args, **given}
 
-    def absolute(value: Any) -> str:
+    def absolute(value: str | Path) -> Path:
         path = Path(value).expanduser()
         if path.is_absolute():
-            return str(path)
+            return path
         if shipped is not None and not (root / path).exists() and (shipped / path).exists():
-            return str(shipped / path)
-        return str(root / path)
+            return shipped / path
+        return root / path
 
-    invocation = Invocation(argv=[spec.stage])
-    if spec.stage == "render-assets" and args.get("assets") is not None and str(args["assets"]) == SAMPLE_ASSETS:
+    invocation = Invocation(stage=job.stage, values={})
+    if job.stage == specs.RenderAssets.command and args.get("assets") is not None and str(args["assets"]) == SAMPLE_ASSETS:
         if args.get("out") is None:
             raise ConfigError("render-assets: `assets: sample` needs --out (the samples go next to it)")
-        invocation.sample_assets_dir = Path(absolute(args["out"])).parent / SAMPLE_ASSETS_DIRNAME
-        args["assets"] = str(invocation.sample_assets_dir)
+        invocation.sample_assets_dir = absolute(args["out"]).parent / SAMPLE_ASSETS_DIRNAME
+        args["assets"] = invocation.sample_assets_dir
     if preset is not None:
-        invocation.argv += ["--preset", preset]
+        invocation.values["preset"] = preset
     if config_file is not None:
-        invocation.argv += ["--config", str(config_file)]
-    for dest, value in args.items():
-        action = options[dest]
-        flag = _long_option(action)
-        if isinstance(action, argparse._StoreTrueAction):
-            invocation.argv += [flag] if value else []
-            continue
-        convert = absolute if action.type is Path else str
-        if isinstance(action, argparse._AppendAction):
-            for item in value:
-                invocation.argv += [flag, convert(item)]
-        elif isinstance(action.nargs, int):
-            invocation.argv += [flag, *map(convert, value)]
+        invocation.values["config"] = config_file
+    options = {option.name: option for option in specs.options(specs.SPECS[job.stage])}
+
+    def typed(option: specs.Option, item: Any) -> Any:
+        return absolute(item) if option.kind is Path else item
+
+    for name, value in args.items():
+        option = options[name]
+        if option.repeated:
+            invocation.values[name] = [typed(option, item) for item in value]
+        elif option.count is not None:
+            invocation.values[name] = tuple(typed(option, item) for item in value)
         else:
-            invocation.argv += [flag, convert(value)]
+            invocation.values[name] = typed(option, value)
     return invocation
 
 
@@ -306,26 +306,30 @@ def _entry_parser(stage: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(stage: str, argv: list[str] | None = None, log=print) -> int:
+def main(stage: str, argv: list[str] | None = None, log: specs.Log = specs.print_flushed) -> int:
     """What jobs/<stage>.py runs: `jobs/<stage>.py [--config JOBFILE] [stage options]`.
 
     Exit status: the stage's (0 done, 2 bad input with one line on stderr, 1 a failure)."""
     namespace, extra_args = _entry_parser(stage).parse_known_args(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="vf3d-job-") as scratch:
         try:
-            spec = load_job_file(namespace.config, stage) if namespace.config is not None else JobSpec(stage=stage, preset=None, args={}, config={})
+            if namespace.config is not None:
+                job = load_job_file(namespace.config, stage)
+            else:
+                job = JobSpec(stage=stage, preset=None, args={}, config={})
             root = data_root()
             config_file = None
-            if spec.config:
+            if job.config:
                 config_file = Path(scratch) / "job-config.json"
-                config_file.write_text(json.dumps(spec.config, indent=2) + "\n")
-            invocation = build_invocation(spec, extra_args, root, config_file, shipped=Path.cwd().resolve())
+                config_file.write_text(json.dumps(job.config, indent=2) + "\n")
+            invocation = build_invocation(job, extra_args, root, config_file, shipped=Path.cwd().resolve())
+            spec = invocation.spec()
             if invocation.sample_assets_dir is not None:
                 from vf3d.data.assets import gather_sample_assets
 
                 gathered = gather_sample_assets(invocation.sample_assets_dir, limit=SAMPLE_ASSETS_LIMIT)
                 log(f"gathered {len(gathered)} sample assets from pybullet_data into {invocation.sample_assets_dir}")
-        except (ConfigError, RuntimeError) as error:  # RuntimeError: no pybullet for `assets: sample`
+        except (ConfigError, specs.UsageError, RuntimeError) as error:  # RuntimeError: no pybullet for `assets: sample`
             print(f"vf3d job {stage}: error: {str(error).splitlines()[0]}", file=sys.stderr)
             return 2
         log(f"vf3d job {stage}: relative paths resolve against {root}")
@@ -333,11 +337,9 @@ def main(stage: str, argv: list[str] | None = None, log=print) -> int:
             log(f"vf3d job {stage}: note: this is Ray's temporary copy of the working directory and ${DATA_ROOT_ENV} is not set: "
                 "relative outputs go away with it (use absolute paths on shared storage, or set it; vf3d submit does for a local cluster)")
         log(f"vf3d job {stage}: vf3d {shlex.join(invocation.argv)}")
-        if spec.config:
-            log(f"vf3d job {stage}: config overrides {json.dumps(spec.config)}")
-        from vf3d.cli import main as cli_main
-
-        return cli_main(invocation.argv)
+        if job.config:
+            log(f"vf3d job {stage}: config overrides {json.dumps(job.config)}")
+        return specs.run_command(spec, log=log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +409,7 @@ def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | N
     left unset for a remote cluster (use absolute paths on shared storage there)."""
     from vf3d import __version__
 
-    if stage not in STAGE_PRESETS:
+    if stage not in STAGES:
         raise JobSubmitError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
     stage_args = list(stage_args or [])
     root = find_working_dir(working_dir)
@@ -418,7 +420,7 @@ def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | N
     job_file_text = None
     if job_file is not None:
         job_path = Path(job_file).resolve()
-        spec = load_job_file(job_path, stage)  # fail here, not on the cluster
+        job = load_job_file(job_path, stage)  # fail here, not on the cluster
         try:
             relative = job_path.relative_to(root)
         except ValueError:
@@ -428,8 +430,8 @@ def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | N
         command += ["--config", relative.as_posix()]
         job_file_text = job_path.read_text()
     else:
-        spec = JobSpec(stage=stage, preset=None, args={}, config={})
-    build_invocation(spec, stage_args, Path("/"), None)  # the stage arguments parse and combine
+        job = JobSpec(stage=stage, preset=None, args={}, config={})
+    build_invocation(job, stage_args, Path("/"), None)  # the stage arguments parse and combine
     command += stage_args
     entrypoint = shlex.join(command)
 

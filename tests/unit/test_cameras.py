@@ -14,6 +14,19 @@ def test_canonical_source_vector_equals_the_released_one():
     assert cameras.canonical_source_camera().tolist() == RELEASED_CANONICAL
 
 
+# OpenLRM's `_default_source_camera(dist_to_center=2.0)` (openlrm/runners/infer/lrm.py): on −Y, +Z up.
+OPENLRM_CANONICAL = [1, 0, 0, 0, 0, 0, -1, -2, 0, 1, 0, 0, 0.75, 0.75, 0.5, 0.5]
+
+
+def test_canonical_source_vector_at_azimuth_minus_90_equals_openlrms():
+    vector = cameras.canonical_source_camera(2.0, azimuth_deg=-90.0)
+    torch.testing.assert_close(vector, torch.tensor(OPENLRM_CANONICAL, dtype=torch.float32), atol=1e-6, rtol=0)
+    # Azimuth 0 is the released VFusion3D vector, bit for bit; other azimuths keep the camera at d on the orbit.
+    assert cameras.canonical_source_camera(1.0, azimuth_deg=0.0).tolist() == RELEASED_CANONICAL
+    centre = cameras.canonical_source_camera(1.7, azimuth_deg=30.0)[:12].reshape(3, 4)[:, 3]
+    torch.testing.assert_close(centre, torch.tensor([1.7 * math.cos(math.pi / 6), 1.7 * math.sin(math.pi / 6), 0.0]), atol=1e-6, rtol=0)
+
+
 def test_source_vector_layout_is_row_major_extrinsics_then_intrinsics():
     pose = cameras.look_at(torch.tensor([0.3, -1.2, 0.7]))
     vector = cameras.source_camera_vector(pose)
@@ -135,3 +148,23 @@ def test_relative_to_source_puts_the_source_at_the_canonical_pose_and_keeps_the_
     torch.testing.assert_close(moved[:, :3, 3].norm(dim=-1), torch.full((8,), 1.5), atol=1e-5, rtol=0)
     torch.testing.assert_close(moved[:, :3, 3] @ moved[:, :3, 3].T, poses[:, :3, 3] @ poses[:, :3, 3].T, atol=1e-4, rtol=0)
     torch.testing.assert_close(intrinsics, cameras.split_render_camera(render)[1])
+
+
+@pytest.mark.parametrize("azimuth", [-90.0, 45.0])
+def test_relative_to_source_at_an_azimuth_puts_the_source_at_that_canonical_pose(azimuth):
+    poses = cameras.orbit_poses(8, elevation_deg=30.0)
+    render = cameras.render_camera_vector(poses)
+    relative = cameras.relative_to_source(render[3], render, azimuth_deg=azimuth)
+    moved, _ = cameras.split_render_camera(relative)
+    expected = cameras.look_at(1.5 * torch.tensor([math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth)), 0.0]))
+    torch.testing.assert_close(moved[3], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved[:, :3, 3] @ moved[:, :3, 3].T, poses[:, :3, 3] @ poses[:, :3, 3].T, atol=1e-4, rtol=0)
+    # The canonical render pose and the source vector's camera share the direction (distances differ).
+    source_centre = cameras.canonical_source_camera(1.0, azimuth_deg=azimuth)[:12].reshape(3, 4)[:, 3]
+    torch.testing.assert_close(moved[3, :3, 3] / 1.5, source_centre, atol=1e-5, rtol=0)
+
+
+def test_turntable_view_zero_follows_the_canonical_azimuth():
+    poses = cameras.turntable_poses(160, azimuth_deg=-90.0)
+    torch.testing.assert_close(poses[0, :3, 3], torch.tensor([0.0, -1.5, 0.0]), atol=1e-6, rtol=0)
+    assert torch.equal(cameras.turntable_poses(160, azimuth_deg=0.0), cameras.turntable_poses(160))

@@ -99,6 +99,17 @@ def test_source_frame_to_world_undoes_the_training_frame_of_relative_to_source()
     np.testing.assert_allclose(source_frame_to_world(orbit_camera(0.0, 0.0)), np.eye(4), atol=1e-6)
 
 
+def test_source_frame_to_world_follows_the_model_canonical_azimuth():
+    # An OpenLRM-style model (canonical camera on −Y): its frame is relative_to_source at −90°.
+    source = orbit_camera(110.0, 25.0)
+    targets = torch.stack([orbit_camera(azimuth, elevation) for azimuth, elevation in [(0, 0), (200, 10), (300, -20)]])
+    relative, _ = cameras.split_render_camera(cameras.relative_to_source(source, targets, azimuth_deg=-90.0))
+    to_world = torch.from_numpy(source_frame_to_world(source, azimuth_deg=-90.0)).float()
+    torch.testing.assert_close(to_world @ relative, cameras.split_render_camera(targets)[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(source_frame_to_world(orbit_camera(-90.0, 0.0), azimuth_deg=-90.0), np.eye(4), atol=1e-6)
+    assert np.array_equal(source_frame_to_world(source, azimuth_deg=0.0), source_frame_to_world(source))
+
+
 def test_the_true_mesh_seen_from_the_source_frame_scores_perfectly_only_after_the_transform():
     truth = trimesh.creation.box(extents=(0.6, 0.3, 0.2)).apply_translation([0.2, -0.1, 0.15])
     source = orbit_camera(130.0, 35.0)

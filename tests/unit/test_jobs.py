@@ -1,6 +1,6 @@
-"""Ray job entrypoints and their config files: every file in jobs/configs validates and maps to a
-`vf3d` invocation the CLI accepts; bad files name the bad key; submission ids are deterministic;
-`vf3d submit` fails with one line on bad input (no cluster needed)."""
+"""Ray job entrypoints and their config files: every file in jobs/configs validates and maps to the
+stage's spec, the same the CLI makes of the logged command line; bad files name the bad key;
+submission ids are deterministic; `vf3d submit` fails with one line on bad input (no cluster needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vf3d import jobs
+from vf3d import jobs, specs
 from vf3d.cli import build_parser
 from vf3d.config import ConfigError
 
@@ -40,6 +40,7 @@ def test_every_job_file_validates_and_maps_to_a_command_line_the_cli_accepts(pat
     config_file = tmp_path / "job-config.json" if spec.config else None
     invocation = jobs.build_invocation(spec, [], tmp_path, config_file)
     args = build_parser().parse_args(invocation.argv)
+    assert specs.from_namespace(args) == invocation.spec(), "the job runs what `vf3d` runs from the command line it logs"
     assert args.command == spec.stage and args.preset == (spec.preset or args.preset)
     assert args.config == config_file
     for value in vars(args).values():  # every path is absolute: workers do not share the driver's cwd
@@ -86,7 +87,7 @@ def write(path: Path, document: dict) -> Path:
         ({"stage": "render-assets", "args": {"elevation_range": [0]}}, "args.elevation_range: expected a list of 2 values"),
         ({"stage": "synthesize", "args": {"retry_errors": "yes"}}, "args.retry_errors: expected true/false"),
         ({"stage": "render-assets", "config": {"pool": {"max_actor": 3}}}, "config: unknown key(s) in pool: max_actor"),
-        ({"stage": "render-assets", "config": {"render": {"resolution": 8}}}, "config: resolution must be between"),
+        ({"stage": "render-assets", "config": {"render": {"resolution": 8}}}, "config: render.resolution must be between"),
     ],
 )
 def test_bad_job_files_name_the_bad_key(tmp_path, document, expected):
@@ -104,6 +105,7 @@ def test_command_line_arguments_override_the_file_and_paths_resolve_against_the_
     spec = jobs.validate_job({"stage": "evaluate", "preset": "debug", "args": {"model": ["m1", "/abs/m2"], "data": "orbits", "out": "report", "limit": 4, "device": "cpu"}, "config": {"num_views": 2}})
     invocation = jobs.build_invocation(spec, ["--model", "other", "--limit", "2", "--preset", "full"], tmp_path, tmp_path / "c.json")
     args = build_parser().parse_args(invocation.argv)
+    assert specs.from_namespace(args) == invocation.spec()
     assert args.model == [tmp_path / "other"], "a repeatable option given again replaces the file's list"
     assert args.limit == 2 and args.preset == "full" and args.device == "cpu" and args.config == tmp_path / "c.json"
     assert args.data == tmp_path / "orbits" and args.out == tmp_path / "report"
@@ -117,6 +119,12 @@ def test_command_line_arguments_override_the_file_and_paths_resolve_against_the_
         jobs.build_invocation(jobs.validate_job({"stage": "render-assets"}), ["--views", "x"], tmp_path, None)
     with pytest.raises(ConfigError, match="--config here is the job file"):
         jobs.build_invocation(jobs.validate_job({"stage": "render-assets"}), ["--config", "x.yaml"], tmp_path, None)
+
+
+def test_a_job_missing_a_required_option_is_one_line(capsys):
+    status = jobs.main("synthesize", ["--out", "o"])
+    expected = "vf3d job synthesize: error: the following arguments are required: --prompts, --video-model"
+    assert status == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
 
 
 def test_inputs_shipped_in_the_repository_resolve_in_the_job_working_directory(tmp_path):

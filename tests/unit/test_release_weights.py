@@ -200,8 +200,12 @@ def test_read_state_dict_formats_and_refusals(tmp_path):
     [
         # VFusion3D encoders resize position embeddings as transformers <= 4.45 did.
         ("vfusion3d", RELEASE_ERA_ENCODER),
-        # OpenLRM: DINOv2 with registers on un-normalised input; source camera at 2, iso 3.
-        ("openlrm", {"encoder": {"num_register_tokens": 4, "normalize_input": False}, "source_camera_distance": 2.0, "mesh_iso": 3.0}),
+        # OpenLRM: DINOv2 with registers on un-normalised input; source camera at 2 on −Y, iso 3.
+        (
+            "openlrm",
+            {"encoder": {"num_register_tokens": 4, "normalize_input": False}, "source_camera_distance": 2.0,
+             "source_camera_azimuth_deg": -90.0, "mesh_iso": 3.0},
+        ),
     ],
 )
 def test_import_round_trip_is_bit_exact(tmp_path, format, changes):
@@ -229,6 +233,36 @@ def test_import_round_trip_is_bit_exact(tmp_path, format, changes):
         # Both files readable as the umask allows (safetensors alone writes 0600).
         modes = {name: (out / name).stat().st_mode & 0o777 for name in ("config.json", "model.safetensors")}
         assert modes["model.safetensors"] == modes["config.json"], modes
+
+
+# OpenLRM's `_default_source_camera(dist_to_center=2.0)` (openlrm/runners/infer/lrm.py).
+OPENLRM_SOURCE_CAMERA = [1, 0, 0, 0, 0, 0, -1, -2, 0, 1, 0, 0, 0.75, 0.75, 0.5, 0.5]
+
+
+def test_imported_openlrm_model_is_conditioned_on_openlrms_source_camera(tmp_path):
+    from vf3d.cameras import model_source_camera
+    from vf3d.inference import ImageTo3D
+
+    model = _seeded(_tiny(encoder={"num_register_tokens": 4, "normalize_input": False}))
+    save_file({k: v.contiguous().clone() for k, v in export_state_dict(model, "openlrm").items()}, tmp_path / "openlrm.safetensors")
+    imported = load_reconstructor(import_checkpoint(tmp_path / "openlrm.safetensors", tmp_path / "openlrm.vf3d", "openlrm", TINY_OVERRIDES))
+    assert imported.config.source_camera_azimuth_deg == -90.0 and imported.config.source_camera_distance == 2.0
+    openlrm = torch.tensor(OPENLRM_SOURCE_CAMERA, dtype=torch.float32)
+    torch.testing.assert_close(model_source_camera(imported.config), openlrm, atol=1e-6, rtol=0)
+    # What ImageTo3D feeds the model is OpenLRM's vector, not the +X one of VFusion3D.
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    planes = ImageTo3D(imported, C.InferenceConfig(device="cpu", dtype="fp32")).encode(images)
+    with torch.no_grad():
+        assert torch.equal(planes, imported.encode(images, openlrm.expand(2, 16)))
+        assert not torch.allclose(planes, imported.encode(images, canonical_source_camera(2.0).expand(2, 16)))
+    # A VFusion3D import keeps the +X camera, and a config.json without the field loads with azimuth 0.
+    save_file({k: v.contiguous().clone() for k, v in export_state_dict(_seeded(_tiny()), "vfusion3d").items()}, tmp_path / "v.safetensors")
+    vfusion3d = import_checkpoint(tmp_path / "v.safetensors", tmp_path / "v.vf3d", "vfusion3d", TINY_OVERRIDES)
+    assert load_reconstructor(vfusion3d).config.source_camera_azimuth_deg == 0.0
+    document = json.loads((vfusion3d / "config.json").read_text())
+    del document["config"]["source_camera_azimuth_deg"]
+    (vfusion3d / "config.json").write_text(json.dumps(document))
+    assert load_reconstructor(vfusion3d).config.source_camera_azimuth_deg == 0.0
 
 
 def test_openlrm_export_uses_original_dinov2_names():

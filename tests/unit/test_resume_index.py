@@ -121,6 +121,15 @@ def test_id_set_positions_subsets_and_repeats_match_python():
     assert len(subset) == int(keep.sum()) and subset.ids.to_pylist() == [value for value, chosen in zip(values, keep) if chosen]
     assert IdSet().distinct_count() == 0 and len(IdSet(["a"]).subset(np.zeros(1, bool))) == 0
 
+
+def test_id_set_bucket_search_equals_a_binary_search():
+    rng = np.random.default_rng(2)
+    for count in (0, 1, 7, 5000):
+        id_set = IdSet([f"x{index}" for index in range(count)])
+        probes = np.concatenate([rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2), id_set.hashes[::3],
+                                 np.array([0, 2**64 - 1], np.uint64)])
+        assert id_set._lower_bound(probes).tolist() == np.searchsorted(id_set.hashes, probes, side="left").tolist()
+
 def test_prepare_drops_ids_in_the_finished_set():
     from vf3d.synthesis.stages import prepare_inputs
 

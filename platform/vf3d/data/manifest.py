@@ -262,6 +262,7 @@ class IdSet:
         """uint64 [n], sorted."""
         self.ids = ids
         """string [n], as given."""
+        self._index_buckets()
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -270,7 +271,33 @@ class IdSet:
     def _from_parts(cls, ids: pa.Array, order: np.ndarray, hashes: np.ndarray) -> "IdSet":
         made = cls.__new__(cls)
         made.ids, made.order, made.hashes = ids, order, hashes
+        made._index_buckets()
         return made
+
+    def _index_buckets(self) -> None:
+        """Where each run of sorted hashes sharing their top k bits starts (k ≈ log2 n, so about
+        one hash per bucket): a probe then reads its bucket's start and walks a step or two,
+        instead of a binary search whose ~log2 n cache misses grow with the set (measured per
+        4096-row batch at 4M ids: ~3.6 µs per row with binary search)."""
+        count = len(self.hashes)
+        self._bucket_bits = int(min(24, max(1, np.ceil(np.log2(max(count, 2))))))
+        boundaries = np.arange(1 << self._bucket_bits, dtype=np.uint64) << np.uint64(64 - self._bucket_bits)
+        starts = _sorted_search(self.hashes, boundaries) if count else np.zeros(len(boundaries), np.int64)
+        self._bucket_starts = np.append(starts, count).astype(np.int64)
+        """int64 [2^k + 1]: index of the first sorted hash of each bucket, then n."""
+
+    def _lower_bound(self, wanted: np.ndarray) -> np.ndarray:
+        """`np.searchsorted(self.hashes, wanted, side="left")` through the buckets."""
+        bucket = (wanted >> np.uint64(64 - self._bucket_bits)).astype(np.int64)
+        position = self._bucket_starts[bucket]
+        stop = self._bucket_starts[bucket + 1]
+        active = np.flatnonzero(position < stop)
+        while len(active):
+            below = self.hashes[position[active]] < wanted[active]
+            active = active[below]
+            position[active] += 1
+            active = active[position[active] < stop[active]]
+        return position
 
     def positions(self, values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
         """int64 [m]: for each of `values` (string [m], no nulls), the position in `ids` of an
@@ -280,7 +307,7 @@ class IdSet:
         if not len(values) or not len(self.hashes):
             return found
         wanted = hash_strings(values)
-        position = _sorted_search(self.hashes, wanted)
+        position = self._lower_bound(wanted)
         pending = np.flatnonzero(position < len(self.hashes))
         # Walk forward over equal hashes (almost always one step): compare the strings themselves.
         while len(pending):

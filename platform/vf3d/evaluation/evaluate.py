@@ -166,7 +166,8 @@ def reconstruct_views(pipeline, record: dict[str, Any], num_views: int, resoluti
     source, mask, source_camera, truth, target_cameras = validation_views(record, num_views, resolution)
     image = source_inputs(source[None], mask[None], pipeline.model.config.encoder.image_size)
     planes = pipeline.encode(image)
-    relative = cameras.relative_to_source(source_camera[None], target_cameras[None]).to(pipeline.device)
+    azimuth = pipeline.model.config.source_camera_azimuth_deg
+    relative = cameras.relative_to_source(source_camera[None], target_cameras[None], azimuth_deg=azimuth).to(pipeline.device)
     autocast = torch.autocast(pipeline.device.type, dtype=pipeline.autocast_dtype) if pipeline.autocast_dtype is not None else contextlib.nullcontext()
     with torch.no_grad(), autocast:
         predicted = pipeline.model.render(planes, relative, render_size=resolution, deterministic=True).rgb[0]
@@ -231,7 +232,10 @@ def score_object(pipeline, record: dict[str, Any], truth_surface: _TruthSurface,
             truth_mesh, truth_points = truth_surface.get()
             iso = pipeline.iso_level(views["planes"])
             mesh = pipeline.mesh(views["planes"], iso).mesh
-            scores = geometry_scores(mesh, views["source_camera"], truth_points, truth_mesh, config.geometry.num_points, config.geometry.fscore_threshold, config.geometry.alignment, seed=config.seed)
+            scores = geometry_scores(
+                mesh, views["source_camera"], truth_points, truth_mesh, config.geometry.num_points, config.geometry.fscore_threshold,
+                config.geometry.alignment, seed=config.seed, azimuth_deg=pipeline.model.config.source_camera_azimuth_deg,
+            )
             result.update(scores.as_dict(), iso=iso, mesh_vertices=len(mesh.vertices), mesh_faces=len(mesh.faces))
         except EmptyMeshError as error:
             notes.append(f"no mesh, so no Chamfer/F-score ({error})")

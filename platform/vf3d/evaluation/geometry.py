@@ -17,8 +17,9 @@ at the origin, farthest vertex at radius 1 − margin) in a +Z-up world; the tru
 same way. The reconstructor, however, always sees its input from the canonical source camera, so
 its field lives in the source-canonical frame of `cameras.relative_to_source`: a world point p is
 at M·p there, with M = C·S⁻¹ (S the input view's camera-to-world pose, C the canonical render
-pose at `cameras.RENDER_RADIUS` on +X). `source_frame_to_world` returns M⁻¹ = S·C⁻¹, which takes
-the extracted mesh back into the asset's frame before it is compared.
+pose at `cameras.RENDER_RADIUS` at the model's `source_camera_azimuth_deg`: on +X for VFusion3D, on −Y
+for OpenLRM). `source_frame_to_world` returns M⁻¹ = S·C⁻¹, which takes the extracted mesh back into the
+asset's frame before it is compared.
 
 numpy, scipy and trimesh (torch only for the camera helpers); no ray.
 """
@@ -84,12 +85,13 @@ def asset_mesh(asset):
     return trimesh.Trimesh(vertices=corners, faces=np.arange(len(corners)).reshape(-1, 3), process=False)
 
 
-def source_frame_to_world(source_camera) -> np.ndarray:
+def source_frame_to_world(source_camera, azimuth_deg: float = 0.0) -> np.ndarray:
     """The transform taking the reconstructor's source-canonical frame back to the world (asset)
     frame of an orbit: S·C⁻¹, the inverse of the M that `cameras.relative_to_source` applies.
 
     Args:
         source_camera: [25] render-camera vector of the input view (torch or numpy).
+        azimuth_deg: the model's canonical source-camera azimuth (`source_camera_azimuth_deg`).
     Returns:
         float64 [4, 4].
     """
@@ -98,7 +100,7 @@ def source_frame_to_world(source_camera) -> np.ndarray:
     from vf3d import cameras
 
     pose, _ = cameras.split_render_camera(torch.as_tensor(source_camera, dtype=torch.float64).reshape(25))
-    canonical = cameras.orbit_poses(1, elevation_deg=0.0, radius=cameras.RENDER_RADIUS)[0].to(torch.float64)
+    canonical = cameras.orbit_poses(1, elevation_deg=0.0, radius=cameras.RENDER_RADIUS, azimuth_offset_deg=azimuth_deg)[0].to(torch.float64)
     return (pose @ torch.linalg.inv(canonical)).numpy()
 
 
@@ -116,7 +118,10 @@ def align_bbox(mesh, reference):
     return aligned
 
 
-def geometry_scores(predicted_mesh, source_camera, truth_points: np.ndarray, truth_mesh, num_points: int, threshold: float, alignment: str = "none", seed: int = 0) -> GeometryScores:
+def geometry_scores(
+    predicted_mesh, source_camera, truth_points: np.ndarray, truth_mesh, num_points: int, threshold: float, alignment: str = "none",
+    seed: int = 0, azimuth_deg: float = 0.0,
+) -> GeometryScores:
     """Score a reconstructed mesh against the true surface.
 
     Args:
@@ -128,11 +133,12 @@ def geometry_scores(predicted_mesh, source_camera, truth_points: np.ndarray, tru
         num_points, seed: points sampled on the prediction.
         threshold: F-score distance τ.
         alignment: "none" or "bbox" (see `align_bbox`).
+        azimuth_deg: the model's canonical source-camera azimuth (see `source_frame_to_world`).
     """
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     world = predicted_mesh.copy()
-    world.apply_transform(source_frame_to_world(source_camera))
+    world.apply_transform(source_frame_to_world(source_camera, azimuth_deg))
     if alignment == "bbox":
         world = align_bbox(world, truth_mesh)
     return chamfer_fscore(sample_points(world, num_points, seed), truth_points, threshold)

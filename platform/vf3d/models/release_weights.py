@@ -24,7 +24,7 @@ Importers (`import_checkpoint`) turn a released state dict into such a directory
   mask token only acts on masked-patch inputs, which vf3d never passes) and the exporter omits it.
 
 Every architecture size is inferred from tensor shapes; what shapes cannot tell (head counts,
-input size and normalisation, source-camera distance, mesh iso level, renderer settings) comes
+input size and normalisation, source-camera distance and azimuth, mesh iso level, renderer settings) comes
 from the release's values for the format and can be overridden with a nested `overrides` dict.
 The import is strict: every source tensor must be consumed, every model tensor provided, every
 shape equal, otherwise a `CheckpointFormatError` names the offending keys.
@@ -311,6 +311,7 @@ RELEASE_DEFAULTS: dict[str, dict[str, Any]] = {
         "transformer": {"num_heads": 16},
         "renderer": {"num_coarse_samples": 64, "num_fine_samples": 64, "render_size": 384},
         "source_camera_distance": 2.0,
+        "source_camera_azimuth_deg": -90.0,
         "mesh_iso": 3.0,
     },
 }

@@ -85,11 +85,11 @@ def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, co
     # Frames are stored on white: rgb_on_bg = frame − (1 − mask)·(1 − bg) (see shards.ViewSampler).
     images = (frames - (1 - masks) * (1 - backgrounds[..., None, None])).clamp(0, 1)
     source_camera, target_cameras = samples["source_cameras"].float().cpu(), samples["target_cameras"].float().cpu()
-    target_cameras = cameras.relative_to_source(source_camera, target_cameras)
+    target_cameras = cameras.relative_to_source(source_camera, target_cameras, azimuth_deg=config.model.source_camera_azimuth_deg)
     noise = config.camera_noise
     target_cameras = cameras.perturb_render_cameras(target_cameras, noise.target_rotation_deg, noise.target_translation, generator)
     batch, views = images.shape[:2]
-    source_cameras = cameras.canonical_source_camera(config.model.source_camera_distance).expand(batch, 16)
+    source_cameras = cameras.model_source_camera(config.model).expand(batch, 16)
     source_cameras = cameras.perturb_source_cameras(source_cameras, noise.source_rotation_deg, noise.source_translation, generator)
 
     resolution, crop = stage.render_resolution, stage.crop_size
@@ -175,8 +175,9 @@ class Validator:
                 source, mask, source_camera, truth, target_cameras = validation_views(record, settings.num_views, settings.resolution)
                 image = source_inputs(source[None], mask[None], self.config.model.encoder.image_size).to(device)
                 dtype = next(model.parameters()).dtype
-                source_vector = cameras.canonical_source_camera(self.config.model.source_camera_distance)[None].to(device, dtype)
-                relative = cameras.relative_to_source(source_camera[None], target_cameras[None]).to(device, dtype)
+                source_vector = cameras.model_source_camera(self.config.model)[None].to(device, dtype)
+                azimuth = self.config.model.source_camera_azimuth_deg
+                relative = cameras.relative_to_source(source_camera[None], target_cameras[None], azimuth_deg=azimuth).to(device, dtype)
                 planes = model.encode(image.to(dtype), source_vector)
                 predicted = model.render(planes, relative, render_size=settings.resolution, deterministic=True).rgb[0].float().clamp(0, 1)
                 truth = truth.to(device)
