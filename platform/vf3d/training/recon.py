@@ -30,11 +30,11 @@ from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
 from vf3d.config import ReconStage, TrainReconConfig
 from vf3d.data.reconstruction_views import source_inputs, validation_views
+from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
 
 if TYPE_CHECKING:
     import torch
 
-RUNS_DIRNAME = "training_runs"
 VALIDATION_LOG = "validation.jsonl"
 TRAIN_LOG = "train_log.jsonl"
 
@@ -193,77 +193,84 @@ class Validator:
         return {"step": step, "stage": stage, **metrics}
 
 
-def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker: train the reconstructor with DeepSpeed through the stage schedule.
+class ReconTask(TrainTask):
+    """The reconstructor's part of the training loop (`vf3d.training.loop.run_loop`): the stage
+    schedule, patch-rendered batches, the VFusion3D losses, validation on held-out orbits (rank 0)
+    and the training log (train_log.jsonl, validation.jsonl and their plots in "out_dir").
 
     `config` holds "recon" (TrainReconConfig as a dict), "out_dir", "validation_records" (paths
-    and ids of held-out orbits) and the harness's "training" settings. Returns (rank 0) the first
-    and last validation metrics and where it resumed.
+    and ids of held-out orbits) and the harness's "training" settings.
     """
-    import ray.train
-    import torch
 
-    from vf3d.data import training_input
-    from vf3d.plots import append_jsonl, plot_curves, read_jsonl
-    from vf3d.models.reconstructor import Reconstructor
-    from vf3d.ray_runtime import require_usable_gpus
-    from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
-    from vf3d.training.losses import ReconstructionLoss
+    label = "train-recon"
 
-    require_usable_gpus("train-recon worker")
-    training = training_config_from(config)
-    recon = config_lib.from_dict(TrainReconConfig, config["recon"])
-    out_dir = Path(config["out_dir"])
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(training.run.seed)  # identical initial weights on every rank
-    model = Reconstructor.from_pretrained(recon.init_path) if recon.init_path else Reconstructor(recon.model)
-    model.config.transformer.gradient_checkpointing = recon.gradient_checkpointing
-    engine = initialize(model, training)
-    device = engine.device
-    loss_fn = ReconstructionLoss(recon.losses).to(device)
-    start = step = restore(engine)
-    iterators: dict[str, Any] = {}
+    def __init__(self, config: dict[str, Any], training, rank: int) -> None:
+        super().__init__(config, training, rank)
+        self.recon = config_lib.from_dict(TrainReconConfig, config["recon"])
+        self.out_dir = Path(config["out_dir"])
+        self.log_every_n_steps = training.run.log_every_n_steps
+        self.validate_every_n_steps = self.recon.validation.every_n_steps
+        self.iterators: dict[str, Any] = {}
+        self.announced: str | None = None
 
-    def next_samples(source: str) -> dict[str, torch.Tensor]:
-        if source not in iterators:
+    def build_model(self):
+        from vf3d.models.reconstructor import Reconstructor
+
+        recon = self.recon
+        model = Reconstructor.from_pretrained(recon.init_path) if recon.init_path else Reconstructor(recon.model)
+        model.config.transformer.gradient_checkpointing = recon.gradient_checkpointing
+        return model
+
+    def start(self, engine, step: int) -> None:
+        from vf3d.data import training_input
+        from vf3d.training.losses import ReconstructionLoss
+
+        self.device = engine.device
+        self.loss_fn = ReconstructionLoss(self.recon.losses).to(self.device)
+        self.validator = None
+        if self.rank == 0:
+            # Only the held-out rows are read (a filter on `id`): the other ranks wait for rank 0 in
+            # the first collective, so a scan of the whole dataset here would time them out.
+            by_dir: dict[str, list[str]] = {}
+            for entry in self.config["validation_records"]:
+                by_dir.setdefault(entry["dir"], []).append(entry["id"])
+            records = [record for directory in sorted(by_dir) for record in training_input.read_orbits_by_id(directory, by_dir[directory])]
+            self.validator = Validator(records, self.recon, self.loss_fn.lpips, self.out_dir) if records else None
+        self.stage = stage_at(self.recon.stages, step)[1]
+        self.dtype = next(engine.module.parameters()).dtype
+
+    def next_samples(self, source: str) -> dict[str, torch.Tensor]:
+        if source not in self.iterators:
+            import ray.train
+
+            from vf3d.data import training_input
+
             shard = ray.train.get_dataset_shard(source)
-            settings = recon.input
-            iterators[source] = training_input.batches_forever(shard, training.run.batch_size, prefetch_batches=settings.prefetch_batches, shuffle_buffer_size=settings.shuffle_buffer_size, seed=training.run.seed * 7919 + rank, device=device)
-        return next(iterators[source])
+            settings, seed = self.recon.input, self.training.run.seed * 7919 + self.rank
+            self.iterators[source] = training_input.batches_forever(
+                shard, self.training.run.batch_size, prefetch_batches=settings.prefetch_batches,
+                shuffle_buffer_size=settings.shuffle_buffer_size, seed=seed, device=self.device,
+            )
+        return next(self.iterators[source])
 
-    validator = None
-    if rank == 0:
-        # Only the held-out rows are read (a filter on `id`): the other ranks wait for rank 0 in
-        # the first collective, so a scan of the whole dataset here would time them out.
-        by_dir: dict[str, list[str]] = {}
-        for entry in config["validation_records"]:
-            by_dir.setdefault(entry["dir"], []).append(entry["id"])
-        records = [record for directory in sorted(by_dir) for record in training_input.read_orbits_by_id(directory, by_dir[directory])]
-        validator = Validator(records, recon, loss_fn.lpips, out_dir) if records else None
+    def begin_step(self, step: int) -> None:
+        stages = self.recon.stages
+        stage_index, self.stage = stage_at(stages, step)
+        stage = self.stage
+        if stage.name != self.announced:
+            self.announced = stage.name
+            if self.rank == 0:
+                pixel_loss = "on" if stage.pixel_loss else "off"
+                print(f"[train-recon] step {step}: stage {stage_index + 1}/{len(stages)} {stage.name!r} ({stage.data} data, "
+                      f"{stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {pixel_loss})", flush=True)
 
-    def validate(stage_name: str) -> dict[str, float] | None:
-        if validator is None:
-            return None
-        metrics = validator(engine.module, step, stage_name, device)
-        append_jsonl(out_dir / VALIDATION_LOG, metrics)
-        plot_curves(read_jsonl(out_dir / VALIDATION_LOG), out_dir / "validation_curves.png", keys=["psnr", "ssim", "lpips"])
-        return metrics
+    def train_step(self, engine, step: int) -> dict[str, float]:
+        import torch
 
-    first_validation = validate(stage_at(recon.stages, step)[1].name) if step == 0 else None
-    dtype = next(engine.module.parameters()).dtype
-    window: list[dict[str, float]] = []
-    started = time.perf_counter()
-    current_stage = None
-    last_validation = None
-    while step < training.run.max_steps:
-        stage_index, stage = stage_at(recon.stages, step)
-        if stage.name != current_stage:
-            current_stage = stage.name
-            if rank == 0:
-                print(f"[train-recon] step {step}: stage {stage_index + 1}/{len(recon.stages)} {stage.name!r} ({stage.data} data, {stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {'on' if stage.pixel_loss else 'off'})", flush=True)
-        inject_fault_if_due(training, step + 1)
-        generator = torch.Generator().manual_seed(training.run.seed * 1_000_003 + rank * 7919 + step)
-        batch = {key: value.to(device) for key, value in batch_from_samples(next_samples(stage.data), stage, recon, generator).items()}
+        stage, dtype, device = self.stage, self.dtype, self.device
+        generator = torch.Generator().manual_seed(self.training.run.seed * 1_000_003 + self.rank * 7919 + step)
+        samples = self.next_samples(stage.data)
+        batch = {key: value.to(device) for key, value in batch_from_samples(samples, stage, self.recon, generator).items()}
         planes, rendered = engine(
             batch["source_images"].to(dtype),
             batch["source_cameras"].to(dtype),
@@ -273,25 +280,57 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
             crop_offsets=batch["crop_offsets"],
             crop_size=(stage.crop_size, stage.crop_size),
         )
-        loss, terms = loss_fn(rendered.rgb.float(), rendered.opacity.float(), batch["target_images"], batch["target_masks"], planes.float(), pixel_loss=stage.pixel_loss)
+        rgb, opacity = rendered.rgb.float(), rendered.opacity.float()
+        loss, terms = self.loss_fn(rgb, opacity, batch["target_images"], batch["target_masks"], planes.float(), pixel_loss=stage.pixel_loss)
         engine.backward(loss)
         engine.step()
-        step += 1
-        window.append({"loss": float(loss), **terms})
-        if rank == 0 and (step % training.run.log_every_n_steps == 0 or step == training.run.max_steps):
-            record = {"step": step, "stage": stage.name, **{key: float(np.mean([entry[key] for entry in window if key in entry])) for key in window[-1]}, "steps_per_second": len(window) / (time.perf_counter() - started)}
-            append_jsonl(out_dir / TRAIN_LOG, record)
-            plot_curves(read_jsonl(out_dir / TRAIN_LOG), out_dir / "loss_curves.png")
-            print(f"[train-recon] step {step}/{training.run.max_steps} {stage.name}: " + ", ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("step", "stage")), flush=True)
-            window, started = [], time.perf_counter()
-        stage_ends = stage_at(recon.stages, step)[1].name != stage.name
-        if step % recon.validation.every_n_steps == 0 or step == training.run.max_steps or stage_ends:
-            last_validation = validate(stage.name) or last_validation
-        if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps or stage_ends:
-            save(engine, step, {"step": step, "stage": stage.name, "loss": float(loss), **({"val_" + key: value for key, value in last_validation.items() if key not in ("step", "stage")} if last_validation else {})}, extra={"stage": stage.name})
-    if rank == 0:
-        export_reconstructor(ray.train.get_checkpoint(), recon, out_dir)
-    return {"first_validation": first_validation, "last_validation": last_validation, "resumed_from": start, "steps": step}
+        self.loss = float(loss)
+        return {"loss": float(loss), **terms}
+
+    def stage_ends(self, step: int) -> bool:
+        return stage_at(self.recon.stages, step)[1].name != self.stage.name
+
+    def log(self, step: int, window: Window) -> None:
+        from vf3d.plots import append_jsonl, plot_curves, read_jsonl
+
+        stage = self.stage.name
+        record = {"step": step, "stage": stage, **window.means(), "steps_per_second": window.steps_per_second()}
+        append_jsonl(self.out_dir / TRAIN_LOG, record)
+        plot_curves(read_jsonl(self.out_dir / TRAIN_LOG), self.out_dir / "loss_curves.png")
+        values = ", ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("step", "stage"))
+        print(f"[train-recon] step {step}/{self.training.run.max_steps} {stage}: " + values, flush=True)
+
+    def validate(self, engine, step: int) -> dict[str, Any] | None:
+        from vf3d.plots import append_jsonl, plot_curves, read_jsonl
+
+        if self.validator is None:
+            return None
+        metrics = self.validator(engine.module, step, self.stage.name, self.device)
+        append_jsonl(self.out_dir / VALIDATION_LOG, metrics)
+        plot_curves(read_jsonl(self.out_dir / VALIDATION_LOG), self.out_dir / "validation_curves.png", keys=["psnr", "ssim", "lpips"])
+        return metrics
+
+    def checkpoint_metrics(self, step: int, window: Window, state: LoopState) -> dict[str, Any]:
+        last = state.last_validation or {}
+        validation = {"val_" + key: value for key, value in last.items() if key not in ("step", "stage")}
+        return {"step": step, "stage": self.stage.name, "loss": self.loss, **validation}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"stage": self.stage.name}
+
+    def finish(self, engine, state: LoopState) -> dict[str, Any]:
+        validations = {"first_validation": state.first_validation, "last_validation": state.last_validation}
+        return {**validations, "resumed_from": state.start, "steps": state.step}
+
+    def export(self, checkpoint) -> None:
+        export_reconstructor(checkpoint, self.recon, self.out_dir)
+
+
+def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker: train the reconstructor with DeepSpeed through the stage schedule
+    (`ReconTask` over `run_loop`). Returns (rank 0) the first and last validation metrics and
+    where it resumed."""
+    return run_loop(ReconTask, config)
 
 
 def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path) -> Path:
@@ -373,8 +412,7 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     training = config.training
-    if training.run.storage_path is None:
-        training.run.storage_path = str(out_dir / RUNS_DIRNAME)
+    use_default_storage(training, out_dir)
     config_lib.save_json(config, out_dir / "train_recon_config.json")
 
     inputs = prepare_inputs(sources, config, log)
@@ -394,7 +432,7 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     history = read_jsonl(out_dir / VALIDATION_LOG) if (out_dir / VALIDATION_LOG).is_file() else []
     outcome["first_validation"] = history[0] if history and history[0]["step"] == 0 else outcome.get("first_validation")
     outcome["last_validation"] = history[-1] if history else outcome.get("last_validation")
-    summary = {**outcome, "orbits": counts, "held_out": held_out, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    summary = run_summary(outcome, result, started, out_dir, orbits=counts, held_out=held_out)
     write_json_atomic(out_dir / "train_recon_summary.json", summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
     log(f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "

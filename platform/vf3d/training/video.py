@@ -17,9 +17,7 @@ import numpy as np
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
 from vf3d.config import FinetuneVideoConfig, VideoModelConfig
-
-RUNS_DIRNAME = "training_runs"
-"""Checkpoints live under OUT/training_runs/<run name>/ unless run.storage_path says otherwise."""
+from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
 
 
 CACHE_MAX_ORBITS = 4096
@@ -49,60 +47,81 @@ def orbit_clips(batch: dict[str, np.ndarray], num_views: int, resolution: int) -
     return {"frames": np.stack(clips).astype(np.float32), "prompt": np.asarray(batch["prompt"]), "elevation": np.asarray(batch["elevation"], dtype=np.float32)}
 
 
-def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker: train the orbit video model with DeepSpeed, checkpointing as it goes.
+class VideoTask(TrainTask):
+    """The orbit video model's part of the training loop (`vf3d.training.loop.run_loop`).
 
     `config` holds "model" (VideoModelConfig as a dict), "eval_seed", "export_dir" and the
-    harness's "training" settings. Returns (rank 0) the evaluation losses and where it resumed.
+    harness's "training" settings. Checkpoints carry the mean loss since the previous one and the
+    evaluation loss: the same timesteps and noise on the first batch every time, so the numbers
+    are comparable across steps.
     """
-    import ray.train
-    import torch
 
-    from vf3d.models.video import OrbitVideoModel
-    from vf3d.ray_runtime import require_usable_gpus
-    from vf3d.training import batches_forever, initialize, inject_fault_if_due, restore, save, training_config_from
+    label = "finetune-video"
 
-    require_usable_gpus("finetune-video worker")
-    training = training_config_from(config)
-    model_config = config_lib.from_dict(VideoModelConfig, config["model"])
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(training.run.seed)  # identical initial weights on every rank
-    model = OrbitVideoModel.from_config(model_config)
-    engine = initialize(model, training)
-    start = step = restore(engine)
-    batches = batches_forever(ray.train.get_dataset_shard("train"), training.run.batch_size)
+    def __init__(self, config: dict[str, Any], training, rank: int) -> None:
+        super().__init__(config, training, rank)
+        self.model_config = config_lib.from_dict(VideoModelConfig, config["model"])
 
-    def to_inputs(batch):
-        return torch.from_numpy(batch["frames"]).to(engine.device), [str(p) for p in batch["prompt"]], torch.from_numpy(batch["elevation"]).to(engine.device)
+    def build_model(self):
+        from vf3d.models.video import OrbitVideoModel
 
-    fixed = to_inputs(next(batches))
+        return OrbitVideoModel.from_config(self.model_config)
 
-    def evaluation_loss() -> float:
-        # Same timesteps and noise every time, so the numbers are comparable across steps.
+    def start(self, engine, step: int) -> None:
+        import ray.train
+        import torch
+
+        from vf3d.training import batches_forever
+
+        self.engine = engine
+        self.batches = batches_forever(ray.train.get_dataset_shard("train"), self.training.run.batch_size)
+        self.fixed = self.inputs(next(self.batches))
+        self.initial_eval = self.evaluation_loss()
+        self.generator = torch.Generator(device=engine.device).manual_seed(self.training.run.seed * 7919 + self.rank * 104729 + step)
+
+    def inputs(self, batch):
+        import torch
+
+        device = self.engine.device
+        frames, elevation = torch.from_numpy(batch["frames"]).to(device), torch.from_numpy(batch["elevation"]).to(device)
+        return frames, [str(p) for p in batch["prompt"]], elevation
+
+    def evaluation_loss(self) -> float:
+        import torch
+
+        engine = self.engine
         engine.eval()
         with torch.no_grad():
-            loss = engine(*fixed, generator=torch.Generator(device=engine.device).manual_seed(config["eval_seed"]))
+            loss = engine(*self.fixed, generator=torch.Generator(device=engine.device).manual_seed(self.config["eval_seed"]))
         engine.train()
         return float(loss)
 
-    initial_eval = evaluation_loss()
-    generator = torch.Generator(device=engine.device).manual_seed(training.run.seed * 7919 + rank * 104729 + step)
-    window, started = [], time.perf_counter()
-    while step < training.run.max_steps:
-        inject_fault_if_due(training, step + 1)
-        loss = engine(*to_inputs(next(batches)), generator=generator)
+    def train_step(self, engine, step: int) -> dict[str, float]:
+        loss = engine(*self.inputs(next(self.batches)), generator=self.generator)
         engine.backward(loss)
         engine.step()
-        step += 1
-        window.append(float(loss))
-        if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps:
-            metrics = {"step": step, "loss": float(np.mean(window)), "eval_loss": evaluation_loss(), "initial_eval_loss": initial_eval, "resumed_from": start, "steps_per_second": len(window) / (time.perf_counter() - started)}
-            save(engine, step, metrics, extra={"model": config["model"], "epoch_note": "data order restarts on resume"})
-            window, started = [], time.perf_counter()
-    final_eval = evaluation_loss()
-    if rank == 0 and config.get("export_dir"):
-        export_video_model(ray.train.get_checkpoint(), model_config, Path(config["export_dir"]), training.run.seed)
-    return {"initial_eval_loss": initial_eval, "final_eval_loss": final_eval, "resumed_from": start, "steps": step}
+        return {"loss": float(loss)}
+
+    def checkpoint_metrics(self, step: int, window: Window, state: LoopState) -> dict[str, Any]:
+        return {"step": step, "loss": window.mean("loss"), "eval_loss": self.evaluation_loss(), "initial_eval_loss": self.initial_eval,
+                "resumed_from": state.start, "steps_per_second": window.steps_per_second()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"model": self.config["model"], "epoch_note": "data order restarts on resume"}
+
+    def finish(self, engine, state: LoopState) -> dict[str, Any]:
+        final_eval = self.evaluation_loss()
+        return {"initial_eval_loss": self.initial_eval, "final_eval_loss": final_eval, "resumed_from": state.start, "steps": state.step}
+
+    def export(self, checkpoint) -> None:
+        if self.config.get("export_dir"):
+            export_video_model(checkpoint, self.model_config, Path(self.config["export_dir"]), self.training.run.seed)
+
+
+def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker: train the orbit video model with DeepSpeed, checkpointing as it goes
+    (`VideoTask` over `run_loop`). Returns (rank 0) the evaluation losses and where it resumed."""
+    return run_loop(VideoTask, config)
 
 
 def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path, seed: int) -> Path:
@@ -136,8 +155,7 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     training = config.training
-    if training.run.storage_path is None:
-        training.run.storage_path = str((out_dir / RUNS_DIRNAME).resolve())
+    use_default_storage(training, out_dir)
     config_lib.save_json(config, out_dir / "finetune_config.json")
 
     orbits = read_orbit_dataset(data_dir)
@@ -155,7 +173,7 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
     loop_config = {"model": config_lib.to_dict(config.model), "eval_seed": config.eval_seed, "export_dir": str(out_dir.resolve())}
     result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
     outcome = result.return_value or {}
-    summary = {**outcome, "orbits": count, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": str(result.checkpoint.path) if result.checkpoint else None}
+    summary = run_summary(outcome, result, started, out_dir, orbits=count)
     write_json_atomic(out_dir / "finetune_summary.json", summary)
     log(f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}")
     return summary
