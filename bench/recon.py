@@ -43,12 +43,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from report import BENCH_START, Row, log, markdown_table, write_json
 
 from vf3d import cameras
 from vf3d.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig, merge, preset, to_dict
 from vf3d.mesh import QueryFn, extract_mesh
 from vf3d.models.reconstructor import Reconstructor
-from report import BENCH_START, Row, log, markdown_table, write_json
 
 SEED = 0
 INSIDE_DENSITY = 10.0
@@ -60,7 +60,6 @@ MESH_VERTEX_TOLERANCE = 0.02
 RENDER_ELEVATION_DEG = 20.0
 WORKER_RESULT_PREFIX = "MEMORY_WORKER_RESULT "
 """Marks the line of a memory worker's stdout that carries its JSON result."""
-
 
 
 @dataclass
@@ -76,11 +75,8 @@ class Settings:
     repeats: int
 
 
-DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, encode_images=8, render_views=4,
-                   memory_render_size=384, repeats=3)
-QUICK = Settings(mesh_resolution=128, fit_steps=100, fit_batch=2**13, encode_images=4, render_views=1,
-                 memory_render_size=128, repeats=1)
-
+DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, encode_images=8, render_views=4, memory_render_size=384, repeats=3)
+QUICK = Settings(mesh_resolution=128, fit_steps=100, fit_batch=2**13, encode_images=4, render_views=1, memory_render_size=128, repeats=1)
 
 
 def synchronize(device: torch.device) -> None:
@@ -88,8 +84,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compare_timings(candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
-                    warmup: bool = True) -> dict[str, tuple[float, Any]]:
+def compare_timings(
+    candidates: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: bool = True
+) -> dict[str, tuple[float, Any]]:
     """Median wall seconds of `repeats` calls of each candidate, and its last result.
 
     The candidates take turns (a, b, a, b, ...) so that load from other processes on a shared
@@ -195,8 +192,10 @@ def check_iso_crossing(query: QueryFn, iso: float, device: torch.device) -> tupl
 def bench_mesh(device: torch.device, settings: Settings) -> tuple[list[Row], dict[str, Any]]:
     resolution, iso = settings.mesh_resolution, INSIDE_DENSITY / 2
     model = Reconstructor(field_only_config("base")).to(device)
-    log(f"mesh: fitting base-size triplanes {tuple(random_planes(model.config, device).shape)} to a torus + sphere "
-        f"({settings.fit_steps} Adam steps of {settings.fit_batch} points)")
+    log(
+        f"mesh: fitting base-size triplanes {tuple(random_planes(model.config, device).shape)} to a torus + sphere "
+        f"({settings.fit_steps} Adam steps of {settings.fit_batch} points)"
+    )
     start = time.perf_counter()
     planes, fit_mse = fit_triplanes(model, device, settings)
     fit_seconds = time.perf_counter() - start
@@ -208,21 +207,34 @@ def bench_mesh(device: torch.device, settings: Settings) -> tuple[list[Row], dic
         return density[0, :, 0], rgb[0].clamp(0, 1)
 
     low, high, inside_fraction = check_iso_crossing(query, iso, device)
-    log(f"mesh: fit took {fit_seconds:.1f}s, MSE {fit_mse:.3f}; densities in [{low:.2f}, {high:.2f}], "
-        f"{inside_fraction:.1%} of the box above iso {iso}")
+    log(
+        f"mesh: fit took {fit_seconds:.1f}s, MSE {fit_mse:.3f}; densities in [{low:.2f}, {high:.2f}], "
+        f"{inside_fraction:.1%} of the box above iso {iso}"
+    )
 
     methods = ("dense", "coarse_to_fine")
     for method in methods:
         # A small extraction first pays one-time costs (allocator, code paths) outside the timing.
         extract_mesh(query, resolution=32, iso=iso, method=method, device=device)
-    timings = compare_timings({method: partial(extract_mesh, query, resolution=resolution, iso=iso, method=method, device=device)
-                               for method in methods}, device, settings.repeats, warmup=False)
+    timings = compare_timings(
+        {method: partial(extract_mesh, query, resolution=resolution, iso=iso, method=method, device=device) for method in methods},
+        device,
+        settings.repeats,
+        warmup=False,
+    )
     results = {}
     for method, (seconds, result) in timings.items():
-        results[method] = {"seconds": seconds, "density_queries": result.num_queries, "color_queries": result.num_color_queries,
-                           "vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces)}
-        log(f"mesh: {method} @ {resolution}: {seconds:.2f}s, {format_count(result.num_queries)} density queries, "
-            f"{len(result.mesh.vertices)} vertices")
+        results[method] = {
+            "seconds": seconds,
+            "density_queries": result.num_queries,
+            "color_queries": result.num_color_queries,
+            "vertices": len(result.mesh.vertices),
+            "faces": len(result.mesh.faces),
+        }
+        log(
+            f"mesh: {method} @ {resolution}: {seconds:.2f}s, {format_count(result.num_queries)} density queries, "
+            f"{len(result.mesh.vertices)} vertices"
+        )
 
     dense, coarse = results["dense"], results["coarse_to_fine"]
     speedup = dense["seconds"] / coarse["seconds"]
@@ -230,15 +242,37 @@ def bench_mesh(device: torch.device, settings: Settings) -> tuple[list[Row], dic
     speed_met = "met" if speedup >= MESH_SPEEDUP_TARGET else "NOT met"
     vertices_met = "met" if vertex_difference <= MESH_VERTEX_TOLERANCE else "NOT met"
     rows = [
-        Row(f"mesh density queries @{resolution}³ (dense vs coarse-to-fine)", format_count(dense["density_queries"]),
-            format_count(coarse["density_queries"]), f"{dense['density_queries'] / coarse['density_queries']:.2f}×", "—"),
-        Row(f"mesh extraction seconds @{resolution}³ (dense vs coarse-to-fine)", f"{dense['seconds']:.2f}", f"{coarse['seconds']:.2f}",
-            f"{speedup:.2f}×", f"≥{MESH_SPEEDUP_TARGET:.0f}× ({speed_met})"),
-        Row(f"mesh vertices @{resolution}³ (dense vs coarse-to-fine)", str(dense["vertices"]), str(coarse["vertices"]),
-            f"{vertex_difference:.2%} diff", f"≤{MESH_VERTEX_TOLERANCE:.0%} ({vertices_met})"),
+        Row(
+            f"mesh density queries @{resolution}³ (dense vs coarse-to-fine)",
+            format_count(dense["density_queries"]),
+            format_count(coarse["density_queries"]),
+            f"{dense['density_queries'] / coarse['density_queries']:.2f}×",
+            "—",
+        ),
+        Row(
+            f"mesh extraction seconds @{resolution}³ (dense vs coarse-to-fine)",
+            f"{dense['seconds']:.2f}",
+            f"{coarse['seconds']:.2f}",
+            f"{speedup:.2f}×",
+            f"≥{MESH_SPEEDUP_TARGET:.0f}× ({speed_met})",
+        ),
+        Row(
+            f"mesh vertices @{resolution}³ (dense vs coarse-to-fine)",
+            str(dense["vertices"]),
+            str(coarse["vertices"]),
+            f"{vertex_difference:.2%} diff",
+            f"≤{MESH_VERTEX_TOLERANCE:.0%} ({vertices_met})",
+        ),
     ]
-    details = {"resolution": resolution, "iso": iso, "fit_seconds": fit_seconds, "fit_mse": fit_mse,
-               "density_range": [low, high], "inside_fraction": inside_fraction, **results}
+    details = {
+        "resolution": resolution,
+        "iso": iso,
+        "fit_seconds": fit_seconds,
+        "fit_mse": fit_mse,
+        "density_range": [low, high],
+        "inside_fraction": inside_fraction,
+        **results,
+    }
     return rows, details
 
 
@@ -256,24 +290,46 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
     source = cameras.model_source_camera(config).to(device).expand(count, 16)
     log(f"encode: small preset, {count} images of {size}² batched vs one at a time")
     with torch.no_grad():
-        timings = compare_timings({
-            "batched": lambda: model.encode(images, source),
-            "single": lambda: torch.cat([model.encode(images[i : i + 1], source[i : i + 1]) for i in range(count)]),
-        }, device, settings.repeats)
+        timings = compare_timings(
+            {
+                "batched": lambda: model.encode(images, source),
+                "single": lambda: torch.cat([model.encode(images[i : i + 1], source[i : i + 1]) for i in range(count)]),
+            },
+            device,
+            settings.repeats,
+        )
     (batched_seconds, batched), (single_seconds, single) = timings["batched"], timings["single"]
     max_difference = (batched - single).abs().max().item()
     scale = single.abs().max().item()
     speedup = single_seconds / batched_seconds
-    log(f"encode: batched {batched_seconds:.2f}s, singles {single_seconds:.2f}s ({speedup:.2f}×), "
-        f"max |diff| {max_difference:.2e} (outputs up to {scale:.2f})")
+    log(
+        f"encode: batched {batched_seconds:.2f}s, singles {single_seconds:.2f}s ({speedup:.2f}×), "
+        f"max |diff| {max_difference:.2e} (outputs up to {scale:.2f})"
+    )
     rows = [
-        Row(f"encode {count} images seconds, small ({count}×single vs batched)", f"{single_seconds:.2f}",
-            f"{batched_seconds:.2f}", f"{speedup:.2f}×", ">1× (informational)"),
-        Row("encode outputs max abs(batched − single)", f"{max_difference:.2e}", f"max abs(planes) {scale:.2f}",
-            f"{max_difference / scale:.1e} rel", "≈0 (float rounding)"),
+        Row(
+            f"encode {count} images seconds, small ({count}×single vs batched)",
+            f"{single_seconds:.2f}",
+            f"{batched_seconds:.2f}",
+            f"{speedup:.2f}×",
+            ">1× (informational)",
+        ),
+        Row(
+            "encode outputs max abs(batched − single)",
+            f"{max_difference:.2e}",
+            f"max abs(planes) {scale:.2f}",
+            f"{max_difference / scale:.1e} rel",
+            "≈0 (float rounding)",
+        ),
     ]
-    details = {"batch": count, "image_size": size, "batched_seconds": batched_seconds,
-               "single_seconds": single_seconds, "max_abs_difference": max_difference, "max_abs_output": scale}
+    details = {
+        "batch": count,
+        "image_size": size,
+        "batched_seconds": batched_seconds,
+        "single_seconds": single_seconds,
+        "max_abs_difference": max_difference,
+        "max_abs_output": scale,
+    }
     return rows, details
 
 
@@ -287,8 +343,13 @@ def bench_render(device: torch.device, settings: Settings) -> tuple[list[Row], d
     for name in presets:
         config = field_only_config(name)
         model = Reconstructor(config).to(device).eval()
-        renders[name] = partial(model.render, random_planes(config, device), orbit_cameras(views, device),
-                                render_size=config.renderer.render_size, deterministic=True)
+        renders[name] = partial(
+            model.render,
+            random_planes(config, device),
+            orbit_cameras(views, device),
+            render_size=config.renderer.render_size,
+            deterministic=True,
+        )
     log(f"render: {views} deterministic view(s) at each preset's render size, {' vs '.join(presets)}")
     with torch.no_grad():
         timings = compare_timings(renders, device, settings.repeats)
@@ -297,16 +358,35 @@ def bench_render(device: torch.device, settings: Settings) -> tuple[list[Row], d
         renderer, seconds = field_only_config(name).renderer, timings[name][0]
         rays = views * renderer.render_size**2
         samples = rays * (renderer.num_coarse_samples + renderer.num_fine_samples)
-        details[name] = {"render_size": renderer.render_size, "views": views, "rays": rays, "samples": samples,
-                         "seconds": seconds, "rays_per_second": rays / seconds, "samples_per_second": samples / seconds}
-        log(f"render: {name}, {views} view(s) of {renderer.render_size}²: {seconds:.3f}s, "
-            f"{format_count(rays / seconds)} rays/s, {format_count(samples / seconds)} samples/s")
+        details[name] = {
+            "render_size": renderer.render_size,
+            "views": views,
+            "rays": rays,
+            "samples": samples,
+            "seconds": seconds,
+            "rays_per_second": rays / seconds,
+            "samples_per_second": samples / seconds,
+        }
+        log(
+            f"render: {name}, {views} view(s) of {renderer.render_size}²: {seconds:.3f}s, "
+            f"{format_count(rays / seconds)} rays/s, {format_count(samples / seconds)} samples/s"
+        )
     debug, small = details["debug"], details["small"]
     rows = [
-        Row("render rays/s (debug vs small)", format_count(debug["rays_per_second"]), format_count(small["rays_per_second"]),
-            f"{debug['rays_per_second'] / small['rays_per_second']:.2f}×", "—"),
-        Row("render samples/s (debug vs small)", format_count(debug["samples_per_second"]),
-            format_count(small["samples_per_second"]), f"{debug['samples_per_second'] / small['samples_per_second']:.2f}×", "—"),
+        Row(
+            "render rays/s (debug vs small)",
+            format_count(debug["rays_per_second"]),
+            format_count(small["rays_per_second"]),
+            f"{debug['rays_per_second'] / small['rays_per_second']:.2f}×",
+            "—",
+        ),
+        Row(
+            "render samples/s (debug vs small)",
+            format_count(debug["samples_per_second"]),
+            format_count(small["samples_per_second"]),
+            f"{debug['samples_per_second'] / small['samples_per_second']:.2f}×",
+            "—",
+        ),
     ]
     return rows, details
 
@@ -381,8 +461,16 @@ def memory_worker(variant: str, size: int, cap_gb: float) -> None:
 
 
 def measure_memory_cpu(variant: str, size: int, cap_gb: float) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", variant,
-               "--memory-render-size", str(size), "--memory-cap-gb", str(cap_gb)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-worker",
+        variant,
+        "--memory-render-size",
+        str(size),
+        "--memory-cap-gb",
+        str(cap_gb),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True)
     for line in completed.stdout.splitlines():
         if line.startswith(WORKER_RESULT_PREFIX):
@@ -424,8 +512,12 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
     for variant in ("chunked", "unchunked"):
         results[variant] = measure_memory_cpu(variant, size, cap_gb) if device.type == "cpu" else measure_memory_cuda(variant, size, device)
         result = results[variant]
-        context = (f" (address-space cap {format_bytes(result['cap_bytes'])}, {format_bytes(result['address_space_before'])} "
-                   f"already mapped before the render)" if device.type == "cpu" else "")
+        context = (
+            f" (address-space cap {format_bytes(result['cap_bytes'])}, {format_bytes(result['address_space_before'])} "
+            f"already mapped before the render)"
+            if device.type == "cpu"
+            else ""
+        )
         log(f"memory: {variant}: {describe_memory(result, device)}{context}")
     chunked, unchunked = results["chunked"], results["unchunked"]
     both_ok = chunked["status"] == unchunked["status"] == "ok"
@@ -436,20 +528,34 @@ def bench_memory(device: torch.device, settings: Settings, cap_gb: float) -> tup
     estimate_unchunked = estimated_field_bytes(config, rays)
     label = "peak RSS" if device.type == "cpu" else "peak CUDA alloc"
     rows = [
-        Row(f"{label} one base {size}² render (chunked vs unchunked)", describe_memory(chunked, device),
-            describe_memory(unchunked, device), ratio, "chunked bounded"),
-        Row(f"ESTIMATE largest field call {size}² (chunked vs unchunked)", format_bytes(estimate_chunked),
-            format_bytes(estimate_unchunked), f"{estimate_unchunked / estimate_chunked:.1f}×", "estimate only"),
+        Row(
+            f"{label} one base {size}² render (chunked vs unchunked)",
+            describe_memory(chunked, device),
+            describe_memory(unchunked, device),
+            ratio,
+            "chunked bounded",
+        ),
+        Row(
+            f"ESTIMATE largest field call {size}² (chunked vs unchunked)",
+            format_bytes(estimate_chunked),
+            format_bytes(estimate_unchunked),
+            f"{estimate_unchunked / estimate_chunked:.1f}×",
+            "estimate only",
+        ),
     ]
-    details = {"render_size": size, "cap_gb": cap_gb if device.type == "cpu" else None, **results,
-               "estimate_chunked_bytes": estimate_chunked, "estimate_unchunked_bytes": estimate_unchunked}
+    details = {
+        "render_size": size,
+        "cap_gb": cap_gb if device.type == "cpu" else None,
+        **results,
+        "estimate_chunked_bytes": estimate_chunked,
+        "estimate_unchunked_bytes": estimate_unchunked,
+    }
     return rows, details
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
-
 
 
 def parse_args() -> argparse.Namespace:
@@ -475,11 +581,17 @@ def main() -> None:
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     # Other busy processes skew even ratios; the load average at both ends shows whether they ran.
     load_start = os.getloadavg()[0]
-    log(f"vf3d reconstruction benchmark ({'quick' if args.quick else 'default'} mode) on {device} ({hardware}), "
-        f"torch {torch.__version__}, median of {settings.repeats} runs, 1-min load average {load_start:.2f}")
+    log(
+        f"vf3d reconstruction benchmark ({'quick' if args.quick else 'default'} mode) on {device} ({hardware}), "
+        f"torch {torch.__version__}, median of {settings.repeats} runs, 1-min load average {load_start:.2f}"
+    )
 
-    sections = {"mesh": partial(bench_mesh, device, settings), "encode": partial(bench_encode, device, settings),
-                "render": partial(bench_render, device, settings), "memory": partial(bench_memory, device, settings, args.memory_cap_gb)}
+    sections = {
+        "mesh": partial(bench_mesh, device, settings),
+        "encode": partial(bench_encode, device, settings),
+        "render": partial(bench_render, device, settings),
+        "memory": partial(bench_memory, device, settings, args.memory_cap_gb),
+    }
     rows: list[Row] = []
     details: dict[str, Any] = {}
     for section, run in sections.items():
@@ -487,12 +599,26 @@ def main() -> None:
         rows += section_rows
 
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(f"\n## vf3d reconstruction benchmark ({'quick' if args.quick else 'default'}, {device}: {hardware}, "
-          f"{wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n", flush=True)
+    print(
+        f"\n## vf3d reconstruction benchmark ({'quick' if args.quick else 'default'}, {device}: {hardware}, "
+        f"{wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {"mode": "quick" if args.quick else "default", "device": str(device), "hardware": hardware,
-                  "torch": torch.__version__, "wall_seconds": wall_seconds,
-                  "load_average": [load_start, load_end], "settings": asdict(settings), "details": details}, rows)
+        write_json(
+            args.json,
+            {
+                "mode": "quick" if args.quick else "default",
+                "device": str(device),
+                "hardware": hardware,
+                "torch": torch.__version__,
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "settings": asdict(settings),
+                "details": details,
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from test_release_fidelity import release_render  # noqa: E402  (the independent reference)
 
-from vf3d import cameras, config as config_lib  # noqa: E402
-from vf3d.models.release_weights import export_checkpoint, import_checkpoint, load_reconstructor  # noqa: E402
+from vf3d import cameras  # noqa: E402
+from vf3d import config as config_lib
 from vf3d.models.reconstructor import Reconstructor  # noqa: E402
-from vf3d.models.reconstructor.decoder import activate_density  # noqa: E402
 from vf3d.models.reconstructor.renderer import intersect_box  # noqa: E402
+from vf3d.models.release_weights import export_checkpoint, import_checkpoint, load_reconstructor  # noqa: E402
 from vf3d.preprocess import prepare_image  # noqa: E402
 
 
@@ -67,7 +67,9 @@ def render_three_ways(model: Reconstructor, planes: torch.Tensor, size: int, sam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="vfusion3d", choices=sorted(config_lib.RECONSTRUCTOR_PRESETS), help="architecture of the imported model")
+    parser.add_argument(
+        "--preset", default="vfusion3d", choices=sorted(config_lib.RECONSTRUCTOR_PRESETS), help="architecture of the imported model"
+    )
     parser.add_argument("--size", type=int, default=64, help="side of the two rendered views")
     parser.add_argument("--samples", type=int, default=64, help="uniform samples per ray")
     parser.add_argument("--quick", action="store_true", help="the debug architecture (seconds)")
@@ -79,7 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vf3d-fidelity-") as work:
         log(f"building a random {preset!r} model and writing it in the released layout")
         source = export_checkpoint(Reconstructor(config).eval(), Path(work) / "release.safetensors")
-        imported = import_checkpoint(source, Path(work) / "imported", "vfusion3d", overrides=None if preset == "vfusion3d" else config_lib.to_dict(config))
+        imported = import_checkpoint(
+            source, Path(work) / "imported", "vfusion3d", overrides=None if preset == "vfusion3d" else config_lib.to_dict(config)
+        )
         model = load_reconstructor(imported)
     log(f"imported: position_interpolation={model.config.encoder.position_interpolation}")
     with torch.no_grad():
@@ -98,18 +102,39 @@ def main() -> None:
     for name in ("rgb", "opacity"):
         new = (views["new"][name] - reference[name]).abs()
         old = (views["old"][name] - reference[name]).abs()
-        report[name] = {"new_max": new.max().item(), "new_mean": new.mean().item(), "old_max": old.max().item(), "old_mean": old.mean().item()}
+        report[name] = {
+            "new_max": new.max().item(),
+            "new_mean": new.mean().item(),
+            "old_max": old.max().item(),
+            "old_mean": old.mean().item(),
+        }
         for statistic in ("max", "mean"):
             a, b = getattr(new, statistic)().item(), getattr(old, statistic)().item()
             ratio = f"{b / a:.0f}×" if a > 0 else "new exact"
-            rows.append(Row(f"{name} vs the release's arithmetic: |new − ref| vs |old − ref| ({statistic})", f"{a:.2e}", f"{b:.2e}", ratio, "new ≈ 0 (float rounding)"))
+            rows.append(
+                Row(
+                    f"{name} vs the release's arithmetic: |new − ref| vs |old − ref| ({statistic})",
+                    f"{a:.2e}",
+                    f"{b:.2e}",
+                    ratio,
+                    "new ≈ 0 (float rounding)",
+                )
+            )
     with torch.no_grad():
         modern = Reconstructor(config_lib.merge(model.config, {"encoder": {"position_interpolation": "size"}})).eval()
         modern.load_state_dict(model.state_dict())
         modern_planes = modern.encode(image, source_camera)
     relative = ((modern_planes - planes).norm() / planes.norm()).item()
     report["position_interpolation_relative_triplane_change"] = relative
-    rows.append(Row("triplanes: scale_factor vs size position interpolation (relative L2 change)", "scale_factor", "size", f"{relative:.2e}", "release trained with scale_factor"))
+    rows.append(
+        Row(
+            "triplanes: scale_factor vs size position interpolation (relative L2 change)",
+            "scale_factor",
+            "size",
+            f"{relative:.2e}",
+            "release trained with scale_factor",
+        )
+    )
     print(markdown_table(rows))
     if args.json:
         write_json(args.json, report, rows)

@@ -10,9 +10,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BENCH_START = time.perf_counter()
 """When the benchmark process started (progress lines and wall times count from here)."""

@@ -44,15 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
 from report import BENCH_START, Row, log, markdown_table, write_json  # noqa: E402
 
 ROWS_PER_SHARD = 32
@@ -73,7 +73,15 @@ def build_directory(root: Path, finished: int, new: int) -> tuple[Path, Path, fl
 
     started = time.perf_counter()
     out, prompts = root / "out", root / "prompts.parquet"
-    record = shards.OrbitRecord(id="template", source="synthetic", prompt="a mug", rgb=np.full((1, 1, 1, 3), 255, np.uint8), mask=np.zeros((1, 1, 1), np.uint8), cameras=np.zeros((1, 25), np.float32), elevation=10.0)
+    record = shards.OrbitRecord(
+        id="template",
+        source="synthetic",
+        prompt="a mug",
+        rgb=np.full((1, 1, 1, 3), 255, np.uint8),
+        mask=np.zeros((1, 1, 1), np.uint8),
+        cameras=np.zeros((1, 25), np.float32),
+        elevation=10.0,
+    )
     template = shards.records_to_table([record])
     ids = np.char.add("p", np.char.zfill(np.arange(finished + new).astype(str), 9))
     writers = [shards.OrbitShardWriter(out, prefix="synthetic") for _ in range(WRITERS)]
@@ -148,7 +156,9 @@ def measure(out: Path, prompts: Path) -> dict[str, Any]:
         writer = shards.OrbitShardWriter(out, prefix="synthetic")
         new_ids = rows.filter(pa.array(~plan.done.contains(rows))).to_pylist()
         for start in range(0, len(new_ids), ROWS_PER_SHARD):
-            writer.write_errors([{"id": identifier, "stage": "generate", "reason": "bench"} for identifier in new_ids[start : start + ROWS_PER_SHARD]])
+            writer.write_errors(
+                [{"id": identifier, "stage": "generate", "reason": "bench"} for identifier in new_ids[start : start + ROWS_PER_SHARD]]
+            )
         writer.close()
         figures["write_new_seconds"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -168,11 +178,17 @@ def measure_legacy(out: Path, prompts: Path) -> dict[str, Any]:
     reset_peak_rss()
     started = time.perf_counter()
     plan = plan_resume(read_inputs(prompts), out, retry_errors=False)
-    return {"legacy_plan_seconds": time.perf_counter() - started, "legacy_peak_rss_mb": peak_rss_mb(), "read_from_shards": plan.index.read_from_shards}
+    return {
+        "legacy_plan_seconds": time.perf_counter() - started,
+        "legacy_peak_rss_mb": peak_rss_mb(),
+        "read_from_shards": plan.index.read_from_shards,
+    }
 
 
 def in_subprocess(function: str, out: Path, prompts: Path) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, __file__, "--measure", function, str(out), str(prompts)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure", function, str(out), str(prompts)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise SystemExit(f"bench/scale.py: {function} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -189,28 +205,75 @@ def bench_resume(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
             out, prompts, build_seconds = build_directory(Path(temp), size, new)
             files = len(list(out.glob("*.parquet")))
             log(f"{size:,} ids: built {files:,} shard files + {WRITERS} id logs in {build_seconds:.1f} s")
-            figures = {"ids": size, "new_ids": new, "files": files, "build_seconds": build_seconds, **in_subprocess("measure", out, prompts)}
-            log(f"{size:,} ids: plan {figures['plan_seconds']:.2f} s ({figures['plan_peak_rss_mb']:.0f} MB peak), again {figures['replan_seconds']:.2f} s, "
-                f"filter {figures['filter_us_per_row']:.2f} µs/row, summary {figures['summary_seconds']:.2f} s")
+            figures = {
+                "ids": size,
+                "new_ids": new,
+                "files": files,
+                "build_seconds": build_seconds,
+                **in_subprocess("measure", out, prompts),
+            }
+            log(
+                f"{size:,} ids: plan {figures['plan_seconds']:.2f} s ({figures['plan_peak_rss_mb']:.0f} MB peak), again {figures['replan_seconds']:.2f} s, "
+                f"filter {figures['filter_us_per_row']:.2f} µs/row, summary {figures['summary_seconds']:.2f} s"
+            )
             if size == sizes[0] or args.full:
                 shutil.rmtree(out / "_ids")
                 (out / "synthesize_config.json").unlink(missing_ok=True)
                 legacy = in_subprocess("measure_legacy", out, prompts)
                 figures.update({key: value for key, value in legacy.items() if key != "read_from_shards"})
-                log(f"{size:,} ids without manifests: first resume {legacy['legacy_plan_seconds']:.2f} s, read {legacy['read_from_shards']:,} shards")
+                log(
+                    f"{size:,} ids without manifests: first resume {legacy['legacy_plan_seconds']:.2f} s, read {legacy['read_from_shards']:,} shards"
+                )
             details[str(size)] = figures
     rows = []
     for size, figures in details.items():
         ids = int(size)
-        rows.append(Row(f"resume planning at {ids:,} ids / {figures['files']:,} files: seconds (first vs folded)", f"{figures['plan_seconds']:.2f}", f"{figures['replan_seconds']:.2f}",
-                        f"{figures['plan_seconds'] / max(figures['replan_seconds'], 1e-9):.2f}", "≤ 20 s at 4M"))
-        rows.append(Row(f"resume planning at {ids:,} ids: peak driver RSS MB (after planning vs after imports)", f"{figures['plan_peak_rss_mb']:.0f}", f"{figures['import_rss_mb']:.0f}",
-                        f"+{figures['plan_peak_rss_mb'] - figures['import_rss_mb']:.0f} MB", "≤ 1,000 MB at 4M"))
-        rows.append(Row(f"at {ids:,} ids: µs per finished id (planning) vs µs per input row (prepare filter)", f"{figures['plan_seconds'] / ids * 1e6:.2f}", f"{figures['filter_us_per_row']:.2f}", "", "filter constant in N"))
-        rows.append(Row(f"at {ids:,} ids: summary seconds vs seconds writing the {figures['new_ids']:,} new ids", f"{figures['summary_seconds']:.2f}", f"{figures['write_new_seconds']:.2f}", "", "no shard rescanned"))
+        rows.append(
+            Row(
+                f"resume planning at {ids:,} ids / {figures['files']:,} files: seconds (first vs folded)",
+                f"{figures['plan_seconds']:.2f}",
+                f"{figures['replan_seconds']:.2f}",
+                f"{figures['plan_seconds'] / max(figures['replan_seconds'], 1e-9):.2f}",
+                "≤ 20 s at 4M",
+            )
+        )
+        rows.append(
+            Row(
+                f"resume planning at {ids:,} ids: peak driver RSS MB (after planning vs after imports)",
+                f"{figures['plan_peak_rss_mb']:.0f}",
+                f"{figures['import_rss_mb']:.0f}",
+                f"+{figures['plan_peak_rss_mb'] - figures['import_rss_mb']:.0f} MB",
+                "≤ 1,000 MB at 4M",
+            )
+        )
+        rows.append(
+            Row(
+                f"at {ids:,} ids: µs per finished id (planning) vs µs per input row (prepare filter)",
+                f"{figures['plan_seconds'] / ids * 1e6:.2f}",
+                f"{figures['filter_us_per_row']:.2f}",
+                "",
+                "filter constant in N",
+            )
+        )
+        rows.append(
+            Row(
+                f"at {ids:,} ids: summary seconds vs seconds writing the {figures['new_ids']:,} new ids",
+                f"{figures['summary_seconds']:.2f}",
+                f"{figures['write_new_seconds']:.2f}",
+                "",
+                "no shard rescanned",
+            )
+        )
         if "legacy_plan_seconds" in figures:
-            rows.append(Row(f"at {ids:,} ids: first resume without manifests vs with (seconds)", f"{figures['legacy_plan_seconds']:.2f}", f"{figures['plan_seconds']:.2f}",
-                            f"{figures['legacy_plan_seconds'] / max(figures['plan_seconds'], 1e-9):.1f}", "once per old directory"))
+            rows.append(
+                Row(
+                    f"at {ids:,} ids: first resume without manifests vs with (seconds)",
+                    f"{figures['legacy_plan_seconds']:.2f}",
+                    f"{figures['plan_seconds']:.2f}",
+                    f"{figures['legacy_plan_seconds'] / max(figures['plan_seconds'], 1e-9):.1f}",
+                    "once per old directory",
+                )
+            )
     return rows, details
 
 
@@ -264,9 +327,22 @@ def main() -> None:
         section_rows, details[name] = section(args)
         rows += section_rows
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(f"\n## vf3d scale benchmark ({mode}, {os.cpu_count()} CPUs, {wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n", flush=True)
+    print(
+        f"\n## vf3d scale benchmark ({mode}, {os.cpu_count()} CPUs, {wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {"mode": mode, "cpus": os.cpu_count(), "wall_seconds": wall_seconds, "load_average": [load_start, load_end], "details": details}, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode,
+                "cpus": os.cpu_count(),
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "details": details,
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ other jobs kept its load average at 22-47: kept for comparison, since the old la
 exists to be measured."""
 
 
-def _stand_in_frames(seed: int) -> "Any":
+def _stand_in_frames(seed: int) -> Any:
     """uint8 [16, 256, 256, 3]: an object photo moving around a white background, one per view."""
     import numpy as np
     from PIL import Image
@@ -75,7 +75,9 @@ def _stand_in_frames(seed: int) -> "Any":
     for view in range(VIEWS):
         angle = 2 * np.pi * view / VIEWS
         top, left = int(80 + 40 * np.sin(angle)), int(64 + 40 * np.cos(angle))
-        frames[view, top:top + 96, left:left + 128] = np.clip(photo.astype(np.int16) + rng.integers(-3, 4, photo.shape), 0, 255).astype(np.uint8)
+        frames[view, top : top + 96, left : left + 128] = np.clip(photo.astype(np.int16) + rng.integers(-3, 4, photo.shape), 0, 255).astype(
+            np.uint8
+        )
     return frames
 
 
@@ -143,10 +145,24 @@ def layout_overrides(layout: str, generators: int, writers: int) -> dict[str, An
         "rows_per_shard": 16,
     }
     if layout == "today":
-        return {**common, "filter_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "num_gpus": 0.25, "batch_size": 4},
-                **({"encode_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 4}, "writer_pool": {"min_actors": 1, "max_actors": 1}} if _has_new_pools() else {})}
-    return {**common, "filter_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "num_gpus": 0.25, "batch_size": 4},
-            "encode_pool": {"min_actors": 1, "max_actors": 2, "num_cpus": 0.5, "batch_size": 4}, "writer_pool": {"min_actors": 1, "max_actors": writers, "num_cpus": 0.25}}
+        return {
+            **common,
+            "filter_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "num_gpus": 0.25, "batch_size": 4},
+            **(
+                {
+                    "encode_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "batch_size": 4},
+                    "writer_pool": {"min_actors": 1, "max_actors": 1},
+                }
+                if _has_new_pools()
+                else {}
+            ),
+        }
+    return {
+        **common,
+        "filter_pool": {"min_actors": 1, "max_actors": 1, "num_cpus": 0.5, "num_gpus": 0.25, "batch_size": 4},
+        "encode_pool": {"min_actors": 1, "max_actors": 2, "num_cpus": 0.5, "batch_size": 4},
+        "writer_pool": {"min_actors": 1, "max_actors": writers, "num_cpus": 0.25},
+    }
 
 
 def _has_new_pools() -> bool:
@@ -168,7 +184,10 @@ def run_layout(layout: str, generators: int, seconds_per_video: float, videos: i
     synthesize_module.FirstFrames, synthesize_module.GenerateOrbits = first_frames, generate
     work = Path(tempfile.mkdtemp(prefix=f"{layout}-", dir=root))
     prompts = work / "prompts.parquet"
-    pq.write_table(pa.table({"id": [f"v{index:05d}" for index in range(videos)], "prompt": [f"a stand-in object {index}" for index in range(videos)]}), prompts)
+    pq.write_table(
+        pa.table({"id": [f"v{index:05d}" for index in range(videos)], "prompt": [f"a stand-in object {index}" for index in range(videos)]}),
+        prompts,
+    )
     model = work / "video-model"
     model.mkdir()
     (model / "model_index.json").write_text(json.dumps({"_class_name": "OrbitVideoPipeline", "resolution": SIDE, "num_views": VIEWS}))
@@ -176,11 +195,23 @@ def run_layout(layout: str, generators: int, seconds_per_video: float, videos: i
     started = time.perf_counter()
     summary = synthesize_module.synthesize(prompts, model, work / "out", config, log=lambda line: None)
     seconds = time.perf_counter() - started
-    result = {"layout": layout, "generators": generators, "seconds_per_video": seconds_per_video, "offered_videos_per_s": round(generators / seconds_per_video, 3),
-              "videos": videos, "written": summary["kept_total"] + summary["rejected_total"], "errors": summary["errors_total"], "seconds": round(seconds, 1),
-              "videos_per_s_summary": summary["videos_per_second"], **busy_fraction(work / "out"), "load_average": round(os.getloadavg()[0], 2)}
-    log(f"{layout}: offered {result['offered_videos_per_s']} videos/s → generation busy {result['busy']:.1%} over {result['window_s']} s "
-        f"({result['written']}/{videos} written, {result['errors']} errors, load {result['load_average']})")
+    result = {
+        "layout": layout,
+        "generators": generators,
+        "seconds_per_video": seconds_per_video,
+        "offered_videos_per_s": round(generators / seconds_per_video, 3),
+        "videos": videos,
+        "written": summary["kept_total"] + summary["rejected_total"],
+        "errors": summary["errors_total"],
+        "seconds": round(seconds, 1),
+        "videos_per_s_summary": summary["videos_per_second"],
+        **busy_fraction(work / "out"),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    log(
+        f"{layout}: offered {result['offered_videos_per_s']} videos/s → generation busy {result['busy']:.1%} over {result['window_s']} s "
+        f"({result['written']}/{videos} written, {result['errors']} errors, load {result['load_average']})"
+    )
     return result
 
 
@@ -214,17 +245,40 @@ def run_saturation(quick: bool) -> tuple[dict, list[Row]]:
     for layout in layouts:
         saturated = [run["offered_videos_per_s"] for run in runs if run["layout"] == layout and run["busy"] >= BUSY_TARGET]
         best[layout] = max(saturated) if saturated else None
-    report = {"benchmark": "scale_saturation", "quick": quick, "generators": generators, "views": VIEWS, "side": SIDE, "busy_target": BUSY_TARGET, "runs": runs,
-              "highest_rate_busy_ge_target": best, "today_measured_on_old_code": TODAY_MEASURED, "cpu_count": os.cpu_count()}
+    report = {
+        "benchmark": "scale_saturation",
+        "quick": quick,
+        "generators": generators,
+        "views": VIEWS,
+        "side": SIDE,
+        "busy_target": BUSY_TARGET,
+        "runs": runs,
+        "highest_rate_busy_ge_target": best,
+        "today_measured_on_old_code": TODAY_MEASURED,
+        "cpu_count": os.cpu_count(),
+    }
     rows = []
     for seconds in seconds_per_video:
         by = {run["layout"]: run for run in runs if run["seconds_per_video"] == seconds}
         today, new = by.get("today"), by.get("new")
-        rows.append(Row(name=f"generation busy at {generators / seconds:.2f} videos/s offered ({generators} actors) — today vs new",
-                        value_a=f"{today['busy']:.1%}" if today else "n/a", value_b=f"{new['busy']:.1%}" if new else "n/a",
-                        ratio=f"{new['busy'] / today['busy']:.2f}×" if today and new and today["busy"] else "n/a", target=f"≥ {BUSY_TARGET:.0%} busy"))
-    rows.append(Row(name="highest offered videos/s with generation ≥ 90% busy (2 CPU cores) — today vs new", value_a=str(best.get("today")), value_b=str(best.get("new")),
-                    ratio=f"{best['new'] / best['today']:.2f}×" if best.get("today") and best.get("new") else "n/a", target="information"))
+        rows.append(
+            Row(
+                name=f"generation busy at {generators / seconds:.2f} videos/s offered ({generators} actors) — today vs new",
+                value_a=f"{today['busy']:.1%}" if today else "n/a",
+                value_b=f"{new['busy']:.1%}" if new else "n/a",
+                ratio=f"{new['busy'] / today['busy']:.2f}×" if today and new and today["busy"] else "n/a",
+                target=f"≥ {BUSY_TARGET:.0%} busy",
+            )
+        )
+    rows.append(
+        Row(
+            name="highest offered videos/s with generation ≥ 90% busy (2 CPU cores) — today vs new",
+            value_a=str(best.get("today")),
+            value_b=str(best.get("new")),
+            ratio=f"{best['new'] / best['today']:.2f}×" if best.get("today") and best.get("new") else "n/a",
+            target="information",
+        )
+    )
     return report, rows
 
 

@@ -83,7 +83,6 @@ def _templates() -> tuple[list[bytes], list[bytes], np.ndarray]:
 def write_orbits(directory: Path, count: int) -> None:
     """`count` synthetic orbits in files of ROWS_PER_FILE rows (ORBIT_SCHEMA, zstd)."""
     from vf3d.data import shards
-
     from vf3d.data.manifest import ManifestLog
 
     frames, masks, camera_rows = _templates()
@@ -102,7 +101,9 @@ def write_orbits(directory: Path, count: int) -> None:
                 "asset": pa.nulls(rows, pa.string()),
                 "frames": pa.ListArray.from_arrays(offsets, pa.array([frames[pick] for row in picks for pick in row], pa.binary())),
                 "masks": pa.ListArray.from_arrays(offsets, pa.array([masks[pick] for row in picks for pick in row], pa.binary())),
-                "cameras": pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(np.tile(camera_rows, (rows, 1)).ravel()), shards.CAMERA_DIM)),
+                "cameras": pa.ListArray.from_arrays(
+                    offsets, pa.FixedSizeListArray.from_arrays(pa.array(np.tile(camera_rows, (rows, 1)).ravel()), shards.CAMERA_DIM)
+                ),
                 "num_orbit_views": pa.array([VIEWS] * rows, pa.int32()),
                 "elevation": pa.array([15.0] * rows, pa.float32()),
                 "resolution": pa.array([RESOLUTION] * rows, pa.int32()),
@@ -140,7 +141,9 @@ def startup_and_bytes(directory: Path, batches: int = 4) -> dict[str, Any]:
     inputs = prepare_inputs({"synthetic": directory, "3d": None}, config, log=lambda line: None)
     prepared = time.perf_counter() - started
     shard = inputs["datasets"]["synthetic"].streaming_split(1, equal=True)[0]
-    stream = training_input.batches_forever(shard, batch_size, prefetch_batches=config.input.prefetch_batches, shuffle_buffer_size=config.input.shuffle_buffer_size, seed=0)
+    stream = training_input.batches_forever(
+        shard, batch_size, prefetch_batches=config.input.prefetch_batches, shuffle_buffer_size=config.input.shuffle_buffer_size, seed=0
+    )
     stage = stage_at(config.stages, 0)[1]
     first = next(stream)
     batch_from_samples(first, stage, config, torch.Generator().manual_seed(0))
@@ -148,7 +151,14 @@ def startup_and_bytes(directory: Path, batches: int = 4) -> dict[str, Any]:
     received = [first] + [next(stream) for _ in range(batches - 1)]
     stream.close()  # stops the iterator's prefetching before the cluster shuts down
     per_sample = statistics.mean(training_input.sample_nbytes(batch) / batch_size for batch in received)
-    return {"seconds": seconds, "prepare_seconds": prepared, "orbits": inputs["counts"]["synthetic"], "bytes_per_sample": per_sample, "used_view_bytes": training_input.used_view_nbytes(RESOLUTION, config.num_target_views), "dtypes": {name: str(value.dtype) for name, value in first.items()}}
+    return {
+        "seconds": seconds,
+        "prepare_seconds": prepared,
+        "orbits": inputs["counts"]["synthetic"],
+        "bytes_per_sample": per_sample,
+        "used_view_bytes": training_input.used_view_nbytes(RESOLUTION, config.num_target_views),
+        "dtypes": {name: str(value.dtype) for name, value in first.items()},
+    }
 
 
 def run_training_input(quick: bool) -> tuple[dict[str, Any], list[Row]]:
@@ -171,7 +181,9 @@ def run_training_input(quick: bool) -> tuple[dict[str, Any], list[Row]]:
             for _ in range(rounds):
                 for count in (small, large):
                     result = startup_and_bytes(directories[count])
-                    log(f"{count} orbits: first training batch after {result['seconds']:.2f} s ({result['prepare_seconds']:.2f} s of it preparing: ids, counts, plan)")
+                    log(
+                        f"{count} orbits: first training batch after {result['seconds']:.2f} s ({result['prepare_seconds']:.2f} s of it preparing: ids, counts, plan)"
+                    )
                     results[count].append(result)
             return results
 
@@ -191,8 +203,20 @@ def run_training_input(quick: bool) -> tuple[dict[str, Any], list[Row]]:
         "load_average": os.getloadavg(),
     }
     rows = [
-        Row(f"train-recon start-up to first batch, {small} vs {large} orbits", f"{best[small]['seconds']:.2f} s", f"{best[large]['seconds']:.2f} s", f"{ratio:.2f}", f"≤ {STARTUP_TARGET}"),
-        Row("bytes to a worker per sample vs uint8 views used", f"{sample['bytes_per_sample']:.0f} B", f"{sample['used_view_bytes']} B", f"{bytes_ratio:.2f}", f"≤ {BYTES_TARGET}"),
+        Row(
+            f"train-recon start-up to first batch, {small} vs {large} orbits",
+            f"{best[small]['seconds']:.2f} s",
+            f"{best[large]['seconds']:.2f} s",
+            f"{ratio:.2f}",
+            f"≤ {STARTUP_TARGET}",
+        ),
+        Row(
+            "bytes to a worker per sample vs uint8 views used",
+            f"{sample['bytes_per_sample']:.0f} B",
+            f"{sample['used_view_bytes']} B",
+            f"{bytes_ratio:.2f}",
+            f"≤ {BYTES_TARGET}",
+        ),
     ]
     return report, rows
 

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from report import BENCH_START, Row, log, markdown_table, write_json
 
 SEED = 0
@@ -56,8 +55,12 @@ SIZE = (7744, 5160)
 KINDS = ("mesh", "turntable", "mesh", "mesh", "turntable", "headers")
 """The request kinds, in the order each client cycles through them."""
 CLIENT_TIMEOUT_S = 120.0
-DEPLOYMENTS = {"ingress": "ServeReplica:hostile:Ingress", "model": "ServeReplica:hostile:ReconstructorModel",
-               "mesher": "ServeReplica:hostile:MeshBuilder", "proxy": "ProxyActor"}
+DEPLOYMENTS = {
+    "ingress": "ServeReplica:hostile:Ingress",
+    "model": "ServeReplica:hostile:ReconstructorModel",
+    "mesher": "ServeReplica:hostile:MeshBuilder",
+    "proxy": "ProxyActor",
+}
 """Process title fragment of each process whose memory is reported."""
 
 
@@ -145,15 +148,25 @@ def load(url: str, headers: dict[str, str], png: bytes, clients: int, seconds: f
                 params = {} if kind == "turntable" else {"mesh_resolution": 32, "format": "ply"}
                 sent = time.perf_counter()
                 try:
-                    response = session.post(url + path, data=unique(png, number), params=params, headers={**headers, **extra}, timeout=CLIENT_TIMEOUT_S)
+                    response = session.post(
+                        url + path, data=unique(png, number), params=params, headers={**headers, **extra}, timeout=CLIENT_TIMEOUT_S
+                    )
                     status, json_body = str(response.status_code), response.headers.get("content-type", "").startswith("application/json")
                     error = response.json().get("error", "") if json_body and response.status_code != 200 else ""
                     retry_after = response.headers.get("retry-after")
                 except Exception as failure:  # noqa: BLE001 - a client-side failure is a result too
                     status, json_body, error, retry_after = type(failure).__name__, False, str(failure)[:200], None
                 with lock:
-                    records.append({"kind": kind, "status": status, "ms": (time.perf_counter() - sent) * 1000, "json": json_body,
-                                    "error": error[:200], "retry_after": retry_after})
+                    records.append(
+                        {
+                            "kind": kind,
+                            "status": status,
+                            "ms": (time.perf_counter() - sent) * 1000,
+                            "json": json_body,
+                            "error": error[:200],
+                            "retry_after": retry_after,
+                        }
+                    )
 
     threads = [threading.Thread(target=client, args=(index,), daemon=True) for index in range(clients)]
     for thread in threads:
@@ -194,10 +207,12 @@ def main() -> None:
     from vf3d.serving.app import build_application
 
     config = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
-    log(f"vf3d hostile-load benchmark ({mode_name}): {args.clients} clients, {seconds:g} s, at most {args.max_requests} requests, "
+    log(
+        f"vf3d hostile-load benchmark ({mode_name}): {args.clients} clients, {seconds:g} s, at most {args.max_requests} requests, "
         f"40 MP PNG uploads, debug preset (max_concurrent_decodes {config.max_concurrent_decodes}, max_inflight_requests "
         f"{config.max_inflight_requests}, max_queued_requests ingress/model/mesh {config.ingress.max_queued_requests}/"
-        f"{config.model.max_queued_requests}/{config.mesh.max_queued_requests}), {os.cpu_count()} CPU core(s)")
+        f"{config.model.max_queued_requests}/{config.mesh.max_queued_requests}), {os.cpu_count()} CPU core(s)"
+    )
     png = base_png()
     log(f"upload: {SIZE[0]}x{SIZE[1]} PNG, {len(png) / 1e6:.2f} MB on the wire")
     headers = {"Authorization": "Bearer bench-key"}
@@ -211,11 +226,16 @@ def main() -> None:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": config.request_timeout_s}, logging_config={"log_level": "WARNING"})
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": config.request_timeout_s},
+                logging_config={"log_level": "WARNING"},
+            )
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
             serve.run(build_application(model_dir, config), name="hostile", route_prefix="/")
             url = f"http://127.0.0.1:{port}"
-            warm = requests.post(url + "/v1/image-to-3d", data=unique(png, -1), params={"mesh_resolution": 32}, headers=headers, timeout=CLIENT_TIMEOUT_S)
+            warm = requests.post(
+                url + "/v1/image-to-3d", data=unique(png, -1), params={"mesh_resolution": 32}, headers=headers, timeout=CLIENT_TIMEOUT_S
+            )
             log(f"endpoint up at {url}; warm-up request: {warm.status_code}")
             pids = process_ids()
             missing = set(DEPLOYMENTS) - set(pids)
@@ -230,7 +250,10 @@ def main() -> None:
                 memory[name].update(peak_mb=status_mb(pid, "VmHWM"), rss_after_mb=status_mb(pid, "VmRSS"))
             time.sleep(2)
             response = requests.get(url + "/healthz", timeout=60)
-            health_after = {"status_code": response.status_code, **(response.json() if response.headers.get("content-type") == "application/json" else {})}
+            health_after = {
+                "status_code": response.status_code,
+                **(response.json() if response.headers.get("content-type") == "application/json" else {}),
+            }
         finally:
             try:
                 serve.shutdown()
@@ -251,32 +274,78 @@ def main() -> None:
     lines = ["| kind | requests | status counts | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for kind in kinds:
         counts = ", ".join(f"{status}: {count}" for status, count in sorted(statuses[kind].items()))
-        lines.append(f"| {kind} | {sum(statuses[kind].values())} | {counts} | {percentile(latencies[kind], 50)} | {percentile(latencies[kind], 99)} |")
+        lines.append(
+            f"| {kind} | {sum(statuses[kind].values())} | {counts} | {percentile(latencies[kind], 50)} | {percentile(latencies[kind], 99)} |"
+        )
     for key in sorted(key for key in latencies if key.startswith("refused")):
-        lines.append(f"| {key} | {len(latencies[key])} | (all kinds) | {percentile(latencies[key], 50)} | {percentile(latencies[key], 99)} |")
+        lines.append(
+            f"| {key} | {len(latencies[key])} | (all kinds) | {percentile(latencies[key], 50)} | {percentile(latencies[key], 99)} |"
+        )
     memory_lines = ["| process | RSS before MB | peak RSS during load MB | RSS after MB |", "|---|---|---|---|"]
-    memory_lines += [f"| {name} | {figures['rss_before_mb']:.0f} | {figures['peak_mb']:.0f}{'' if figures['peak_reset'] else ' (peak since start)'} | {figures['rss_after_mb']:.0f} |"
-                     for name, figures in memory.items()]
-    rows = [Row(f"{name} RSS MB (before load vs peak under load)", f"{figures['rss_before_mb']:.0f}", f"{figures['peak_mb']:.0f}",
-                f"{figures['peak_mb'] / figures['rss_before_mb']:.2f}×", "bounded (no target)") for name, figures in memory.items()]
+    memory_lines += [
+        f"| {name} | {figures['rss_before_mb']:.0f} | {figures['peak_mb']:.0f}{'' if figures['peak_reset'] else ' (peak since start)'} | {figures['rss_after_mb']:.0f} |"
+        for name, figures in memory.items()
+    ]
+    rows = [
+        Row(
+            f"{name} RSS MB (before load vs peak under load)",
+            f"{figures['rss_before_mb']:.0f}",
+            f"{figures['peak_mb']:.0f}",
+            f"{figures['peak_mb'] / figures['rss_before_mb']:.2f}×",
+            "bounded (no target)",
+        )
+        for name, figures in memory.items()
+    ]
     ok = [record["ms"] for record in records if record["status"] == "200"]
-    rows.append(Row("p50 latency ms (200s vs refusals)", percentile(ok, 50), percentile([r["ms"] for r in records if r["status"] != "200"], 50), "—", "information"))
+    rows.append(
+        Row(
+            "p50 latency ms (200s vs refusals)",
+            percentile(ok, 50),
+            percentile([r["ms"] for r in records if r["status"] != "200"], 50),
+            "—",
+            "information",
+        )
+    )
     rows.append(Row("requests answered 200 vs refused", str(len(ok)), str(len(records) - len(ok)), "—", "no 500s, every refusal JSON"))
     wall = time.perf_counter() - BENCH_START
     health_line = f"{health_after.get('status_code')} {health_after.get('status', health_after.get('error', ''))}"
-    print(f"\n## vf3d hostile-load benchmark ({mode_name}: {args.clients} clients, {seconds:g} s of load, {wall:.0f} s in all)\n\n"
-          + "\n".join(lines) + "\n\n" + "\n".join(memory_lines) + "\n\n" + markdown_table(rows) + "\n\n"
-          + f"Refusals not in JSON: {non_json}; 503s with Retry-After: {shed_with_retry}/{len(shed)}; "
-          f"500s: {sum(1 for record in records if record['status'] == '500')}; GET /healthz after the load: {health_line}.\n", flush=True)
+    print(
+        f"\n## vf3d hostile-load benchmark ({mode_name}: {args.clients} clients, {seconds:g} s of load, {wall:.0f} s in all)\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(memory_lines)
+        + "\n\n"
+        + markdown_table(rows)
+        + "\n\n"
+        + f"Refusals not in JSON: {non_json}; 503s with Retry-After: {shed_with_retry}/{len(shed)}; "
+        f"500s: {sum(1 for record in records if record['status'] == '500')}; GET /healthz after the load: {health_line}.\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {
-            "mode": mode_name, "clients": args.clients, "seconds": seconds, "max_requests": args.max_requests,
-            "upload": {"size": SIZE, "bytes": len(png)}, "cpu_count": os.cpu_count(), "wall_seconds": wall,
-            "statuses": {kind: dict(counter) for kind, counter in statuses.items()},
-            "latency_ms": {key: {"p50": percentile(values, 50), "p99": percentile(values, 99), "count": len(values)} for key, values in latencies.items()},
-            "memory_mb": memory, "non_json_refusals": non_json, "shed_with_retry_after": shed_with_retry, "shed": len(shed),
-            "health_after": health_after, "errors": Counter(record["error"] for record in records if record["error"]).most_common(10),
-        }, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode_name,
+                "clients": args.clients,
+                "seconds": seconds,
+                "max_requests": args.max_requests,
+                "upload": {"size": SIZE, "bytes": len(png)},
+                "cpu_count": os.cpu_count(),
+                "wall_seconds": wall,
+                "statuses": {kind: dict(counter) for kind, counter in statuses.items()},
+                "latency_ms": {
+                    key: {"p50": percentile(values, 50), "p99": percentile(values, 99), "count": len(values)}
+                    for key, values in latencies.items()
+                },
+                "memory_mb": memory,
+                "non_json_refusals": non_json,
+                "shed_with_retry_after": shed_with_retry,
+                "shed": len(shed),
+                "health_after": health_after,
+                "errors": Counter(record["error"] for record in records if record["error"]).most_common(10),
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

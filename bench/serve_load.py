@@ -81,7 +81,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from report import BENCH_START, Row, log, markdown_table, write_json
 
 SEED = 0
@@ -257,9 +256,14 @@ def closed_loop(url: str, images: list[bytes], concurrency: int, mesh_resolution
                     next_index += 1
                 sent = time.perf_counter()
                 try:
-                    response = session.post(url + "/v1/image-to-3d", data=data, params={"mesh_resolution": mesh_resolution},
-                                            timeout=CLIENT_TIMEOUT_S)
-                    status, body, hit = str(response.status_code), (response.text[:200] if response.status_code != 200 else ""), response.headers.get("x-vf3d-triplane-cache") == "hit"
+                    response = session.post(
+                        url + "/v1/image-to-3d", data=data, params={"mesh_resolution": mesh_resolution}, timeout=CLIENT_TIMEOUT_S
+                    )
+                    status, body, hit = (
+                        str(response.status_code),
+                        (response.text[:200] if response.status_code != 200 else ""),
+                        response.headers.get("x-vf3d-triplane-cache") == "hit",
+                    )
                 except Exception as error:  # a client-side failure is a failure too, counted like a bad status
                     status, body, hit = type(error).__name__, str(error)[:200], False
                 elapsed_ms = (time.perf_counter() - sent) * 1000
@@ -283,8 +287,9 @@ def closed_loop(url: str, images: list[bytes], concurrency: int, mesh_resolution
     return {"latencies_ms": latencies, "statuses": dict(statuses), "errors": errors, "cache_hits": cache_hits, "wall_seconds": wall}
 
 
-def run_round(session, base_url: str, mode: str, images: list[bytes], concurrency: int, round_index: int,
-              mesh_resolution: int) -> RoundResult:
+def run_round(
+    session, base_url: str, mode: str, images: list[bytes], concurrency: int, round_index: int, mesh_resolution: int
+) -> RoundResult:
     url = f"{base_url}/{mode}"
     load_before = os.getloadavg()[0]
     before = health(session, url)
@@ -292,20 +297,33 @@ def run_round(session, base_url: str, mode: str, images: list[bytes], concurrenc
     after = health(session, url)
     load_after = os.getloadavg()[0]
     latencies = outcome["latencies_ms"]
-    return RoundResult(mode=mode, concurrency=concurrency, round_index=round_index, requests=len(images),
-                       wall_seconds=outcome["wall_seconds"], latencies_ms=latencies,
-                       failures=len(images) - len(latencies), statuses=outcome["statuses"], errors=outcome["errors"],
-                       cache_hits=outcome["cache_hits"], images_encoded=after["images_encoded"] - before["images_encoded"],
-                       batches=after["batches"] - before["batches"], load_before=load_before, load_after=load_after,
-                       health={key: after.get(key) for key in ("device", "largest_batch", "mean_batch", "replica", "cache_entries")})
+    return RoundResult(
+        mode=mode,
+        concurrency=concurrency,
+        round_index=round_index,
+        requests=len(images),
+        wall_seconds=outcome["wall_seconds"],
+        latencies_ms=latencies,
+        failures=len(images) - len(latencies),
+        statuses=outcome["statuses"],
+        errors=outcome["errors"],
+        cache_hits=outcome["cache_hits"],
+        images_encoded=after["images_encoded"] - before["images_encoded"],
+        batches=after["batches"] - before["batches"],
+        load_before=load_before,
+        load_after=load_after,
+        health={key: after.get(key) for key in ("device", "largest_batch", "mean_batch", "replica", "cache_entries")},
+    )
 
 
 def warm_up(session, base_url: str, images: dict[str, list[bytes]], count: int, concurrency: int, mesh_resolution: int) -> None:
     """First forward passes and meshes of both applications, one by one then concurrently."""
     for mode in MODES:
         serial, parallel = images[mode][: count // 2], images[mode][count // 2 :]
-        outcomes = [closed_loop(f"{base_url}/{mode}", serial, 1, mesh_resolution),
-                    closed_loop(f"{base_url}/{mode}", parallel, concurrency, mesh_resolution)]
+        outcomes = [
+            closed_loop(f"{base_url}/{mode}", serial, 1, mesh_resolution),
+            closed_loop(f"{base_url}/{mode}", parallel, concurrency, mesh_resolution),
+        ]
         failed = sum(sum(n for status, n in outcome["statuses"].items() if status != "200") for outcome in outcomes)
         errors = [error for outcome in outcomes for error in outcome["errors"]]
         log(f"warm-up {mode}: {count - failed}/{count} ok" + (f"; first failures: {errors[:ERRORS_SHOWN]}" if failed else ""))
@@ -340,14 +358,18 @@ def summarize(rounds: list[RoundResult]) -> dict[str, Any]:
 
 
 def detail_table(summaries: dict[tuple[str, int], dict[str, Any]]) -> str:
-    lines = ["| mode | concurrency | requests (ok / sent) | failures | requests/s (per round) | p50 ms | p99 ms | mean batch formed | 1-min load after rounds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | concurrency | requests (ok / sent) | failures | requests/s (per round) | p50 ms | p99 ms | mean batch formed | 1-min load after rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (mode, concurrency), summary in summaries.items():
         rates = ", ".join(f"{rate:.2f}" for rate in summary["round_rates"])
         loads = ", ".join(f"{load:.2f}" for load in summary["loads"])
-        lines.append(f"| {mode} | {concurrency} | {summary['ok']} / {summary['requests']} | {summary['failures']} | "
-                     f"{summary['requests_per_s']:.2f} ({rates}) | {summary['p50_ms']:.0f} | {summary['p99_ms']:.0f} | "
-                     f"{summary['mean_batch']:.2f} | {loads} |")
+        lines.append(
+            f"| {mode} | {concurrency} | {summary['ok']} / {summary['requests']} | {summary['failures']} | "
+            f"{summary['requests_per_s']:.2f} ({rates}) | {summary['p50_ms']:.0f} | {summary['p99_ms']:.0f} | "
+            f"{summary['mean_batch']:.2f} | {loads} |"
+        )
     return "\n".join(lines)
 
 
@@ -356,8 +378,9 @@ def ratio(b: float, a: float) -> str:
     return f"{b / a:.2f}× (B/A)" if a and np.isfinite(a) and np.isfinite(b) else "n/a"
 
 
-def ratio_rows(summaries: dict[tuple[str, int], dict[str, Any]], concurrencies: list[int], batch_size: int,
-               batch_wait_s: float) -> list[Row]:
+def ratio_rows(
+    summaries: dict[tuple[str, int], dict[str, Any]], concurrencies: list[int], batch_size: int, batch_wait_s: float
+) -> list[Row]:
     rows = []
     for concurrency in concurrencies:
         a, b = summaries[("unbatched", concurrency)], summaries[("batched", concurrency)]
@@ -365,14 +388,34 @@ def ratio_rows(summaries: dict[tuple[str, int], dict[str, Any]], concurrencies: 
         if concurrency == 1:
             rate_note = f"≤ 1 expected: nothing to batch with, and each request waits up to {batch_wait_s:g}s for a batch"
         rows += [
-            Row(f"requests/s at concurrency {concurrency} (unbatched vs batched, max batch {batch_size})",
-                f"{a['requests_per_s']:.2f}", f"{b['requests_per_s']:.2f}", ratio(b['requests_per_s'], a['requests_per_s']), rate_note),
-            Row(f"p50 latency ms at concurrency {concurrency} (unbatched vs batched)",
-                f"{a['p50_ms']:.0f}", f"{b['p50_ms']:.0f}", ratio(b['p50_ms'], a['p50_ms']), "< 1 is batching's gain"),
-            Row(f"p99 latency ms at concurrency {concurrency} (unbatched vs batched)",
-                f"{a['p99_ms']:.0f}", f"{b['p99_ms']:.0f}", ratio(b['p99_ms'], a['p99_ms']), "information"),
-            Row(f"mean batch formed at concurrency {concurrency} (unbatched vs batched)",
-                f"{a['mean_batch']:.2f}", f"{b['mean_batch']:.2f}", "—", f"A is 1 by construction; B ≤ min({concurrency}, {batch_size})"),
+            Row(
+                f"requests/s at concurrency {concurrency} (unbatched vs batched, max batch {batch_size})",
+                f"{a['requests_per_s']:.2f}",
+                f"{b['requests_per_s']:.2f}",
+                ratio(b["requests_per_s"], a["requests_per_s"]),
+                rate_note,
+            ),
+            Row(
+                f"p50 latency ms at concurrency {concurrency} (unbatched vs batched)",
+                f"{a['p50_ms']:.0f}",
+                f"{b['p50_ms']:.0f}",
+                ratio(b["p50_ms"], a["p50_ms"]),
+                "< 1 is batching's gain",
+            ),
+            Row(
+                f"p99 latency ms at concurrency {concurrency} (unbatched vs batched)",
+                f"{a['p99_ms']:.0f}",
+                f"{b['p99_ms']:.0f}",
+                ratio(b["p99_ms"], a["p99_ms"]),
+                "information",
+            ),
+            Row(
+                f"mean batch formed at concurrency {concurrency} (unbatched vs batched)",
+                f"{a['mean_batch']:.2f}",
+                f"{b['mean_batch']:.2f}",
+                "—",
+                f"A is 1 by construction; B ≤ min({concurrency}, {batch_size})",
+            ),
         ]
     return rows
 
@@ -387,8 +430,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds (smoke test)")
     parser.add_argument("--model-preset", default="debug", help="reconstructor preset of the served model (default debug; e.g. small)")
     parser.add_argument("--batch-size", type=int, default=8, help="max_batch_size of the batched application (default 8)")
-    parser.add_argument("--batch-wait-s", type=float, default=None,
-                        help="batch_wait_timeout_s of both applications (default: the debug serve preset's)")
+    parser.add_argument(
+        "--batch-wait-s", type=float, default=None, help="batch_wait_timeout_s of both applications (default: the debug serve preset's)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="client threads per level (default 1 4 8)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per application at each level (default 2; --quick 1)")
     parser.add_argument("--mesh-resolution", type=int, default=32, help="mesh_resolution query parameter of every request (default 32)")
@@ -412,11 +456,13 @@ def main() -> None:
     plan = [(concurrency, round_index) for concurrency in args.concurrency for round_index in range(settings.rounds)]
     per_mode = settings.warmup_requests + sum(settings.requests(concurrency) for concurrency, _ in plan)
     load_start = os.getloadavg()[0]
-    log(f"vf3d serving load benchmark ({mode_name} mode): {args.model_preset} reconstructor, debug serve preset, "
+    log(
+        f"vf3d serving load benchmark ({mode_name} mode): {args.model_preset} reconstructor, debug serve preset, "
         f"unbatched (max_batch_size 1) vs batched (max_batch_size {args.batch_size}, batch_wait_timeout_s {batch_wait_s:g}), "
         f"concurrency {args.concurrency}, {settings.rounds} round(s) per application per level, "
         f"requests per round max({settings.requests_per_client}×C, {settings.min_requests}), mesh_resolution {args.mesh_resolution}, "
-        f"{os.cpu_count()} CPU core(s), 1-min load average {load_start:.2f}")
+        f"{os.cpu_count()} CPU core(s), 1-min load average {load_start:.2f}"
+    )
 
     log(f"encoding {per_mode} distinct {CROP_SIZE}² PNG crops (each application gets every one once)")
     pool = distinct_images(per_mode)
@@ -444,8 +490,10 @@ def main() -> None:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": configs["batched"].request_timeout_s},
-                        logging_config={"log_level": "WARNING"})
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": configs["batched"].request_timeout_s},
+                logging_config={"log_level": "WARNING"},
+            )
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
             base_url = f"http://127.0.0.1:{port}"
             started = time.perf_counter()
@@ -455,8 +503,14 @@ def main() -> None:
             log(f"both applications up in {deploy_seconds:.1f}s at {base_url}/unbatched and {base_url}/batched")
 
             with requests.Session() as session:
-                warm_up(session, base_url, {mode: warmup_images for mode in MODES}, settings.warmup_requests,
-                        max(args.concurrency), args.mesh_resolution)
+                warm_up(
+                    session,
+                    base_url,
+                    {mode: warmup_images for mode in MODES},
+                    settings.warmup_requests,
+                    max(args.concurrency),
+                    args.mesh_resolution,
+                )
                 for turn, (concurrency, round_index) in enumerate(plan):
                     images = round_images[(concurrency, round_index)]
                     # ABBA: which application goes first alternates from round to round.
@@ -465,10 +519,12 @@ def main() -> None:
                         results.append(result)
                         latencies = result.latencies_ms
                         p50 = f"{np.percentile(latencies, 50):.0f}" if latencies else "—"
-                        log(f"C={concurrency} round {round_index + 1} {mode:>9}: {len(latencies)}/{result.requests} ok "
+                        log(
+                            f"C={concurrency} round {round_index + 1} {mode:>9}: {len(latencies)}/{result.requests} ok "
                             f"in {result.wall_seconds:.2f}s = {result.rate:.2f} req/s, p50 {p50} ms, "
                             f"{result.images_encoded} images in {result.batches} batches (mean {result.mean_batch:.2f}), "
-                            f"cache hits {result.cache_hits}, load {result.load_before:.2f} → {result.load_after:.2f}")
+                            f"cache hits {result.cache_hits}, load {result.load_before:.2f} → {result.load_after:.2f}"
+                        )
                         if result.failures:
                             log(f"  {result.failures} failure(s) {result.statuses}; first: {result.errors[:ERRORS_SHOWN]}")
                 health_end = {mode: health(session, f"{base_url}/{mode}") for mode in MODES}
@@ -479,31 +535,51 @@ def main() -> None:
                 ray.shutdown()
         log("Serve and the Ray cluster are shut down")
 
-    summaries = {(mode, concurrency): summarize([result for result in results if result.mode == mode and result.concurrency == concurrency])
-                 for concurrency in args.concurrency for mode in MODES}
+    summaries = {
+        (mode, concurrency): summarize([result for result in results if result.mode == mode and result.concurrency == concurrency])
+        for concurrency in args.concurrency
+        for mode in MODES
+    }
     rows = ratio_rows(summaries, args.concurrency, args.batch_size, batch_wait_s)
     failures = sum(summary["failures"] for summary in summaries.values())
     cache_hits = sum(summary["cache_hits"] for summary in summaries.values())
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
     device = health_end.get("batched", {}).get("device", "?")
-    print(f"\n## vf3d serving load benchmark ({mode_name}, {args.model_preset} reconstructor on {device}, "
-          f"mesh_resolution {args.mesh_resolution}, {wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n"
-          f"{detail_table(summaries)}\n\n{markdown_table(rows)}\n\n"
-          f"A = /unbatched (max_batch_size 1), B = /batched (max_batch_size {args.batch_size}, batch_wait_timeout_s {batch_wait_s:g}); "
-          f"closed loop of C clients, {settings.rounds} round(s) per application per level, alternating; requests/s = successful "
-          f"responses over summed round wall time; p50/p99 over the pooled successful latencies (client-side, send to last byte); "
-          f"mean batch = images encoded / forward passes on the model replica. Failures: {failures}; "
-          f"triplane-cache hits: {cache_hits} (0 expected: every image is new to its application).\n", flush=True)
+    print(
+        f"\n## vf3d serving load benchmark ({mode_name}, {args.model_preset} reconstructor on {device}, "
+        f"mesh_resolution {args.mesh_resolution}, {wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n"
+        f"{detail_table(summaries)}\n\n{markdown_table(rows)}\n\n"
+        f"A = /unbatched (max_batch_size 1), B = /batched (max_batch_size {args.batch_size}, batch_wait_timeout_s {batch_wait_s:g}); "
+        f"closed loop of C clients, {settings.rounds} round(s) per application per level, alternating; requests/s = successful "
+        f"responses over summed round wall time; p50/p99 over the pooled successful latencies (client-side, send to last byte); "
+        f"mean batch = images encoded / forward passes on the model replica. Failures: {failures}; "
+        f"triplane-cache hits: {cache_hits} (0 expected: every image is new to its application).\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {
-            "mode": mode_name, "model_preset": args.model_preset, "batch_size": args.batch_size, "batch_wait_timeout_s": batch_wait_s,
-            "mesh_resolution": args.mesh_resolution, "concurrency": args.concurrency, "settings": asdict(settings),
-            "serve_configs": {mode: asdict(config) for mode, config in configs.items()}, "cpu_count": os.cpu_count(),
-            "deploy_seconds": deploy_seconds, "wall_seconds": wall_seconds, "load_average": [load_start, load_end],
-            "failures": failures, "cache_hits": cache_hits, "health_end": health_end,
-            "summaries": [{"mode": mode, "concurrency": concurrency, **summary} for (mode, concurrency), summary in summaries.items()],
-            "rounds": [{**asdict(result), "rate": result.rate, "mean_batch": result.mean_batch} for result in results],
-        }, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode_name,
+                "model_preset": args.model_preset,
+                "batch_size": args.batch_size,
+                "batch_wait_timeout_s": batch_wait_s,
+                "mesh_resolution": args.mesh_resolution,
+                "concurrency": args.concurrency,
+                "settings": asdict(settings),
+                "serve_configs": {mode: asdict(config) for mode, config in configs.items()},
+                "cpu_count": os.cpu_count(),
+                "deploy_seconds": deploy_seconds,
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "failures": failures,
+                "cache_hits": cache_hits,
+                "health_end": health_end,
+                "summaries": [{"mode": mode, "concurrency": concurrency, **summary} for (mode, concurrency), summary in summaries.items()],
+                "rounds": [{**asdict(result), "rate": result.rate, "mean_batch": result.mean_batch} for result in results],
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

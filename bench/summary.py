@@ -16,7 +16,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from report import markdown_table, Row
+from report import Row, markdown_table
 
 
 def collect(results_dir: Path) -> str:
@@ -32,14 +32,20 @@ def collect(results_dir: Path) -> str:
             report = json.loads(path.read_text())
             rows = [Row(**row) for row in report["rows"]]
         except (ValueError, KeyError, TypeError) as error:
-            raise SystemExit(f"bench/summary.py: error: {path} is not a benchmark report ({type(error).__name__}: {error})")
+            raise SystemExit(f"bench/summary.py: error: {path} is not a benchmark report ({type(error).__name__}: {error})") from None
         name = path.stem
         written = datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="minutes")
         wall = report.get("wall_seconds")
-        notes.append(f"- `{name}`: mode {report.get('mode', '?')}, written {written}" + (f", {float(wall):.0f} s wall" if wall is not None else ""))
+        notes.append(
+            f"- `{name}`: mode {report.get('mode', '?')}, written {written}" + (f", {float(wall):.0f} s wall" if wall is not None else "")
+        )
         table = markdown_table(rows).splitlines()[2:]  # drop its header: one shared header above
         lines += [f"| {name} {line}" for line in table]
-    sections += lines + ["", "Each benchmark measured its A and B side by side in one run; ratios from different rows come", "from different runs.", ""] + notes
+    sections += (
+        lines
+        + ["", "Each benchmark measured its A and B side by side in one run; ratios from different rows come", "from different runs.", ""]
+        + notes
+    )
     return "\n".join(sections) + "\n"
 
 

@@ -86,7 +86,16 @@ PIPELINE_TARGET = 0.8
 """Pipeline/bare-loop videos/s the pipeline should reach on 2 CPUs (information, not asserted)."""
 PROGRESS = re.compile(r"\s*\d+/\d+ inputs: (?P<kept>\d+) kept, (?P<rejected>\d+) rejected")
 """Start of synthesize()'s progress line, logged once per written batch (= shard)."""
-SUBJECTS = ("a wooden chair", "a red sports car", "a ceramic mug", "a toy robot", "a potted plant", "a leather boot", "a brass lamp", "a teddy bear")
+SUBJECTS = (
+    "a wooden chair",
+    "a red sports car",
+    "a ceramic mug",
+    "a toy robot",
+    "a potted plant",
+    "a leather boot",
+    "a brass lamp",
+    "a teddy bear",
+)
 STAGE_NAMES = ("first_frame", "generate", "mask", "filter", "encode")
 
 
@@ -120,9 +129,17 @@ def write_prompts(path: Path, count: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"id": f"p{index:04d}", "prompt": f"{SUBJECTS[index % len(SUBJECTS)]}, studio photo, white background", "elevation": 10.0 if index % 5 == 0 else None}
-            for index in range(count)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("elevation", pa.float64())])), path)
+    rows = [
+        {
+            "id": f"p{index:04d}",
+            "prompt": f"{SUBJECTS[index % len(SUBJECTS)]}, studio photo, white background",
+            "elevation": 10.0 if index % 5 == 0 else None,
+        }
+        for index in range(count)
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("elevation", pa.float64())])), path
+    )
 
 
 def bench_config(steps: int, generate_pool: dict[str, Any] | None = None):
@@ -162,7 +179,7 @@ def numpy_batch(table) -> dict[str, Any]:
 def in_batches(stage, batch: dict[str, Any], batch_size: int) -> list:
     """Call `stage` on consecutive slices of `batch` of `batch_size` rows; the list of outputs."""
     rows = len(batch["id"])
-    return [stage({name: values[start:start + batch_size] for name, values in batch.items()}) for start in range(0, rows, batch_size)]
+    return [stage({name: values[start : start + batch_size] for name, values in batch.items()}) for start in range(0, rows, batch_size)]
 
 
 def concatenated(outputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +195,15 @@ def bare_loop(prompts: Path, video_model: Path, out_dir: Path, config) -> dict[s
     import pyarrow.parquet as pq
 
     from vf3d import config as config_lib
-    from vf3d.synthesis.stages import EncodeOrbits, FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs
+    from vf3d.synthesis.stages import (
+        EncodeOrbits,
+        FilterOrbits,
+        FirstFrames,
+        ForegroundMasks,
+        GenerateOrbits,
+        WriteSynthesized,
+        prepare_inputs,
+    )
     from vf3d.synthesis.synthesize import video_model_settings
 
     started = time.perf_counter()
@@ -212,12 +237,24 @@ def bare_loop(prompts: Path, video_model: Path, out_dir: Path, config) -> dict[s
         first_shard_seconds = first_shard_seconds or time.perf_counter() - started
         videos = counts["kept"] + counts["rejected"]
         progress.append((time.perf_counter() - started, videos))
-        log(f"  bare: {videos + counts['errors']}/{rows.num_rows} inputs: {counts['kept']} kept, {counts['rejected']} rejected, {counts['errors']} errors; "
-            f"{videos / (time.perf_counter() - started):.2f} videos/s")
+        log(
+            f"  bare: {videos + counts['errors']}/{rows.num_rows} inputs: {counts['kept']} kept, {counts['rejected']} rejected, {counts['errors']} errors; "
+            f"{videos / (time.perf_counter() - started):.2f} videos/s"
+        )
     seconds = time.perf_counter() - started
     videos = counts["kept"] + counts["rejected"]
-    return {**counts, "videos": videos, "seconds": seconds, "videos_per_second": videos / seconds, "first_shard_seconds": first_shard_seconds or seconds,
-            "progress": progress, "load_seconds": load_seconds, "stages": {stage: {**entry, "items_per_actor_second": ratio(entry["items"], entry["seconds"])} for stage, entry in stage_totals.items()}}
+    return {
+        **counts,
+        "videos": videos,
+        "seconds": seconds,
+        "videos_per_second": videos / seconds,
+        "first_shard_seconds": first_shard_seconds or seconds,
+        "progress": progress,
+        "load_seconds": load_seconds,
+        "stages": {
+            stage: {**entry, "items_per_actor_second": ratio(entry["items"], entry["seconds"])} for stage, entry in stage_totals.items()
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +282,12 @@ def start_cluster(stack) -> dict[str, Any]:
         return os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
 
     omp, threads = ray.get(worker_threads.remote())
-    return {"startup_seconds": startup_seconds, "cpus": ray.cluster_resources().get("CPU", 0), "worker_omp_num_threads": omp, "worker_torch_threads": threads}
+    return {
+        "startup_seconds": startup_seconds,
+        "cpus": ray.cluster_resources().get("CPU", 0),
+        "worker_omp_num_threads": omp,
+        "worker_torch_threads": threads,
+    }
 
 
 def pipeline(prompts: Path, video_model: Path, out_dir: Path, config, label: str) -> dict[str, Any]:
@@ -266,9 +308,17 @@ def pipeline(prompts: Path, video_model: Path, out_dir: Path, config, label: str
     summary = synthesize(prompts, video_model, out_dir, config, log=job_log)
     seconds = time.perf_counter() - started
     videos = summary["videos_this_run"]
-    return {"summary": summary, "videos": videos, "kept": summary["kept_this_run"], "rejected": summary["rejected_this_run"], "errors": summary["errors_this_run"],
-            "seconds": seconds, "videos_per_second": videos / seconds, "first_shard_seconds": progress[0][0] if progress else seconds,
-            "progress": progress}
+    return {
+        "summary": summary,
+        "videos": videos,
+        "kept": summary["kept_this_run"],
+        "rejected": summary["rejected_this_run"],
+        "errors": summary["errors_this_run"],
+        "seconds": seconds,
+        "videos_per_second": videos / seconds,
+        "first_shard_seconds": progress[0][0] if progress else seconds,
+        "progress": progress,
+    }
 
 
 def measured(name: str, run) -> dict[str, Any]:
@@ -277,8 +327,10 @@ def measured(name: str, run) -> dict[str, Any]:
     log(f"{name}: start (1-min load average {before:.2f})")
     result = run()
     result["load_average"] = [before, load_average()]
-    log(f"{name}: {result['videos']} videos ({result['kept']} kept, {result['rejected']} rejected, {result['errors']} errors) in {result['seconds']:.1f}s = "
-        f"{result['videos_per_second']:.3f} videos/s; first shard after {result['first_shard_seconds']:.1f}s (load average {before:.2f} → {result['load_average'][1]:.2f})")
+    log(
+        f"{name}: {result['videos']} videos ({result['kept']} kept, {result['rejected']} rejected, {result['errors']} errors) in {result['seconds']:.1f}s = "
+        f"{result['videos_per_second']:.3f} videos/s; first shard after {result['first_shard_seconds']:.1f}s (load average {before:.2f} → {result['load_average'][1]:.2f})"
+    )
     return result
 
 
@@ -298,31 +350,61 @@ def run_benchmarks(work_dir: Path, settings: Settings, threads: int) -> tuple[li
     build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(video_model)
     config = bench_config(settings.steps)
     pools = {stage: getattr(config, f"{stage}_pool") for stage in ("first_frame", "generate", "mask", "filter")}
-    log(f"{settings.prompts} text prompts in {prompts}; debug video model in {video_model}; debug preset with {settings.steps} generation steps; pools "
-        + ", ".join(f"{stage} {pool.min_actors}-{pool.max_actors}×{pool.num_cpus} CPU batch {pool.batch_size}" for stage, pool in pools.items())
-        + f", {config.rows_per_shard} rows per shard; {threads} torch thread(s) per process on both sides")
+    log(
+        f"{settings.prompts} text prompts in {prompts}; debug video model in {video_model}; debug preset with {settings.steps} generation steps; pools "
+        + ", ".join(
+            f"{stage} {pool.min_actors}-{pool.max_actors}×{pool.num_cpus} CPU batch {pool.batch_size}" for stage, pool in pools.items()
+        )
+        + f", {config.rows_per_shard} rows per shard; {threads} torch thread(s) per process on both sides"
+    )
 
-    bare = measured("bare loop (same stage classes in this process, no Ray)", lambda: bare_loop(prompts, video_model, work_dir / "bare", config))
+    bare = measured(
+        "bare loop (same stage classes in this process, no Ray)", lambda: bare_loop(prompts, video_model, work_dir / "bare", config)
+    )
     with contextlib.ExitStack() as stack:
         before = load_average()
         cluster = start_cluster(stack)
-        log(f"local Ray cluster with {cluster['cpus']:g} logical CPUs up in {cluster['startup_seconds']:.1f}s (not counted in any run; load average "
+        log(
+            f"local Ray cluster with {cluster['cpus']:g} logical CPUs up in {cluster['startup_seconds']:.1f}s (not counted in any run; load average "
             f"{before:.2f} → {load_average():.2f}); a worker reserving 0.25 CPU runs OMP_NUM_THREADS={cluster['worker_omp_num_threads']}, "
-            f"{cluster['worker_torch_threads']} torch thread(s)")
+            f"{cluster['worker_torch_threads']} torch thread(s)"
+        )
         if cluster["worker_torch_threads"] != threads:
-            log(f"WARNING: Ray workers run {cluster['worker_torch_threads']} torch threads, this process {threads}: the sides are not matched")
-        elastic = measured(f"pipeline (debug preset, generation pool {pools['generate'].min_actors}-{pools['generate'].max_actors} actors)",
-                           lambda: pipeline(prompts, video_model, work_dir / "pipeline", config, "pipeline"))
-        one = measured("pipeline, generation pool exactly 1 actor",
-                       lambda: pipeline(prompts, video_model, work_dir / "generate-1", bench_config(settings.steps, {"min_actors": 1, "max_actors": 1}), "1 generator"))
-        two = measured("pipeline, generation pool exactly 2 actors",
-                       lambda: pipeline(prompts, video_model, work_dir / "generate-2", bench_config(settings.steps, {"min_actors": 2, "max_actors": 2, "initial_actors": 2}), "2 generators"))
+            log(
+                f"WARNING: Ray workers run {cluster['worker_torch_threads']} torch threads, this process {threads}: the sides are not matched"
+            )
+        elastic = measured(
+            f"pipeline (debug preset, generation pool {pools['generate'].min_actors}-{pools['generate'].max_actors} actors)",
+            lambda: pipeline(prompts, video_model, work_dir / "pipeline", config, "pipeline"),
+        )
+        one = measured(
+            "pipeline, generation pool exactly 1 actor",
+            lambda: pipeline(
+                prompts,
+                video_model,
+                work_dir / "generate-1",
+                bench_config(settings.steps, {"min_actors": 1, "max_actors": 1}),
+                "1 generator",
+            ),
+        )
+        two = measured(
+            "pipeline, generation pool exactly 2 actors",
+            lambda: pipeline(
+                prompts,
+                video_model,
+                work_dir / "generate-2",
+                bench_config(settings.steps, {"min_actors": 2, "max_actors": 2, "initial_actors": 2}),
+                "2 generators",
+            ),
+        )
     # Same ids and seeds on both sides: the outcome tables should hold the same ids (a difference
     # means the two sides did different work, or float noise moved an orbit across a filter threshold).
     bare_ids, pipeline_ids = written_ids(work_dir / "bare"), written_ids(work_dir / "pipeline")
     if bare_ids != pipeline_ids:
-        log(f"NOTE: the outcome tables hold different ids: bare {[len(ids) for ids in bare_ids.values()]} vs pipeline {[len(ids) for ids in pipeline_ids.values()]} "
-            f"(orbits, rejected, errors)")
+        log(
+            f"NOTE: the outcome tables hold different ids: bare {[len(ids) for ids in bare_ids.values()]} vs pipeline {[len(ids) for ids in pipeline_ids.values()]} "
+            f"(orbits, rejected, errors)"
+        )
     else:
         log(f"both sides put the same ids in the same tables ({', '.join(f'{table} {len(ids)}' for table, ids in bare_ids.items())})")
     if bare["videos"] != elastic["videos"]:
@@ -331,36 +413,88 @@ def run_benchmarks(work_dir: Path, settings: Settings, threads: int) -> tuple[li
     pipeline_ratio = elastic["videos_per_second"] / bare["videos_per_second"]
     actors_ratio = two["videos_per_second"] / one["videos_per_second"]
     summary = elastic["summary"]
-    log(f"pipeline/bare videos/s = {format_ratio(pipeline_ratio)} (target ≥ {PIPELINE_TARGET:.2f}×; generation used {summary['stages']['generate']['actors_used']} actor(s)); "
-        f"first shard after {elastic['first_shard_seconds']:.1f}s vs {bare['first_shard_seconds']:.1f}s bare")
-    log(f"2/1 generation actors videos/s = {format_ratio(actors_ratio)} (ideal on {os.cpu_count()} cores: at most about {min(2, os.cpu_count() or 1)}×)")
+    log(
+        f"pipeline/bare videos/s = {format_ratio(pipeline_ratio)} (target ≥ {PIPELINE_TARGET:.2f}×; generation used {summary['stages']['generate']['actors_used']} actor(s)); "
+        f"first shard after {elastic['first_shard_seconds']:.1f}s vs {bare['first_shard_seconds']:.1f}s bare"
+    )
+    log(
+        f"2/1 generation actors videos/s = {format_ratio(actors_ratio)} (ideal on {os.cpu_count()} cores: at most about {min(2, os.cpu_count() or 1)}×)"
+    )
 
     scope = f"{settings.prompts} prompts, {settings.steps} steps"
     rows = [
-        Row(f"videos/s end to end incl. model loading, {scope} (bare loop vs pipeline)", f"{bare['videos_per_second']:.3f}", f"{elastic['videos_per_second']:.3f}",
-            format_ratio(pipeline_ratio), f"pipeline/bare, target ≥ {PIPELINE_TARGET:.2f}×; generation pool {pools['generate'].min_actors}-{pools['generate'].max_actors}, "
-                                          f"{summary['stages']['generate']['actors_used']} used; {threads} torch thread(s) per process"),
-        Row(f"wall seconds, {scope} (bare loop vs pipeline)", f"{bare['seconds']:.1f}", f"{elastic['seconds']:.1f}", format_ratio(elastic["seconds"] / bare["seconds"]),
-            f"pipeline/bare; + {cluster['startup_seconds']:.1f}s cluster start-up, not counted"),
-        Row(f"seconds to the first written shard, {scope} (bare loop vs pipeline)", f"{bare['first_shard_seconds']:.1f}", f"{elastic['first_shard_seconds']:.1f}",
-            format_ratio(ratio(elastic["first_shard_seconds"], bare["first_shard_seconds"])), f"pipeline/bare; bare loads its models in {bare['load_seconds']:.1f}s"),
-        Row(f"videos/s, {scope} (bare loop vs pipeline summary's own)", f"{bare['videos_per_second']:.3f}", f"{summary['videos_per_second']:.3f}",
-            format_ratio(ratio(summary["videos_per_second"], bare["videos_per_second"])), "pipeline/bare; the summary leaves out planning"),
+        Row(
+            f"videos/s end to end incl. model loading, {scope} (bare loop vs pipeline)",
+            f"{bare['videos_per_second']:.3f}",
+            f"{elastic['videos_per_second']:.3f}",
+            format_ratio(pipeline_ratio),
+            f"pipeline/bare, target ≥ {PIPELINE_TARGET:.2f}×; generation pool {pools['generate'].min_actors}-{pools['generate'].max_actors}, "
+            f"{summary['stages']['generate']['actors_used']} used; {threads} torch thread(s) per process",
+        ),
+        Row(
+            f"wall seconds, {scope} (bare loop vs pipeline)",
+            f"{bare['seconds']:.1f}",
+            f"{elastic['seconds']:.1f}",
+            format_ratio(elastic["seconds"] / bare["seconds"]),
+            f"pipeline/bare; + {cluster['startup_seconds']:.1f}s cluster start-up, not counted",
+        ),
+        Row(
+            f"seconds to the first written shard, {scope} (bare loop vs pipeline)",
+            f"{bare['first_shard_seconds']:.1f}",
+            f"{elastic['first_shard_seconds']:.1f}",
+            format_ratio(ratio(elastic["first_shard_seconds"], bare["first_shard_seconds"])),
+            f"pipeline/bare; bare loads its models in {bare['load_seconds']:.1f}s",
+        ),
+        Row(
+            f"videos/s, {scope} (bare loop vs pipeline summary's own)",
+            f"{bare['videos_per_second']:.3f}",
+            f"{summary['videos_per_second']:.3f}",
+            format_ratio(ratio(summary["videos_per_second"], bare["videos_per_second"])),
+            "pipeline/bare; the summary leaves out planning",
+        ),
     ]
     for stage in STAGE_NAMES:
         ours, theirs = bare["stages"].get(stage, {}).get("items_per_actor_second"), summary["stages"][stage]["items_per_actor_second"]
-        rows.append(Row(f"{stage}: items per actor-second (bare loop vs pipeline actor)", "n/a" if ours is None else f"{ours:.2f}", "n/a" if theirs is None else f"{theirs:.2f}",
-                        format_ratio(ratio(theirs, ours)), f"pipeline/bare; {summary['stages'][stage]['actors_used']} actor(s) used, batch {pools[stage].batch_size}"))
-    one_rate, two_rate = one["summary"]["stages"]["generate"]["items_per_actor_second"], two["summary"]["stages"]["generate"]["items_per_actor_second"]
+        rows.append(
+            Row(
+                f"{stage}: items per actor-second (bare loop vs pipeline actor)",
+                "n/a" if ours is None else f"{ours:.2f}",
+                "n/a" if theirs is None else f"{theirs:.2f}",
+                format_ratio(ratio(theirs, ours)),
+                f"pipeline/bare; {summary['stages'][stage]['actors_used']} actor(s) used, batch {pools[stage].batch_size}",
+            )
+        )
+    one_rate, two_rate = (
+        one["summary"]["stages"]["generate"]["items_per_actor_second"],
+        two["summary"]["stages"]["generate"]["items_per_actor_second"],
+    )
     rows += [
-        Row(f"videos/s, {scope} (generation pool 1 vs 2 actors)", f"{one['videos_per_second']:.3f}", f"{two['videos_per_second']:.3f}", format_ratio(actors_ratio),
+        Row(
+            f"videos/s, {scope} (generation pool 1 vs 2 actors)",
+            f"{one['videos_per_second']:.3f}",
+            f"{two['videos_per_second']:.3f}",
+            format_ratio(actors_ratio),
             f"2/1, ideal at most ≈ {min(2, os.cpu_count() or 1)}× on {os.cpu_count()} cores; actors used {one['summary']['stages']['generate']['actors_used']} vs "
-            f"{two['summary']['stages']['generate']['actors_used']}"),
-        Row("generate: items per actor-second (1 vs 2 actors)", "n/a" if one_rate is None else f"{one_rate:.2f}", "n/a" if two_rate is None else f"{two_rate:.2f}",
-            format_ratio(ratio(two_rate, one_rate)), "2/1; 1.00× = 2 actors each as fast as one alone"),
+            f"{two['summary']['stages']['generate']['actors_used']}",
+        ),
+        Row(
+            "generate: items per actor-second (1 vs 2 actors)",
+            "n/a" if one_rate is None else f"{one_rate:.2f}",
+            "n/a" if two_rate is None else f"{two_rate:.2f}",
+            format_ratio(ratio(two_rate, one_rate)),
+            "2/1; 1.00× = 2 actors each as fast as one alone",
+        ),
     ]
-    details = {"config": config_lib.to_dict(config), "cluster": cluster, "bare": bare, "pipeline": elastic, "generate_1": one, "generate_2": two,
-               "pipeline_ratio": pipeline_ratio, "generate_actors_ratio": actors_ratio}
+    details = {
+        "config": config_lib.to_dict(config),
+        "cluster": cluster,
+        "bare": bare,
+        "pipeline": elastic,
+        "generate_1": one,
+        "generate_2": two,
+        "pipeline_ratio": pipeline_ratio,
+        "generate_actors_ratio": actors_ratio,
+    }
     return rows, details
 
 
@@ -369,7 +503,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer prompts (smoke test)")
     parser.add_argument("--prompts", type=int, help=f"number of text prompts (default {DEFAULT.prompts}, quick {QUICK.prompts})")
     parser.add_argument("--steps", type=int, help=f"generation Euler steps (default {DEFAULT.steps}; the debug preset has 4)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process, the bare loop and every Ray worker alike (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process, the bare loop and every Ray worker alike (default 1)"
+    )
     parser.add_argument("--json", type=Path, help="also write the summary rows and raw numbers as JSON here")
     return parser.parse_args()
 
@@ -388,17 +524,33 @@ def main() -> None:
     settings = Settings(prompts=args.prompts or settings.prompts, steps=args.steps or settings.steps)
     mode = "quick" if args.quick else "default"
     load_start = load_average()
-    log(f"vf3d synthesis benchmark ({mode} mode), {os.cpu_count()} CPUs, 1-min load average {load_start:.2f}; "
-        f"{', '.join(f'{key}={value}' for key, value in threads.items())} for this process and the Ray workers")
+    log(
+        f"vf3d synthesis benchmark ({mode} mode), {os.cpu_count()} CPUs, 1-min load average {load_start:.2f}; "
+        f"{', '.join(f'{key}={value}' for key, value in threads.items())} for this process and the Ray workers"
+    )
     with tempfile.TemporaryDirectory(prefix="vf3d-bench-synthesize-") as temp:
         rows, details = run_benchmarks(Path(temp), settings, args.threads)
 
     wall_seconds, load_end = time.perf_counter() - BENCH_START, load_average()
-    print(f"\n## vf3d synthesis benchmark ({mode}: {settings.prompts} prompts, {settings.steps} steps; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per process, {wall_seconds:.0f}s, "
-          f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n", flush=True)
+    print(
+        f"\n## vf3d synthesis benchmark ({mode}: {settings.prompts} prompts, {settings.steps} steps; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per process, {wall_seconds:.0f}s, "
+        f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {"mode": mode, "settings": asdict(settings), "threads": args.threads, "cpus": os.cpu_count(), "wall_seconds": wall_seconds,
-                               "load_average": [load_start, load_end], "details": details}, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode,
+                "settings": asdict(settings),
+                "threads": args.threads,
+                "cpus": os.cpu_count(),
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "details": details,
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -77,10 +77,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 from vf3d import config as config_lib
 from vf3d.config import RECONSTRUCTOR_PRESETS, TRAIN_RECON_PRESETS, ReconStage, TrainReconConfig
-from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 SEED = 0
 ORBIT_RESOLUTION = 64
@@ -103,10 +103,14 @@ class Settings:
     time of the step whose memory was measured, one per setting, in separate processes)."""
 
 
-DEFAULT = {"debug": Settings(warmup_steps=3, steps=15, windows=3, timing_rounds=3),
-           "small": Settings(warmup_steps=1, steps=3, windows=2, timing_rounds=3)}
-QUICK = {"debug": Settings(warmup_steps=2, steps=8, windows=2, timing_rounds=0),
-         "small": Settings(warmup_steps=1, steps=2, windows=1, timing_rounds=0)}
+DEFAULT = {
+    "debug": Settings(warmup_steps=3, steps=15, windows=3, timing_rounds=3),
+    "small": Settings(warmup_steps=1, steps=3, windows=2, timing_rounds=3),
+}
+QUICK = {
+    "debug": Settings(warmup_steps=2, steps=8, windows=2, timing_rounds=0),
+    "small": Settings(warmup_steps=1, steps=2, windows=1, timing_rounds=0),
+}
 
 
 def recon_config(model: str) -> TrainReconConfig:
@@ -136,12 +140,20 @@ def duck_orbit_row() -> dict[str, Any]:
     from vf3d.data.assets import load_asset
     from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 
-    render = config_lib.OrbitRenderConfig(num_views=NUM_ORBIT_VIEWS, resolution=ORBIT_RESOLUTION,
-                                          num_random_views=NUM_RANDOM_VIEWS, elevation_range_deg=[15.0, 15.0])
+    render = config_lib.OrbitRenderConfig(
+        num_views=NUM_ORBIT_VIEWS, resolution=ORBIT_RESOLUTION, num_random_views=NUM_RANDOM_VIEWS, elevation_range_deg=[15.0, 15.0]
+    )
     asset = load_asset(Path(pybullet_data.getDataPath()) / "duck.obj", margin=render.margin)
     orbit = render_orbit(OrbitRenderer(ORBIT_RESOLUTION), asset, render, "duck", 0)
-    record = shards.OrbitRecord(id="duck", source="render", prompt="duck", rgba=orbit.rgba, cameras=orbit.cameras,
-                                num_orbit_views=NUM_ORBIT_VIEWS, elevation=orbit.elevation_deg)
+    record = shards.OrbitRecord(
+        id="duck",
+        source="render",
+        prompt="duck",
+        rgba=orbit.rgba,
+        cameras=orbit.cameras,
+        num_orbit_views=NUM_ORBIT_VIEWS,
+        elevation=orbit.elevation_deg,
+    )
     return shards.decode_row(shards.encode_record(record))
 
 
@@ -163,8 +175,14 @@ def training_loss(model, loss_fn, batch: dict[str, torch.Tensor], stage: ReconSt
         crop_offsets=batch["crop_offsets"],
         crop_size=(stage.crop_size, stage.crop_size),
     )
-    loss, _ = loss_fn(rendered.rgb.float(), rendered.opacity.float(), batch["target_images"], batch["target_masks"],
-                      planes.float(), pixel_loss=stage.pixel_loss)
+    loss, _ = loss_fn(
+        rendered.rgb.float(),
+        rendered.opacity.float(),
+        batch["target_images"],
+        batch["target_masks"],
+        planes.float(),
+        pixel_loss=stage.pixel_loss,
+    )
     return loss
 
 
@@ -181,9 +199,11 @@ def timed_windows(step, warmup_steps: int, steps: int, windows: int) -> list[flo
     return rates
 
 
-def bare_training_step(recon: TrainReconConfig, batch: dict[str, torch.Tensor], gradient_checkpointing: bool,
-                       device: torch.device = torch.device("cpu")):
+def bare_training_step(
+    recon: TrainReconConfig, batch: dict[str, torch.Tensor], gradient_checkpointing: bool, device: torch.device | str = "cpu"
+):
     """(model, step): a bare PyTorch training step of `recon`'s model and losses on `batch`."""
+    device = torch.device(device)
     from vf3d.models.reconstructor import Reconstructor
     from vf3d.training import parameter_groups
     from vf3d.training.losses import ReconstructionLoss
@@ -194,8 +214,9 @@ def bare_training_step(recon: TrainReconConfig, batch: dict[str, torch.Tensor], 
     model.config.transformer.gradient_checkpointing = gradient_checkpointing
     loss_fn = ReconstructionLoss(recon.losses).to(device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr,
-                                  betas=tuple(settings.betas), eps=settings.eps)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps
+    )
     batch = {key: value.to(device) for key, value in batch.items()}
     stage = training_stage(recon)
 
@@ -281,14 +302,23 @@ def deepspeed_worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         engine.backward(loss)
         engine.step()
 
-    _, bare_step = bare_training_step(recon, {key: value.cpu() for key, value in batch.items()}, recon.gradient_checkpointing, engine.device)
+    _, bare_step = bare_training_step(
+        recon, {key: value.cpu() for key, value in batch.items()}, recon.gradient_checkpointing, engine.device
+    )
     rates = interleaved_windows({"deepspeed": step, "bare": bare_step}, config["warmup_steps"], config["steps"], config["windows"])
-    return {"rates": rates["deepspeed"], "bare_rates": rates["bare"], "device": str(engine.device), "threads": torch.get_num_threads(),
-            "zero_stage": engine.zero_optimization_stage(), "world_size": engine.world_size}
+    return {
+        "rates": rates["deepspeed"],
+        "bare_rates": rates["bare"],
+        "device": str(engine.device),
+        "threads": torch.get_num_threads(),
+        "zero_stage": engine.zero_optimization_stage(),
+        "world_size": engine.world_size,
+    }
 
 
-def ray_deepspeed_rates(recon: TrainReconConfig, batch: dict[str, torch.Tensor], settings: Settings, threads: int,
-                        storage: str) -> dict[str, Any]:
+def ray_deepspeed_rates(
+    recon: TrainReconConfig, batch: dict[str, torch.Tensor], settings: Settings, threads: int, storage: str
+) -> dict[str, Any]:
     from vf3d.training import run_training
 
     if __name__ != "__main__":
@@ -307,9 +337,14 @@ def ray_deepspeed_rates(recon: TrainReconConfig, batch: dict[str, torch.Tensor],
     training.run.name = "bench-train-recon"
     training.run.storage_path = storage
     training.checkpoint.every_n_steps = total + 1
-    loop_config = {"recon": config_lib.to_dict(recon), "batch": {key: value.numpy() for key, value in batch.items()},
-                   "threads": threads, "warmup_steps": settings.warmup_steps, "steps": settings.steps,
-                   "windows": settings.windows}
+    loop_config = {
+        "recon": config_lib.to_dict(recon),
+        "batch": {key: value.numpy() for key, value in batch.items()},
+        "threads": threads,
+        "warmup_steps": settings.warmup_steps,
+        "steps": settings.steps,
+        "windows": settings.windows,
+    }
     result = run_training(deepspeed_worker_loop, loop_config, training)
     if not result.return_value:
         raise RuntimeError(f"the worker returned nothing: {result}")
@@ -379,31 +414,41 @@ def memory_worker(model: str, gradient_checkpointing: bool, batch_path: Path, th
     batch = torch.load(batch_path, weights_only=True)
     model_module, step = bare_training_step(recon, batch, gradient_checkpointing, device)
     synchronize = synchronizer(device)
-    result: dict[str, Any] = {"gradient_checkpointing": gradient_checkpointing, "device": str(device),
-                              "parameter_bytes": sum(p.numel() * p.element_size() for p in model_module.parameters())}
+    result: dict[str, Any] = {
+        "gradient_checkpointing": gradient_checkpointing,
+        "device": str(device),
+        "parameter_bytes": sum(p.numel() * p.element_size() for p in model_module.parameters()),
+    }
     if device.type == "cuda":
         result["first_step_seconds"] = timed_step(step, synchronize)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         result["step_seconds"] = timed_step(step, synchronize)
-        result.update(method="torch.cuda.max_memory_allocated over a step after a warm-up step",
-                      before=before, peak_increase=torch.cuda.max_memory_allocated(device) - before)
+        result.update(
+            method="torch.cuda.max_memory_allocated over a step after a warm-up step",
+            before=before,
+            peak_increase=torch.cuda.max_memory_allocated(device) - before,
+        )
     elif reset_peak_resident():
         result["first_step_seconds"] = timed_step(step, synchronize)
         release_free_memory()
         reset_peak_resident()
         before = resident_bytes()
         result["step_seconds"] = timed_step(step, synchronize)
-        result.update(method="VmHWM growth over a step after a warm-up step", before=before,
-                      peak_increase=max(peak_resident_bytes() - before, 0))
+        result.update(
+            method="VmHWM growth over a step after a warm-up step", before=before, peak_increase=max(peak_resident_bytes() - before, 0)
+        )
     else:
         release_free_memory()
         before = resident_bytes()
         result["step_seconds"] = timed_step(step, synchronize)
         # ru_maxrss is in KiB on Linux.
-        result.update(method="ru_maxrss growth over the first step (VmHWM cannot be reset here)", before=before,
-                      peak_increase=max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0))
+        result.update(
+            method="ru_maxrss growth over the first step (VmHWM cannot be reset here)",
+            before=before,
+            peak_increase=max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, 0),
+        )
     print(WORKER_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -431,33 +476,51 @@ def timing_worker(model: str, batch_path: Path, rounds: int, threads: int, devic
 
 def run_worker(kind: str, model: str, batch_path: Path, threads: int, device: str, rounds: int = 0) -> dict[str, Any]:
     """Run this script as a memory ("on"/"off") or timing worker in a fresh process; its JSON result."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", kind, "--memory-model", model,
-               "--memory-batch-file", str(batch_path), "--timing-rounds", str(rounds), "--threads", str(threads),
-               "--device", device]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-worker",
+        kind,
+        "--memory-model",
+        model,
+        "--memory-batch-file",
+        str(batch_path),
+        "--timing-rounds",
+        str(rounds),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
     completed = subprocess.run(command, capture_output=True, text=True)
     for line in completed.stdout.splitlines():
         if line.startswith(WORKER_RESULT_PREFIX):
-            return json.loads(line[len(WORKER_RESULT_PREFIX):])
+            return json.loads(line[len(WORKER_RESULT_PREFIX) :])
     raise RuntimeError(f"{kind} worker exited with {completed.returncode} and no result:\n{completed.stderr[-3000:]}")
 
 
-def bench_checkpointing(row: dict[str, Any], model: str, batch_size: int, settings: Settings, threads: int,
-                        device: str) -> tuple[list[Row], dict[str, Any]]:
+def bench_checkpointing(
+    row: dict[str, Any], model: str, batch_size: int, settings: Settings, threads: int, device: str
+) -> tuple[list[Row], dict[str, Any]]:
     recon = recon_config(model)
     stage = training_stage(recon)
     batch = fixed_batch(row, recon, batch_size)
     what = "torch.cuda.max_memory_allocated growth" if device.startswith("cuda") else "peak RSS growth, fresh process per setting"
-    log(f"checkpointing: {model} reconstructor, batch {batch_size}, {stage.render_resolution}px renders with "
+    log(
+        f"checkpointing: {model} reconstructor, batch {batch_size}, {stage.render_resolution}px renders with "
         f"{stage.crop_size}px crops × {recon.num_target_views} views, on {device}, without vs with gradient "
-        f"checkpointing of the {recon.model.transformer.num_layers} transformer blocks; {what}")
+        f"checkpointing of the {recon.model.transformer.num_layers} transformer blocks; {what}"
+    )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vf3d-bench-train-recon-") as scratch:
         batch_path = Path(scratch) / "batch.pt"
         torch.save(batch, batch_path)
         for name in ("off", "on"):
             result = results[name] = run_worker(name, model, batch_path, threads, device)
-            log(f"checkpointing {name}: +{format_bytes(result['peak_increase'])} over {format_bytes(result['before'])} "
-                f"in use before the step ({result['method']}); that step {result['step_seconds']:.2f}s")
+            log(
+                f"checkpointing {name}: +{format_bytes(result['peak_increase'])} over {format_bytes(result['before'])} "
+                f"in use before the step ({result['method']}); that step {result['step_seconds']:.2f}s"
+            )
         if settings.timing_rounds:
             log(f"checkpointing: step times, one process, {settings.timing_rounds} rounds of one step each, alternating order")
             results["timing"] = run_worker("timing", model, batch_path, threads, device, settings.timing_rounds)
@@ -474,15 +537,32 @@ def bench_checkpointing(row: dict[str, Any], model: str, batch_size: int, settin
     label = "peak CUDA memory" if device.startswith("cuda") else "peak RSS"
     where = f"{model} reconstructor, batch {batch_size}, {stage.crop_size}px crops"
     rows = [
-        Row(f"{label} growth of one training step, {where} (no checkpointing vs transformer checkpointing)",
-            format_bytes(off["peak_increase"]), format_bytes(on["peak_increase"]), f"{memory_ratio:.2f}× (B/A)",
-            f"< 1 (includes {format_bytes(off['parameter_bytes'])} of gradients in both)"),
-        Row(f"seconds per training step, {where}, {how} (no checkpointing vs transformer checkpointing)",
-            f"{seconds_off:.2f}", f"{seconds_on:.2f}", f"{seconds_on / seconds_off:.2f}× (B/A)", "> 1 expected (recompute)"),
+        Row(
+            f"{label} growth of one training step, {where} (no checkpointing vs transformer checkpointing)",
+            format_bytes(off["peak_increase"]),
+            format_bytes(on["peak_increase"]),
+            f"{memory_ratio:.2f}× (B/A)",
+            f"< 1 (includes {format_bytes(off['parameter_bytes'])} of gradients in both)",
+        ),
+        Row(
+            f"seconds per training step, {where}, {how} (no checkpointing vs transformer checkpointing)",
+            f"{seconds_off:.2f}",
+            f"{seconds_on:.2f}",
+            f"{seconds_on / seconds_off:.2f}× (B/A)",
+            "> 1 expected (recompute)",
+        ),
     ]
-    details = {"model": model, "batch_size": batch_size, "device": device, "stage": asdict(stage), **results,
-               "memory_ratio": memory_ratio, "seconds_off": seconds_off, "seconds_on": seconds_on,
-               "seconds_ratio": seconds_on / seconds_off}
+    details = {
+        "model": model,
+        "batch_size": batch_size,
+        "device": device,
+        "stage": asdict(stage),
+        **results,
+        "memory_ratio": memory_ratio,
+        "seconds_off": seconds_off,
+        "seconds_on": seconds_on,
+        "seconds_ratio": seconds_on / seconds_off,
+    }
     return rows, details
 
 
@@ -494,10 +574,15 @@ def bench_checkpointing(row: dict[str, Any], model: str, batch_size: int, settin
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps and windows (smoke test)")
-    parser.add_argument("--model", choices=("debug", "small"), default="debug",
-                        help="reconstructor preset of the harness-overhead section (default debug)")
-    parser.add_argument("--memory-model", choices=tuple(RECONSTRUCTOR_PRESETS), default="small",
-                        help="reconstructor preset of the checkpointing section (default small)")
+    parser.add_argument(
+        "--model", choices=("debug", "small"), default="debug", help="reconstructor preset of the harness-overhead section (default debug)"
+    )
+    parser.add_argument(
+        "--memory-model",
+        choices=tuple(RECONSTRUCTOR_PRESETS),
+        default="small",
+        help="reconstructor preset of the checkpointing section (default small)",
+    )
     parser.add_argument("--memory-batch", type=int, default=1, help="batch size of the checkpointing section (default 1)")
     parser.add_argument("--device", default="auto", help="device of the checkpointing section: auto (CUDA when available), cpu, cuda[:N]")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every process that trains (default 1)")
@@ -523,14 +608,18 @@ def main() -> None:
     recon = recon_config(args.model)
     stage = training_stage(recon)
     load_start = os.getloadavg()[0]
-    log(f"vf3d reconstructor training benchmark ({mode} mode): {args.model} reconstructor, stage {stage.name!r} "
+    log(
+        f"vf3d reconstructor training benchmark ({mode} mode): {args.model} reconstructor, stage {stage.name!r} "
         f"({stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {'on' if stage.pixel_loss else 'off'}), "
         f"batch {recon.training.run.batch_size}×(1 source + {recon.num_target_views} targets), torch {torch.__version__}, "
         f"{args.threads} torch thread(s) in both, {settings.warmup_steps} warm-up + {settings.windows}×{settings.steps} "
-        f"timed steps per run, 1-min load average {load_start:.2f}")
+        f"timed steps per run, 1-min load average {load_start:.2f}"
+    )
 
-    log(f"rendering the duck orbit ({NUM_ORBIT_VIEWS} views + {NUM_RANDOM_VIEWS} random at {ORBIT_RESOLUTION}²) "
-        f"and decoding it through the shard schema")
+    log(
+        f"rendering the duck orbit ({NUM_ORBIT_VIEWS} views + {NUM_RANDOM_VIEWS} random at {ORBIT_RESOLUTION}²) "
+        f"and decoding it through the shard schema"
+    )
     row = duck_orbit_row()
     batch = fixed_batch(row, recon, recon.training.run.batch_size)
     log("fixed batch: " + ", ".join(f"{key} {list(value.shape)}" for key, value in batch.items()))
@@ -540,12 +629,16 @@ def main() -> None:
     log(f"A: {', '.join(f'{rate:.3g}' for rate in rates_a)} steps/s")
 
     log("B (Ray Train + DeepSpeed ZeRO-2, 1 worker, fp32 CPU) and C (bare, same worker): starting a private local Ray cluster")
-    outcome_b, b_wall = on_private_ray(lambda storage: ray_deepspeed_rates(recon_config(args.model), batch, settings, args.threads, storage), "vf3d-bench-train-recon-")
+    outcome_b, b_wall = on_private_ray(
+        lambda storage: ray_deepspeed_rates(recon_config(args.model), batch, settings, args.threads, storage), "vf3d-bench-train-recon-"
+    )
     rates_b, rates_c = outcome_b["rates"], outcome_b["bare_rates"]
     log(f"C (bare PyTorch in the same Ray worker, interleaved with B): {', '.join(f'{rate:.3g}' for rate in rates_c)} steps/s")
-    log(f"B: {', '.join(f'{rate:.3g}' for rate in rates_b)} steps/s (worker: {outcome_b['device']}, "
+    log(
+        f"B: {', '.join(f'{rate:.3g}' for rate in rates_b)} steps/s (worker: {outcome_b['device']}, "
         f"{outcome_b['threads']} thread(s), ZeRO-{outcome_b['zero_stage']}, world size {outcome_b['world_size']}; "
-        f"whole run_training {b_wall:.1f}s including start-up)")
+        f"whole run_training {b_wall:.1f}s including start-up)"
+    )
 
     log("A (bare PyTorch), second run")
     rates_a2 = bare_pytorch_rates(recon, batch, settings, args.threads)
@@ -555,33 +648,71 @@ def main() -> None:
     median_a, median_b, median_c = statistics.median(rates_a), statistics.median(rates_b), statistics.median(rates_c)
     ratio = median_b / median_a
     rows = [
-        Row(f"{args.model} reconstructor steps/s, {stage.crop_size}px crops of {stage.render_resolution}px renders "
+        Row(
+            f"{args.model} reconstructor steps/s, {stage.crop_size}px crops of {stage.render_resolution}px renders "
             f"(bare PyTorch vs Ray Train + DeepSpeed ZeRO-2, 1 worker, fixed in-memory batch)",
-            f"{median_a:.3g}", f"{median_b:.3g}", f"{ratio:.2f} (B/A)", f"≥ {RATIO_TARGET}"),
-        Row("ms per step (bare PyTorch vs Ray Train + DeepSpeed)", f"{1000 / median_a:.1f}", f"{1000 / median_b:.1f}",
-            f"{1000 / median_b - 1000 / median_a:+.1f} ms", "—"),
-        Row("same Ray worker, interleaved in 5-step chunks: steps/s (bare PyTorch C vs DeepSpeed engine B)",
-            f"{median_c:.3g}", f"{median_b:.3g}", f"{median_b / median_c:.2f} (B/C)", f"≥ {RATIO_TARGET}; less exposed to drift"),
+            f"{median_a:.3g}",
+            f"{median_b:.3g}",
+            f"{ratio:.2f} (B/A)",
+            f"≥ {RATIO_TARGET}",
+        ),
+        Row(
+            "ms per step (bare PyTorch vs Ray Train + DeepSpeed)",
+            f"{1000 / median_a:.1f}",
+            f"{1000 / median_b:.1f}",
+            f"{1000 / median_b - 1000 / median_a:+.1f} ms",
+            "—",
+        ),
+        Row(
+            "same Ray worker, interleaved in 5-step chunks: steps/s (bare PyTorch C vs DeepSpeed engine B)",
+            f"{median_c:.3g}",
+            f"{median_b:.3g}",
+            f"{median_b / median_c:.2f} (B/C)",
+            f"≥ {RATIO_TARGET}; less exposed to drift",
+        ),
     ]
 
     memory_rows, memory_details = bench_checkpointing(row, args.memory_model, args.memory_batch, settings, args.threads, device)
     rows += memory_rows
 
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(f"\n## vf3d reconstructor training benchmark ({mode}, harness on the CPU, checkpointing on {device}, "
-          f"{args.threads} torch thread(s) in both, {wall_seconds:.0f}s, "
-          f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n\n"
-          f"Steps/s: medians over {len(rates_a)} windows of A (runs before and after B) and {len(rates_b)} windows of B, "
-          f"{settings.steps} steps each (C: {len(rates_c)} windows in B's worker, interleaved with B's in chunks of 5 steps); no Ray Data, "
-          f"so B/A is the Train + DeepSpeed overhead on the step. "
-          f"Checkpointing: A = without, B = with; memory is the growth over one step after a warm-up step, one fresh "
-          f"process per setting.\n", flush=True)
+    print(
+        f"\n## vf3d reconstructor training benchmark ({mode}, harness on the CPU, checkpointing on {device}, "
+        f"{args.threads} torch thread(s) in both, {wall_seconds:.0f}s, "
+        f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n\n"
+        f"Steps/s: medians over {len(rates_a)} windows of A (runs before and after B) and {len(rates_b)} windows of B, "
+        f"{settings.steps} steps each (C: {len(rates_c)} windows in B's worker, interleaved with B's in chunks of 5 steps); no Ray Data, "
+        f"so B/A is the Train + DeepSpeed overhead on the step. "
+        f"Checkpointing: A = without, B = with; memory is the growth over one step after a warm-up step, one fresh "
+        f"process per setting.\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {"mode": mode, "torch": torch.__version__, "threads": args.threads, "model": args.model,
-                  "stage": asdict(stage), "wall_seconds": wall_seconds, "load_average": [load_start, load_end],
-                  "settings": asdict(settings), "rates_a": rates_a, "rates_b": rates_b, "median_a": median_a,
-                  "median_b": median_b, "ratio": ratio, "rates_c": rates_c, "median_c": median_c, "ratio_b_c": median_b / median_c, "run_training_seconds": b_wall, "worker": outcome_b,
-                  "checkpointing": memory_details}, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode,
+                "torch": torch.__version__,
+                "threads": args.threads,
+                "model": args.model,
+                "stage": asdict(stage),
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "settings": asdict(settings),
+                "rates_a": rates_a,
+                "rates_b": rates_b,
+                "median_a": median_a,
+                "median_b": median_b,
+                "ratio": ratio,
+                "rates_c": rates_c,
+                "median_c": median_c,
+                "ratio_b_c": median_b / median_c,
+                "run_training_seconds": b_wall,
+                "worker": outcome_b,
+                "checkpointing": memory_details,
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

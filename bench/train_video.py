@@ -39,17 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 from vf3d import config as config_lib
 from vf3d.config import FINETUNE_VIDEO_PRESETS, TrainingConfig, VideoModelConfig
-from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 SEED = 0
 NUM_VIEWS = 16
 PROMPTS = ("a red chair", "a wooden table", "a ceramic vase", "a toy robot")
 ELEVATIONS = (20.0, 10.0, 30.0, 0.0)
 RATIO_TARGET = 0.9
-
 
 
 @dataclass
@@ -63,7 +62,6 @@ class Settings:
 
 DEFAULT = Settings(warmup_steps=20, steps=200, windows=3)
 QUICK = Settings(warmup_steps=5, steps=60, windows=2)
-
 
 
 def fixed_batch(batch_size: int, resolution: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -101,8 +99,13 @@ def bare_pytorch_rates(model_config: VideoModelConfig, training: TrainingConfig,
     model = OrbitVideoModel.from_config(model_config).train()
     optimizer_settings = training.optimizer
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=optimizer_settings.lr, betas=tuple(optimizer_settings.betas),
-                                  eps=optimizer_settings.eps, weight_decay=optimizer_settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=optimizer_settings.lr,
+        betas=tuple(optimizer_settings.betas),
+        eps=optimizer_settings.eps,
+        weight_decay=optimizer_settings.weight_decay,
+    )
     frames, prompts, elevations = fixed_batch(training.run.batch_size, model_config.resolution)
     generator = torch.Generator().manual_seed(training.run.seed)
 
@@ -147,12 +150,18 @@ def deepspeed_worker_loop(config: dict[str, Any]) -> dict[str, Any]:
         engine.step()
 
     rates = timed_windows(step, config["warmup_steps"], config["steps"], config["windows"])
-    return {"rates": rates, "device": str(engine.device), "threads": torch.get_num_threads(),
-            "zero_stage": engine.zero_optimization_stage(), "world_size": engine.world_size}
+    return {
+        "rates": rates,
+        "device": str(engine.device),
+        "threads": torch.get_num_threads(),
+        "zero_stage": engine.zero_optimization_stage(),
+        "world_size": engine.world_size,
+    }
 
 
-def ray_deepspeed_rates(model_config: VideoModelConfig, training: TrainingConfig, settings: Settings, threads: int,
-                        storage: str) -> dict[str, Any]:
+def ray_deepspeed_rates(
+    model_config: VideoModelConfig, training: TrainingConfig, settings: Settings, threads: int, storage: str
+) -> dict[str, Any]:
     import ray
 
     from vf3d.training import run_training
@@ -170,8 +179,13 @@ def ray_deepspeed_rates(model_config: VideoModelConfig, training: TrainingConfig
     training.run.name = "bench-train-video"
     training.run.storage_path = storage
     training.checkpoint.every_n_steps = total + 1
-    loop_config = {"model": config_lib.to_dict(model_config), "threads": threads, "warmup_steps": settings.warmup_steps,
-                   "steps": settings.steps, "windows": settings.windows}
+    loop_config = {
+        "model": config_lib.to_dict(model_config),
+        "threads": threads,
+        "warmup_steps": settings.warmup_steps,
+        "steps": settings.steps,
+        "windows": settings.windows,
+    }
     result = run_training(deepspeed_worker_loop, loop_config, training)
     if not result.return_value:
         raise RuntimeError(f"the worker returned nothing: {result}")
@@ -181,7 +195,6 @@ def ray_deepspeed_rates(model_config: VideoModelConfig, training: TrainingConfig
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
-
 
 
 def parse_args() -> argparse.Namespace:
@@ -199,21 +212,27 @@ def main() -> None:
     preset = config_lib.preset(FINETUNE_VIDEO_PRESETS, "debug").validate()
     model_config, training = preset.model, preset.training
     load_start = os.getloadavg()[0]
-    log(f"vf3d video training benchmark ({mode} mode): debug video model (trainable {model_config.trainable}), "
+    log(
+        f"vf3d video training benchmark ({mode} mode): debug video model (trainable {model_config.trainable}), "
         f"batch {training.run.batch_size}×{NUM_VIEWS}×3×{model_config.resolution}², torch {torch.__version__}, "
         f"{args.threads} torch thread(s) in both, {settings.warmup_steps} warm-up + {settings.windows}×{settings.steps} "
-        f"timed steps per run, 1-min load average {load_start:.2f}")
+        f"timed steps per run, 1-min load average {load_start:.2f}"
+    )
 
     log("A (bare PyTorch), first run")
     rates_a = bare_pytorch_rates(model_config, training, settings, args.threads)
     log(f"A: {', '.join(f'{rate:.1f}' for rate in rates_a)} steps/s")
 
     log("B (Ray Train + DeepSpeed ZeRO-2, 1 worker, fp32 CPU): starting a private local Ray cluster")
-    outcome_b, b_wall = on_private_ray(lambda storage: ray_deepspeed_rates(model_config, training, settings, args.threads, storage), "vf3d-bench-train-")
+    outcome_b, b_wall = on_private_ray(
+        lambda storage: ray_deepspeed_rates(model_config, training, settings, args.threads, storage), "vf3d-bench-train-"
+    )
     rates_b = outcome_b["rates"]
-    log(f"B: {', '.join(f'{rate:.1f}' for rate in rates_b)} steps/s (worker: {outcome_b['device']}, "
+    log(
+        f"B: {', '.join(f'{rate:.1f}' for rate in rates_b)} steps/s (worker: {outcome_b['device']}, "
         f"{outcome_b['threads']} thread(s), ZeRO-{outcome_b['zero_stage']}, world size {outcome_b['world_size']}; "
-        f"whole run_training {b_wall:.1f}s including start-up)")
+        f"whole run_training {b_wall:.1f}s including start-up)"
+    )
 
     log("A (bare PyTorch), second run")
     rates_a2 = bare_pytorch_rates(model_config, training, settings, args.threads)
@@ -223,21 +242,49 @@ def main() -> None:
     median_a, median_b = statistics.median(rates_a), statistics.median(rates_b)
     ratio = median_b / median_a
     rows = [
-        Row("debug video model steps/s (bare PyTorch vs Ray Train + DeepSpeed ZeRO-2, 1 worker, fixed in-memory batch)",
-            f"{median_a:.1f}", f"{median_b:.1f}", f"{ratio:.2f} (B/A)", f"≥ {RATIO_TARGET}"),
-        Row("ms per step (bare PyTorch vs Ray Train + DeepSpeed)", f"{1000 / median_a:.1f}", f"{1000 / median_b:.1f}",
-            f"+{1000 / median_b - 1000 / median_a:.1f} ms", "—"),
+        Row(
+            "debug video model steps/s (bare PyTorch vs Ray Train + DeepSpeed ZeRO-2, 1 worker, fixed in-memory batch)",
+            f"{median_a:.1f}",
+            f"{median_b:.1f}",
+            f"{ratio:.2f} (B/A)",
+            f"≥ {RATIO_TARGET}",
+        ),
+        Row(
+            "ms per step (bare PyTorch vs Ray Train + DeepSpeed)",
+            f"{1000 / median_a:.1f}",
+            f"{1000 / median_b:.1f}",
+            f"+{1000 / median_b - 1000 / median_a:.1f} ms",
+            "—",
+        ),
     ]
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(f"\n## vf3d video training benchmark ({mode}, CPU, {args.threads} torch thread(s) in both, {wall_seconds:.0f}s, "
-          f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n\n"
-          f"Medians over {len(rates_a)} windows of A (runs before and after B) and {len(rates_b)} windows of B, "
-          f"{settings.steps} steps each. No Ray Data: B/A is the Train + DeepSpeed overhead on the step.\n", flush=True)
+    print(
+        f"\n## vf3d video training benchmark ({mode}, CPU, {args.threads} torch thread(s) in both, {wall_seconds:.0f}s, "
+        f"load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n\n"
+        f"Medians over {len(rates_a)} windows of A (runs before and after B) and {len(rates_b)} windows of B, "
+        f"{settings.steps} steps each. No Ray Data: B/A is the Train + DeepSpeed overhead on the step.\n",
+        flush=True,
+    )
     if args.json:
-        write_json(args.json, {"mode": mode, "torch": torch.__version__, "threads": args.threads, "wall_seconds": wall_seconds,
-                  "load_average": [load_start, load_end], "settings": asdict(settings), "rates_a": rates_a,
-                  "rates_b": rates_b, "median_a": median_a, "median_b": median_b, "ratio": ratio,
-                  "run_training_seconds": b_wall, "worker": outcome_b}, rows)
+        write_json(
+            args.json,
+            {
+                "mode": mode,
+                "torch": torch.__version__,
+                "threads": args.threads,
+                "wall_seconds": wall_seconds,
+                "load_average": [load_start, load_end],
+                "settings": asdict(settings),
+                "rates_a": rates_a,
+                "rates_b": rates_b,
+                "median_a": median_a,
+                "median_b": median_b,
+                "ratio": ratio,
+                "run_training_seconds": b_wall,
+                "worker": outcome_b,
+            },
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{RAYSERVICE.relative_to(REPO)}: serveConfigV2 matches {SERVE_CONFIG.relative_to(REPO)}")
         return 0
     if args.check:
-        print(f"{RAYSERVICE.relative_to(REPO)}: serveConfigV2 differs from {SERVE_CONFIG.relative_to(REPO)}; "
-              "run `python cluster/sync_rayservice.py`", file=sys.stderr)
+        print(
+            f"{RAYSERVICE.relative_to(REPO)}: serveConfigV2 differs from {SERVE_CONFIG.relative_to(REPO)}; "
+            "run `python cluster/sync_rayservice.py`",
+            file=sys.stderr,
+        )
         return 1
     RAYSERVICE.write_text(wanted)
     print(f"rewrote serveConfigV2 in {RAYSERVICE.relative_to(REPO)} from {SERVE_CONFIG.relative_to(REPO)}")

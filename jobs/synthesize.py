@@ -1,7 +1,7 @@
 """Ray job entrypoint of `vf3d synthesize` (the logic lives in vf3d.jobs).
 
-    ray job submit --working-dir . -- python jobs/synthesize.py --config jobs/configs/synthesize-debug.yaml [vf3d synthesize options]
-    vf3d submit synthesize --address http://HEAD:8265 --config jobs/configs/synthesize-debug.yaml --wait
+ray job submit --working-dir . -- python jobs/synthesize.py --config jobs/configs/synthesize-debug.yaml [vf3d synthesize options]
+vf3d submit synthesize --address http://HEAD:8265 --config jobs/configs/synthesize-debug.yaml --wait
 """
 
 import sys

@@ -1,2 +1,3 @@
 """vf3d: an open, scalable VFusion3D platform on Ray."""
+
 __version__ = "0.1.0"

@@ -92,8 +92,9 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, partial_suffix:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False, encoding: str | None = None,
-                 partial_suffix: str = PARTIAL_SUFFIX) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False, encoding: str | None = None, partial_suffix: str = PARTIAL_SUFFIX
+) -> Iterator[IO[Any]]:
     """Open a partial file for writing, yield it, and publish it as `path` when the block ends
     normally (see `atomic_path`); an exception in the block leaves `path` as it was.
 
@@ -120,16 +121,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
     return Path(path)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = False,
-                      partial_suffix: str = PARTIAL_SUFFIX) -> Path:
+def write_text_atomic(
+    path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = False, partial_suffix: str = PARTIAL_SUFFIX
+) -> Path:
     """Write `text` as `path` atomically (see `atomic_write`); returns `path`."""
     with atomic_write(path, "w", encoding=encoding, fsync=fsync, partial_suffix=partial_suffix) as file:
         file.write(text)
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int | None = 2, fsync: bool = False,
-                      partial_suffix: str = PARTIAL_SUFFIX, **dumps_options: Any) -> Path:
+def write_json_atomic(
+    path: str | os.PathLike,
+    document: Any,
+    *,
+    indent: int | None = 2,
+    fsync: bool = False,
+    partial_suffix: str = PARTIAL_SUFFIX,
+    **dumps_options: Any,
+) -> Path:
     """Write `document` as JSON (`indent`ed, newline-terminated) as `path` atomically; returns `path`.
 
     The document is serialised before the partial file is opened, so a value json cannot encode

@@ -64,7 +64,9 @@ def look_at(camera_positions: torch.Tensor, target: torch.Tensor | None = None, 
 
 def orbit_positions(azimuths: torch.Tensor, elevations: torch.Tensor, radius: float | torch.Tensor) -> torch.Tensor:
     """Points on a sphere from azimuth/elevation in radians ([...] each, broadcast) → [..., 3]."""
-    azimuths, elevations = torch.broadcast_tensors(torch.as_tensor(azimuths, dtype=torch.float32), torch.as_tensor(elevations, dtype=torch.float32))
+    azimuths, elevations = torch.broadcast_tensors(
+        torch.as_tensor(azimuths, dtype=torch.float32), torch.as_tensor(elevations, dtype=torch.float32)
+    )
     return torch.stack(
         [
             radius * torch.cos(elevations) * torch.cos(azimuths),
@@ -90,7 +92,13 @@ def turntable_poses(num_views: int, radius: float = RENDER_RADIUS, elevation_deg
     return orbit_poses(num_views, elevation_deg=elevation_deg, radius=radius, azimuth_offset_deg=azimuth_deg)
 
 
-def random_sphere_poses(num_views: int, radius: float = RENDER_RADIUS, min_elevation_deg: float = -30.0, max_elevation_deg: float = 60.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_sphere_poses(
+    num_views: int,
+    radius: float = RENDER_RADIUS,
+    min_elevation_deg: float = -30.0,
+    max_elevation_deg: float = 60.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Poses at uniformly random azimuth and area-uniform elevation in a band → [V, 4, 4]."""
     azimuths = torch.rand(num_views, generator=generator) * 2 * math.pi
     low, high = math.sin(math.radians(min_elevation_deg)), math.sin(math.radians(max_elevation_deg))
@@ -98,7 +106,12 @@ def random_sphere_poses(num_views: int, radius: float = RENDER_RADIUS, min_eleva
     return look_at(orbit_positions(azimuths, elevations, radius))
 
 
-def intrinsics_matrix(fx: float = DEFAULT_INTRINSICS[0], fy: float = DEFAULT_INTRINSICS[1], cx: float = DEFAULT_INTRINSICS[2], cy: float = DEFAULT_INTRINSICS[3]) -> torch.Tensor:
+def intrinsics_matrix(
+    fx: float = DEFAULT_INTRINSICS[0],
+    fy: float = DEFAULT_INTRINSICS[1],
+    cx: float = DEFAULT_INTRINSICS[2],
+    cy: float = DEFAULT_INTRINSICS[3],
+) -> torch.Tensor:
     """Normalised 3×3 intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] → [3, 3]."""
     return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
@@ -255,7 +268,9 @@ def _axis_angle_to_matrix(rotation_vectors: torch.Tensor) -> torch.Tensor:
     return eye + sin * skew + (1 - cos) * (skew @ skew)
 
 
-def perturb_poses(poses: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb_poses(
+    poses: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Camera noise: rotate each camera about its own centre and shift it, both Gaussian.
 
     Args:
@@ -274,13 +289,17 @@ def perturb_poses(poses: torch.Tensor, rotation_std_deg: float, translation_std:
     return perturbed
 
 
-def perturb_render_cameras(cameras: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb_render_cameras(
+    cameras: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`perturb_poses` applied to 25-D render cameras ([..., 25] → [..., 25])."""
     poses, intrinsics = split_render_camera(cameras)
     return render_camera_vector(perturb_poses(poses, rotation_std_deg, translation_std, generator), intrinsics)
 
 
-def perturb_source_cameras(cameras: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb_source_cameras(
+    cameras: torch.Tensor, rotation_std_deg: float, translation_std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`perturb_poses` applied to 16-D source cameras ([..., 16] → [..., 16])."""
     pose = torch.eye(4, dtype=cameras.dtype, device=cameras.device).repeat(*cameras.shape[:-1], 1, 1)
     pose[..., :3, :4] = cameras[..., :12].reshape(*cameras.shape[:-1], 3, 4)

@@ -96,7 +96,7 @@ def _submit_stage_args(args: argparse.Namespace) -> list[str]:
     options = argparse.ArgumentParser(prog=f"vf3d submit {args.stage}", allow_abbrev=False)  # --data is not --data-root
     _add_submit_options(options)
     options.parse_args(head, namespace=args)
-    return args.rest[index:] if split is None else args.rest[split + 1:]
+    return args.rest[index:] if split is None else args.rest[split + 1 :]
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -107,8 +107,17 @@ def _submit(args: argparse.Namespace) -> int:
     if not args.address:
         raise UsageError("give --address http://HEAD:8265 (the Ray dashboard of the cluster) or set RAY_API_SERVER_ADDRESS")
     try:
-        submission = jobs.prepare_submission(args.stage, args.address, args.config, stage_args, args.submission_id,
-                                             args.num_cpus, args.num_gpus, args.working_dir, args.data_root)
+        submission = jobs.prepare_submission(
+            args.stage,
+            args.address,
+            args.config,
+            stage_args,
+            args.submission_id,
+            args.num_cpus,
+            args.num_gpus,
+            args.working_dir,
+            args.data_root,
+        )
         if jobs.DATA_ROOT_ENV in submission.runtime_env.get("env_vars", {}):
             _print(f"relative paths of the job resolve against {submission.runtime_env['env_vars'][jobs.DATA_ROOT_ENV]}")
         client = jobs.connect(args.address)

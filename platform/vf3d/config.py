@@ -19,9 +19,10 @@ import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 C = TypeVar("C", bound="ConfigBase")
@@ -39,8 +40,16 @@ class ConfigError(ValueError):
 _BOUNDS = ("ge", "gt", "le", "lt", "length")
 
 
-def bounded(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, ge: float | None = None,
-            gt: float | None = None, le: float | None = None, lt: float | None = None, length: int | None = None) -> Any:
+def bounded(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    length: int | None = None,
+) -> Any:
     """A dataclass field with declared bounds, checked by `check` (so by every `validate()`): `ge`,
     `gt`, `le`, `lt` bound the value (each item's, for a list; None passes), `length` fixes a list's."""
     metadata = {key: value for key, value in zip(_BOUNDS, (ge, gt, le, lt, length)) if value is not None}
@@ -56,12 +65,12 @@ class FieldPath:
     def __init__(self, path: str = "") -> None:
         self._path = path
 
-    def __getattr__(self, name: str) -> "FieldPath":
+    def __getattr__(self, name: str) -> FieldPath:
         if name.startswith("_"):  # copy, pickle and friends probe private names: never field names
             raise AttributeError(name)
         return FieldPath(_join(self._path, name))
 
-    def __getitem__(self, index: int) -> "FieldPath":
+    def __getitem__(self, index: int) -> FieldPath:
         return FieldPath(f"{self._path}[{index}]")
 
     def __str__(self) -> str:
@@ -187,8 +196,10 @@ class EncoderConfig(ConfigBase):
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [
-            (self.hidden_size % self.num_heads == 0,
-             f"{at.hidden_size} must be divisible by {at.num_heads}, got {self.hidden_size} and {self.num_heads}"),
+            (
+                self.hidden_size % self.num_heads == 0,
+                f"{at.hidden_size} must be divisible by {at.num_heads}, got {self.hidden_size} and {self.num_heads}",
+            ),
             (self.image_size >= self.patch_size, f"{at.image_size} must be at least {at.patch_size}"),
         ]
 
@@ -214,7 +225,9 @@ class TransformerConfig(ConfigBase):
     """Recompute each block in the backward pass instead of storing its activations."""
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
-        return [(self.width % self.num_heads == 0, f"{at.width} must be divisible by {at.num_heads}, got {self.width} and {self.num_heads}")]
+        return [
+            (self.width % self.num_heads == 0, f"{at.width} must be divisible by {at.num_heads}, got {self.width} and {self.num_heads}")
+        ]
 
 
 @dataclass
@@ -280,7 +293,6 @@ class ReconstructorConfig(ConfigBase):
     mesh_iso: float = 1.0
     """Density level of the extracted surface (1.0 for VFusion3D, 3.0 for OpenLRM;
     docs/reference.md#meshes-and-turntables)."""
-
 
 
 def _reconstructor_debug() -> ReconstructorConfig:
@@ -442,8 +454,12 @@ class ActorPoolConfig(ConfigBase):
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         initial = self.min_actors if self.initial_actors is None else self.initial_actors
-        return [(self.min_actors <= initial <= self.max_actors,
-                 f"need {at.min_actors} <= initial_actors <= max_actors, got {self.min_actors} <= {initial} <= {self.max_actors}")]
+        return [
+            (
+                self.min_actors <= initial <= self.max_actors,
+                f"need {at.min_actors} <= initial_actors <= max_actors, got {self.min_actors} <= {initial} <= {self.max_actors}",
+            )
+        ]
 
 
 @dataclass
@@ -519,7 +535,6 @@ class RenderAssetsConfig(ConfigBase):
     """The `--out` lease: a second run on the same directory refuses while this one lives."""
 
 
-
 RENDER_ASSETS_PRESETS = {
     "debug": lambda: RenderAssetsConfig(
         render=OrbitRenderConfig(num_views=16, resolution=64),
@@ -528,9 +543,15 @@ RENDER_ASSETS_PRESETS = {
         rows_per_shard=8,
     ),
     "small": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=256), pool=ActorPoolConfig(max_actors=8)),
-    "base": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=2, max_actors=64, batch_size=8)),
-    "vfusion3d": lambda: RenderAssetsConfig(render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8), rows_per_shard=128,
-                                            writer_pool=WriterPoolConfig(min_actors=1, max_actors=16, num_cpus=1.0)),
+    "base": lambda: RenderAssetsConfig(
+        render=OrbitRenderConfig(resolution=512, num_random_views=8), pool=ActorPoolConfig(min_actors=2, max_actors=64, batch_size=8)
+    ),
+    "vfusion3d": lambda: RenderAssetsConfig(
+        render=OrbitRenderConfig(resolution=512, num_random_views=8),
+        pool=ActorPoolConfig(min_actors=4, max_actors=256, batch_size=8),
+        rows_per_shard=128,
+        writer_pool=WriterPoolConfig(min_actors=1, max_actors=16, num_cpus=1.0),
+    ),
 }
 
 
@@ -660,11 +681,12 @@ class TrainingConfig(ConfigBase):
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         fault = self.fault_injection
         return [
-            (fault.fail_at_step is None or fault.fail_at_step <= self.run.max_steps,
-             f"{at.fault_injection.fail_at_step} must be <= {at.run.max_steps}"),
+            (
+                fault.fail_at_step is None or fault.fail_at_step <= self.run.max_steps,
+                f"{at.fault_injection.fail_at_step} must be <= {at.run.max_steps}",
+            ),
             (fault.fail_rank < self.scaling.num_workers, f"{at.fault_injection.fail_rank} must be a rank below {at.scaling.num_workers}"),
         ]
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,11 +726,14 @@ class VideoArchitectureConfig(ConfigBase):
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [
             (self.transformer_head_dim % 2 == 0, f"{at.transformer_head_dim} must be even, got {self.transformer_head_dim}"),
-            (len(self.vae_temporal_downsample) == len(self.vae_dim_mult) - 1,
-             f"{at.vae_temporal_downsample} needs one entry per VAE downsampling stage (len(vae_dim_mult) - 1)"),
-            (self.text_hidden_size % self.text_heads == 0,
-             f"{at.text_hidden_size} must be divisible by {at.text_heads}, got {self.text_hidden_size} and {self.text_heads}"),
-
+            (
+                len(self.vae_temporal_downsample) == len(self.vae_dim_mult) - 1,
+                f"{at.vae_temporal_downsample} needs one entry per VAE downsampling stage (len(vae_dim_mult) - 1)",
+            ),
+            (
+                self.text_hidden_size % self.text_heads == 0,
+                f"{at.text_hidden_size} must be divisible by {at.text_heads}, got {self.text_hidden_size} and {self.text_heads}",
+            ),
         ]
 
 
@@ -759,8 +784,10 @@ class VideoModelConfig(ConfigBase):
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [
-            (self.num_views % 4 == 0,
-             f"{at.num_views} must be a multiple of 4 (the Wan VAE encodes frames in chunks of 4 after the first), got {self.num_views}"),
+            (
+                self.num_views % 4 == 0,
+                f"{at.num_views} must be a multiple of 4 (the Wan VAE encodes frames in chunks of 4 after the first), got {self.num_views}",
+            ),
             (self.elevation_frequency_dim % 2 == 0, f"{at.elevation_frequency_dim} must be even, got {self.elevation_frequency_dim}"),
         ]
 
@@ -768,7 +795,16 @@ class VideoModelConfig(ConfigBase):
 def _video_model_debug() -> VideoModelConfig:
     # Tiny and random: 32×32 frames → 8×8×5 latents (the VAE keeps Wan's 4× temporal compression,
     # so debug runs the same frame and mask layout as the real models).
-    return VideoModelConfig(random_init=True, resolution=32, max_text_tokens=32, elevation_frequency_dim=32, num_inference_steps=4, guidance_scale=3.0, text_to_image_steps=4, text_to_image_guidance=3.0)
+    return VideoModelConfig(
+        random_init=True,
+        resolution=32,
+        max_text_tokens=32,
+        elevation_frequency_dim=32,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        text_to_image_steps=4,
+        text_to_image_guidance=3.0,
+    )
 
 
 VIDEO_MODEL_PRESETS = {
@@ -793,7 +829,6 @@ class FinetuneVideoConfig(ConfigBase):
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_seed: int = 1234
     """Seed of the fixed timesteps and noise of the evaluation loss (comparable across steps)."""
-
 
 
 def _finetune_video_debug() -> FinetuneVideoConfig:
@@ -850,12 +885,15 @@ class FilterEncoderConfig(ConfigBase):
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [
-            (self.encoder.pretrained_path is not None or self.random_init,
-             f"{at.encoder.pretrained_path} is required (a local DINOv2 directory); only random_init presets such as debug"
-             " build a random one"),
-
-            (self.encoder.image_size % self.encoder.patch_size == 0,
-             f"{at.encoder.image_size} must be a multiple of {at.encoder.patch_size}"),
+            (
+                self.encoder.pretrained_path is not None or self.random_init,
+                f"{at.encoder.pretrained_path} is required (a local DINOv2 directory); only random_init presets such as debug"
+                " build a random one",
+            ),
+            (
+                self.encoder.image_size % self.encoder.patch_size == 0,
+                f"{at.encoder.image_size} must be a multiple of {at.encoder.patch_size}",
+            ),
         ]
 
 
@@ -923,7 +961,6 @@ class QualityProbeConfig(ConfigBase):
     """Length of the orbit feature vector the probe's linear layer takes (set when it is fitted)."""
     threshold: float = bounded(0.5, ge=0, le=1)
     """Scores (probability of "good") at or above this pass."""
-
 
 
 def _debug_filter_encoder() -> FilterEncoderConfig:
@@ -1030,11 +1067,17 @@ class SynthesizeConfig(ConfigBase):
     """The `--out` lease: a second run on the same directory refuses while this one lives."""
 
 
-
 def _synthesize_debug() -> SynthesizeConfig:
     # Sized for 2 cores: fractional CPUs leave room for the read and write tasks (a pool that takes
     # every CPU starves them), and the generation pool may grow from 1 to 2 actors.
-    generation = GenerationConfig(random_text_to_image=True, text_to_image_steps=4, text_to_image_guidance=3.0, num_inference_steps=4, guidance_scale=3.0, image_mask_method="estimate")
+    generation = GenerationConfig(
+        random_text_to_image=True,
+        text_to_image_steps=4,
+        text_to_image_guidance=3.0,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        image_mask_method="estimate",
+    )
     return SynthesizeConfig(
         generation=generation,
         first_frame_pool=ActorPoolConfig(min_actors=1, max_actors=1, num_cpus=0.5, batch_size=4),
@@ -1177,12 +1220,14 @@ class TrainReconConfig(ConfigBase):
     """Reconstructor directory to start from (e.g. an imported released checkpoint); None: random."""
     losses: ReconLossConfig = field(default_factory=ReconLossConfig)
     camera_noise: CameraNoiseConfig = field(default_factory=CameraNoiseConfig)
-    stages: list[ReconStage] = field(default_factory=lambda: [
-        ReconStage(name="synthetic-128", steps=20_000, render_resolution=128, crop_size=128),
-        ReconStage(name="synthetic-256", steps=20_000, render_resolution=256, crop_size=192),
-        ReconStage(name="synthetic-384", steps=20_000, render_resolution=384, crop_size=192),
-        ReconStage(name="3d-finetune", steps=10_000, data="3d", render_resolution=384, crop_size=192, pixel_loss=True),
-    ])
+    stages: list[ReconStage] = field(
+        default_factory=lambda: [
+            ReconStage(name="synthetic-128", steps=20_000, render_resolution=128, crop_size=128),
+            ReconStage(name="synthetic-256", steps=20_000, render_resolution=256, crop_size=192),
+            ReconStage(name="synthetic-384", steps=20_000, render_resolution=384, crop_size=192),
+            ReconStage(name="3d-finetune", steps=10_000, data="3d", render_resolution=384, crop_size=192, pixel_loss=True),
+        ]
+    )
     num_target_views: int = bounded(3, ge=1)
     """Target views per sample besides the source view (OpenLRM: 1 source + 3;
     docs/reference.md#training-recipe)."""
@@ -1199,12 +1244,15 @@ class TrainReconConfig(ConfigBase):
         lpips = self.losses.lpips_weight > 0
         return [
             (bool(self.stages), f"{at.stages} must not be empty"),
-            *[(not lpips or stage.crop_size >= 32,
-               f"{at.stages[index].crop_size} must be >= 32 while {at.losses.lpips_weight} > 0, got {stage.crop_size}")
-              for index, stage in enumerate(self.stages)],
+            *[
+                (
+                    not lpips or stage.crop_size >= 32,
+                    f"{at.stages[index].crop_size} must be >= 32 while {at.losses.lpips_weight} > 0, got {stage.crop_size}",
+                )
+                for index, stage in enumerate(self.stages)
+            ],
             (total == self.training.run.max_steps, f"{at.training.run.max_steps} must equal the sum of the stages' steps ({total})"),
         ]
-
 
 
 def _train_recon_debug() -> TrainReconConfig:
@@ -1223,7 +1271,10 @@ def _train_recon_debug() -> TrainReconConfig:
         camera_noise=CameraNoiseConfig(0.0, 0.0, 0.0, 0.0),
         # The full recipe in miniature: synthetic data at a low resolution, then real renders at a
         # higher one, cropped, with the pixel loss on.
-        stages=[ReconStage(name="low", steps=40, render_resolution=32, crop_size=32), ReconStage(name="high", steps=80, data="3d", render_resolution=48, crop_size=32, pixel_loss=True)],
+        stages=[
+            ReconStage(name="low", steps=40, render_resolution=32, crop_size=32),
+            ReconStage(name="high", steps=80, data="3d", render_resolution=48, crop_size=32, pixel_loss=True),
+        ],
         gradient_checkpointing=False,
         validation=ReconValidationConfig(every_n_steps=40, num_objects=1, num_views=4, resolution=32),
         training=training,
@@ -1237,7 +1288,9 @@ def _train_recon_full(model: str) -> TrainReconConfig:
         deepspeed=DeepSpeedConfig(zero_stage=2, precision="auto"),
         scaling=ScalingSettings(num_workers=8, use_gpu=True, cpus_per_worker=8),
         checkpoint=CheckpointSettings(every_n_steps=1000, keep_last=3),
-        run=RunSettings(name=f"train-recon-{model}", max_steps=sum(stage.steps for stage in config.stages), batch_size=8, log_every_n_steps=50),
+        run=RunSettings(
+            name=f"train-recon-{model}", max_steps=sum(stage.steps for stage in config.stages), batch_size=8, log_every_n_steps=50
+        ),
     )
     return config
 
@@ -1279,8 +1332,10 @@ class ReplicaConfig(ConfigBase):
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         initial = self.min_replicas if self.initial_replicas is None else self.initial_replicas
         return [
-            (self.min_replicas <= initial <= self.max_replicas,
-             f"need {at.min_replicas} <= initial_replicas <= max_replicas, got {self.min_replicas} <= {initial} <= {self.max_replicas}"),
+            (
+                self.min_replicas <= initial <= self.max_replicas,
+                f"need {at.min_replicas} <= initial_replicas <= max_replicas, got {self.min_replicas} <= {initial} <= {self.max_replicas}",
+            ),
             (self.max_queued_requests != 0, f"{at.max_queued_requests} must be -1 (no limit) or >= 1, got 0"),
         ]
 
@@ -1291,11 +1346,23 @@ class ServeConfig(ConfigBase):
 
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     """Preprocessing, mesh and turntable settings (the request's `mesh_resolution` overrides)."""
-    ingress: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=4, num_cpus=2.0, max_ongoing_requests=64, target_ongoing_requests=16.0, max_queued_requests=256))
+    ingress: ReplicaConfig = field(
+        default_factory=lambda: ReplicaConfig(
+            max_replicas=4, num_cpus=2.0, max_ongoing_requests=64, target_ongoing_requests=16.0, max_queued_requests=256
+        )
+    )
     """HTTP ingress replicas (CPU): auth, body limits, image decoding and preprocessing, the triplane cache."""
-    model: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=8, num_cpus=4.0, num_gpus=1.0, max_ongoing_requests=16, target_ongoing_requests=8.0, max_queued_requests=64))
+    model: ReplicaConfig = field(
+        default_factory=lambda: ReplicaConfig(
+            max_replicas=8, num_cpus=4.0, num_gpus=1.0, max_ongoing_requests=16, target_ongoing_requests=8.0, max_queued_requests=64
+        )
+    )
     """Reconstructor replicas: batched encoding (image → triplanes) and turntable rendering."""
-    mesh: ReplicaConfig = field(default_factory=lambda: ReplicaConfig(max_replicas=16, num_cpus=4.0, max_ongoing_requests=4, target_ongoing_requests=2.0, max_queued_requests=64))
+    mesh: ReplicaConfig = field(
+        default_factory=lambda: ReplicaConfig(
+            max_replicas=16, num_cpus=4.0, max_ongoing_requests=4, target_ongoing_requests=2.0, max_queued_requests=64
+        )
+    )
     """Mesh replicas (CPU by default): density queries, marching cubes, GLB/OBJ/PLY and MP4 encoding."""
     max_batch_size: int = bounded(8, ge=1)
     """Images encoded in one forward pass (`@serve.batch`); 1 turns batching off."""
@@ -1345,11 +1412,14 @@ class ServeConfig(ConfigBase):
         return [
             # A replica that accepts fewer requests than a batch holds can never fill a batch.
             (self.model.max_ongoing_requests >= self.max_batch_size, f"{at.model.max_ongoing_requests} must be >= {at.max_batch_size}"),
-            (self.max_inflight_requests < self.ingress.max_ongoing_requests,
-             f"{at.max_inflight_requests} must be >= 1 and < {at.ingress.max_ongoing_requests}"),
-            (self.inference.mesh_resolution <= self.max_mesh_resolution,
-             f"{at.inference.mesh_resolution} must be <= {at.max_mesh_resolution}"),
-
+            (
+                self.max_inflight_requests < self.ingress.max_ongoing_requests,
+                f"{at.max_inflight_requests} must be >= 1 and < {at.ingress.max_ongoing_requests}",
+            ),
+            (
+                self.inference.mesh_resolution <= self.max_mesh_resolution,
+                f"{at.inference.mesh_resolution} must be <= {at.max_mesh_resolution}",
+            ),
         ]
 
 
@@ -1571,7 +1641,6 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     notes = {spec.name: spec.metadata.get("note", "") for spec in dataclasses.fields(cls)}
     kwargs = {name: _coerce(value, hints[name], _join(path, name), notes[name]) for name, value in data.items()}
     return cls(**kwargs)
-
 
 
 def merge(config: T, overrides: dict[str, Any]) -> T:

@@ -21,7 +21,20 @@ DEMO_ASSETS = 8
 """Sample meshes rendered into orbit shards (the named pybullet objects first)."""
 DEMO_PHOTO = "astronaut"
 """A real photo from skimage.data (astronaut, chelsea, coffee and rocket ship with the package)."""
-DEMO_PROMPTS = ["a wooden chair", "a red toy car", "a ceramic mug", "a yellow rubber duck", "a potted cactus", "a leather boot", "a brass desk lamp", "a teddy bear", "a blue vase", "a robot toy", "a soccer ball", "a stack of books"]
+DEMO_PROMPTS = [
+    "a wooden chair",
+    "a red toy car",
+    "a ceramic mug",
+    "a yellow rubber duck",
+    "a potted cactus",
+    "a leather boot",
+    "a brass desk lamp",
+    "a teddy bear",
+    "a blue vase",
+    "a robot toy",
+    "a soccer ball",
+    "a stack of books",
+]
 """Prompts the demo synthesises orbits for (plus one photo given as its own first frame)."""
 
 
@@ -38,7 +51,9 @@ def write_demo_prompts(path: Path) -> Path:
     Image.fromarray(skimage.data.chelsea()).save(photo, format="PNG")
     rows = [{"id": f"prompt-{index:02d}", "prompt": prompt, "image": None} for index, prompt in enumerate(DEMO_PROMPTS)]
     rows.append({"id": "photo-chelsea", "prompt": "a cat", "image": photo.getvalue()})
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("image", pa.binary())])), path)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("image", pa.binary())])), path
+    )
     return path
 
 
@@ -60,8 +75,11 @@ def evaluate_held_out(model_dir: Path, data_dir: Path, held_out: list[str], asse
     document = evaluate([model_dir], data_dir, out_dir, config, assets_dir=assets_dir, ids=held_out or None, log=log)
     (name,) = document["aggregate"]
     means = {key: value["mean"] for key, value in document["aggregate"][name].items() if value["mean"] is not None}
-    return {"output": str(out_dir / "report.md"), "objects": len(document["objects"]),
-            **{key: round(value, 4) for key, value in means.items() if key in ("psnr", "ssim", "lpips", "chamfer", "fscore")}}
+    return {
+        "output": str(out_dir / "report.md"),
+        "objects": len(document["objects"]),
+        **{key: round(value, 4) for key, value in means.items() if key in ("psnr", "ssim", "lpips", "chamfer", "fscore")},
+    }
 
 
 def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path, log=print) -> dict:
@@ -95,8 +113,10 @@ def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path,
         health = requests.get(f"{url}/healthz", timeout=60).json()
     finally:
         serve.shutdown()
-    log(f"serve: {url} answered {photo.name} with a {len(mesh.content) / 1e6:.1f} MB GLB in {mesh.headers['x-vf3d-seconds']}s "
-        f"and a turntable in {video.headers['x-vf3d-seconds']}s (triplane cache {video.headers['x-vf3d-triplane-cache']})")
+    log(
+        f"serve: {url} answered {photo.name} with a {len(mesh.content) / 1e6:.1f} MB GLB in {mesh.headers['x-vf3d-seconds']}s "
+        f"and a turntable in {video.headers['x-vf3d-seconds']}s (triplane cache {video.headers['x-vf3d-triplane-cache']})"
+    )
     return {
         "input": str(photo),
         "url": url,
@@ -146,7 +166,9 @@ def run_demo(out: Path, log=print) -> dict:
         }
         stage_start = time.perf_counter()
         prompts = write_demo_prompts(out / "prompts.parquet")
-        synthesized = synthesize(prompts, out / "video-model", out / "synthetic", config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=log)
+        synthesized = synthesize(
+            prompts, out / "video-model", out / "synthetic", config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=log
+        )
         stages["synthesize"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "synthetic"),
@@ -174,7 +196,9 @@ def run_demo(out: Path, log=print) -> dict:
         }
 
         stage_start = time.perf_counter()
-        stages["evaluate"] = evaluate_held_out(out / "reconstructor", synthetic, trained["held_out"], out / "assets", out / "evaluation", log=log)
+        stages["evaluate"] = evaluate_held_out(
+            out / "reconstructor", synthetic, trained["held_out"], out / "assets", out / "evaluation", log=log
+        )
         stages["evaluate"]["seconds"] = time.perf_counter() - stage_start
         stage_start = time.perf_counter()
         photo = write_demo_photo(out / f"{DEMO_PHOTO}.png")
@@ -186,5 +210,7 @@ def run_demo(out: Path, log=print) -> dict:
     for name, stage in stages.items():
         details = ", ".join(f"{key}={value}" for key, value in stage.items() if key != "seconds")
         log(f"[{name}] {stage['seconds']:.1f}s  {details}")
-    log(f"demo finished in {summary['total_seconds']:.1f}s; GLB: {out / 'result.glb'}  MP4: {out / 'turntable.mp4'}  summary: {out / 'summary.json'}")
+    log(
+        f"demo finished in {summary['total_seconds']:.1f}s; GLB: {out / 'result.glb'}  MP4: {out / 'turntable.mp4'}  summary: {out / 'summary.json'}"
+    )
     return summary

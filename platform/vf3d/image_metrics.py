@@ -93,7 +93,7 @@ class LpipsMetric(nn.Module):
         super().__init__()
         self.lpips = lpips_module.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "LpipsMetric":
+    def train(self, mode: bool = True) -> LpipsMetric:
         super().train(mode)
         self.lpips.eval()  # dropout in lpips' heads must stay off
         return self

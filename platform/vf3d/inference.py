@@ -29,7 +29,7 @@ docs/reference.md#meshes-and-turntables)."""
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available, else CPU; anything else is passed to torch.device.
+    """ "auto" → CUDA when available, else CPU; anything else is passed to torch.device.
 
     Raises:
         ConfigError: a name torch does not know, or a CUDA device this machine does not have
@@ -45,9 +45,13 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r} (--device): use auto, cpu or cuda[:N]") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"CUDA requested (--device {name}) but torch.cuda.is_available() is False (no usable GPU or driver, or a CPU-only torch build): use --device cpu or auto")
+            raise ConfigError(
+                f"CUDA requested (--device {name}) but torch.cuda.is_available() is False (no usable GPU or driver, or a CPU-only torch build): use --device cpu or auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"CUDA device {device.index} requested (--device {name}) but this machine has {torch.cuda.device_count()} (indices 0..{torch.cuda.device_count() - 1})")
+            raise ConfigError(
+                f"CUDA device {device.index} requested (--device {name}) but this machine has {torch.cuda.device_count()} (indices 0..{torch.cuda.device_count() - 1})"
+            )
     return device
 
 
@@ -98,7 +102,7 @@ class ImageTo3D:
         self.autocast_dtype = resolve_autocast_dtype(self.config.dtype, self.device)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, config: InferenceConfig | None = None) -> "ImageTo3D":
+    def from_pretrained(cls, model_dir: str | os.PathLike, config: InferenceConfig | None = None) -> ImageTo3D:
         """Load a reconstructor directory (config.json + model.safetensors)."""
         config = (config or InferenceConfig()).validate()
         return cls(Reconstructor.from_pretrained(model_dir, device=resolve_device(config.device)), config)
@@ -115,7 +119,13 @@ class ImageTo3D:
 
     def prepare(self, image) -> torch.Tensor:
         """An image (path, bytes or PIL image) → [3, S, S] model input in [0, 1]."""
-        return prepare_image(image, self.model.config.encoder.image_size, self.config.foreground_ratio, self.config.mask_method, mode=self.config.preprocessing)
+        return prepare_image(
+            image,
+            self.model.config.encoder.image_size,
+            self.config.foreground_ratio,
+            self.config.mask_method,
+            mode=self.config.preprocessing,
+        )
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -142,7 +152,9 @@ class ImageTo3D:
                 density, rgb = self.model.query_points(planes, points.unsqueeze(0))
             return density[0, :, 0].float(), rgb[0].float().clamp(0, 1)
 
-        return extract_mesh(query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device)
+        return extract_mesh(
+            query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device
+        )
 
     @torch.no_grad()
     def turntable(self, planes: torch.Tensor, seed: int | None = None) -> np.ndarray:
@@ -153,7 +165,9 @@ class ImageTo3D:
         config = self.config
         size = config.turntable_size or self.model.config.renderer.render_size
         poses = cameras.turntable_poses(
-            config.turntable_views, radius=config.turntable_radius, elevation_deg=config.turntable_elevation_deg,
+            config.turntable_views,
+            radius=config.turntable_radius,
+            elevation_deg=config.turntable_elevation_deg,
             azimuth_deg=self.model.config.source_camera_azimuth_deg,
         )
         render_cameras = cameras.render_camera_vector(poses).to(self.device)
@@ -185,4 +199,6 @@ class ImageTo3D:
             start = time.perf_counter()
             write_video(self.turntable(planes), video_path, fps=self.config.turntable_fps)
             timings["video"] = time.perf_counter() - start
-        return ImageTo3DResult(mesh=mesh, mesh_path=Path(mesh_path), video_path=Path(video_path) if video_path else None, iso=iso, timings=timings)
+        return ImageTo3DResult(
+            mesh=mesh, mesh_path=Path(mesh_path), video_path=Path(video_path) if video_path else None, iso=iso, timings=timings
+        )

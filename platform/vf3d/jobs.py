@@ -56,7 +56,11 @@ STAGE_PRESETS = {stage: specs.SPECS[stage].presets for stage in STAGES}
 """Their preset tables (what a job file's `config:` overrides)."""
 
 JOB_FILE_KEYS = ("stage", "preset", "args", "config")
-RESERVED_ARGS = {"preset": "use the top-level `preset:` key", "config": "use the top-level `config:` mapping", "address": "a job attaches to the cluster it runs on"}
+RESERVED_ARGS = {
+    "preset": "use the top-level `preset:` key",
+    "config": "use the top-level `config:` mapping",
+    "address": "a job attaches to the cluster it runs on",
+}
 """Stage options a job file's `args:` may not set, and why."""
 
 DATA_ROOT_ENV = "VF3D_DATA_ROOT"
@@ -67,7 +71,18 @@ SAMPLE_ASSETS = "sample"
 SAMPLE_ASSETS_LIMIT = 8
 SAMPLE_ASSETS_DIRNAME = "sample-assets"
 
-RUNTIME_ENV_EXCLUDES = [".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "job-output", "demo-output", "bench-output", "bench-results"]
+RUNTIME_ENV_EXCLUDES = [
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "*.egg-info",
+    "job-output",
+    "demo-output",
+    "bench-output",
+    "bench-results",
+]
 """Never uploaded with the working directory or the package (.gitignore is honoured as well)."""
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
@@ -334,8 +349,10 @@ def main(stage: str, argv: list[str] | None = None, log: specs.Log = specs.print
             return 2
         log(f"vf3d job {stage}: relative paths resolve against {root}")
         if DATA_ROOT_ENV not in os.environ and "working_dir_files" in root.parts:
-            log(f"vf3d job {stage}: note: this is Ray's temporary copy of the working directory and ${DATA_ROOT_ENV} is not set: "
-                "relative outputs go away with it (use absolute paths on shared storage, or set it; vf3d submit does for a local cluster)")
+            log(
+                f"vf3d job {stage}: note: this is Ray's temporary copy of the working directory and ${DATA_ROOT_ENV} is not set: "
+                "relative outputs go away with it (use absolute paths on shared storage, or set it; vf3d submit does for a local cluster)"
+            )
         log(f"vf3d job {stage}: vf3d {shlex.join(invocation.argv)}")
         if job.config:
             log(f"vf3d job {stage}: config overrides {json.dumps(job.config)}")
@@ -375,7 +392,10 @@ def _left_out_of_upload(root: Path, relative: Path) -> bool:
     if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in RUNTIME_ENV_EXCLUDES):
         return True
     try:
-        return subprocess.run(["git", "-C", str(root), "check-ignore", "-q", relative.as_posix()], capture_output=True, timeout=30).returncode == 0
+        return (
+            subprocess.run(["git", "-C", str(root), "check-ignore", "-q", relative.as_posix()], capture_output=True, timeout=30).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):  # no git: Ray still honours .gitignore, but we cannot tell
         return False
 
@@ -401,8 +421,17 @@ def submission_id_for(stage: str, entrypoint: str, job_file_text: str | None, en
     return f"vf3d-{stage}-{hashlib.sha1(document.encode()).hexdigest()[:12]}"
 
 
-def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | None = None, stage_args: list[str] | None = None, submission_id: str | None = None,
-                       num_cpus: float | None = None, num_gpus: float | None = None, working_dir: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None) -> Submission:
+def prepare_submission(
+    stage: str,
+    address: str,
+    job_file: str | os.PathLike | None = None,
+    stage_args: list[str] | None = None,
+    submission_id: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    working_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> Submission:
     """Check everything that can be checked here (the stage, the job file, the stage arguments,
     the working directory) and build the submission. `data_root` defaults to the current
     directory when `address` is on this machine (so relative outputs land where you are), and is
@@ -426,7 +455,9 @@ def prepare_submission(stage: str, address: str, job_file: str | os.PathLike | N
         except ValueError:
             raise JobSubmitError(f"the job file must be inside the working directory {root} (it is uploaded with it): {job_file}") from None
         if _left_out_of_upload(root, relative):
-            raise JobSubmitError(f"the job file is not uploaded with the working directory (.gitignore or vf3d's excludes leave it out): {job_file}")
+            raise JobSubmitError(
+                f"the job file is not uploaded with the working directory (.gitignore or vf3d's excludes leave it out): {job_file}"
+            )
         command += ["--config", relative.as_posix()]
         job_file_text = job_path.read_text()
     else:
@@ -527,8 +558,10 @@ def submit(client, submission: Submission, log=print) -> SubmitOutcome:
             return SubmitOutcome(submission.submission_id, existed=False, status="PENDING")
         info = client.get_job_info(submission.submission_id)
     status = _status(info)
-    log(f"job {submission.submission_id} already exists ({status}): not submitted again"
-        + ("; pass another --submission-id to run it anew" if status in TERMINAL_STATUSES else ""))
+    log(
+        f"job {submission.submission_id} already exists ({status}): not submitted again"
+        + ("; pass another --submission-id to run it anew" if status in TERMINAL_STATUSES else "")
+    )
     return SubmitOutcome(submission.submission_id, existed=True, status=status)
 
 
@@ -554,7 +587,9 @@ def wait_for_job(client, submission_id: str, log=print, write=None, poll_s: floa
                 _stream_logs(client, submission_id, write)
                 streamed = True
             except Exception as error:  # the log socket dropped (dashboard restart...): poll instead
-                log(f"log stream of {submission_id} ended early ({str(error).splitlines()[0] if str(error) else type(error).__name__}); polling its status")
+                log(
+                    f"log stream of {submission_id} ended early ({str(error).splitlines()[0] if str(error) else type(error).__name__}); polling its status"
+                )
         while _status(info := client.get_job_info(submission_id)) not in TERMINAL_STATUSES:
             time.sleep(poll_s)
     except KeyboardInterrupt:

@@ -27,9 +27,7 @@ QueryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MESH_CONTENT_TYPES = {"glb": "model/gltf-binary", "obj": "model/obj", "ply": "application/ply"}
 
 # glTF is +Y up, the world is +Z up: (x, y, z) -> (x, z, -y), a -90 degree turn about X.
-_Z_UP_TO_Y_UP = np.array(
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
+_Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 class EmptyMeshError(ValueError):
@@ -55,32 +53,37 @@ def _grid_coordinates(index: np.ndarray, resolution: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _query_densities(query_fn: QueryFn, grid_index: np.ndarray, resolution: int,
-                     chunk_size: int, device: str | torch.device) -> np.ndarray:
+def _query_densities(query_fn: QueryFn, grid_index: np.ndarray, resolution: int, chunk_size: int, device: str | torch.device) -> np.ndarray:
     """Densities float32[K] at fine grid points with integer indices [K, 3] into [R, R, R]."""
     densities = np.empty(len(grid_index), dtype=np.float32)
     for start in range(0, len(grid_index), chunk_size):
-        index = torch.from_numpy(grid_index[start:start + chunk_size]).to(device)
+        index = torch.from_numpy(grid_index[start : start + chunk_size]).to(device)
         density, _ = query_fn(index.to(torch.float32) * (2.0 / (resolution - 1)) - 1.0)
-        densities[start:start + len(index)] = density.reshape(-1).float().cpu().numpy()
+        densities[start : start + len(index)] = density.reshape(-1).float().cpu().numpy()
     return densities
 
 
 @torch.no_grad()
-def _query_colors(query_fn: QueryFn, points: np.ndarray, chunk_size: int,
-                  device: str | torch.device) -> np.ndarray:
+def _query_colors(query_fn: QueryFn, points: np.ndarray, chunk_size: int, device: str | torch.device) -> np.ndarray:
     """RGBA uint8[V, 4] at world points float[V, 3]; alpha is opaque."""
     rgba = np.full((len(points), 4), 255, dtype=np.uint8)
     for start in range(0, len(points), chunk_size):
-        chunk = torch.as_tensor(points[start:start + chunk_size], dtype=torch.float32, device=device)
+        chunk = torch.as_tensor(points[start : start + chunk_size], dtype=torch.float32, device=device)
         _, rgb = query_fn(chunk)
         rgb = torch.nan_to_num(rgb.float(), nan=0.0).clamp(0.0, 1.0)
-        rgba[start:start + len(chunk), :3] = (rgb * 255.0).round().to(torch.uint8).cpu().numpy()
+        rgba[start : start + len(chunk), :3] = (rgb * 255.0).round().to(torch.uint8).cpu().numpy()
     return rgba
 
 
-def _query_grid(query_fn: QueryFn, volume: np.ndarray, needed: np.ndarray | None, offset: np.ndarray,
-                resolution: int, chunk_size: int, device: str | torch.device) -> int:
+def _query_grid(
+    query_fn: QueryFn,
+    volume: np.ndarray,
+    needed: np.ndarray | None,
+    offset: np.ndarray,
+    resolution: int,
+    chunk_size: int,
+    device: str | torch.device,
+) -> int:
     """Fill ``volume`` float32[X, Y, Z], the fine grid from index ``offset`` int[3] on, where
     ``needed`` bool[X, Y, Z] is set (everywhere if None); returns the number of queries.
 
@@ -91,11 +94,9 @@ def _query_grid(query_fn: QueryFn, volume: np.ndarray, needed: np.ndarray | None
     num_queries = 0
     for x_begin in range(0, volume.shape[0], planes_per_step):
         block_shape = (min(planes_per_step, volume.shape[0] - x_begin),) + volume.shape[1:]
-        flat = (np.arange(np.prod(block_shape)) if needed is None
-                else np.flatnonzero(needed[x_begin:x_begin + block_shape[0]]))
+        flat = np.arange(np.prod(block_shape)) if needed is None else np.flatnonzero(needed[x_begin : x_begin + block_shape[0]])
         grid_index = np.stack(np.unravel_index(flat, block_shape), -1) + offset + [x_begin, 0, 0]
-        volume.reshape(-1)[flat + x_begin * plane] = _query_densities(
-            query_fn, grid_index, resolution, chunk_size, device)
+        volume.reshape(-1)[flat + x_begin * plane] = _query_densities(query_fn, grid_index, resolution, chunk_size, device)
         num_queries += len(flat)
     return num_queries
 
@@ -127,9 +128,9 @@ def _coarse_lookup(coarse_idx: np.ndarray, fine: np.ndarray) -> tuple[np.ndarray
     return nearest, cell_before, cell_after
 
 
-def _coarse_to_fine_volume(query_fn: QueryFn, resolution: int, iso: float, coarse_resolution: int,
-                           chunk_size: int, device: str | torch.device
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _coarse_to_fine_volume(
+    query_fn: QueryFn, resolution: int, iso: float, coarse_resolution: int, chunk_size: int, device: str | torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Densities near the surface.
 
     Returns the fine grid float32[X, Y, Z] over the bounding box of the refined cells
@@ -143,8 +144,9 @@ def _coarse_to_fine_volume(query_fn: QueryFn, resolution: int, iso: float, coars
     coarse = _query_densities(query_fn, coarse_grid_index.reshape(-1, 3), resolution, chunk_size, device)
     coarse = coarse.reshape(n_coarse, n_coarse, n_coarse)
 
-    corners = np.stack([coarse[a:n_coarse - 1 + a, b:n_coarse - 1 + b, c:n_coarse - 1 + c]
-                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    corners = np.stack(
+        [coarse[a : n_coarse - 1 + a, b : n_coarse - 1 + b, c : n_coarse - 1 + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    )
     # Inside means density > iso, as in marching cubes. Cells with an unknown (NaN) corner
     # are refined too, so the fine samples decide.
     straddling = ((corners.min(0) <= iso) & (corners.max(0) > iso)) | np.isnan(corners).any(0)
@@ -152,7 +154,8 @@ def _coarse_to_fine_volume(query_fn: QueryFn, resolution: int, iso: float, coars
         raise EmptyMeshError(
             f"no surface at iso={iso}: the {n_coarse}^3 coarse grid saw densities in "
             f"[{np.nanmin(coarse):.4g}, {np.nanmax(coarse):.4g}]"
-            " (use method='dense' or a larger coarse_resolution for features thinner than a coarse cell)")
+            " (use method='dense' or a larger coarse_resolution for features thinner than a coarse cell)"
+        )
     # Surfaces can bulge through a cell face without touching a coarse corner of that cell.
     active = ndimage.binary_dilation(straddling, structure=np.ones((3, 3, 3), dtype=bool))
 
@@ -184,9 +187,15 @@ def _coarse_to_fine_volume(query_fn: QueryFn, resolution: int, iso: float, coars
     return volume, known, offset, num_queries
 
 
-def extract_mesh(query_fn: QueryFn, resolution: int = 256, iso: float = 1.0,
-                 method: str = "coarse_to_fine", coarse_resolution: int | None = None,
-                 chunk_size: int = 2**18, device: str | torch.device = "cpu") -> MeshResult:
+def extract_mesh(
+    query_fn: QueryFn,
+    resolution: int = 256,
+    iso: float = 1.0,
+    method: str = "coarse_to_fine",
+    coarse_resolution: int | None = None,
+    chunk_size: int = 2**18,
+    device: str | torch.device = "cpu",
+) -> MeshResult:
     """Marching-cubes mesh of ``{p : density(p) > iso}`` with vertex colours from the field.
 
     Args:
@@ -217,7 +226,8 @@ def extract_mesh(query_fn: QueryFn, resolution: int = 256, iso: float = 1.0,
         num_queries = _query_grid(query_fn, volume, None, offset, resolution, chunk_size, device)
     elif method == "coarse_to_fine":
         volume, known, offset, num_queries = _coarse_to_fine_volume(
-            query_fn, resolution, iso, coarse_resolution or max(resolution // 4, 16), chunk_size, device)
+            query_fn, resolution, iso, coarse_resolution or max(resolution // 4, 16), chunk_size, device
+        )
     else:
         raise ValueError(f"unknown method {method!r}; expected 'dense' or 'coarse_to_fine'")
 
@@ -228,8 +238,7 @@ def extract_mesh(query_fn: QueryFn, resolution: int = 256, iso: float = 1.0,
         raise EmptyMeshError(f"no surface at iso={iso}: densities seen lie in [{low:.4g}, {high:.4g}]")
     # Cells whose lower corner holds a fill value cannot start a surface; skipping them is
     # most of marching cubes' cost.
-    vertex_idx, faces, _, _ = measure.marching_cubes(
-        volume, level=iso, gradient_direction="descent", allow_degenerate=False, mask=known)
+    vertex_idx, faces, _, _ = measure.marching_cubes(volume, level=iso, gradient_direction="descent", allow_degenerate=False, mask=known)
     del volume, known
     # skimage winds triangles clockwise seen from outside; trimesh and glTF expect
     # counter-clockwise, i.e. normals pointing out of the solid.
@@ -237,8 +246,7 @@ def extract_mesh(query_fn: QueryFn, resolution: int = 256, iso: float = 1.0,
     vertices = _grid_coordinates(vertex_idx.astype(np.float64) + offset, resolution)
     colors = _query_colors(query_fn, vertices, chunk_size, device)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
-    return MeshResult(mesh=mesh, num_queries=int(num_queries), num_color_queries=len(vertices),
-                      seconds=time.perf_counter() - started)
+    return MeshResult(mesh=mesh, num_queries=int(num_queries), num_color_queries=len(vertices), seconds=time.perf_counter() - started)
 
 
 def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:
@@ -286,8 +294,7 @@ def _video_frames(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> n
     return frames
 
 
-def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: str | Path,
-                fps: int = 30) -> Path:
+def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: str | Path, fps: int = 30) -> Path:
     """Write frames (uint8[M, H, W, 3], a list of uint8[H, W, 3], or float torch[M, 3, H, W]
     in [0, 1]) as an H.264 MP4, creating parent directories.
 

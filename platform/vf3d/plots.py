@@ -98,7 +98,7 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
     figure = Figure(figsize=(4.0 * columns, 2.8 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax in axes[len(keys):]:
+    for ax in axes[len(keys) :]:
         ax.set_axis_off()
     if not keys:
         axes[0].set_axis_on()
@@ -140,7 +140,7 @@ def plot_bars(panels: dict[str, dict[str, Sequence[float | None]]], categories: 
     figure = Figure(figsize=(width * columns, 3.0 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax in axes[len(titles):]:
+    for ax in axes[len(titles) :]:
         ax.set_axis_off()
     positions = np.arange(len(categories))
     for ax, title in zip(axes, titles):
@@ -153,7 +153,12 @@ def plot_bars(panels: dict[str, dict[str, Sequence[float | None]]], categories: 
                 raise ValueError(f"{title!r}/{name!r}: {len(values)} values for {len(categories)} categories")
             keep = [i for i, value in enumerate(values) if value is not None and _is_number(value)]
             if keep:
-                ax.bar(positions[keep] + (index - (len(series) - 1) / 2) * bar_width, [float(values[i]) for i in keep], width=bar_width, label=name)
+                ax.bar(
+                    positions[keep] + (index - (len(series) - 1) / 2) * bar_width,
+                    [float(values[i]) for i in keep],
+                    width=bar_width,
+                    label=name,
+                )
                 drawn = True
         ax.set_xticks(positions, [str(category)[:14] for category in categories], rotation=45, ha="right", fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
@@ -248,4 +253,3 @@ def image_grid(
     with atomic_write(out_png) as file:
         canvas.save(file, format="PNG")
     return out_png
-

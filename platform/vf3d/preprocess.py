@@ -6,6 +6,7 @@ white, resized to the model input size (docs/reference.md#preprocessing). Everyt
 go wrong with user input raises one :class:`ImageInputError` with a one-line message, so the CLI
 and the HTTP endpoint can report it as-is.
 """
+
 from __future__ import annotations
 
 import functools
@@ -86,10 +87,8 @@ def _decode_stream(fp, max_pixels: int, max_side: int | None = None) -> Image.Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         n = re.search(r"\((\d+) pixels\)", str(e))
         count = f"{int(n.group(1)):.2g}" if n else "too many"
-        limit, name = min((max_pixels, "max_pixels"),
-                          (Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS"))
-        raise ImageInputError(
-            f"image has {count} pixels, more than the limit of {limit} ({name})") from None
+        limit, name = min((max_pixels, "max_pixels"), (Image.MAX_IMAGE_PIXELS, "PIL.Image.MAX_IMAGE_PIXELS"))
+        raise ImageInputError(f"image has {count} pixels, more than the limit of {limit} ({name})") from None
     except Exception as e:  # noqa: BLE001 - plugins raise SyntaxError, struct.error, ...
         raise ImageInputError(f"image is truncated or corrupt: {type(e).__name__}: {e}") from None
     with im:
@@ -121,8 +120,7 @@ def _decode(im: Image.Image, max_pixels: int, max_side: int | None = None) -> Im
     if w == 0 or h == 0:
         raise ImageInputError("image has zero width or height")
     if w * h > max_pixels:
-        raise ImageInputError(f"image is {w}x{h} = {w * h:.2g} pixels, "
-                              f"more than the limit of {max_pixels} (max_pixels)")
+        raise ImageInputError(f"image is {w}x{h} = {w * h:.2g} pixels, more than the limit of {max_pixels} (max_pixels)")
     try:
         if max_side is not None and max(w, h) > max_side:
             # JPEG's DCT decodes straight to the smallest 1/2^k scale still >= the target (a
@@ -204,8 +202,7 @@ def _estimate_mask(image: Image.Image, work_side: int = 512) -> np.ndarray:
     rgb = ndimage.gaussian_filter(np.asarray(small, np.float32) / 255.0, sigma=(1, 1, 0))
     sh, sw = rgb.shape[:2]
     b = max(2, min(sh, sw) // 50)  # border strip, a few pixels wide
-    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
-                             rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)])
+    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)])
     bg = np.median(border, axis=0)
     # Median, so an object cut by the image edge (less than half the border) does not count.
     spread = float(np.median(np.linalg.norm(border - bg, axis=-1)))
@@ -219,7 +216,7 @@ def _estimate_mask(image: Image.Image, work_side: int = 512) -> np.ndarray:
     if n:
         sizes = np.bincount(labels.ravel())[1:]
         big = sizes >= max(0.001 * fg.size, 0.05 * sizes.max())  # remove small specks
-        centre = np.unique(labels[sh // 4: sh - sh // 4, sw // 4: sw - sw // 4])
+        centre = np.unique(labels[sh // 4 : sh - sh // 4, sw // 4 : sw - sw // 4])
         keep = np.zeros(n + 1, bool)
         keep[centre[centre > 0]] = True
         keep[1:] &= big
@@ -232,8 +229,9 @@ def _estimate_mask(image: Image.Image, work_side: int = 512) -> np.ndarray:
     return np.asarray(Image.fromarray(soft).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def recenter(image_rgb: np.ndarray, mask: np.ndarray, foreground_ratio: float = 0.8,
-             background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def recenter(
+    image_rgb: np.ndarray, mask: np.ndarray, foreground_ratio: float = 0.8, background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
     """Composite, crop to the mask's bounding box and centre it on a square canvas.
 
     ``image_rgb`` [H, W, 3] float in [0, 1] and ``mask`` [H, W] in [0, 1] give
@@ -259,7 +257,7 @@ def recenter(image_rgb: np.ndarray, mask: np.ndarray, foreground_ratio: float = 
     canvas = np.empty((side, side, 3), np.float32)
     canvas[:] = bg
     top, left = (side - ch) // 2, (side - cw) // 2
-    canvas[top:top + ch, left:left + cw] = crop
+    canvas[top : top + ch, left : left + cw] = crop
     return canvas
 
 
@@ -269,8 +267,14 @@ sized to it, antialiased bicubic resize) or "release" (`release_framing`: the re
 code's framing, for comparing outputs with it)."""
 
 
-def prepare_image(source: Source, size: int, foreground_ratio: float = 0.8,
-                  mask_method: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "vf3d") -> torch.Tensor:
+def prepare_image(
+    source: Source,
+    size: int,
+    foreground_ratio: float = 0.8,
+    mask_method: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    mode: str = "vf3d",
+) -> torch.Tensor:
     """Photo (path, bytes or PIL image) -> model input [3, size, size] float32 in [0, 1].
 
     load_image -> foreground_mask -> recenter -> antialiased resize (``mode="vf3d"``), or the
@@ -283,7 +287,9 @@ def prepare_image(source: Source, size: int, foreground_ratio: float = 0.8,
     return prepare_decoded(load_image(source, max_pixels), size, foreground_ratio, mask_method, mode=mode)
 
 
-def prepare_decoded(image: Image.Image, size: int, foreground_ratio: float = 0.8, mask_method: str = "auto", mode: str = "vf3d") -> torch.Tensor:
+def prepare_decoded(
+    image: Image.Image, size: int, foreground_ratio: float = 0.8, mask_method: str = "auto", mode: str = "vf3d"
+) -> torch.Tensor:
     """`prepare_image` for an image `load_image` already decoded (RGBA; shrunk in place), for
     callers that inspect it first, so it is not decoded and converted a second time."""
     if mode not in PREPROCESSING_MODES:
@@ -343,10 +349,12 @@ def release_framing(image: Image.Image, mask: np.ndarray, size: int, foreground_
     new_h, new_w = int(crop_h * scale), int(crop_w * scale)
     cutout = np.dstack([np.asarray(image.convert("RGB"))[top:bottom, left:right], alpha[top:bottom, left:right]])
     # Channel by channel: PIL would premultiply an RGBA image before filtering; OpenCV does not.
-    resized = np.dstack([np.asarray(Image.fromarray(np.ascontiguousarray(cutout[..., c])).resize((new_w, new_h), Image.Resampling.BOX)) for c in range(4)])
+    resized = np.dstack(
+        [np.asarray(Image.fromarray(np.ascontiguousarray(cutout[..., c])).resize((new_w, new_h), Image.Resampling.BOX)) for c in range(4)]
+    )
     framed = np.zeros((canvas_side, canvas_side, 4), np.uint8)
     y0, x0 = (canvas_side - new_h) // 2, (canvas_side - new_w) // 2
-    framed[y0:y0 + new_h, x0:x0 + new_w] = resized
+    framed[y0 : y0 + new_h, x0 : x0 + new_w] = resized
     rgba = torch.from_numpy(framed).permute(2, 0, 1)[None].float() / 255.0
     composited = rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:])
     out = F.interpolate(composited, size=(size, size), mode="bicubic", align_corners=True)

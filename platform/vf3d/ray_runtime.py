@@ -33,7 +33,9 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
         ray.init(address=target, log_to_driver=True)
         log(f"connected to the Ray cluster at {target}")
     else:
-        ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS), include_dashboard=False, log_to_driver=True)
+        ray.init(
+            address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS), include_dashboard=False, log_to_driver=True
+        )
         log(f"started a local Ray cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     try:
         yield

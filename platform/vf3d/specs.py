@@ -70,8 +70,15 @@ def print_flushed(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def option(help: str, *, default: Any = dataclasses.MISSING, sets: str | None = None, metavar: str | tuple[str, ...] | None = None,
-           choices: tuple[str, ...] | None = None, positional: bool = False) -> Any:
+def option(
+    help: str,
+    *,
+    default: Any = dataclasses.MISSING,
+    sets: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    choices: tuple[str, ...] | None = None,
+    positional: bool = False,
+) -> Any:
     """A spec field that is a command option.
 
     Args:
@@ -138,9 +145,17 @@ PRESET_HELP = "named settings to start from (default: %(default)s)"
 CONFIG_HELP = "YAML/JSON file overriding preset fields (unknown keys are rejected)"
 
 
-def command(name: str, *, help: str, description: str, presets: Mapping[str, Callable[[], Any]] | None = None,
-            default_preset: str | None = None, uses_ray: bool = False, runs_as_job: bool = False,
-            config_kind: str | None = None) -> Callable[[SpecType], SpecType]:
+def command(
+    name: str,
+    *,
+    help: str,
+    description: str,
+    presets: Mapping[str, Callable[[], Any]] | None = None,
+    default_preset: str | None = None,
+    uses_ray: bool = False,
+    runs_as_job: bool = False,
+    config_kind: str | None = None,
+) -> Callable[[SpecType], SpecType]:
     """Make a class of `option` fields the spec of `vf3d NAME` (a keyword-only dataclass) and
     register it. Adds the options every such command shares, after its own: --address when it
     `uses_ray`, and --preset and --config when it has `presets`."""
@@ -211,11 +226,21 @@ def options(spec: type[Spec]) -> tuple[Option, ...]:
     for field in dataclasses.fields(spec):
         settings = field.metadata[_OPTION_KEY]
         kind, repeated, count, choices = _read_annotation(hints[field.name], f"{spec.__name__}.{field.name}")
-        found.append(Option(
-            name=field.name, kind=kind, repeated=repeated, count=count, choices=settings["choices"] or choices,
-            required=field.default is dataclasses.MISSING, default=None if field.default is dataclasses.MISSING else field.default,
-            help=settings["help"], sets=settings["sets"], metavar=settings["metavar"], positional=settings["positional"],
-        ))
+        found.append(
+            Option(
+                name=field.name,
+                kind=kind,
+                repeated=repeated,
+                count=count,
+                choices=settings["choices"] or choices,
+                required=field.default is dataclasses.MISSING,
+                default=None if field.default is dataclasses.MISSING else field.default,
+                help=settings["help"],
+                sets=settings["sets"],
+                metavar=settings["metavar"],
+                positional=settings["positional"],
+            )
+        )
     return tuple(found)
 
 
@@ -338,7 +363,7 @@ def resolve_config(spec: Spec) -> Any:
     by the options that `sets` config fields. None for a command without presets."""
     if spec.presets is None:
         return None
-    config = config_lib.resolve(spec.presets, getattr(spec, "preset"), getattr(spec, "config"))
+    config = config_lib.resolve(spec.presets, spec.preset, spec.config)
     overrides = spec.config_overrides()
     return config_lib.merge(config, overrides).validate() if overrides else config
 
@@ -355,7 +380,7 @@ def execute(spec: Spec, log: Log = print_flushed) -> None:
         return
     from vf3d.ray_runtime import ray_cluster
 
-    with ray_cluster(getattr(spec, "address"), log=log):
+    with ray_cluster(spec.address, log=log):
         spec.run(config, log)
 
 
@@ -381,8 +406,18 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from vf3d.synthesis.quality import LabelsError
     from vf3d.training.checkpointing import CheckpointError
 
-    return (UsageError, ConfigError, ImageInputError, ModelDirectoryError, CheckpointFormatError, CheckpointError, EmptyMeshError,
-            AssetError, ShardFormatError, LabelsError)
+    return (
+        UsageError,
+        ConfigError,
+        ImageInputError,
+        ModelDirectoryError,
+        CheckpointFormatError,
+        CheckpointError,
+        EmptyMeshError,
+        AssetError,
+        ShardFormatError,
+        LabelsError,
+    )
 
 
 def report_input_error(command: str, error: BaseException) -> None:
@@ -524,8 +559,9 @@ class ImportCheckpoint(Spec):
     src: Path = option("released checkpoint file (.safetensors, .pt, .pth, .bin) or a directory holding model.safetensors", positional=True)
     format: Literal["vfusion3d", "openlrm"] = option("layout of the source checkpoint")
     out: Path = option("reconstructor directory to write")
-    config: Path | None = option("YAML/JSON overrides for what shapes cannot tell (e.g. transformer.num_heads, encoder.image_size)",
-                                 default=None)
+    config: Path | None = option(
+        "YAML/JSON overrides for what shapes cannot tell (e.g. transformer.num_heads, encoder.image_size)", default=None
+    )
 
     def check(self, config: Any) -> None:
         """One line for a checkpoint path that is missing, a directory without model.safetensors,
@@ -535,8 +571,9 @@ class ImportCheckpoint(Spec):
             raise UsageError(f"checkpoint not found: {src}")
         if src.is_dir():
             if not (src / "model.safetensors").is_file():
-                raise UsageError(f"{src} is a directory without model.safetensors; "
-                                 "give the checkpoint file itself (.safetensors, .pt, .pth, .bin)")
+                raise UsageError(
+                    f"{src} is a directory without model.safetensors; give the checkpoint file itself (.safetensors, .pt, .pth, .bin)"
+                )
             src = src / "model.safetensors"
         if not src.is_file():
             raise UsageError(f"{src} is not a regular file")
@@ -573,8 +610,12 @@ class RenderAssets(Spec):
     out: Path = option("shard directory (orbits-*.parquet, _errors/, render_summary.json)")
     views: int | None = option("orbit views per asset (preset: 16)", default=None, sets="render.num_views")
     resolution: int | None = option("frame side in pixels", default=None, sets="render.resolution")
-    elevation_range: tuple[float, float] | None = option("elevation range in degrees, one draw per asset (default 0 45)", default=None,
-                                                         metavar=("MIN", "MAX"), sets="render.elevation_range_deg")
+    elevation_range: tuple[float, float] | None = option(
+        "elevation range in degrees, one draw per asset (default 0 45)",
+        default=None,
+        metavar=("MIN", "MAX"),
+        sets="render.elevation_range_deg",
+    )
 
     def check(self, config: Any) -> None:
         check_path(self.assets, "--assets", "directory of meshes", directory=True)
@@ -600,8 +641,9 @@ class FinetuneVideo(Spec):
 
     data: Path = option("orbit shard directory (from render-assets or synthesize)")
     out: Path = option("directory for the exported model (diffusers layout), the resolved config and the run summary")
-    name: str | None = option("run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None,
-                              sets="training.run.name")
+    name: str | None = option(
+        "run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None, sets="training.run.name"
+    )
     storage_path: Path | None = option("where checkpoints go (default: OUT/training_runs)", default=None, sets="training.run.storage_path")
     max_steps: int | None = option("total optimizer steps", default=None, sets="training.run.max_steps")
 
@@ -632,16 +674,25 @@ class FinetuneVideo(Spec):
 class Synthesize(Spec):
     """Prompts or images → filtered synthetic orbit shards."""
 
-    prompts: Path = option("Parquet/CSV/JSONL with columns id, prompt and optional image (bytes or a path relative to the file) and "
-                           "elevation (degrees); or a folder of images")
+    prompts: Path = option(
+        "Parquet/CSV/JSONL with columns id, prompt and optional image (bytes or a path relative to the file) and "
+        "elevation (degrees); or a folder of images"
+    )
     video_model: Path = option("fine-tuned orbit video model directory (from finetune-video)")
     out: Path = option("shard directory (synthetic-*.parquet, _rejected/, _errors/, synthesize_summary.json)")
-    text_to_image: Path | None = option("local diffusers text-to-image pipeline drawing first frames for inputs without an image (sets "
-                                        "generation.text_to_image_path)", default=None, sets="generation.text_to_image_path")
-    probe: Path | None = option("quality probe directory from train-filter (sets filter.probe_path; default: heuristics only)",
-                                default=None, sets="filter.probe_path")
-    retry_errors: bool = option("also retry inputs that failed in an earlier run (their old error rows are archived)", default=False,
-                                sets="retry_errors")
+    text_to_image: Path | None = option(
+        "local diffusers text-to-image pipeline drawing first frames for inputs without an image (sets generation.text_to_image_path)",
+        default=None,
+        sets="generation.text_to_image_path",
+    )
+    probe: Path | None = option(
+        "quality probe directory from train-filter (sets filter.probe_path; default: heuristics only)",
+        default=None,
+        sets="filter.probe_path",
+    )
+    retry_errors: bool = option(
+        "also retry inputs that failed in an earlier run (their old error rows are archived)", default=False, sets="retry_errors"
+    )
 
     def check(self, config: Any) -> None:
         from vf3d.synthesis.synthesize import read_inputs, video_model_settings
@@ -670,8 +721,11 @@ class TrainFilter(Spec):
     labels: Path = option("CSV/JSONL/Parquet with columns id and label (good/bad, keep/reject, 1/0, true/false)")
     data: list[Path] = option("shard directory holding the labelled orbits (kept or _rejected/); repeat for several")
     out: Path = option("probe directory to write (config.json, model.safetensors, filter_report.json)")
-    encoder: Path | None = option("local DINOv2 directory (transformers layout; sets encoder.encoder.pretrained_path)", default=None,
-                                  sets="encoder.encoder.pretrained_path")
+    encoder: Path | None = option(
+        "local DINOv2 directory (transformers layout; sets encoder.encoder.pretrained_path)",
+        default=None,
+        sets="encoder.encoder.pretrained_path",
+    )
 
     def check(self, config: Any) -> None:
         missing = [str(path) for path in self.data if not path.exists()]
@@ -707,16 +761,20 @@ class TrainRecon(Spec):
     data_3d: Path | None = option("orbit shards rendered from 3D assets (from render-assets) for the 3D fine-tune stage", default=None)
     out: Path = option("reconstructor directory to write (plus train_log.jsonl, validation.jsonl, plots, checkpoints)")
     init: Path | None = option("reconstructor directory to start from (e.g. imported released weights)", default=None, sets="init_path")
-    name: str | None = option("run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None,
-                              sets="training.run.name")
+    name: str | None = option(
+        "run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None, sets="training.run.name"
+    )
     storage_path: Path | None = option("where checkpoints go (default: OUT/training_runs)", default=None, sets="training.run.storage_path")
     seed: int | None = option("seed of model initialisation and data order (default: the preset's)", default=None, sets="training.run.seed")
 
     def check(self, config: Any) -> None:
         if self.data is None and self.data_3d is None:
             raise UsageError("give --data (synthetic orbit shards) and/or --data-3d (rendered orbit shards)")
-        for flag, path, kind in [("--data", self.data, "shard directory"), ("--data-3d", self.data_3d, "shard directory"),
-                                 ("--init", self.init, "model directory")]:
+        for flag, path, kind in [
+            ("--data", self.data, "shard directory"),
+            ("--data-3d", self.data_3d, "shard directory"),
+            ("--init", self.init, "model directory"),
+        ]:
             if path is not None:
                 check_path(path, flag, kind, directory=True)
 
@@ -744,14 +802,23 @@ class Evaluate(Spec):
     compare: list[Path] | None = option("another reconstructor directory to compare with the first --model", default=None, metavar="DIR")
     data: Path = option("orbit shards of held-out objects (from render-assets or synthesize)", metavar="DIR")
     out: Path = option("report directory (metrics.json, report.md, figures/, evaluate_config.json)", metavar="DIR")
-    assets: Path | None = option("root the shards' asset paths are relative to (the --assets of render-assets): enables Chamfer/F-score",
-                                 default=None, metavar="DIR")
+    assets: Path | None = option(
+        "root the shards' asset paths are relative to (the --assets of render-assets): enables Chamfer/F-score", default=None, metavar="DIR"
+    )
     limit: int | None = option("evaluate at most N orbits (the first by id, or by --ids order)", default=None, metavar="N", sets="limit")
     ids: Path | None = option("text file of orbit ids to evaluate, one per line", default=None, metavar="FILE")
-    clip: Path | None = option("local open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json (sets "
-                               "clip.weights_path)", default=None, metavar="PATH", sets="clip.weights_path")
-    lpips_backbone: Path | None = option("local torchvision state dict of the LPIPS backbone, e.g. alexnet-owt-7be5be79.pth (sets "
-                                         "lpips.backbone_path)", default=None, metavar="FILE", sets="lpips.backbone_path")
+    clip: Path | None = option(
+        "local open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json (sets clip.weights_path)",
+        default=None,
+        metavar="PATH",
+        sets="clip.weights_path",
+    )
+    lpips_backbone: Path | None = option(
+        "local torchvision state dict of the LPIPS backbone, e.g. alexnet-owt-7be5be79.pth (sets lpips.backbone_path)",
+        default=None,
+        metavar="FILE",
+        sets="lpips.backbone_path",
+    )
     device: str | None = option("auto (default), cpu or cuda[:N]", default=None, sets="inference.device")
 
     @property

@@ -178,22 +178,32 @@ def _gltf_json(path: Path) -> dict:
 def _check_gltf_encodings(path: Path) -> frozenset[str]:
     """Raise `AssetError` for glTF extensions we cannot decode; → the extensions the file uses."""
     document = _gltf_json(path)
-    used = frozenset(name for name in [*document.get("extensionsUsed", []), *document.get("extensionsRequired", [])] if isinstance(name, str))
+    used = frozenset(
+        name for name in [*document.get("extensionsUsed", []), *document.get("extensionsRequired", [])] if isinstance(name, str)
+    )
     required = frozenset(name for name in document.get("extensionsRequired", []) if isinstance(name, str))
     if DRACO in used:
         try:
             import DracoPy  # noqa: F401  (trimesh imports it inside its Draco handler and only logs a failure)
         except ImportError:
-            raise AssetError(f"{path.name} uses {DRACO} (Draco-compressed geometry) but DracoPy is not installed: pip install DracoPy") from None
+            raise AssetError(
+                f"{path.name} uses {DRACO} (Draco-compressed geometry) but DracoPy is not installed: pip install DracoPy"
+            ) from None
     for name in MESHOPT_EXTENSIONS:
         # Only a required meshopt extension lacks uncompressed fallback buffers (which trimesh reads).
         if name in required:
-            raise AssetError(f"{path.name} uses {name} (meshopt-compressed geometry), which vf3d cannot decode; re-export it without mesh compression (e.g. gltfpack -i IN -o OUT -noq, without -c)")
+            raise AssetError(
+                f"{path.name} uses {name} (meshopt-compressed geometry), which vf3d cannot decode; re-export it without mesh compression (e.g. gltfpack -i IN -o OUT -noq, without -c)"
+            )
     textures = document.get("textures", [])
-    if BASISU in used and any(isinstance(texture, dict) and BASISU in (texture.get("extensions") or {}) and texture.get("source") is None for texture in textures):
+    if BASISU in used and any(
+        isinstance(texture, dict) and BASISU in (texture.get("extensions") or {}) and texture.get("source") is None for texture in textures
+    ):
         # A KTX2 texture with a PNG/JPEG fallback `source` renders from the fallback; without one
         # trimesh would silently drop the texture, and an untextured orbit is a wrong training sample.
-        raise AssetError(f"{path.name} uses {BASISU} (KTX2/Basis Universal textures) without a PNG/JPEG fallback, which vf3d cannot decode; re-export it with PNG or JPEG textures")
+        raise AssetError(
+            f"{path.name} uses {BASISU} (KTX2/Basis Universal textures) without a PNG/JPEG fallback, which vf3d cannot decode; re-export it with PNG or JPEG textures"
+        )
     return used
 
 
@@ -331,7 +341,7 @@ def load_captions(root: str | os.PathLike) -> dict[str, str]:
                 continue
             record = json.loads(line)
             if not isinstance(record, dict) or "path" not in record or "caption" not in record:
-                raise ValueError(f"{jsonl_file}:{number}: each line must be {{\"path\": ..., \"caption\": ...}}")
+                raise ValueError(f'{jsonl_file}:{number}: each line must be {{"path": ..., "caption": ...}}')
             captions[PurePath(record["path"]).as_posix()] = str(record["caption"])
     return captions
 
@@ -534,7 +544,8 @@ def _bake_visuals_to_glb(visuals: list[_UrdfVisual]) -> bytes:
             merged.visual = trimesh.visual.TextureVisuals(uv=np.concatenate([source.visual.uv] * len(group)), material=pbr)
         else:
             color = list(rgba) if rgba is not None else list(PLAIN_COLOR)
-            merged.visual = trimesh.visual.TextureVisuals(material=PBRMaterial(baseColorFactor=color, metallicFactor=0.0, roughnessFactor=1.0))
+            merged.visual = trimesh.visual.TextureVisuals(
+                material=PBRMaterial(baseColorFactor=color, metallicFactor=0.0, roughnessFactor=1.0)
+            )
         scene.add_geometry(merged)
     return scene.export(file_type="glb")
-

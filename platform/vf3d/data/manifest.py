@@ -41,7 +41,13 @@ from vf3d import atomic
 
 MANIFEST_DIRNAME = "_ids"
 """Sub-directory of a shard directory holding the id logs and the folded index."""
-MANIFEST_SCHEMA = pa.schema([pa.field("table", pa.string(), nullable=False), pa.field("file", pa.string(), nullable=False), pa.field("ids", pa.list_(pa.string()), nullable=False)])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("ids", pa.list_(pa.string()), nullable=False),
+    ]
+)
 """One row per published shard file: its table, its file name and the ids it holds."""
 _LOG_PREFIX, _LOG_SUFFIX = "log-", ".arrows"
 _INDEX_PREFIX, _INDEX_SUFFIX = "index-", ".arrow"
@@ -95,7 +101,15 @@ def manifest_files(directory: str | os.PathLike) -> list[Path]:
     folder = Path(directory) / MANIFEST_DIRNAME
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.is_file() and ((path.name.startswith(_LOG_PREFIX) and path.name.endswith(_LOG_SUFFIX)) or (path.name.startswith(_INDEX_PREFIX) and path.name.endswith(_INDEX_SUFFIX))))
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file()
+        and (
+            (path.name.startswith(_LOG_PREFIX) and path.name.endswith(_LOG_SUFFIX))
+            or (path.name.startswith(_INDEX_PREFIX) and path.name.endswith(_INDEX_SUFFIX))
+        )
+    )
 
 
 def read_manifest(path: Path) -> pa.Table:
@@ -268,7 +282,7 @@ class IdSet:
         return len(self.hashes)
 
     @classmethod
-    def _from_parts(cls, ids: pa.Array, order: np.ndarray, hashes: np.ndarray) -> "IdSet":
+    def _from_parts(cls, ids: pa.Array, order: np.ndarray, hashes: np.ndarray) -> IdSet:
         made = cls.__new__(cls)
         made.ids, made.order, made.hashes = ids, order, hashes
         made._index_buckets()
@@ -327,7 +341,7 @@ class IdSet:
         """bool [m]: whether each of `values` (string [m], no nulls) is in the set."""
         return self.positions(values) >= 0
 
-    def subset(self, keep: np.ndarray) -> "IdSet":
+    def subset(self, keep: np.ndarray) -> IdSet:
         """The set of `ids[keep]` (bool [n]), derived from this one in O(n): nothing is hashed or
         sorted again."""
         keep = np.asarray(keep, bool)

@@ -75,6 +75,7 @@ void main() {
 }
 """
 
+
 def opengl_matrices(cameras: torch.Tensor | np.ndarray, near: float = 0.01, far: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """OpenGL view and projection matrices of 25-D render cameras.
 
@@ -155,7 +156,9 @@ class OrbitRenderer:
             depth_attachment=self.ctx.depth_renderbuffer(size, samples=self.samples),
         )
         # Multisampled buffers cannot be read directly: they are resolved into this one first.
-        self._read_target = self.ctx.framebuffer(color_attachments=[self.ctx.renderbuffer(size, 4)]) if self.samples else self._render_target
+        self._read_target = (
+            self.ctx.framebuffer(color_attachments=[self.ctx.renderbuffer(size, 4)]) if self.samples else self._render_target
+        )
         self._program = self.ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=FRAGMENT_SHADER)
         self._program["ambient"].value = ambient
         self._program["base_texture"].value = 0
@@ -167,7 +170,7 @@ class OrbitRenderer:
         self.ctx.__exit__(None, None, None)
 
     @classmethod
-    def from_config(cls, config: OrbitRenderConfig, samples: int = 4) -> "OrbitRenderer":
+    def from_config(cls, config: OrbitRenderConfig, samples: int = 4) -> OrbitRenderer:
         """A renderer with the config's resolution and ambient light."""
         return cls(config.resolution, ambient=config.ambient, samples=samples)
 
@@ -233,7 +236,7 @@ class OrbitRenderer:
         self.ctx.__enter__()  # release needs the context current; it is gone afterwards
         self.ctx.release()
 
-    def __enter__(self) -> "OrbitRenderer":
+    def __enter__(self) -> OrbitRenderer:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -291,7 +294,7 @@ class OrbitRender:
 def _seed_from(asset_id: str, seed: int, purpose: str) -> int:
     """A 64-bit seed from (purpose, seed, asset id): independent streams per purpose, reproducible
     across processes (unlike Python's salted hash())."""
-    digest = hashlib.sha1(f"{purpose}:{seed}:{asset_id}".encode("utf-8")).digest()
+    digest = hashlib.sha1(f"{purpose}:{seed}:{asset_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
@@ -315,7 +318,9 @@ def orbit_cameras(config: OrbitRenderConfig, elevation_deg: float, generator: to
     poses = cameras_module.orbit_poses(config.num_views, elevation_deg=elevation_deg, radius=config.radius)
     if config.num_random_views:
         low, high = config.random_elevation_range_deg
-        random_poses = cameras_module.random_sphere_poses(config.num_random_views, radius=config.radius, min_elevation_deg=low, max_elevation_deg=high, generator=generator)
+        random_poses = cameras_module.random_sphere_poses(
+            config.num_random_views, radius=config.radius, min_elevation_deg=low, max_elevation_deg=high, generator=generator
+        )
         poses = torch.cat([poses, random_poses])
     return cameras_module.render_camera_vector(poses, intrinsics)
 
@@ -331,4 +336,9 @@ def render_orbit(renderer: OrbitRenderer, asset: Asset, config: OrbitRenderConfi
     elevation = draw_elevation(asset_id, config, seed)
     generator = torch.Generator().manual_seed(_seed_from(asset_id, seed, "random views") % (2**63))
     cameras = orbit_cameras(config, elevation, generator)
-    return OrbitRender(rgba=renderer.render(asset, cameras), cameras=cameras.numpy().astype(np.float32), elevation_deg=elevation, num_orbit_views=config.num_views)
+    return OrbitRender(
+        rgba=renderer.render(asset, cameras),
+        cameras=cameras.numpy().astype(np.float32),
+        elevation_deg=elevation,
+        num_orbit_views=config.num_views,
+    )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def source_inputs(frames: "torch.Tensor", masks: "torch.Tensor", image_size: int) -> "torch.Tensor":
+def source_inputs(frames: torch.Tensor, masks: torch.Tensor, image_size: int) -> torch.Tensor:
     """Source views as the model sees them at inference: cropped to the mask's box, rescaled so it
     spans 80% of a white square canvas, resized. frames [B, 3, H, W], masks [B, 1, H, W] → [B, 3, S, S]."""
     import torch

@@ -357,7 +357,9 @@ def validate_table(table: pa.Table) -> None:
         raise ShardFormatError(f"row {ids[row]!r}: column 'num_orbit_views' is {orbit_views[row]}, outside 1..{views[row]}")
     for row, version in enumerate(table.column("format_version").to_pylist()):
         if version not in KNOWN_FORMAT_VERSIONS:
-            raise ShardFormatError(f"row {ids[row]!r}: column 'format_version' is {version}, known versions are {sorted(KNOWN_FORMAT_VERSIONS)}")
+            raise ShardFormatError(
+                f"row {ids[row]!r}: column 'format_version' is {version}, known versions are {sorted(KNOWN_FORMAT_VERSIONS)}"
+            )
     for row, source in enumerate(table.column("source").to_pylist()):
         if source not in SOURCES:
             raise ShardFormatError(f"row {ids[row]!r}: column 'source' is {source!r}, expected one of {SOURCES}")
@@ -523,8 +525,9 @@ class OrbitShardWriter:
         return _write_atomically(table, directory, self.prefix, self.fsync, self._log, "rejected")
 
 
-def _write_atomically(table: pa.Table, directory: Path, prefix: str, fsync: bool, log: "id_manifest.ManifestLog | None" = None,
-                      table_name: str = "orbits") -> Path:
+def _write_atomically(
+    table: pa.Table, directory: Path, prefix: str, fsync: bool, log: id_manifest.ManifestLog | None = None, table_name: str = "orbits"
+) -> Path:
     """Write `table` as `directory/<shard_file_name>` via a partial file and a rename
     (`vf3d.atomic`: `.{name}.{8 hex}.partial`, which `remove_partials` deletes), then record its
     ids in `log`. The log entry comes after the rename: a kill in between leaves a shard
@@ -611,7 +614,7 @@ class ShardIndex:
         """Names of the indexed files of `table`."""
         return self.entries.filter(pc.equal(self.entries.column("table"), table)).column("file").to_pylist()
 
-    def files_holding(self, table: str, ids: "id_manifest.IdSet") -> list[str]:
+    def files_holding(self, table: str, ids: id_manifest.IdSet) -> list[str]:
         """Names of the files of `table` holding at least one of `ids`."""
         rows = self.entries.filter(pc.equal(self.entries.column("table"), table))
         if not rows.num_rows or not len(ids):
@@ -621,7 +624,9 @@ class ShardIndex:
         return [rows.column("file")[int(index)].as_py() for index in np.unique(parents[hits])]
 
 
-def index_shards(directory: str | os.PathLike, tables: Sequence[str] = TABLES, previous: ShardIndex | None = None, threads: int = 16) -> ShardIndex:
+def index_shards(
+    directory: str | os.PathLike, tables: Sequence[str] = TABLES, previous: ShardIndex | None = None, threads: int = 16
+) -> ShardIndex:
     """Index the complete shard files of `tables`: one listing of each table's folder, the id
     manifests, and the id column of any listed file without a manifest entry (every file of a
     directory written before manifests existed), read on `threads` threads.
@@ -669,9 +674,20 @@ def index_shards(directory: str | os.PathLike, tables: Sequence[str] = TABLES, p
             found = list(pool.map(read_one, missing))
         offsets = np.concatenate([[0], np.cumsum([len(ids) for _, _, ids in found])]).astype(np.int32)
         flat = pa.concat_arrays([ids for _, _, ids in found]) if found else pa.array([], pa.string())
-        extra = pa.table([pa.array([table for table, _, _ in found], pa.string()), pa.array([name for _, name, _ in found], pa.string()), pa.ListArray.from_arrays(pa.array(offsets), flat)], schema=id_manifest.MANIFEST_SCHEMA)
+        extra = pa.table(
+            [
+                pa.array([table for table, _, _ in found], pa.string()),
+                pa.array([name for _, name, _ in found], pa.string()),
+                pa.ListArray.from_arrays(pa.array(offsets), flat),
+            ],
+            schema=id_manifest.MANIFEST_SCHEMA,
+        )
         entries = pa.concat_tables([entries.cast(id_manifest.MANIFEST_SCHEMA), extra])
-    return ShardIndex(entries=entries.cast(id_manifest.MANIFEST_SCHEMA).combine_chunks(), manifests=(previous.manifests if previous else []) + names, read_from_shards=len(missing))
+    return ShardIndex(
+        entries=entries.cast(id_manifest.MANIFEST_SCHEMA).combine_chunks(),
+        manifests=(previous.manifests if previous else []) + names,
+        read_from_shards=len(missing),
+    )
 
 
 def compact_index(directory: str | os.PathLike, index: ShardIndex) -> ShardIndex:
@@ -690,7 +706,9 @@ def read_ids(directory: str | os.PathLike, table: str = "orbits") -> set[str]:
     return set(index_shards(directory, tables=(table,)).ids(table).to_pylist())
 
 
-def read_table(source: str | os.PathLike | Iterable[str | os.PathLike], columns: Sequence[str] | None = None, table: str = "orbits") -> pa.Table:
+def read_table(
+    source: str | os.PathLike | Iterable[str | os.PathLike], columns: Sequence[str] | None = None, table: str = "orbits"
+) -> pa.Table:
     """Read shards into one table (still encoded; use `decode_row`/`decode_batch` for tensors).
 
     Args:
@@ -850,7 +868,9 @@ def _decode_images(encoded: Sequence[Any], mode: str, row_id: Any, column: str, 
     images = [_decode_image(data, mode, row_id, column, view) for view, data in zip(views, encoded)]
     for view, image in zip(views, images):
         if image.shape != images[0].shape:
-            raise ShardFormatError(f"row {row_id!r}, column {column!r}, view {view}: {image.shape[:2]} pixels, view {views[0]} has {images[0].shape[:2]}")
+            raise ShardFormatError(
+                f"row {row_id!r}, column {column!r}, view {view}: {image.shape[:2]} pixels, view {views[0]} has {images[0].shape[:2]}"
+            )
     return np.stack(images)
 
 
@@ -924,7 +944,12 @@ class ViewSampler:
 
         if num_target_views < 1:
             raise ValueError(f"num_target_views must be >= 1, got {num_target_views}")
-        colors = torch.tensor([[float(color)] * 3 if isinstance(color, (int, float)) else [float(channel) for channel in color] for color in background_colors])
+        colors = torch.tensor(
+            [
+                [float(color)] * 3 if isinstance(color, (int, float)) else [float(channel) for channel in color]
+                for color in background_colors
+            ]
+        )
         if colors.ndim != 2 or colors.shape[0] == 0 or colors.shape[1] != 3 or not bool(((colors >= 0) & (colors <= 1)).all()):
             raise ValueError(f"background_colors must be a non-empty list of colours in [0, 1], got {background_colors!r}")
         self.num_target_views = num_target_views
@@ -936,10 +961,12 @@ class ViewSampler:
         """The generator `__call__` uses for a row when none is given."""
         import torch
 
-        digest = hashlib.sha256(f"{self.seed}\n{epoch}\n{row_id}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{self.seed}\n{epoch}\n{row_id}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)  # a non-negative int64
 
-    def choose(self, row_id: str, num_views: int, num_orbit_views: int | None = None, generator: torch.Generator | None = None, epoch: int = 0) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def choose(
+        self, row_id: str, num_views: int, num_orbit_views: int | None = None, generator: torch.Generator | None = None, epoch: int = 0
+    ) -> tuple[int, torch.Tensor, torch.Tensor]:
         """Which views a sample of an orbit uses, decided before anything is decoded.
 
         Args:
@@ -984,7 +1011,9 @@ class ViewSampler:
         frames = torch.as_tensor(row["frames"], dtype=torch.float32)
         masks = torch.as_tensor(row["masks"], dtype=torch.float32)
         cameras = torch.as_tensor(row["cameras"], dtype=torch.float32)
-        source_view, target_views, backgrounds = self.choose(str(row.get("id")), frames.shape[0], row.get("num_orbit_views"), generator, epoch)
+        source_view, target_views, backgrounds = self.choose(
+            str(row.get("id")), frames.shape[0], row.get("num_orbit_views"), generator, epoch
+        )
         target_frames, target_masks = frames[target_views], masks[target_views]
         target_images = (target_frames - (1 - target_masks) * (1 - backgrounds[:, :, None, None])).clamp(0, 1)
         return {

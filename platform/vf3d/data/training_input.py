@@ -47,7 +47,16 @@ PATH_BLOCKS_PER_CPU = 4
 """The shard paths are split into max(MIN_PATH_BLOCKS, PATH_BLOCKS_PER_CPU × cluster CPUs) blocks
 at most: enough map tasks to keep every CPU busy, few enough that building the dataset does not
 grow with the number of files."""
-SAMPLE_FIELDS = ("source_images", "source_cameras", "target_frames", "target_masks", "target_cameras", "target_backgrounds", "source_views", "target_views")
+SAMPLE_FIELDS = (
+    "source_images",
+    "source_cameras",
+    "target_frames",
+    "target_masks",
+    "target_cameras",
+    "target_backgrounds",
+    "source_views",
+    "target_views",
+)
 """Columns of a sampled batch (see `sample_views`)."""
 
 
@@ -159,8 +168,23 @@ def sample_views(
             outputs["source_views"].append(torch.tensor(source_view))
             outputs["target_views"].append(target_views)
     if not outputs["source_images"]:
-        empty_shapes = {"source_images": (0, 3, image_size, image_size), "source_cameras": (0, shards.CAMERA_DIM), "target_frames": (0, num_target_views, 3, target_resolution, target_resolution), "target_masks": (0, num_target_views, 1, target_resolution, target_resolution), "target_cameras": (0, num_target_views, shards.CAMERA_DIM), "target_backgrounds": (0, num_target_views, 3), "source_views": (0,), "target_views": (0, num_target_views)}
-        dtypes = {"source_images": np.uint8, "target_frames": np.uint8, "target_masks": np.uint8, "source_views": np.int64, "target_views": np.int64}
+        empty_shapes = {
+            "source_images": (0, 3, image_size, image_size),
+            "source_cameras": (0, shards.CAMERA_DIM),
+            "target_frames": (0, num_target_views, 3, target_resolution, target_resolution),
+            "target_masks": (0, num_target_views, 1, target_resolution, target_resolution),
+            "target_cameras": (0, num_target_views, shards.CAMERA_DIM),
+            "target_backgrounds": (0, num_target_views, 3),
+            "source_views": (0,),
+            "target_views": (0, num_target_views),
+        }
+        dtypes = {
+            "source_images": np.uint8,
+            "target_frames": np.uint8,
+            "target_masks": np.uint8,
+            "source_views": np.int64,
+            "target_views": np.int64,
+        }
         return {name: np.zeros(shape, dtype=dtypes.get(name, np.float32)) for name, shape in empty_shapes.items()}
     return {name: torch.stack(values).numpy() for name, values in outputs.items()}
 
@@ -181,7 +205,10 @@ def read_and_sample(paths: pa.Table, *, exclude_ids: Sequence[str] = (), **sampl
         # A block holds several files: visit them in a new order every epoch (the blocks
         # themselves are reordered by Ray Data), seeded so a rerun reads the same sequence.
         epoch = current_epoch() if sampling.get("epoch") is None else sampling["epoch"]
-        files = [files[index] for index in np.random.default_rng([sampling.get("seed", 0), epoch, zlib.crc32(files[0].encode())]).permutation(len(files))]
+        files = [
+            files[index]
+            for index in np.random.default_rng([sampling.get("seed", 0), epoch, zlib.crc32(files[0].encode())]).permutation(len(files))
+        ]
     for path in files:
         with pq.ParquetFile(path) as shard:
             for batch in shard.iter_batches(batch_size=shards.ROWS_PER_ROW_GROUP, columns=SAMPLE_COLUMNS):
@@ -202,7 +229,7 @@ def training_dataset(
     seed: int,
     repeats: int = 1,
     max_blocks: int | None = None,
-) -> "ray.data.Dataset":
+) -> ray.data.Dataset:
     """The lazy Ray Dataset of training samples (`sample_views` columns) over shard `files`:
     file order reshuffled every epoch, `exclude_ids` dropped by a filter on `id` before sampling,
     views sampled and decoded in CPU map tasks (`read_and_sample`). Nothing is read until it is
@@ -217,7 +244,11 @@ def training_dataset(
     # blocks every execution needs no tasks, where a row shuffle would run two tasks per block
     # before the first sample, and `read_and_sample` reorders the files inside each block.
     if max_blocks is None:
-        max_blocks = max(MIN_PATH_BLOCKS, PATH_BLOCKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else MIN_PATH_BLOCKS
+        max_blocks = (
+            max(MIN_PATH_BLOCKS, PATH_BLOCKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+            if ray.is_initialized()
+            else MIN_PATH_BLOCKS
+        )
     blocks = max(1, min(len(files), max_blocks))
     dataset = ray.data.from_items([{"path": str(path)} for path in files], override_num_blocks=blocks).randomize_block_order()
     # A task hands on its output a block at a time, and a block may hold 128 MiB: a whole file of
@@ -230,11 +261,20 @@ def training_dataset(
         read_and_sample,
         batch_format="pyarrow",
         batch_size=None,  # a whole block of paths per call, so its files can be reordered
-        fn_kwargs={"exclude_ids": sorted(set(exclude_ids)), "num_target_views": num_target_views, "image_size": image_size, "target_resolution": target_resolution, "seed": seed, "repeats": repeats},
+        fn_kwargs={
+            "exclude_ids": sorted(set(exclude_ids)),
+            "num_target_views": num_target_views,
+            "image_size": image_size,
+            "target_resolution": target_resolution,
+            "seed": seed,
+            "repeats": repeats,
+        },
     )
 
 
-def batches_forever(shard, batch_size: int, *, prefetch_batches: int, shuffle_buffer_size: int, seed: int, device: torch.device | str = "auto") -> Iterator[dict[str, torch.Tensor]]:
+def batches_forever(
+    shard, batch_size: int, *, prefetch_batches: int, shuffle_buffer_size: int, seed: int, device: torch.device | str = "auto"
+) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches of a worker's dataset shard (`ray.train.get_dataset_shard`), epoch after
     epoch: `batch_size` samples as torch tensors on `device`, pixels still uint8, shuffled through
     a local buffer of `shuffle_buffer_size` samples (seeded by `seed` and the epoch), the next
@@ -260,7 +300,10 @@ def batches_forever(shard, batch_size: int, *, prefetch_batches: int, shuffle_bu
 
 def sample_nbytes(batch: dict[str, Any]) -> int:
     """Bytes of a sampled batch's arrays (what travels from the map stage to a worker)."""
-    return sum(int(np.asarray(value).nbytes) if not isinstance(value, torch.Tensor) else value.numel() * value.element_size() for value in batch.values())
+    return sum(
+        int(np.asarray(value).nbytes) if not isinstance(value, torch.Tensor) else value.numel() * value.element_size()
+        for value in batch.values()
+    )
 
 
 def used_view_nbytes(resolution: int, num_target_views: int) -> int:
@@ -284,4 +327,3 @@ __all__ = [
     "training_dataset",
     "used_view_nbytes",
 ]
-

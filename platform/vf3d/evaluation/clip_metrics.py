@@ -48,10 +48,16 @@ def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
         raise ConfigError(f"{_PATH_KEY}: no such file or directory: {path}")
     if path is not None and path.is_dir():
         if not (path / LOCAL_CONFIG_NAME).is_file():
-            raise ConfigError(f"{_PATH_KEY}: {path} is a directory without {LOCAL_CONFIG_NAME}; give the checkpoint file itself, or a directory in open_clip's hub layout")
+            raise ConfigError(
+                f"{_PATH_KEY}: {path} is a directory without {LOCAL_CONFIG_NAME}; give the checkpoint file itself, or a directory in open_clip's hub layout"
+            )
         name, pretrained, description = f"local-dir:{path}", None, str(path)
     else:
-        name, pretrained, description = config.model, (str(path) if path is not None else None), (f"{config.model} from {path}" if path is not None else f"{config.model} (random weights)")
+        name, pretrained, description = (
+            config.model,
+            (str(path) if path is not None else None),
+            (f"{config.model} from {path}" if path is not None else f"{config.model} (random weights)"),
+        )
     try:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
@@ -96,7 +102,9 @@ class ClipScorer:
         tokens = self.tokenizer(texts).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
-    def similarities(self, reference: torch.Tensor, views: torch.Tensor, prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def similarities(
+        self, reference: torch.Tensor, views: torch.Tensor, prompt: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cosine similarities of each view [V, 3, h, w] with the reference image [3, H, W] and with
         the prompt → ([V], [V] or None without a prompt); the views are embedded once."""
         view_embeddings = self.embed_images(views)

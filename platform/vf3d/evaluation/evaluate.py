@@ -82,7 +82,9 @@ def select_orbits(data_dir: str | os.PathLike, ids: list[str] | None = None, lim
     if ids is not None:
         unknown = [identifier for identifier in ids if identifier not in index]
         if unknown:
-            raise ConfigError(f"--ids: {len(unknown)} of {len(ids)} ids are not in {data_dir}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            raise ConfigError(
+                f"--ids: {len(unknown)} of {len(ids)} ids are not in {data_dir}: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+            )
         order = list(ids)
     else:
         order = sorted(index)
@@ -168,10 +170,21 @@ def reconstruct_views(pipeline, record: dict[str, Any], num_views: int, resoluti
     planes = pipeline.encode(image)
     azimuth = pipeline.model.config.source_camera_azimuth_deg
     relative = cameras.relative_to_source(source_camera[None], target_cameras[None], azimuth_deg=azimuth).to(pipeline.device)
-    autocast = torch.autocast(pipeline.device.type, dtype=pipeline.autocast_dtype) if pipeline.autocast_dtype is not None else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(pipeline.device.type, dtype=pipeline.autocast_dtype)
+        if pipeline.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     with torch.no_grad(), autocast:
         predicted = pipeline.model.render(planes, relative, render_size=resolution, deterministic=True).rgb[0]
-    return {"input": image[0], "source": source, "source_camera": source_camera, "planes": planes, "predicted": predicted.float().clamp(0, 1), "truth": truth.to(pipeline.device)}
+    return {
+        "input": image[0],
+        "source": source,
+        "source_camera": source_camera,
+        "planes": planes,
+        "predicted": predicted.float().clamp(0, 1),
+        "truth": truth.to(pipeline.device),
+    }
 
 
 class _TruthSurface:
@@ -203,7 +216,9 @@ class _TruthSurface:
         return self._loaded
 
 
-def score_object(pipeline, record: dict[str, Any], truth_surface: _TruthSurface, config: EvaluateConfig, lpips_metric, clip_scorer) -> tuple[dict[str, Any], dict[str, Any]]:
+def score_object(
+    pipeline, record: dict[str, Any], truth_surface: _TruthSurface, config: EvaluateConfig, lpips_metric, clip_scorer
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every metric of one model on one orbit → (result for metrics.json, views for the figures)."""
     from vf3d.data.assets import AssetError
     from vf3d.evaluation.geometry import geometry_scores
@@ -220,11 +235,16 @@ def score_object(pipeline, record: dict[str, Any], truth_surface: _TruthSurface,
         "psnr": float(psnr(predicted, truth).mean()),
         "ssim": float(ssim(predicted, truth).mean()),
         "lpips": float(lpips_metric(predicted, truth).mean()),
-        "clip_image": None, "clip_text": None, "chamfer": None, "fscore": None,
+        "clip_image": None,
+        "clip_text": None,
+        "chamfer": None,
+        "fscore": None,
     }
     notes: list[str] = []
     if clip_scorer is not None:
-        image_similarity, text_similarity = clip_scorer.similarities(views["source"], predicted, (record.get("prompt") or "").strip() or None)
+        image_similarity, text_similarity = clip_scorer.similarities(
+            views["source"], predicted, (record.get("prompt") or "").strip() or None
+        )
         result["clip_image"] = float(image_similarity.mean())
         result["clip_text"] = float(text_similarity.mean()) if text_similarity is not None else None
     if truth_surface.skip_reason is None:
@@ -233,8 +253,15 @@ def score_object(pipeline, record: dict[str, Any], truth_surface: _TruthSurface,
             iso = pipeline.iso_level(views["planes"])
             mesh = pipeline.mesh(views["planes"], iso).mesh
             scores = geometry_scores(
-                mesh, views["source_camera"], truth_points, truth_mesh, config.geometry.num_points, config.geometry.fscore_threshold,
-                config.geometry.alignment, seed=config.seed, azimuth_deg=pipeline.model.config.source_camera_azimuth_deg,
+                mesh,
+                views["source_camera"],
+                truth_points,
+                truth_mesh,
+                config.geometry.num_points,
+                config.geometry.fscore_threshold,
+                config.geometry.alignment,
+                seed=config.seed,
+                azimuth_deg=pipeline.model.config.source_camera_azimuth_deg,
             )
             result.update(scores.as_dict(), iso=iso, mesh_vertices=len(mesh.vertices), mesh_faces=len(mesh.faces))
         except EmptyMeshError as error:
@@ -262,13 +289,20 @@ def _build_lpips(config: EvaluateConfig, device):
     from vf3d.models.lpips_network import build_lpips
 
     settings = config.lpips
-    loss_config = ReconLossConfig(lpips_net=settings.net, lpips_backbone_path=settings.backbone_path, lpips_random_backbone=settings.random_backbone)
+    loss_config = ReconLossConfig(
+        lpips_net=settings.net, lpips_backbone_path=settings.backbone_path, lpips_random_backbone=settings.random_backbone
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the random-backbone warning: the report states it
             module = build_lpips(loss_config)
     except ConfigError as error:
-        message = str(error).replace("losses.lpips_backbone_path", "lpips.backbone_path").replace("losses.lpips_random_backbone", "lpips.random_backbone").replace("losses.lpips_net", "lpips.net")
+        message = (
+            str(error)
+            .replace("losses.lpips_backbone_path", "lpips.backbone_path")
+            .replace("losses.lpips_random_backbone", "lpips.random_backbone")
+            .replace("losses.lpips_net", "lpips.net")
+        )
         raise ConfigError(message + ("" if settings.backbone_path else " (or give --lpips-backbone PATH)")) from None
     return LpipsMetric(module).to(device)
 
@@ -287,8 +321,8 @@ def _write_views_figure(out_png: Path, views_by_model: dict[str, dict[str, Any]]
 
 
 def _write_bars_figure(out_png: Path, objects: list[dict[str, Any]], names: list[str], threshold: float) -> None:
-    from vf3d.plots import plot_bars
     from vf3d.evaluation.report import METRICS
+    from vf3d.plots import plot_bars
 
     panels = {}
     for metric in METRICS:
@@ -299,8 +333,15 @@ def _write_bars_figure(out_png: Path, objects: list[dict[str, Any]], names: list
     plot_bars(panels, [obj["id"] for obj in objects], out_png)
 
 
-def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: EvaluateConfig,
-             assets_dir: str | os.PathLike | None = None, ids: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate(
+    model_dirs: list[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: EvaluateConfig,
+    assets_dir: str | os.PathLike | None = None,
+    ids: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Evaluate one or more reconstructors on the orbits of `data_dir`; write the report into `out_dir`.
 
     Args:
@@ -358,11 +399,15 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
         warnings_list.append(RANDOM_LPIPS_WARNING)
     with_asset = sum(1 for orbit in orbits if orbit.get("asset"))
     if config.geometry.enabled and assets_dir is None and with_asset:
-        warnings_list.append(f"no --assets given: Chamfer distance and F-score skipped for the {with_asset} orbit{'s' if with_asset != 1 else ''} that name{'' if with_asset != 1 else 's'} an asset")
+        warnings_list.append(
+            f"no --assets given: Chamfer distance and F-score skipped for the {with_asset} orbit{'s' if with_asset != 1 else ''} that name{'' if with_asset != 1 else 's'} an asset"
+        )
     for warning in warnings_list:
         log(f"WARNING: {warning}")
     autocast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(first.autocast_dtype) if first.autocast_dtype is not None else None
-    log(f"evaluating {', '.join(names)} on {len(orbits)} orbits from {data_dir} on {device}{' (' + autocast + ' autocast)' if autocast else ''}")
+    log(
+        f"evaluating {', '.join(names)} on {len(orbits)} orbits from {data_dir} on {device}{' (' + autocast + ' autocast)' if autocast else ''}"
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / FIGURES_DIRNAME
@@ -375,7 +420,13 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
         if identifier in objects:  # the same id in two shards: evaluated once
             continue
         done += 1
-        entry = {"id": identifier, "prompt": record.get("prompt") or "", "asset": record.get("asset"), "source": record.get("source"), "results": {}}
+        entry = {
+            "id": identifier,
+            "prompt": record.get("prompt") or "",
+            "asset": record.get("asset"),
+            "source": record.get("source"),
+            "results": {},
+        }
         if int(record["num_orbit_views"]) < 2:
             entry["notes"] = ["skipped: the orbit has fewer than 2 views"]
             objects[identifier] = entry
@@ -391,7 +442,9 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
             result, views = score_object(pipeline, record, truth_surface, config, lpips_metric, clip_scorer)
             entry["results"][name] = result
             views_by_model[name] = views
-            shown = " ".join(f"{metric.name} {result[metric.key]:.{metric.digits}f}" for metric in report.METRICS if result.get(metric.key) is not None)
+            shown = " ".join(
+                f"{metric.name} {result[metric.key]:.{metric.digits}f}" for metric in report.METRICS if result.get(metric.key) is not None
+            )
             log(f"[evaluate] {done}/{len(orbits)} {identifier}{' ' + name if len(names) > 1 else ''}: {shown} ({result['seconds']:.1f}s)")
         if position[identifier] < config.figure_objects:
             path = figures_dir / f"views-{position[identifier]:03d}-{_safe_name(identifier)}.png"
@@ -421,15 +474,32 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(Path(data_dir).resolve()),
         "assets": str(assets_dir.resolve()) if assets_dir is not None else None,
-        "models": [{"name": name, "dir": str(directory.resolve()), "parameters": sum(p.numel() for p in pipelines[name].model.parameters())} for name, directory in zip(names, model_dirs)],
+        "models": [
+            {"name": name, "dir": str(directory.resolve()), "parameters": sum(p.numel() for p in pipelines[name].model.parameters())}
+            for name, directory in zip(names, model_dirs)
+        ],
         "device": str(device),
         "autocast": autocast,
-        "clip": {"enabled": config.clip.enabled, "model": config.clip.model, "weights_path": config.clip.weights_path,
-                 "random": bool(clip_scorer.random) if clip_scorer else None, "description": clip_scorer.description if clip_scorer else None},
+        "clip": {
+            "enabled": config.clip.enabled,
+            "model": config.clip.model,
+            "weights_path": config.clip.weights_path,
+            "random": bool(clip_scorer.random) if clip_scorer else None,
+            "description": clip_scorer.description if clip_scorer else None,
+        },
         "lpips": {"net": config.lpips.net, "backbone_path": config.lpips.backbone_path, "random_backbone": config.lpips.random_backbone},
-        "geometry": {"enabled": config.geometry.enabled, "threshold": config.geometry.fscore_threshold, "num_points": config.geometry.num_points,
-                     "alignment": config.geometry.alignment, "frame": "asset (load_asset-normalised, +Z up); prediction moved by S·C⁻¹", "description": geometry_description},
-        "metrics": [{"key": metric.key, "name": metric.name, "higher_is_better": metric.higher_is_better, "definition": metric.definition} for metric in report.METRICS],
+        "geometry": {
+            "enabled": config.geometry.enabled,
+            "threshold": config.geometry.fscore_threshold,
+            "num_points": config.geometry.num_points,
+            "alignment": config.geometry.alignment,
+            "frame": "asset (load_asset-normalised, +Z up); prediction moved by S·C⁻¹",
+            "description": geometry_description,
+        },
+        "metrics": [
+            {"key": metric.key, "name": metric.name, "higher_is_better": metric.higher_is_better, "definition": metric.definition}
+            for metric in report.METRICS
+        ],
         "warnings": warnings_list,
         "config": config_lib.to_dict(config),
         "objects": ordered,
@@ -443,10 +513,14 @@ def evaluate(model_dirs: list[str | os.PathLike], data_dir: str | os.PathLike, o
     write_json_atomic(out_dir / METRICS_FILE, document, ensure_ascii=False)
     write_text_atomic(out_dir / REPORT_FILE, report.markdown_report(document))
     summary = "; ".join(
-        f"{name}: " + ", ".join(f"{metric.name} {document['aggregate'][name][metric.key]['mean']:.{metric.digits}f}" for metric in report.METRICS if document["aggregate"][name][metric.key]["mean"] is not None)
+        f"{name}: "
+        + ", ".join(
+            f"{metric.name} {document['aggregate'][name][metric.key]['mean']:.{metric.digits}f}"
+            for metric in report.METRICS
+            if document["aggregate"][name][metric.key]["mean"] is not None
+        )
         for name in names
     )
     log(f"evaluate: {len(ordered)} objects in {document['seconds']:.1f}s — {summary}")
     log(f"report: {out_dir / REPORT_FILE}; metrics: {out_dir / METRICS_FILE}; figures: {figures_dir}")
     return document
-

@@ -119,8 +119,15 @@ def align_bbox(mesh, reference):
 
 
 def geometry_scores(
-    predicted_mesh, source_camera, truth_points: np.ndarray, truth_mesh, num_points: int, threshold: float, alignment: str = "none",
-    seed: int = 0, azimuth_deg: float = 0.0,
+    predicted_mesh,
+    source_camera,
+    truth_points: np.ndarray,
+    truth_mesh,
+    num_points: int,
+    threshold: float,
+    alignment: str = "none",
+    seed: int = 0,
+    azimuth_deg: float = 0.0,
 ) -> GeometryScores:
     """Score a reconstructed mesh against the true surface.
 

@@ -36,7 +36,13 @@ METRICS = (
     Metric("ssim", "SSIM", True, 3, "Gaussian 11×11 σ=1.5 SSIM per view (scikit-image's definition), averaged over views"),
     Metric("lpips", "LPIPS", False, 3, "LPIPS distance per view, averaged over views"),
     Metric("clip_image", "CLIP image", True, 3, "cosine similarity of CLIP embeddings of the input view and each predicted view, averaged"),
-    Metric("clip_text", "CLIP text", True, 3, "cosine similarity of CLIP embeddings of the orbit's prompt and each predicted view, averaged (orbits with a prompt)"),
+    Metric(
+        "clip_text",
+        "CLIP text",
+        True,
+        3,
+        "cosine similarity of CLIP embeddings of the orbit's prompt and each predicted view, averaged (orbits with a prompt)",
+    ),
     Metric("chamfer", "Chamfer", False, 4, "½(mean pred→true + mean true→pred nearest-point distance), world units, asset frame"),
     Metric("fscore", "F-score", True, 3, "harmonic mean of precision and recall of points within τ of the other surface"),
 )
@@ -66,7 +72,9 @@ def summarise(values: list[Any]) -> dict[str, float | int | None]:
 
 def aggregate(objects: list[dict[str, Any]], model_names: list[str]) -> dict[str, dict[str, dict]]:
     """{model: {metric: summarise(values over objects)}}."""
-    return {name: {key: summarise([obj["results"].get(name, {}).get(key) for obj in objects]) for key in METRIC_KEYS} for name in model_names}
+    return {
+        name: {key: summarise([obj["results"].get(name, {}).get(key) for obj in objects]) for key in METRIC_KEYS} for name in model_names
+    }
 
 
 def object_delta(obj: dict[str, Any], model: str, baseline: str, key: str) -> float | None:
@@ -81,7 +89,10 @@ def deltas(objects: list[dict[str, Any]], model_names: list[str]) -> dict[str, d
     if len(model_names) < 2:
         return {}
     baseline = model_names[0]
-    return {name: {"baseline": baseline, **{key: summarise([object_delta(obj, name, baseline, key) for obj in objects]) for key in METRIC_KEYS}} for name in model_names[1:]}
+    return {
+        name: {"baseline": baseline, **{key: summarise([object_delta(obj, name, baseline, key) for obj in objects]) for key in METRIC_KEYS}}
+        for name in model_names[1:]
+    }
 
 
 def _format(value: Any, digits: int, signed: bool = False) -> str:
@@ -106,7 +117,10 @@ def _cell(text: Any) -> str:
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
     """Markdown table lines; columns after the first `text_columns` are right-aligned numbers."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if index < text_columns else "---:" for index in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if index < text_columns else "---:" for index in range(len(header))) + "|",
+    ]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
@@ -133,24 +147,41 @@ def markdown_report(document: dict[str, Any]) -> str:
     for model in document["models"]:
         lines.append(f"- model `{_cell(model['name'])}`: `{_cell(model['dir'])}` ({model['parameters']:,} parameters)")
     clip = document["clip"]
-    resolution = f"{document['config']['resolution']}×{document['config']['resolution']} px" if document["config"]["resolution"] else "the orbit's resolution"
+    resolution = (
+        f"{document['config']['resolution']}×{document['config']['resolution']} px"
+        if document["config"]["resolution"]
+        else "the orbit's resolution"
+    )
     lines += [
         f"- data: `{_cell(document['data'])}` — {len(document['objects'])} object{'s' if len(document['objects']) != 1 else ''}; input = orbit view 0, "
         f"{document['config']['num_views']} novel views per object spread evenly around the orbit, compared at {resolution}",
-        f"- CLIP: {'skipped' if not clip['enabled'] else _cell(clip['description'])}" + (" — **random CLIP weights: similarities are meaningless**" if clip.get("random") else ""),
-        f"- LPIPS: {document['lpips']['net']}" + (" — **random LPIPS backbone: LPIPS is not perceptual**" if document["lpips"]["random_backbone"] else f" backbone from `{_cell(document['lpips']['backbone_path'])}`"),
+        f"- CLIP: {'skipped' if not clip['enabled'] else _cell(clip['description'])}"
+        + (" — **random CLIP weights: similarities are meaningless**" if clip.get("random") else ""),
+        f"- LPIPS: {document['lpips']['net']}"
+        + (
+            " — **random LPIPS backbone: LPIPS is not perceptual**"
+            if document["lpips"]["random_backbone"]
+            else f" backbone from `{_cell(document['lpips']['backbone_path'])}`"
+        ),
         f"- geometry: {document['geometry']['description']}",
         f"- device: {document['device']}{' with ' + document['autocast'] + ' autocast' if document['autocast'] else ''}; {document['seconds']:.1f} s in all",
         "",
     ]
 
     lines += ["## Summary", ""]
-    header = ["metric", "definition"] + [f"`{_cell(name)}`" for name in names] + [f"Δ `{_cell(name)}` − `{_cell(names[0])}`" for name in names[1:]]
+    header = (
+        ["metric", "definition"]
+        + [f"`{_cell(name)}`" for name in names]
+        + [f"Δ `{_cell(name)}` − `{_cell(names[0])}`" for name in names[1:]]
+    )
     rows = []
     for metric in metrics:
         definition = metric.definition + (f"; τ = {threshold:g}" if metric.key == "fscore" else "")
         row = [column[metric.key], definition]
-        row += [_mean_std(document["aggregate"][name][metric.key], metric.digits) + f" (n={document['aggregate'][name][metric.key]['count']})" for name in names]
+        row += [
+            _mean_std(document["aggregate"][name][metric.key], metric.digits) + f" (n={document['aggregate'][name][metric.key]['count']})"
+            for name in names
+        ]
         row += [_mean_std(document["deltas"][name][metric.key], metric.digits, signed=True) for name in names[1:]]
         rows.append(row)
     lines += _table(header, rows, text_columns=2) + ["", "mean ± std over objects (population std); Δ is per object, then averaged.", ""]
@@ -190,11 +221,30 @@ def markdown_report(document: dict[str, Any]) -> str:
     if figures.get("views") or figures.get("bars"):
         lines += ["## Figures", ""]
         if figures.get("bars"):
-            lines += [f"Per-object metrics ({'the first ' + str(figures['bar_objects']) + ' objects' if figures['bar_objects'] < len(document['objects']) else 'every object'}):", "", f"![per-object metrics]({figures['bars']})", ""]
+            lines += [
+                f"Per-object metrics ({'the first ' + str(figures['bar_objects']) + ' objects' if figures['bar_objects'] < len(document['objects']) else 'every object'}):",
+                "",
+                f"![per-object metrics]({figures['bars']})",
+                "",
+            ]
         for entry in figures.get("views", []):
-            lines += [f"`{_cell(entry['id'])}` — top row: input and true views; below: " + ", ".join(f"`{_cell(name)}`" for name in names) + " (the model's input, then its predicted views)", "", f"![{_cell(entry['id'])}]({entry['path']})", ""]
+            lines += [
+                f"`{_cell(entry['id'])}` — top row: input and true views; below: "
+                + ", ".join(f"`{_cell(name)}`" for name in names)
+                + " (the model's input, then its predicted views)",
+                "",
+                f"![{_cell(entry['id'])}]({entry['path']})",
+                "",
+            ]
 
-    lines += ["## Published numbers, for orientation", "", "Other data, renders, models and metric implementations: not directly comparable.", ""]
+    lines += [
+        "## Published numbers, for orientation",
+        "",
+        "Other data, renders, models and metric implementations: not directly comparable.",
+        "",
+    ]
     header = ["result"] + [f"{metric.name} {metric.arrow}" for metric in METRICS]
-    lines += _table(header, [[label] + [_format(values.get(metric.key), metric.digits) for metric in METRICS] for label, values in REFERENCE_RESULTS]) + [""]
+    lines += _table(
+        header, [[label] + [_format(values.get(metric.key), metric.digits) for metric in METRICS] for label, values in REFERENCE_RESULTS]
+    ) + [""]
     return "\n".join(lines)

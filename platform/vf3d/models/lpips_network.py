@@ -75,8 +75,7 @@ def _backbone_state_from_torchvision(backbone: nn.Module, state: dict[str, torch
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise ConfigError(
-            f"{_PATH_KEY}: {path} is not a torchvision {arch} state dict "
-            f"(losses.lpips_net={net!r} needs its features.* weights): {shown}"
+            f"{_PATH_KEY}: {path} is not a torchvision {arch} state dict (losses.lpips_net={net!r} needs its features.* weights): {shown}"
         )
     return mapped
 

@@ -63,8 +63,12 @@ class PretrainedModel(torch.nn.Module):
         directory = Path(directory)
         created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
-        document = {"model_type": self.model_type, "format_version": FORMAT_VERSION, **(metadata or {}),
-                    "config": config_lib.to_dict(self.config)}
+        document = {
+            "model_type": self.model_type,
+            "format_version": FORMAT_VERSION,
+            **(metadata or {}),
+            "config": config_lib.to_dict(self.config),
+        }
         try:
             # Nested: the inner block (weights) is renamed first, the outer (config) after it.
             with atomic_write(directory / CONFIG_NAME, "w") as config_file, atomic_path(directory / WEIGHTS_NAME) as weights_file:
@@ -104,7 +108,9 @@ class PretrainedModel(torch.nn.Module):
         return config.validate() if hasattr(config, "validate") else config
 
     @classmethod
-    def from_pretrained(cls: type[M], directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> M:
+    def from_pretrained(
+        cls: type[M], directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> M:
         """Rebuild the model from `directory` and load its weights (strict: every key must match)."""
         directory = Path(directory)
         config = cls.load_config(directory)
@@ -119,7 +125,9 @@ class PretrainedModel(torch.nn.Module):
         except RuntimeError as error:  # shape mismatches: the weights belong to another config
             raise ModelDirectoryError(f"{weights_path} does not match its config: {' '.join(str(error).split())[:400]}") from None
         if missing or unexpected:
-            raise ModelDirectoryError(f"{weights_path} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise ModelDirectoryError(
+                f"{weights_path} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         left_on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
         if left_on_meta:
             raise ModelDirectoryError(f"{weights_path} left tensors uninitialised: {left_on_meta[:5]}")

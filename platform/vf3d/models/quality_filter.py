@@ -61,7 +61,7 @@ class OrbitFeatureEncoder(torch.nn.Module):
         self.encoder.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "OrbitFeatureEncoder":
+    def train(self, mode: bool = True) -> OrbitFeatureEncoder:
         """Stays in eval mode whatever is asked: features must not depend on a parent's mode."""
         return super().train(False)
 
@@ -79,11 +79,15 @@ class OrbitFeatureEncoder(torch.nn.Module):
         another (another seed, another DINOv2 checkpoint, other preprocessing).
         """
         digest = hashlib.sha256()
-        preprocessing = {"num_views": self.config.num_views, "image_size": self.config.encoder.image_size, "normalize_input": self.config.encoder.normalize_input}
+        preprocessing = {
+            "num_views": self.config.num_views,
+            "image_size": self.config.encoder.image_size,
+            "normalize_input": self.config.encoder.normalize_input,
+        }
         digest.update(json.dumps(preprocessing, sort_keys=True).encode("utf-8"))
         for name, tensor in sorted(self.encoder.state_dict().items()):
             values = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
-            digest.update(f"{name}:{tuple(values.shape)}\n".encode("utf-8"))
+            digest.update(f"{name}:{tuple(values.shape)}\n".encode())
             digest.update(values.numpy().tobytes())
         return digest.hexdigest()
 

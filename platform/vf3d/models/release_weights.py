@@ -110,11 +110,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except SafetensorError as error:
             raise CheckpointFormatError(f"{path} is not a readable safetensors file: {error}") from None
     if suffix not in TORCH_SUFFIXES:
-        raise CheckpointFormatError(f"unsupported checkpoint type {suffix or path.name!r}: expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
+        raise CheckpointFormatError(
+            f"unsupported checkpoint type {suffix or path.name!r}: expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
+        )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = next((line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line or "Unsupported global" in line), "")
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line or "Unsupported global" in line), ""
+        )
         raise CheckpointFormatError(
             f"{path} cannot be loaded with torch.load(weights_only=True): it holds objects other than tensors "
             f"(loading it would need unsafe unpickling, which vf3d never does) or it is corrupt. "
@@ -243,7 +247,9 @@ def installed_dinov2_attention_names() -> tuple[str, str, str, str]:
     from transformers import Dinov2Config, Dinov2Model
 
     with torch.device("meta"):
-        keys = set(Dinov2Model(Dinov2Config(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, image_size=4, patch_size=2)).state_dict())
+        keys = set(
+            Dinov2Model(Dinov2Config(hidden_size=4, num_hidden_layers=1, num_attention_heads=1, image_size=4, patch_size=2)).state_dict()
+        )
     for names in HF_DINOV2_ATTENTION.values():
         if all(f"encoder.layer.0.{name}.weight" in keys for name in names):
             return names
@@ -351,7 +357,9 @@ def export_state_dict(model: Reconstructor, format: str = "vfusion3d") -> dict[s
     unexported = sorted(set(state) - {name for names in plan.values() for name in names} - ABSENT_IN_RELEASE[format])
     if unexported:
         raise CheckpointFormatError(f"no {format} name for {len(unexported)} tensors: {', '.join(unexported[:MAX_LISTED])}")
-    return {released: state[names[0]] if len(names) == 1 else torch.cat([state[name] for name in names]) for released, names in plan.items()}
+    return {
+        released: state[names[0]] if len(names) == 1 else torch.cat([state[name] for name in names]) for released, names in plan.items()
+    }
 
 
 def export_checkpoint(model: Reconstructor, path: str | os.PathLike, format: str = "vfusion3d") -> Path:
@@ -376,7 +384,9 @@ def export_checkpoint(model: Reconstructor, path: str | os.PathLike, format: str
 # ---------------------------------------------------------------------------------------------
 
 
-def convert_state_dict(source: dict[str, torch.Tensor], format: str = "vfusion3d", overrides: dict[str, Any] | None = None) -> tuple[ReconstructorConfig, dict[str, torch.Tensor]]:
+def convert_state_dict(
+    source: dict[str, torch.Tensor], format: str = "vfusion3d", overrides: dict[str, Any] | None = None
+) -> tuple[ReconstructorConfig, dict[str, torch.Tensor]]:
     """Map a released state dict onto our model, inferring the config from tensor shapes.
 
     Args:
@@ -400,7 +410,9 @@ def convert_state_dict(source: dict[str, torch.Tensor], format: str = "vfusion3d
     return config, {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
-def import_checkpoint(src: str | os.PathLike, out_dir: str | os.PathLike, format: str = "vfusion3d", overrides: dict[str, Any] | None = None) -> Path:
+def import_checkpoint(
+    src: str | os.PathLike, out_dir: str | os.PathLike, format: str = "vfusion3d", overrides: dict[str, Any] | None = None
+) -> Path:
     """Convert a released checkpoint file into a vf3d model directory.
 
     Args:
@@ -443,7 +455,9 @@ def _map_released(source: dict[str, torch.Tensor], format: str) -> tuple[dict[st
         hint = f" It looks like a {others[0]} checkpoint: pass format={others[0]!r}." if others else ""
         raise CheckpointFormatError(
             f"{len(leftovers)} tensors of the source are not part of a {format} checkpoint: {', '.join(sorted(leftovers)[:MAX_LISTED])}"
-            + (" ..." if len(leftovers) > MAX_LISTED else "") + "." + hint
+            + (" ..." if len(leftovers) > MAX_LISTED else "")
+            + "."
+            + hint
         )
     return state, origin
 
@@ -463,7 +477,13 @@ def _check_against(state: dict[str, torch.Tensor], origin: dict[str, str], expec
         problems.append(f"unexpected {len(unexpected)} tensors: {', '.join(origin[name] for name in unexpected[:MAX_LISTED])}")
     mismatched = [name for name in expected if name in state and state[name].shape != expected[name]]
     if mismatched:
-        problems.append("shape mismatches: " + "; ".join(f"{origin[name]} is {list(state[name].shape)} but the inferred model needs {list(expected[name])}" for name in mismatched[:MAX_LISTED]))
+        problems.append(
+            "shape mismatches: "
+            + "; ".join(
+                f"{origin[name]} is {list(state[name].shape)} but the inferred model needs {list(expected[name])}"
+                for name in mismatched[:MAX_LISTED]
+            )
+        )
     if problems:
         raise CheckpointFormatError(f"not a loadable {format} checkpoint: " + "; ".join(problems))
 
@@ -551,7 +571,11 @@ def infer_sizes(state: dict[str, torch.Tensor], format: str = "vfusion3d") -> di
             "camera_embed_dim": _shape(state, "camera_embedder.linear_in.weight", format)[0],
         },
         # The upsampler is a ConvTranspose2d with stride == kernel size (as in both releases).
-        "triplane": {"token_resolution": _square_side(queries[1] // 3, "triplane queries per plane"), "upsample_factor": deconv[2], "channels": deconv[1]},
+        "triplane": {
+            "token_resolution": _square_side(queries[1] // 3, "triplane queries per plane"),
+            "upsample_factor": deconv[2],
+            "channels": deconv[1],
+        },
         "decoder": {"hidden_width": _shape(state, "decoder.layers.0.weight", format)[0], "num_layers": _count(state, "decoder.layers")},
     }
 

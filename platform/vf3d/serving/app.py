@@ -22,11 +22,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vf3d.config import ServeConfig, from_dict, to_dict
 from vf3d.serving.deployments import MeshBuilder, ReconstructorModel
@@ -42,7 +42,13 @@ HEALTH_TIMEOUT_S = 10.0
 
 # FastAPI's own docs routes are off: its docs page loads its script from a CDN. The ingress
 # serves /docs and /openapi.json itself when the config's `api_docs` is on.
-api = FastAPI(title="vf3d image-to-3D", description="One image in, a vertex-coloured mesh (or a turntable video) out.", docs_url=None, redoc_url=None, openapi_url=None)
+api = FastAPI(
+    title="vf3d image-to-3D",
+    description="One image in, a vertex-coloured mesh (or a turntable video) out.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 # The page's script and styles (a missing file is a 404, not a failure to start).
@@ -134,10 +140,14 @@ class Ingress:
             if _is_backpressure(error):
                 # Serve refused the call: the deployment's queue is at max_queued_requests.
                 self.shed += 1
-                raise RequestError(503, f"the {what} is overloaded (its queue is full); retry after {self.config.retry_after_s} s", self._retry_after()) from None
+                raise RequestError(
+                    503, f"the {what} is overloaded (its queue is full); retry after {self.config.retry_after_s} s", self._retry_after()
+                ) from None
             if _is_replica_failure(error):
                 logger.warning("%s call failed: %s", what, error)
-                raise RequestError(503, f"a {what} replica is unavailable ({type(error).__name__}); retry shortly", self._retry_after()) from None
+                raise RequestError(
+                    503, f"a {what} replica is unavailable ({type(error).__name__}); retry shortly", self._retry_after()
+                ) from None
             raise
 
     def _check_headers(self, request: Request) -> None:
@@ -149,7 +159,11 @@ class Ingress:
         self._check_headers(request)
         if self._inflight >= self.config.max_inflight_requests:
             self.shed += 1
-            raise RequestError(503, f"the endpoint is busy ({self._inflight} image requests in progress on this replica); retry after {self.config.retry_after_s} s", self._retry_after())
+            raise RequestError(
+                503,
+                f"the endpoint is busy ({self._inflight} image requests in progress on this replica); retry after {self.config.retry_after_s} s",
+                self._retry_after(),
+            )
         self._inflight += 1
         try:
             yield
@@ -158,7 +172,9 @@ class Ingress:
 
     async def _decode(self, data: bytes):
         async with self._decode_slots:
-            return await asyncio.to_thread(decode_image, data, self.image_size, self.config.inference, self.config.max_pixels, self.config.min_image_side)
+            return await asyncio.to_thread(
+                decode_image, data, self.image_size, self.config.inference, self.config.max_pixels, self.config.min_image_side
+            )
 
     async def _triplanes(self, request: Request, started: float) -> tuple[Any, bool]:
         """Auth, body, decode, then the triplanes of the image: cached or from the model."""
@@ -211,8 +227,15 @@ class Ingress:
             # ...except a full queue: the model is alive and working through it. Failing the
             # probe would make a load balancer drop a busy endpoint and pile its load elsewhere.
             info, status = dict(self._last_info), "busy"
-        info.update(status=status, cache_entries=len(self.cache), cache_hits=self.cache.hits, cache_misses=self.cache.misses,
-                    api_key_required=self.api_key is not None, inflight=self._inflight, shed=self.shed)
+        info.update(
+            status=status,
+            cache_entries=len(self.cache),
+            cache_hits=self.cache.hits,
+            cache_misses=self.cache.misses,
+            api_key_required=self.api_key is not None,
+            inflight=self._inflight,
+            shed=self.shed,
+        )
         return info
 
     @api.get("/openapi.json", include_in_schema=False)
@@ -266,7 +289,11 @@ class Ingress:
             # pass through (nor are copied into) this process.
             frames = self.model.turntable.remote(planes, params.seed)
             video = await self._with_timeout(self.mesher.video.remote(frames), started, "model or mesher")
-        headers = {"X-VF3D-Triplane-Cache": "hit" if cached else "miss", "X-VF3D-Seconds": f"{time.monotonic() - started:.3f}", "Content-Disposition": 'attachment; filename="turntable.mp4"'}
+        headers = {
+            "X-VF3D-Triplane-Cache": "hit" if cached else "miss",
+            "X-VF3D-Seconds": f"{time.monotonic() - started:.3f}",
+            "Content-Disposition": 'attachment; filename="turntable.mp4"',
+        }
         return Response(video, media_type="video/mp4", headers=headers)
 
 
@@ -304,7 +331,9 @@ def build_application(model_dir: str | os.PathLike, config: ServeConfig) -> serv
         health_check_timeout_s=config.health_check_timeout_s,
     ).bind(str(model_dir), settings)
     mesher = MeshBuilder.options(**_deployment_options(config.mesh, config.retry_after_s)).bind(str(model_dir), settings)
-    return Ingress.options(**_deployment_options(config.ingress, config.retry_after_s)).bind(model, mesher, settings, model_config.encoder.image_size)
+    return Ingress.options(**_deployment_options(config.ingress, config.retry_after_s)).bind(
+        model, mesher, settings, model_config.encoder.image_size
+    )
 
 
 class ServeAppArgs(BaseModel):
@@ -345,9 +374,11 @@ def start_endpoint(application: serve.Application, config: ServeConfig, log=prin
     serve.run(application, name="vf3d", route_prefix="/")
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"
-    log(f"ready in {time.perf_counter() - started:.1f}s: {url}/ "
+    log(
+        f"ready in {time.perf_counter() - started:.1f}s: {url}/ "
         f"(POST /v1/image-to-3d, POST /v1/turntable, GET /healthz; API key {'required' if os.environ.get(API_KEY_ENV) else 'off'}); "
-        f"Ray at {ray.get_runtime_context().gcs_address}")
+        f"Ray at {ray.get_runtime_context().gcs_address}"
+    )
     return url
 
 
@@ -381,6 +412,10 @@ def check_port_free(host: str, port: int) -> str | None:
         try:
             probe.bind(address)
         except OSError as error:
-            reason = "already in use (another endpoint or program listens there; pick another --port)" if error.errno == errno.EADDRINUSE else error.strerror
+            reason = (
+                "already in use (another endpoint or program listens there; pick another --port)"
+                if error.errno == errno.EADDRINUSE
+                else error.strerror
+            )
             return f"cannot listen on {host}:{port}: {reason}"
     return None

@@ -78,7 +78,9 @@ class ReconstructorModel:
         self.batch_sizes: list[int] = []
         self.turntables = 0
         self._last_probe = float("-inf")
-        logger.info("reconstructor %s loaded on %s (batches of up to %d)", self.model_name, self.pipeline.device, self.config.max_batch_size)
+        logger.info(
+            "reconstructor %s loaded on %s (batches of up to %d)", self.model_name, self.pipeline.device, self.config.max_batch_size
+        )
 
     async def _run(self, function, *args):
         async with self._lock:
@@ -170,7 +172,12 @@ class MeshBuilder:
             # A property of this image's reconstruction, not of the service: the ingress says 422.
             return {"error": f"the reconstruction has no surface ({error})"}
         data = export_mesh(result.mesh, fmt)
-        return {"data": data, "vertices": len(result.mesh.vertices), "faces": len(result.mesh.faces), "seconds": time.perf_counter() - started}
+        return {
+            "data": data,
+            "vertices": len(result.mesh.vertices),
+            "faces": len(result.mesh.faces),
+            "seconds": time.perf_counter() - started,
+        }
 
     async def mesh(self, planes: np.ndarray, fmt: str, resolution: int | None = None) -> dict:
         """Triplanes [1, 3, C, R, R] → {"data": bytes, "vertices", "faces", "seconds"} or {"error"}."""

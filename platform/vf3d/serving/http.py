@@ -165,7 +165,7 @@ class MeshRequest:
     seed: int | None = None
 
     @classmethod
-    def from_query(cls, format: str, mesh_resolution: int | None, seed: int | None, max_mesh_resolution: int) -> "MeshRequest":
+    def from_query(cls, format: str, mesh_resolution: int | None, seed: int | None, max_mesh_resolution: int) -> MeshRequest:
         """Check each parameter, with a 422 naming the bad one."""
         fmt = format.lower()
         if fmt not in MESH_CONTENT_TYPES:

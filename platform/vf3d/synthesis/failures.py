@@ -51,8 +51,15 @@ def is_infrastructure_error(error: BaseException) -> bool:
         return not (image_error is not None and isinstance(error, image_error))
     torch = sys.modules.get("torch")
     if torch is not None:
-        gpu_errors = tuple(kind for kind in (getattr(torch.cuda, "OutOfMemoryError", None), getattr(torch, "AcceleratorError", None),
-                                             getattr(getattr(torch, "distributed", None), "DistBackendError", None)) if isinstance(kind, type))
+        gpu_errors = tuple(
+            kind
+            for kind in (
+                getattr(torch.cuda, "OutOfMemoryError", None),
+                getattr(torch, "AcceleratorError", None),
+                getattr(getattr(torch, "distributed", None), "DistBackendError", None),
+            )
+            if isinstance(kind, type)
+        )
         if gpu_errors and isinstance(error, gpu_errors):
             return True
     return isinstance(error, RuntimeError) and bool(_INFRASTRUCTURE_MESSAGE.search(str(error)))
@@ -103,7 +110,14 @@ class FailureTracker:
         `InfrastructureError` (the batch is retried on this actor)."""
         self.consecutive += 1
         exiting = self.consecutive >= self.max_consecutive
-        record = {"time": time.time(), "stage": self.stage, "actor": self.actor, "error": short_error(error), "consecutive": self.consecutive, "actor_exit": exiting}
+        record = {
+            "time": time.time(),
+            "stage": self.stage,
+            "actor": self.actor,
+            "error": short_error(error),
+            "consecutive": self.consecutive,
+            "actor_exit": exiting,
+        }
         with contextlib.suppress(OSError):  # a full or failing disk must not hide the real error
             with open(self.out_dir / FAILURES_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -111,7 +125,9 @@ class FailureTracker:
             # A GPU that failed K batches in a row is likely sick (an ECC fault, a broken context):
             # leave instead of failing every batch faster than healthy actors work; Ray restarts
             # the actor (a fresh process and CUDA context) and retries the batch.
-            print(f"[{self.stage}] actor {self.actor} exits after {self.consecutive} failed batches in a row: {record['error']}", flush=True)
+            print(
+                f"[{self.stage}] actor {self.actor} exits after {self.consecutive} failed batches in a row: {record['error']}", flush=True
+            )
             sys.stdout.flush()
             os._exit(1)
         raise InfrastructureError(f"{self.stage}: {record['error']}") from error
@@ -138,7 +154,15 @@ def remote_args(failures: Any) -> dict[str, Any]:
     return {"max_restarts": failures.max_actor_restarts, "max_task_retries": failures.max_batch_retries}
 
 
-def map_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: Any, failures: Any, batch_size: int | None = None, batch_format: str = "numpy") -> Any:
+def map_on_pool(
+    dataset: Any,
+    stage_class: type,
+    kwargs: dict[str, Any],
+    pool: Any,
+    failures: Any,
+    batch_size: int | None = None,
+    batch_format: str = "numpy",
+) -> Any:
     """`dataset.map_batches(stage_class)` on the stage's own elastic actor pool: size, CPUs and
     GPUs from `pool` (an ActorPoolConfig or WriterPoolConfig), bounded restarts and batch retries
     from `failures` (`remote_args`; Ray 2.60's actor pool reads `max_restarts` / `max_task_retries`
@@ -156,14 +180,18 @@ def map_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: A
         return _map_batches_on_pool(dataset, stage_class, kwargs, pool, failures, batch_size, batch_format)
 
 
-def _map_batches_on_pool(dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: Any, failures: Any, batch_size: int | None, batch_format: str) -> Any:
+def _map_batches_on_pool(
+    dataset: Any, stage_class: type, kwargs: dict[str, Any], pool: Any, failures: Any, batch_size: int | None, batch_format: str
+) -> Any:
     import ray
 
     return dataset.map_batches(
         stage_class,
         fn_constructor_kwargs=kwargs,
         batch_size=batch_size if batch_size is not None else pool.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors, initial_size=getattr(pool, "initial_actors", None) or pool.min_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=pool.min_actors, max_size=pool.max_actors, initial_size=getattr(pool, "initial_actors", None) or pool.min_actors
+        ),
         num_cpus=pool.num_cpus,
         num_gpus=getattr(pool, "num_gpus", 0),
         batch_format=batch_format,
@@ -212,5 +240,10 @@ def failure_summary(out_dir: str | os.PathLike, since: float, pending: int, fini
     by_stage: dict[str, int] = {}
     for record in records:
         by_stage[record["stage"]] = by_stage.get(record["stage"], 0) + 1
-    return {"infrastructure_failures": len(records), "by_stage": by_stage, "actor_exits": sum(bool(record.get("actor_exit")) for record in records),
-            "ids_dropped": max(0, pending - finished), "max_errored_blocks": max_errored_blocks}
+    return {
+        "infrastructure_failures": len(records),
+        "by_stage": by_stage,
+        "actor_exits": sum(bool(record.get("actor_exit")) for record in records),
+        "ids_dropped": max(0, pending - finished),
+        "max_errored_blocks": max_errored_blocks,
+    }

@@ -28,9 +28,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vf3d.atomic import write_json_atomic
 from vf3d.config import ConfigError, LeaseConfig
@@ -86,13 +87,18 @@ class OutputLease:
 
     # -- taking and giving back -----------------------------------------------------------------
 
-    def acquire(self) -> "OutputLease":
+    def acquire(self) -> OutputLease:
         """Take the lease, taking over a stale one; raise LeaseHeldError when a live run holds it."""
         now = time.time()
         self._content = {
-            "host": socket.gethostname(), "pid": os.getpid(), "process_started": _process_started(os.getpid()),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "heartbeat": now, "token": self.token,
-            "command": self.command, "argv": " ".join(sys.argv)[:500],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process_started": _process_started(os.getpid()),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "heartbeat": now,
+            "token": self.token,
+            "command": self.command,
+            "argv": " ".join(sys.argv)[:500],
         }
         for _ in range(3):
             if self._create():
@@ -103,10 +109,14 @@ class OutputLease:
                 continue  # released (or half-replaced) between our attempt and our read: try again
             reason = self._stale_reason(holder)
             if reason is None:
-                raise LeaseHeldError(f"{self.path.parent} is in use by another run ({describe(holder)}); wait for it to finish or stop it (a lease whose run is gone is taken over automatically)")
+                raise LeaseHeldError(
+                    f"{self.path.parent} is in use by another run ({describe(holder)}); wait for it to finish or stop it (a lease whose run is gone is taken over automatically)"
+                )
             if self._take_over(holder):
                 self.log(f"taking over a stale lease on {self.path.parent}: {describe(holder)}, {reason}")
-        raise LeaseHeldError(f"{self.path.parent}: could not take the lease {self.path.name} (it keeps changing hands); is another run starting?")
+        raise LeaseHeldError(
+            f"{self.path.parent}: could not take the lease {self.path.name} (it keeps changing hands); is another run starting?"
+        )
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lease if it is still ours."""
@@ -117,7 +127,7 @@ class OutputLease:
         if holder is not None and holder.get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "OutputLease":
+    def __enter__(self) -> OutputLease:
         return self.acquire()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -156,7 +156,9 @@ class QualityFilter:
         self.probe = probe
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu", encoder: FilterEncoderConfig | None = None) -> "QualityFilter":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", encoder: FilterEncoderConfig | None = None
+    ) -> QualityFilter:
         """Load a filter written by `train_filter` / `save_pretrained`.
 
         Args:
@@ -172,7 +174,9 @@ class QualityFilter:
         probe = QualityProbe.from_pretrained(directory, device=device)
         recorded = json.loads((directory / CONFIG_NAME).read_text()).get(FINGERPRINT_KEY)
         if not recorded:
-            raise ModelDirectoryError(f"{directory}: no {FINGERPRINT_KEY} in {CONFIG_NAME}; save filters with train_filter or QualityFilter.save_pretrained")
+            raise ModelDirectoryError(
+                f"{directory}: no {FINGERPRINT_KEY} in {CONFIG_NAME}; save filters with train_filter or QualityFilter.save_pretrained"
+            )
         encoder_config = encoder or probe.config.encoder
         orbit_encoder = OrbitFeatureEncoder(encoder_config)
         actual = orbit_encoder.fingerprint()
@@ -242,9 +246,13 @@ def read_labels(path: str | os.PathLike) -> dict[str, bool]:
             raise LabelsError(f"{path}: {where}: empty id")
         label = _parse_label(raw_label)
         if label is None:
-            raise LabelsError(f"{path}: {where} (id {identifier!r}): unknown label {raw_label!r}; use good/bad, keep/reject, 1/0 or true/false")
+            raise LabelsError(
+                f"{path}: {where} (id {identifier!r}): unknown label {raw_label!r}; use good/bad, keep/reject, 1/0 or true/false"
+            )
         if identifier in labels and labels[identifier] != label:
-            raise LabelsError(f"{path}: id {identifier!r} is labelled {_label_name(labels[identifier])} at {labelled_where[identifier]} and {_label_name(label)} at {where}")
+            raise LabelsError(
+                f"{path}: id {identifier!r} is labelled {_label_name(labels[identifier])} at {labelled_where[identifier]} and {_label_name(label)} at {where}"
+            )
         labels[identifier] = label
         labelled_where.setdefault(identifier, where)
     if not labels:
@@ -269,7 +277,9 @@ def _parse_label(value: Any) -> bool | None:
 
 def _missing_columns(path: Path, where: str, present: Sequence[str]) -> LabelsError:
     missing = [name for name in ("id", "label") if name not in present]
-    return LabelsError(f"{path}: {where}: missing column(s) {', '.join(repr(name) for name in missing)} (found {', '.join(map(repr, present)) or 'none'})")
+    return LabelsError(
+        f"{path}: {where}: missing column(s) {', '.join(repr(name) for name in missing)} (found {', '.join(map(repr, present)) or 'none'})"
+    )
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
@@ -327,7 +337,13 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, config: TrainFilterConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_filter(
+    labels_path: str | os.PathLike,
+    data_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: TrainFilterConfig,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Fit the quality probe on labelled orbits and save the filter.
 
     Steps: read the labels; find every labelled id in the orbit and rejected tables of the shard
@@ -364,9 +380,13 @@ def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.Pa
     unknown = sorted(set(labels) - set(locations))
     if unknown:
         shown = ", ".join(repr(identifier) for identifier in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise LabelsError(f"{labels_path}: {len(unknown)} labelled id(s) are in no orbit or rejected shard of {', '.join(map(str, data_dirs))}: {shown}")
+        raise LabelsError(
+            f"{labels_path}: {len(unknown)} labelled id(s) are in no orbit or rejected shard of {', '.join(map(str, data_dirs))}: {shown}"
+        )
     if good < 2 or len(labels) - good < 2:
-        raise LabelsError(f"{labels_path}: need at least 2 good and 2 bad orbits to fit a probe, got {good} good and {len(labels) - good} bad")
+        raise LabelsError(
+            f"{labels_path}: need at least 2 good and 2 bad orbits to fit a probe, got {good} good and {len(labels) - good} bad"
+        )
 
     validation = _validation_ids(labels, config.validation_fraction, config.seed)
     training_ids = sorted(identifier for identifier in labels if identifier not in validation)
@@ -374,7 +394,9 @@ def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.Pa
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = OrbitFeatureEncoder(config.encoder).to(device)
-    log(f"train-filter: encoding {len(labels)} orbits ({config.encoder.num_views} views each, {config.batch_size} orbits per batch) on {device}")
+    log(
+        f"train-filter: encoding {len(labels)} orbits ({config.encoder.num_views} views each, {config.batch_size} orbits per batch) on {device}"
+    )
     features = _encode_orbits(locations, encoder, config.batch_size, log)
 
     def stacked(ids: list[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -393,7 +415,9 @@ def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.Pa
     notes = []
     for name, wanted in (("good", True), ("bad", False)):
         if not (validation_labels == wanted).any():
-            notes.append(f"the validation split has no {name} orbits: balanced accuracy and ROC AUC are not measured (label more, or raise validation_fraction)")
+            notes.append(
+                f"the validation split has no {name} orbits: balanced accuracy and ROC AUC are not measured (label more, or raise validation_fraction)"
+            )
     report = {
         "labels_path": str(labels_path),
         "data_dirs": [str(directory) for directory in data_dirs],
@@ -420,8 +444,10 @@ def train_filter(labels_path: str | os.PathLike, data_dirs: Sequence[str | os.Pa
     write_json_atomic(out_dir / REPORT_NAME, report)  # readers never see half a report
     config_lib.save_json(config, out_dir / CONFIG_FILE_NAME)
     validation_metrics = report["validation"]
-    log(f"train-filter: threshold {threshold:.3f}; accuracy {_rounded(report['train']['accuracy'])} (train), {_rounded(validation_metrics['accuracy'])} "
-        f"(validation); validation balanced accuracy {_rounded(validation_metrics['balanced_accuracy'])}, ROC AUC {_rounded(validation_metrics['roc_auc'])}")
+    log(
+        f"train-filter: threshold {threshold:.3f}; accuracy {_rounded(report['train']['accuracy'])} (train), {_rounded(validation_metrics['accuracy'])} "
+        f"(validation); validation balanced accuracy {_rounded(validation_metrics['balanced_accuracy'])}, ROC AUC {_rounded(validation_metrics['roc_auc'])}"
+    )
     for note in notes:
         log(f"train-filter: note: {note}")
     log(f"train-filter: filter saved to {out_dir} (report: {out_dir / REPORT_NAME})")
@@ -454,7 +480,7 @@ def _validation_ids(labels: dict[str, bool], fraction: float, seed: int) -> set[
     """
 
     def position(identifier: str) -> float:
-        digest = hashlib.sha256(f"{seed}:{identifier}".encode("utf-8")).digest()
+        digest = hashlib.sha256(f"{seed}:{identifier}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
     validation = {identifier for identifier in labels if position(identifier) < fraction}
@@ -465,7 +491,9 @@ def _validation_ids(labels: dict[str, bool], fraction: float, seed: int) -> set[
     return validation
 
 
-def _encode_orbits(locations: dict[str, tuple[Path, str]], encoder: OrbitFeatureEncoder, batch_size: int, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+def _encode_orbits(
+    locations: dict[str, tuple[Path, str]], encoder: OrbitFeatureEncoder, batch_size: int, log: Callable[[str], None]
+) -> dict[str, torch.Tensor]:
     """Features float32 [F] (on the CPU) of every located orbit, encoded `batch_size` at a time."""
     features: dict[str, torch.Tensor] = {}
     batches_between_logs = max(1, math.ceil(len(locations) / batch_size) // 10)  # about ten lines
@@ -532,7 +560,9 @@ def fit_quality_probe(features: torch.Tensor, labels: np.ndarray, config: TrainF
 
     weight = torch.zeros(features.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=config.max_iterations, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=config.max_iterations, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -592,4 +622,3 @@ def _classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: f
         "balanced_accuracy": _balanced_accuracy(predictions, labels) if both_classes else None,
         "roc_auc": roc_auc(scores, labels) if both_classes else None,
     }
-

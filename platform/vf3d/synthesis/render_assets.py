@@ -33,8 +33,8 @@ from vf3d.config import RenderAssetsConfig
 from vf3d.data import shards
 from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
 from vf3d.data.manifest import IdSet
-from vf3d.synthesis.lease import holding_lease
 from vf3d.synthesis.failures import failure_summary
+from vf3d.synthesis.lease import holding_lease
 
 RENDER_STAGE = "render"
 
@@ -78,7 +78,9 @@ def plan_render(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> 
         if done or fail:
             continue
         pending.append({"id": identifier, "asset": relative, "prompt": caption_for(path, assets_dir, captions)})
-    return RenderPlan(pending=pending, total=len(seen), already_rendered=already_rendered, already_failed=already_failed, duplicate_ids=duplicates)
+    return RenderPlan(
+        pending=pending, total=len(seen), already_rendered=already_rendered, already_failed=already_failed, duplicate_ids=duplicates
+    )
 
 
 ERROR_COLUMN = "error"
@@ -96,7 +98,7 @@ class RenderOrbits:
         from vf3d.data.orbit_renderer import OrbitRenderer
         from vf3d.ray_runtime import require_usable_gpus
         from vf3d.synthesis.failures import FailureTracker, actor_name
-        
+
         # EGL renders on the GPU when the pool assigns one: fail at start when CUDA cannot use it.
         require_usable_gpus("render-assets RenderOrbits")
         self.assets_dir = Path(assets_dir)
@@ -131,7 +133,11 @@ class RenderOrbits:
                     cameras=orbit.cameras,
                     num_orbit_views=orbit.num_orbit_views,
                     elevation=orbit.elevation_deg,
-                    metadata={"render_seconds": round(time.perf_counter() - started, 4), "seed": self.config.seed, "margin": self.config.render.margin},
+                    metadata={
+                        "render_seconds": round(time.perf_counter() - started, 4),
+                        "seed": self.config.seed,
+                        "margin": self.config.render.margin,
+                    },
                 )
             )
         orbits = shards.records_to_table(records) if records else shards.ORBIT_SCHEMA.empty_table()
@@ -140,9 +146,20 @@ class RenderOrbits:
 
     def _failure_row(self, identifier: str, relative: str, prompt: str, reason: str) -> dict[str, Any]:
         return {
-            "id": identifier, "source": "render", "prompt": prompt, "asset": relative, "frames": [], "masks": [], "cameras": [],
-            "num_orbit_views": 0, "elevation": float("nan"), "resolution": self.config.render.resolution, "quality": None,
-            "format_version": shards.FORMAT_VERSION, "metadata": "{}", ERROR_COLUMN: reason,
+            "id": identifier,
+            "source": "render",
+            "prompt": prompt,
+            "asset": relative,
+            "frames": [],
+            "masks": [],
+            "cameras": [],
+            "num_orbit_views": 0,
+            "elevation": float("nan"),
+            "resolution": self.config.render.resolution,
+            "quality": None,
+            "format_version": shards.FORMAT_VERSION,
+            "metadata": "{}",
+            ERROR_COLUMN: reason,
         }
 
 
@@ -153,7 +170,7 @@ class WriteShards:
 
     def __init__(self, out_dir: str, config: dict[str, Any] | None = None) -> None:
         from vf3d.synthesis.failures import FailureTracker, actor_name
-        
+
         failures = config_lib.from_dict(RenderAssetsConfig, config or {}).failures
         self.writer = shards.OrbitShardWriter(out_dir)
         self.failures = FailureTracker("write", out_dir, failures.max_consecutive_failures, actor_name())
@@ -166,7 +183,12 @@ class WriteShards:
         orbits = batch.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
         errors = batch.filter(failed)
         self.writer.write(orbits)
-        self.writer.write_errors([{"id": row["id"], "asset": row["asset"], "stage": RENDER_STAGE, "reason": row[ERROR_COLUMN]} for row in errors.select(["id", "asset", ERROR_COLUMN]).to_pylist()])
+        self.writer.write_errors(
+            [
+                {"id": row["id"], "asset": row["asset"], "stage": RENDER_STAGE, "reason": row[ERROR_COLUMN]}
+                for row in errors.select(["id", "asset", ERROR_COLUMN]).to_pylist()
+            ]
+        )
         frames = pc.sum(pc.list_value_length(orbits["frames"])).as_py() if len(orbits) else 0
         return {"orbits": [len(orbits)], "frames": [frames or 0], "errors": [len(errors)]}
 
@@ -186,7 +208,9 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
     plan = plan_render(assets_dir, out_dir, config)
     if plan.duplicate_ids:
         raise config_lib.ConfigError(f"asset ids collide for {plan.duplicate_ids[:3]}: rename those files")
-    log(f"{plan.total} assets under {assets_dir}: {plan.already_rendered} already rendered, {plan.already_failed} failed before, {len(plan.pending)} to render")
+    log(
+        f"{plan.total} assets under {assets_dir}: {plan.already_rendered} already rendered, {plan.already_failed} failed before, {len(plan.pending)} to render"
+    )
 
     started, started_at = time.perf_counter(), time.time()
     totals = {"orbits": 0, "frames": 0, "errors": 0}
@@ -200,7 +224,15 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
             render_kwargs = {"assets_dir": str(assets_dir), "config": as_dict, "out_dir": str(out_dir)}
             rendered = map_on_pool(dataset, RenderOrbits, render_kwargs, pool, config.failures)
             writer_kwargs = {"out_dir": str(out_dir), "config": as_dict}
-            written = map_on_pool(rendered, WriteShards, writer_kwargs, config.writer_pool, config.failures, batch_size=config.rows_per_shard, batch_format="pyarrow")
+            written = map_on_pool(
+                rendered,
+                WriteShards,
+                writer_kwargs,
+                config.writer_pool,
+                config.failures,
+                batch_size=config.rows_per_shard,
+                batch_format="pyarrow",
+            )
         for row in written.iter_rows():
             for key in totals:
                 totals[key] += int(row[key])
@@ -223,7 +255,9 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
         "frames_per_second": round(totals["frames"] / seconds, 2) if seconds > 0 and totals["frames"] else 0.0,
         "views_per_orbit": config.render.num_views + config.render.num_random_views,
         "resolution": config.render.resolution,
-        "failures": failure_summary(out_dir, started_at, len(plan.pending), totals["orbits"] + totals["errors"], config.failures.max_errored_blocks),
+        "failures": failure_summary(
+            out_dir, started_at, len(plan.pending), totals["orbits"] + totals["errors"], config.failures.max_errored_blocks
+        ),
     }
     write_json_atomic(out_dir / "render_summary.json", summary)
     log(

@@ -31,7 +31,7 @@ import os
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,9 @@ from vf3d import config as config_lib
 from vf3d.config import SynthesizeConfig
 from vf3d.data import shards
 from vf3d.synthesis.failures import FailureTracker, actor_name, is_infrastructure_error, maybe_fire_fault, short_error
+
+if TYPE_CHECKING:
+    from vf3d.data.manifest import IdSet
 
 STAGES = ("first_frame", "generate", "mask", "filter")
 """Model stages in pipeline order (each on its own actor pool); "prepare" runs as plain tasks."""
@@ -53,7 +56,7 @@ FAULT_MARKER = ".fault-{stage}.fired"
 def derived_seed(identifier: str, seed: int) -> int:
     """A 31-bit seed from the run seed and an input id: the same id always draws the same first
     frame, noise and elevation, whatever batch or run it lands in."""
-    return int.from_bytes(hashlib.sha1(f"{seed}:{identifier}".encode("utf-8")).digest()[:4], "big") >> 1
+    return int.from_bytes(hashlib.sha1(f"{seed}:{identifier}".encode()).digest()[:4], "big") >> 1
 
 
 def drawn_elevation(identifier: str, seed: int, elevation_range_deg: list[float]) -> float:
@@ -104,7 +107,7 @@ def _read_image(value: Any, images_root: str) -> tuple[bytes, str]:
     return (data, "") if data else (b"", f"image is empty (0 bytes): {path}")
 
 
-def prepare_inputs(batch: pa.Table, done_ids: "IdSet | pa.Array", config: dict[str, Any], images_root: str) -> pa.Table:
+def prepare_inputs(batch: pa.Table, done_ids: IdSet | pa.Array, config: dict[str, Any], images_root: str) -> pa.Table:
     """Input rows (id, prompt, optional image / elevation) → the pipeline's working rows.
 
     Rows whose id is in `done_ids` (finished in an earlier run) are dropped here, before any model
@@ -129,7 +132,9 @@ def prepare_inputs(batch: pa.Table, done_ids: "IdSet | pa.Array", config: dict[s
     prompts = batch.column("prompt").to_pylist() if "prompt" in names else [None] * len(ids)
     images = batch.column("image").to_pylist() if "image" in names else [None] * len(ids)
     elevations = batch.column("elevation").to_pylist() if "elevation" in names else [None] * len(ids)
-    rows: dict[str, list] = {name: [] for name in ("id", "prompt", "elevation", "elevation_given", "seed", "image", "error", "error_stage", "trace")}
+    rows: dict[str, list] = {
+        name: [] for name in ("id", "prompt", "elevation", "elevation_given", "seed", "image", "error", "error_stage", "trace")
+    }
     for identifier, prompt, image, elevation in zip(ids, prompts, images, elevations):
         image_bytes, problem = _read_image(image, images_root)
         text, prompt_problem = _prompt_problem(prompt, image is not None, synthesize.max_prompt_chars)
@@ -145,11 +150,31 @@ def prepare_inputs(batch: pa.Table, done_ids: "IdSet | pa.Array", config: dict[s
                 elevation = 0.0
         else:
             elevation = drawn_elevation(identifier, synthesize.seed, synthesize.generation.elevation_range_deg)
-        for name, value in (("id", identifier), ("prompt", text), ("elevation", elevation), ("elevation_given", given), ("seed", derived_seed(identifier, synthesize.seed)),
-                            ("image", b"" if problem else image_bytes), ("error", problem), ("error_stage", "prepare" if problem else ""), ("trace", "{}")):
+        for name, value in (
+            ("id", identifier),
+            ("prompt", text),
+            ("elevation", elevation),
+            ("elevation_given", given),
+            ("seed", derived_seed(identifier, synthesize.seed)),
+            ("image", b"" if problem else image_bytes),
+            ("error", problem),
+            ("error_stage", "prepare" if problem else ""),
+            ("trace", "{}"),
+        ):
             rows[name].append(value)
-    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("elevation", pa.float64()), ("elevation_given", pa.bool_()), ("seed", pa.int64()), ("image", pa.binary()),
-                        ("error", pa.string()), ("error_stage", pa.string()), ("trace", pa.string())])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", pa.string()),
+            ("elevation", pa.float64()),
+            ("elevation_given", pa.bool_()),
+            ("seed", pa.int64()),
+            ("image", pa.binary()),
+            ("error", pa.string()),
+            ("error_stage", pa.string()),
+            ("trace", pa.string()),
+        ]
+    )
     return pa.table(rows, schema=schema)
 
 
@@ -250,7 +275,11 @@ class _ModelStage:
             for index, value in zip(healthy, columns.get(name, [])):
                 if value is not None:  # None: the row failed here and keeps the placeholder
                     values[index] = value
-            output[name] = np.stack(values) if isinstance(placeholder, np.ndarray) else np.array(values, dtype=object if not isinstance(placeholder, float) else np.float64)
+            output[name] = (
+                np.stack(values)
+                if isinstance(placeholder, np.ndarray)
+                else np.array(values, dtype=object if not isinstance(placeholder, float) else np.float64)
+            )
         stages = [str(value) for value in batch["error_stage"]]
         for index, reason in failures.items():
             errors[index], stages[index] = reason, self.stage
@@ -261,7 +290,9 @@ class _ModelStage:
             if index in healthy:
                 record[self.stage] = {"actor": self.actor, "seconds": round(seconds, 6)}
             traces.append(json.dumps(record))
-        output.update(error=np.array(errors, dtype=object), error_stage=np.array(stages, dtype=object), trace=np.array(traces, dtype=object))
+        output.update(
+            error=np.array(errors, dtype=object), error_stage=np.array(stages, dtype=object), trace=np.array(traces, dtype=object)
+        )
         self.batches_done += 1
         return output
 
@@ -323,10 +354,14 @@ class FirstFrames(_ModelStage):
 
             generation = self.config.generation
             if generation.text_to_image_path is not None:
-                self._generator = FirstFrameGenerator.from_pretrained(generation.text_to_image_path, self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance)
+                self._generator = FirstFrameGenerator.from_pretrained(
+                    generation.text_to_image_path, self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance
+                )
             else:
                 tiny = VideoModelConfig(random_init=True, resolution=self.resolution, max_text_tokens=77, seed=self.config.seed)
-                self._generator = FirstFrameGenerator(tiny_text_to_image_pipeline(tiny), self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance)
+                self._generator = FirstFrameGenerator(
+                    tiny_text_to_image_pipeline(tiny), self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance
+                )
             self._generator.to(self.device)
         return self._generator
 
@@ -351,14 +386,22 @@ class FirstFrames(_ModelStage):
                 continue
             frames[row] = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         if to_draw:
+
             def draw(indices):
                 with self.autocast():
-                    return list(self.generator()([str(batch["prompt"][index]) for index in indices], seed=[int(batch["seed"][index]) for index in indices]))
+                    return list(
+                        self.generator()(
+                            [str(batch["prompt"][index]) for index in indices], seed=[int(batch["seed"][index]) for index in indices]
+                        )
+                    )
 
             drawn, draw_failures = self.per_row(to_draw, draw)
             failures.update(draw_failures)
             frames.update({row: image for row, image in zip(to_draw, drawn) if image is not None})
-        return {"first_frame": [frames.get(row) for row in rows], "first_frame_given": [bool(batch["image"][row]) for row in rows]}, failures
+        return {
+            "first_frame": [frames.get(row) for row in rows],
+            "first_frame_given": [bool(batch["image"][row]) for row in rows],
+        }, failures
 
 
 class GenerateOrbits(_ModelStage):
@@ -379,7 +422,10 @@ class GenerateOrbits(_ModelStage):
         self.resolution = int(self.pipeline.config.resolution)
 
     def placeholders(self, batch):
-        return {"frames": np.full((self.num_views, self.resolution, self.resolution, 3), 255, np.uint8), "cameras": np.zeros((self.num_views, shards.CAMERA_DIM), np.float32)}
+        return {
+            "frames": np.full((self.num_views, self.resolution, self.resolution, 3), 255, np.uint8),
+            "cameras": np.zeros((self.num_views, shards.CAMERA_DIM), np.float32),
+        }
 
     def process(self, batch, rows):
         generation = self.config.generation
@@ -397,7 +443,10 @@ class GenerateOrbits(_ModelStage):
             return list(zip(output.frames, output.cameras))
 
         results, failures = self.per_row(rows, generate)
-        return {"frames": [None if result is None else result[0] for result in results], "cameras": [None if result is None else result[1] for result in results]}, failures
+        return {
+            "frames": [None if result is None else result[0] for result in results],
+            "cameras": [None if result is None else result[1] for result in results],
+        }, failures
 
 
 class ForegroundMasks(_ModelStage):
@@ -551,14 +600,20 @@ class EncodeOrbits:
                     "video_model": self.video_model,
                     "steps": self.config.generation.num_inference_steps,
                     "guidance": self.config.generation.guidance_scale,
-                    "filter": {**{key: round(value, 6) for key, value in statistics.items()}, "probe_score": quality, "min_score": self.min_score},
+                    "filter": {
+                        **{key: round(value, 6) for key, value in statistics.items()},
+                        "probe_score": quality,
+                        "min_score": self.min_score,
+                    },
                     "trace": trace,
                 },
             )
             try:
                 encoded = shards.encode_record(record)
             except shards.ShardFormatError as problem:  # the model made something that is no orbit
-                rows.append({**row, "error": _short_error(problem), "error_stage": self.stage, "outcome": "error", "trace": json.dumps(trace)})
+                rows.append(
+                    {**row, "error": _short_error(problem), "error_stage": self.stage, "outcome": "error", "trace": json.dumps(trace)}
+                )
                 continue
             trace[self.stage] = {"actor": self.actor, "seconds": round(time.perf_counter() - started, 6)}
             rows.append({**row, **encoded, "reasons": reasons, "outcome": "rejected" if reasons else "kept", "trace": json.dumps(trace)})
@@ -566,14 +621,32 @@ class EncodeOrbits:
         return _filtered_table(rows)
 
 
-FILTERED_SCHEMA = shards.REJECTED_SCHEMA.append(pa.field("outcome", pa.string())).append(pa.field("error", pa.string())).append(pa.field("error_stage", pa.string())).append(pa.field("trace", pa.string()))
+FILTERED_SCHEMA = (
+    shards.REJECTED_SCHEMA.append(pa.field("outcome", pa.string()))
+    .append(pa.field("error", pa.string()))
+    .append(pa.field("error_stage", pa.string()))
+    .append(pa.field("trace", pa.string()))
+)
 """What EncodeOrbits hands the writers: every column of a rejected orbit plus the outcome, the
 error (if any) and the trace. Error rows leave the orbit columns empty."""
 
 
 def _filtered_table(rows: list[dict[str, Any]]) -> pa.Table:
-    empty_orbit = {"source": "synthetic", "prompt": "", "asset": None, "frames": [], "masks": [], "cameras": [], "num_orbit_views": 0, "elevation": 0.0, "resolution": 0,
-                   "quality": None, "format_version": shards.FORMAT_VERSION, "metadata": "{}", "reasons": []}
+    empty_orbit = {
+        "source": "synthetic",
+        "prompt": "",
+        "asset": None,
+        "frames": [],
+        "masks": [],
+        "cameras": [],
+        "num_orbit_views": 0,
+        "elevation": 0.0,
+        "resolution": 0,
+        "quality": None,
+        "format_version": shards.FORMAT_VERSION,
+        "metadata": "{}",
+        "reasons": [],
+    }
     return pa.Table.from_pylist([{**empty_orbit, **row} for row in rows], schema=FILTERED_SCHEMA)
 
 
@@ -608,7 +681,12 @@ class WriteSynthesized:
         errors = batch.filter(pc.equal(outcome, "error"))
         self.writer.write(kept.select(shards.ORBIT_SCHEMA.names))
         self.writer.write_rejected(rejected.select(shards.REJECTED_SCHEMA.names))
-        self.writer.write_errors([{"id": row["id"], "stage": row["error_stage"] or "unknown", "reason": row["error"]} for row in errors.select(["id", "error", "error_stage"]).to_pylist()])
+        self.writer.write_errors(
+            [
+                {"id": row["id"], "stage": row["error_stage"] or "unknown", "reason": row["error"]}
+                for row in errors.select(["id", "error", "error_stage"]).to_pylist()
+            ]
+        )
         self.batches_done += 1
         stages: dict[str, dict[str, Any]] = {}
         for trace in batch.column("trace").to_pylist():
@@ -625,9 +703,22 @@ class WriteSynthesized:
         error_stages: dict[str, int] = {}
         for stage in errors.column("error_stage").to_pylist():
             error_stages[stage] = error_stages.get(stage, 0) + 1
-        return {"kept": [kept.num_rows], "rejected": [rejected.num_rows], "errors": [errors.num_rows], "stages": [json.dumps(stages)], "reasons": [json.dumps(reasons)], "error_stages": [json.dumps(error_stages)]}
+        return {
+            "kept": [kept.num_rows],
+            "rejected": [rejected.num_rows],
+            "errors": [errors.num_rows],
+            "stages": [json.dumps(stages)],
+            "reasons": [json.dumps(reasons)],
+            "error_stages": [json.dumps(error_stages)],
+        }
 
 
 def stage_pools(config: SynthesizeConfig) -> dict[str, config_lib.ActorPoolConfig]:
     """Every traced stage's actor pool, by stage name (PIPELINE_STAGES), for the run summary."""
-    return {"first_frame": config.first_frame_pool, "generate": config.generate_pool, "mask": config.mask_pool, "filter": config.filter_pool, "encode": config.encode_pool}
+    return {
+        "first_frame": config.first_frame_pool,
+        "generate": config.generate_pool,
+        "mask": config.mask_pool,
+        "filter": config.filter_pool,
+        "encode": config.encode_pool,
+    }

@@ -36,9 +36,19 @@ from vf3d.config import ConfigError, SynthesizeConfig
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, caption_for, load_captions
 from vf3d.data.manifest import IdSet
-from vf3d.synthesis.lease import LeaseHeldError, OutputLease
 from vf3d.synthesis.failures import failure_summary
-from vf3d.synthesis.stages import PIPELINE_STAGES, STAGES, FilterOrbits, FirstFrames, ForegroundMasks, GenerateOrbits, WriteSynthesized, prepare_inputs, stage_pools
+from vf3d.synthesis.lease import LeaseHeldError, OutputLease
+from vf3d.synthesis.stages import (
+    PIPELINE_STAGES,
+    STAGES,
+    FilterOrbits,
+    FirstFrames,
+    ForegroundMasks,
+    GenerateOrbits,
+    WriteSynthesized,
+    prepare_inputs,
+    stage_pools,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl")
@@ -105,12 +115,21 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
     whatever the size of the rows."""
     prompts = Path(prompts)
     if prompts.is_dir():
-        paths = sorted((path for path in prompts.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()), key=lambda path: path.relative_to(prompts).as_posix())
+        paths = sorted(
+            (path for path in prompts.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()),
+            key=lambda path: path.relative_to(prompts).as_posix(),
+        )
         if not paths:
             raise InputError(f"--prompts folder holds no images ({', '.join(IMAGE_SUFFIXES)}): {prompts}")
         captions = load_captions(prompts)
         relative = [path.relative_to(prompts).as_posix() for path in paths]
-        table = pa.table({"id": [asset_id(name) for name in relative], "prompt": [caption_for(path, prompts, captions) for path in paths], "image": relative})
+        table = pa.table(
+            {
+                "id": [asset_id(name) for name in relative],
+                "prompt": [caption_for(path, prompts, captions) for path in paths],
+                "image": relative,
+            }
+        )
         ids, id_set = _checked_ids(table.column("id"), prompts)
         return SynthesisInputs(ids=ids, needs_text_to_image=False, images_root=str(prompts), table=table, _id_set=id_set)
     if not prompts.is_file():
@@ -123,16 +142,28 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
             schema = pq.read_schema(prompts)
             _check_columns(schema.names, prompts)
             ids, id_set = _checked_ids(pq.read_table(prompts, columns=["id"]).column("id"), prompts)
-            return SynthesisInputs(ids=ids, needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names), images_root=str(prompts.parent), path=prompts, _id_set=id_set)
+            return SynthesisInputs(
+                ids=ids,
+                needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names),
+                images_root=str(prompts.parent),
+                path=prompts,
+                _id_set=id_set,
+            )
         if suffix == ".csv":
             import pyarrow.csv as pacsv
 
             read_options = pacsv.ReadOptions(block_size=INPUT_BLOCK_BYTES)
-            with pacsv.open_csv(prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=[])) as reader:
+            with pacsv.open_csv(
+                prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=[])
+            ) as reader:
                 names = reader.schema.names  # the header (with include_columns=[], no cell is converted)
             _check_columns(names, prompts)
             wanted = [name for name in ("id", "image") if name in names]
-            batches = pacsv.open_csv(prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=wanted))
+            batches = pacsv.open_csv(
+                prompts,
+                read_options=read_options,
+                convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=wanted),
+            )
             fmt = "csv"
         else:
             import pyarrow.json as pajson
@@ -274,10 +305,14 @@ def video_model_settings(video_model: Path) -> dict[str, Any]:
     anything else (a missing folder, a base Wan model not yet fine-tuned)."""
     index = Path(video_model) / "model_index.json"
     if not index.is_file():
-        raise ConfigError(f"--video-model {video_model} is not a diffusers pipeline directory (no model_index.json); make one with `vf3d finetune-video`")
+        raise ConfigError(
+            f"--video-model {video_model} is not a diffusers pipeline directory (no model_index.json); make one with `vf3d finetune-video`"
+        )
     settings = json.loads(index.read_text())
     if settings.get("_class_name") != "OrbitVideoPipeline":
-        raise ConfigError(f"--video-model {video_model} holds a {settings.get('_class_name')} pipeline, not a fine-tuned orbit video model; run `vf3d finetune-video` on it first")
+        raise ConfigError(
+            f"--video-model {video_model} holds a {settings.get('_class_name')} pipeline, not a fine-tuned orbit video model; run `vf3d finetune-video` on it first"
+        )
     return settings
 
 
@@ -291,7 +326,9 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
     settings = video_model_settings(video_model)
     inputs = read_inputs(prompts)
     if inputs.needs_text_to_image and config.generation.text_to_image_path is None and not config.generation.random_text_to_image:
-        raise ConfigError("some inputs have no image, so first frames must be drawn: set generation.text_to_image_path to a local diffusers text-to-image pipeline")
+        raise ConfigError(
+            "some inputs have no image, so first frames must be drawn: set generation.text_to_image_path to a local diffusers text-to-image pipeline"
+        )
     if config.filter.probe_path is not None:
         from vf3d.models.quality_filter import QualityProbe
 
@@ -303,7 +340,9 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
         if plan.retried_files:
             log(f"retrying inputs that failed before ({plan.retried_files} error files moved to _errors/{RETRIED_DIRNAME}/)")
         failed_before = 0 if config.retry_errors else plan.counts["errors"]
-        log(f"{len(inputs.ids)} inputs in {prompts}: {plan.counts['orbits']} kept, {plan.counts['rejected']} rejected and {failed_before} failed before; {plan.pending} to synthesize")
+        log(
+            f"{len(inputs.ids)} inputs in {prompts}: {plan.counts['orbits']} kept, {plan.counts['rejected']} rejected and {failed_before} failed before; {plan.pending} to synthesize"
+        )
         if not config.filter.probe_path:
             log("quality filter: heuristics only (no filter.probe_path; train one with `vf3d train-filter`)")
 
@@ -313,21 +352,29 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
             written = _build_pipeline(inputs, plan.done, video_model, int(settings.get("resolution", 512)), out_dir, config)
             for row in written.iter_rows():
                 if lease.lost:
-                    raise LeaseHeldError(f"{out_dir}: another run took over this directory's lease; stopping so the two do not write the same ids")
+                    raise LeaseHeldError(
+                        f"{out_dir}: another run took over this directory's lease; stopping so the two do not write the same ids"
+                    )
                 _accumulate(totals, row)
                 finished = totals["kept"] + totals["rejected"] + totals["errors"]
                 elapsed = time.perf_counter() - started
                 actors = ", ".join(f"{stage} {len(totals['stages'].get(stage, {}).get('actors', []))}" for stage in STAGES)
-                log(f"  {finished}/{plan.pending} inputs: {totals['kept']} kept, {totals['rejected']} rejected, {totals['errors']} errors; "
-                    f"{(totals['kept'] + totals['rejected']) / max(elapsed, 1e-9):.2f} videos/s; actors used: {actors}")
+                log(
+                    f"  {finished}/{plan.pending} inputs: {totals['kept']} kept, {totals['rejected']} rejected, {totals['errors']} errors; "
+                    f"{(totals['kept'] + totals['rejected']) / max(elapsed, 1e-9):.2f} videos/s; actors used: {actors}"
+                )
         seconds = time.perf_counter() - started
         index = shards.compact_index(out_dir, shards.index_shards(out_dir, previous=plan.index))  # this run's manifests only
         summary = _summary(index, inputs, config, totals, plan.pending, len(inputs.ids) - plan.pending, seconds, str(video_model))
         finished = totals["kept"] + totals["rejected"] + totals["errors"]
-        summary["failures"] = failure_summary(out_dir, since=started_at, pending=plan.pending, finished=finished, max_errored_blocks=config.failures.max_errored_blocks)
+        summary["failures"] = failure_summary(
+            out_dir, since=started_at, pending=plan.pending, finished=finished, max_errored_blocks=config.failures.max_errored_blocks
+        )
         write_json_atomic(out_dir / SUMMARY_NAME, summary)
-    log(f"synthesize: {summary['kept_total']} kept, {summary['rejected_total']} rejected, {summary['errors_total']} errors of {summary['inputs']} inputs in {out_dir} "
-        f"({summary['videos_this_run']} videos in {summary['seconds']} s, {summary['videos_per_second']} videos/s, pass rate {summary['pass_rate']})")
+    log(
+        f"synthesize: {summary['kept_total']} kept, {summary['rejected_total']} rejected, {summary['errors_total']} errors of {summary['inputs']} inputs in {out_dir} "
+        f"({summary['videos_this_run']} videos in {summary['seconds']} s, {summary['videos_per_second']} videos/s, pass rate {summary['pass_rate']})"
+    )
     return summary
 
 
@@ -356,14 +403,28 @@ def _build_pipeline(inputs: SynthesisInputs, done: IdSet, video_model: Path, res
         stages.append((FilterOrbits, config.filter_pool, {**common, "video_model": str(video_model)}))
     stages.append((EncodeOrbits, config.encode_pool, {**common, "video_model": str(video_model)}))
     with failure_policy(config.failures):
-        rows = inputs.dataset().map_batches(prepare_inputs, fn_kwargs={"done_ids": done_ids, "config": as_dict, "images_root": inputs.images_root}, batch_format="pyarrow", batch_size=4096, num_cpus=0.25)
+        rows = inputs.dataset().map_batches(
+            prepare_inputs,
+            fn_kwargs={"done_ids": done_ids, "config": as_dict, "images_root": inputs.images_root},
+            batch_format="pyarrow",
+            batch_size=4096,
+            num_cpus=0.25,
+        )
         # Small blocks spread the work over every actor of a pool (a whole input file is one block).
         rows = rows.repartition(target_num_rows_per_block=min(pool.batch_size for _, pool, _ in stages))
         for stage_class, pool, kwargs in stages:
             # EncodeOrbits hands the writers Arrow rows (nested lists of PNG bytes).
             rows = map_on_pool(rows, stage_class, kwargs, pool, config.failures)
         writer_kwargs = {"out_dir": str(out_dir), "config": as_dict}
-        return map_on_pool(rows, WriteSynthesized, writer_kwargs, config.writer_pool, config.failures, batch_size=config.rows_per_shard, batch_format="pyarrow")
+        return map_on_pool(
+            rows,
+            WriteSynthesized,
+            writer_kwargs,
+            config.writer_pool,
+            config.failures,
+            batch_size=config.rows_per_shard,
+            batch_format="pyarrow",
+        )
 
 
 def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
@@ -399,7 +460,11 @@ def exactly_once_counts(index: shards.ShardIndex, inputs: pa.Array | IdSet) -> d
         outsiders[name] = pc.unique(ids.filter(pa.array(positions < 0)))
     in_tables = np.sum([marks[name] for name in tables], axis=0, dtype=np.int64) if len(inputs_set) else np.zeros(0, np.int64)
     other = pa.concat_arrays(list(outsiders.values()))
-    other_in_two = int(pc.count_distinct(other.filter(pc.is_in(other, value_set=_repeated(other)))).as_py()) if len(other) != len(pc.unique(other)) else 0
+    other_in_two = (
+        int(pc.count_distinct(other.filter(pc.is_in(other, value_set=_repeated(other)))).as_py())
+        if len(other) != len(pc.unique(other))
+        else 0
+    )
     return {
         "kept_total": int(marks["orbits"].sum()),
         "rejected_total": int(marks["rejected"].sum()),
@@ -415,7 +480,16 @@ def _repeated(values: pa.Array) -> pa.Array:
     return counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
 
 
-def _summary(index: shards.ShardIndex, inputs: SynthesisInputs, config: SynthesizeConfig, totals: dict[str, Any], pending: int, skipped: int, seconds: float, video_model: str) -> dict[str, Any]:
+def _summary(
+    index: shards.ShardIndex,
+    inputs: SynthesisInputs,
+    config: SynthesizeConfig,
+    totals: dict[str, Any],
+    pending: int,
+    skipped: int,
+    seconds: float,
+    video_model: str,
+) -> dict[str, Any]:
     """The run summary: what is on disk now (the exactly-once checks, from the id manifests: the
     index of planning plus this run's new files) and what this run did."""
     checks = exactly_once_counts(index, inputs.id_set())
@@ -430,7 +504,13 @@ def _summary(index: shards.ShardIndex, inputs: SynthesisInputs, config: Synthesi
             "busy_seconds": round(entry["seconds"], 3),
             "items_per_actor_second": round(entry["items"] / entry["seconds"], 4) if entry["seconds"] > 0 else None,
             "actors_used": len(entry["actors"]),
-            "pool": {"min": pool.min_actors, "max": pool.max_actors, "gpus_per_actor": pool.num_gpus, "cpus_per_actor": pool.num_cpus, "batch_size": pool.batch_size},
+            "pool": {
+                "min": pool.min_actors,
+                "max": pool.max_actors,
+                "gpus_per_actor": pool.num_gpus,
+                "cpus_per_actor": pool.num_cpus,
+                "batch_size": pool.batch_size,
+            },
             "gpu_hours": round(entry["seconds"] * pool.num_gpus / 3600, 6),
         }
     kept_total, rejected_total = checks["kept_total"], checks["rejected_total"]

@@ -63,7 +63,7 @@ def deepspeed_tag(step: int) -> str:
     return f"global_step{step}"
 
 
-def save(engine: "DeepSpeedEngine", step: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> "ray.train.Checkpoint":
+def save(engine: DeepSpeedEngine, step: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> ray.train.Checkpoint:
     """Checkpoint `engine` after `step` optimizer steps and report it with `metrics` to Ray Train.
 
     Every rank must call this at the same step: DeepSpeed's save and `ray.train.report` are both
@@ -91,7 +91,9 @@ def save(engine: "DeepSpeedEngine", step: int, metrics: dict[str, Any], extra: d
     return ray.train.get_checkpoint()
 
 
-def save_to_directory(engine: "DeepSpeedEngine", directory: str | os.PathLike, step: int, extra: dict[str, Any] | None = None, write_metadata_file: bool = True) -> None:
+def save_to_directory(
+    engine: DeepSpeedEngine, directory: str | os.PathLike, step: int, extra: dict[str, Any] | None = None, write_metadata_file: bool = True
+) -> None:
     """This rank's part of the checkpoint of `step` in a local `directory` (what `save` reports).
 
     Collective like DeepSpeed's save; `write_metadata_file` on exactly one rank (rank 0).
@@ -101,7 +103,7 @@ def save_to_directory(engine: "DeepSpeedEngine", directory: str | os.PathLike, s
         write_metadata(directory, engine, step, extra)
 
 
-def write_metadata(checkpoint_dir: str | os.PathLike, engine: "DeepSpeedEngine", step: int, extra: dict[str, Any] | None = None) -> None:
+def write_metadata(checkpoint_dir: str | os.PathLike, engine: DeepSpeedEngine, step: int, extra: dict[str, Any] | None = None) -> None:
     """Write `vf3d_checkpoint.json` for the DeepSpeed checkpoint of `step` saved in `checkpoint_dir`."""
     import deepspeed
 
@@ -131,7 +133,7 @@ def read_metadata(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
-def restore(engine: "DeepSpeedEngine") -> int:
+def restore(engine: DeepSpeedEngine) -> int:
     """Load the run's latest checkpoint into `engine` on every rank; returns the step to resume at.
 
     Returns 0 on a fresh run. The checkpoint comes from `ray.train.get_checkpoint()`: the latest
@@ -147,7 +149,7 @@ def restore(engine: "DeepSpeedEngine") -> int:
         return restore_from_directory(engine, directory, label=checkpoint.path)
 
 
-def restore_from_directory(engine: "DeepSpeedEngine", directory: str | os.PathLike, label: str | None = None) -> int:
+def restore_from_directory(engine: DeepSpeedEngine, directory: str | os.PathLike, label: str | None = None) -> int:
     """Load the checkpoint in local `directory` into `engine` (collective); returns its step.
 
     Every file DeepSpeed reads is loaded weights-only (see the module docstring); `label` names
@@ -156,7 +158,9 @@ def restore_from_directory(engine: "DeepSpeedEngine", directory: str | os.PathLi
     label = label or str(directory)
     metadata = read_metadata(directory)
     if metadata["zero_stage"] != engine.zero_optimization_stage():
-        raise CheckpointError(f"checkpoint {label} was written with ZeRO stage {metadata['zero_stage']}, this run uses stage {engine.zero_optimization_stage()}")
+        raise CheckpointError(
+            f"checkpoint {label} was written with ZeRO stage {metadata['zero_stage']}, this run uses stage {engine.zero_optimization_stage()}"
+        )
     if metadata["zero_stage"] > 0 and metadata["world_size"] != engine.world_size:
         # ZeRO shards are per rank; resharding them is not supported, so say what to do instead.
         raise CheckpointError(
@@ -181,7 +185,7 @@ def restore_from_directory(engine: "DeepSpeedEngine", directory: str | os.PathLi
     return int(metadata["step"])
 
 
-def consolidate(checkpoint: "str | os.PathLike | ray.train.Checkpoint") -> dict[str, "torch.Tensor"]:
+def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[str, torch.Tensor]:
     """One full fp32 state dict (CPU tensors, the module's own keys) from a checkpoint of any stage.
 
     ZeRO 2/3 checkpoints keep the fp32 master weights only in the per-rank optimizer shards, which
@@ -310,5 +314,7 @@ def _refusal(path: str | os.PathLike, error: pickle.UnpicklingError) -> str:
         what = f"it pickles {found.group(1)}, which is not tensor data and could run code when loaded"
     else:
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
-        what = f"weights-only unpickling failed ({detail.group(1).strip() if detail else 'it holds more than tensors and plain containers'})"
+        what = (
+            f"weights-only unpickling failed ({detail.group(1).strip() if detail else 'it holds more than tensors and plain containers'})"
+        )
     return f"{path}: refusing to load this checkpoint file: {what}"

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def resolve_precision(precision: str, use_cuda: bool) -> str:
-    """"auto" → "bf16" on CUDA, "fp32" on the CPU; explicit choices pass through."""
+    """ "auto" → "bf16" on CUDA, "fp32" on the CPU; explicit choices pass through."""
     if precision == "auto":
         return "bf16" if use_cuda else "fp32"
     return precision
@@ -51,7 +51,7 @@ def build_deepspeed_config(config: TrainingConfig, use_cuda: bool) -> dict[str, 
     }
 
 
-def parameter_groups(model: "torch.nn.Module", weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: decay on matrices, none on biases, norm weights and 1-D parameters.
 
     Frozen parameters (requires_grad=False, e.g. spatial layers while fine-tuning temporal ones)
@@ -89,7 +89,7 @@ def learning_rate_multiplier(step: int, optimizer: OptimizerConfig, max_steps: i
     return optimizer.min_lr_ratio + (1.0 - optimizer.min_lr_ratio) * cosine
 
 
-def initialize(model: "torch.nn.Module", config: TrainingConfig) -> "DeepSpeedEngine":
+def initialize(model: torch.nn.Module, config: TrainingConfig) -> DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine with our AdamW and warm-up/cosine schedule.
 
     Call it inside a Ray Train worker: Ray has already initialised torch.distributed (gloo on the

@@ -87,12 +87,12 @@ class TrainTask:
     validate_every_n_steps: int | None = None
     """`validate` runs this often (and at step 0 of a fresh run, the last step, stage ends); None: never."""
 
-    def __init__(self, config: dict[str, Any], training: "TrainingConfig", rank: int) -> None:
+    def __init__(self, config: dict[str, Any], training: TrainingConfig, rank: int) -> None:
         self.config = config
         self.training = training
         self.rank = rank
 
-    def build_model(self) -> "torch.nn.Module":
+    def build_model(self) -> torch.nn.Module:
         """The model to train (the global torch seed is `training.run.seed` here, on every rank)."""
         raise NotImplementedError
 
@@ -130,7 +130,7 @@ class TrainTask:
         """After the last step (every rank): what the worker returns (rank 0's reaches the driver)."""
         return {"resumed_from": state.start, "steps": state.step}
 
-    def export(self, checkpoint: "ray.train.Checkpoint | None") -> None:
+    def export(self, checkpoint: ray.train.Checkpoint | None) -> None:
         """Rank 0, at the end: export the latest checkpoint."""
 
 
@@ -183,13 +183,13 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
     return result
 
 
-def use_default_storage(training: "TrainingConfig", out_dir: Path) -> None:
+def use_default_storage(training: TrainingConfig, out_dir: Path) -> None:
     """Checkpoints under `out_dir`/training_runs unless `training.run.storage_path` is set."""
     if training.run.storage_path is None:
         training.run.storage_path = str((Path(out_dir) / RUNS_DIRNAME).resolve())
 
 
-def run_summary(outcome: dict[str, Any], result: "ray.train.Result", started: float, out_dir: Path, **fields: Any) -> dict[str, Any]:
+def run_summary(outcome: dict[str, Any], result: ray.train.Result, started: float, out_dir: Path, **fields: Any) -> dict[str, Any]:
     """A driver's summary: rank 0's `outcome`, the driver's `fields`, time taken (since the
     `time.perf_counter()` value `started`), the model directory and the latest checkpoint."""
     checkpoint = str(result.checkpoint.path) if result.checkpoint else None

@@ -51,7 +51,7 @@ class ReconstructionLoss(nn.Module):
             lpips_module = build_lpips(config)
         self.lpips = lpips_module.requires_grad_(False).eval() if config.lpips_weight > 0 else None
 
-    def train(self, mode: bool = True) -> "ReconstructionLoss":
+    def train(self, mode: bool = True) -> ReconstructionLoss:
         super().train(mode)
         if self.lpips is not None:
             self.lpips.eval()
@@ -80,7 +80,9 @@ class ReconstructionLoss(nn.Module):
             "lpips" (mean over views), "mse", "opacity", "tv" (those computed) and "total" to floats.
         """
         if rendered_rgb.shape != target_rgb.shape or rendered_rgb.dim() != 5:
-            raise ValueError(f"rendered_rgb {tuple(rendered_rgb.shape)} and target_rgb {tuple(target_rgb.shape)} must both be [N, V, 3, h, w]")
+            raise ValueError(
+                f"rendered_rgb {tuple(rendered_rgb.shape)} and target_rgb {tuple(target_rgb.shape)} must both be [N, V, 3, h, w]"
+            )
         if rendered_opacity.shape != target_mask.shape:
             raise ValueError(f"rendered_opacity {tuple(rendered_opacity.shape)} and target_mask {tuple(target_mask.shape)} differ")
         config = self.config
@@ -92,7 +94,9 @@ class ReconstructionLoss(nn.Module):
         if pixel_loss and config.mse_weight > 0:
             weighted.append(("mse", config.mse_weight, torch.nn.functional.mse_loss(rendered_rgb, target_rgb.to(rendered_rgb.dtype))))
         if config.opacity_weight > 0:
-            weighted.append(("opacity", config.opacity_weight, torch.nn.functional.mse_loss(rendered_opacity, target_mask.to(rendered_opacity.dtype))))
+            weighted.append(
+                ("opacity", config.opacity_weight, torch.nn.functional.mse_loss(rendered_opacity, target_mask.to(rendered_opacity.dtype)))
+            )
         if config.tv_weight > 0:
             weighted.append(("tv", config.tv_weight, total_variation(triplanes)))
         if not weighted:

@@ -55,14 +55,16 @@ def holdout_ids(ids: list[str], count: int, seed: int = 0) -> list[str]:
     return heapq.nsmallest(count, ids, key=lambda identifier: hashlib.sha256(f"{seed}:{identifier}".encode()).digest())
 
 
-def _unit(images: "torch.Tensor") -> "torch.Tensor":
+def _unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (0..255) or floats already in [0, 1] → float32 in [0, 1]."""
     import torch
 
     return images.float() / 255 if images.dtype == torch.uint8 else images.float()
 
 
-def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+def batch_from_samples(
+    samples: dict[str, torch.Tensor], stage: ReconStage, config: TrainReconConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Sampled views (`vf3d.data.training_input.sample_views`, as torch tensors on the worker's
     device; pixels uint8 or already float) → one training batch for `stage`.
 
@@ -79,7 +81,9 @@ def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, co
     size = config.model.encoder.image_size
     source_images = _unit(samples["source_images"])
     if source_images.shape[-1] != size:
-        source_images = torch.nn.functional.interpolate(source_images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        source_images = torch.nn.functional.interpolate(
+            source_images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp(0, 1)
     frames, masks = _unit(samples["target_frames"]), _unit(samples["target_masks"])
     backgrounds = samples["target_backgrounds"].float()
     # Frames are stored on white: rgb_on_bg = frame − (1 − mask)·(1 − bg) (see shards.ViewSampler).
@@ -97,7 +101,9 @@ def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, co
     def resized(images: torch.Tensor) -> torch.Tensor:
         flat = images.flatten(0, 1)
         if flat.shape[-1] != resolution:
-            flat = torch.nn.functional.interpolate(flat, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+            flat = torch.nn.functional.interpolate(
+                flat, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+            )
         return flat.unflatten(0, (batch, views))
 
     images, masks = resized(images), resized(masks)
@@ -122,7 +128,9 @@ def batch_from_samples(samples: dict[str, "torch.Tensor"], stage: ReconStage, co
     }
 
 
-def build_batch(rows: list[dict[str, Any]], stage: ReconStage, config: TrainReconConfig, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+def build_batch(
+    rows: list[dict[str, Any]], stage: ReconStage, config: TrainReconConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Fully decoded orbit rows (`shards.decode_row`) → one training batch, for benchmarks and
     tests that hold orbits in memory; training streams samples instead (`batch_from_samples`).
     Views are drawn with `shards.ViewSampler` from `generator`, then noise and crops as in
@@ -188,8 +196,17 @@ class Validator:
         model.train()
         metrics = {name: float(np.mean(values)) for name, values in scores.items()}
         as_images = [[(view.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8) for view in row] for row in grid]
-        columns = ["input"] + [f"predicted {index}" for index in range(settings.num_views)] + [f"true {index}" for index in range(settings.num_views)]
-        image_grid(as_images, self.out_dir / "validation_grid.png", row_labels=[str(record["id"])[:12] for record in self.records], column_labels=columns)
+        columns = (
+            ["input"]
+            + [f"predicted {index}" for index in range(settings.num_views)]
+            + [f"true {index}" for index in range(settings.num_views)]
+        )
+        image_grid(
+            as_images,
+            self.out_dir / "validation_grid.png",
+            row_labels=[str(record["id"])[:12] for record in self.records],
+            column_labels=columns,
+        )
         return {"step": step, "stage": stage, **metrics}
 
 
@@ -248,8 +265,12 @@ class ReconTask(TrainTask):
             shard = ray.train.get_dataset_shard(source)
             settings, seed = self.recon.input, self.training.run.seed * 7919 + self.rank
             self.iterators[source] = training_input.batches_forever(
-                shard, self.training.run.batch_size, prefetch_batches=settings.prefetch_batches,
-                shuffle_buffer_size=settings.shuffle_buffer_size, seed=seed, device=self.device,
+                shard,
+                self.training.run.batch_size,
+                prefetch_batches=settings.prefetch_batches,
+                shuffle_buffer_size=settings.shuffle_buffer_size,
+                seed=seed,
+                device=self.device,
             )
         return next(self.iterators[source])
 
@@ -261,8 +282,11 @@ class ReconTask(TrainTask):
             self.announced = stage.name
             if self.rank == 0:
                 pixel_loss = "on" if stage.pixel_loss else "off"
-                print(f"[train-recon] step {step}: stage {stage_index + 1}/{len(stages)} {stage.name!r} ({stage.data} data, "
-                      f"{stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {pixel_loss})", flush=True)
+                print(
+                    f"[train-recon] step {step}: stage {stage_index + 1}/{len(stages)} {stage.name!r} ({stage.data} data, "
+                    f"{stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {pixel_loss})",
+                    flush=True,
+                )
 
     def train_step(self, engine, step: int) -> dict[str, float]:
         import torch
@@ -406,7 +430,9 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
         directory = sources[name]
         if directory is None or not shards.list_shard_files(directory):
             flag = "--data" if name == "synthetic" else "--data-3d"
-            raise config_lib.ConfigError(f"a stage trains on {name} data, but {flag} {'is not given' if directory is None else f'holds no orbit shards: {directory}'}")
+            raise config_lib.ConfigError(
+                f"a stage trains on {name} data, but {flag} {'is not given' if directory is None else f'holds no orbit shards: {directory}'}"
+            )
     if config.init_path:
         config.model = Reconstructor.load_config(config.init_path)  # the weights decide the architecture
     out_dir = Path(out_dir).resolve()
@@ -416,13 +442,27 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     config_lib.save_json(config, out_dir / "train_recon_config.json")
 
     inputs = prepare_inputs(sources, config, log)
-    datasets, counts, held_out, excluded, validation_source = inputs["datasets"], inputs["counts"], inputs["held_out"], inputs["excluded"], inputs["validation_source"]
-    schedule = " → ".join(f"{stage.name} ({stage.steps} steps, {stage.render_resolution}px/{stage.crop_size}px, {stage.data})" for stage in config.stages)
-    log(f"training the reconstructor on {counts} orbits ({len(excluded)} held out): {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}; stages: {schedule}; checkpoints in {training.run.storage_path}/{training.run.name}")
+    datasets, counts, held_out, excluded, validation_source = (
+        inputs["datasets"],
+        inputs["counts"],
+        inputs["held_out"],
+        inputs["excluded"],
+        inputs["validation_source"],
+    )
+    schedule = " → ".join(
+        f"{stage.name} ({stage.steps} steps, {stage.render_resolution}px/{stage.crop_size}px, {stage.data})" for stage in config.stages
+    )
+    log(
+        f"training the reconstructor on {counts} orbits ({len(excluded)} held out): {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}; stages: {schedule}; checkpoints in {training.run.storage_path}/{training.run.name}"
+    )
     if config.losses.lpips_random_backbone:
         log("WARNING: the LPIPS backbone is random (losses.lpips_random_backbone): fine for tests, not a perceptual loss")
     started = time.perf_counter()
-    loop_config = {"recon": config_lib.to_dict(config), "out_dir": str(out_dir), "validation_records": [{"dir": str(validation_source.resolve()), "id": identifier} for identifier in held_out]}
+    loop_config = {
+        "recon": config_lib.to_dict(config),
+        "out_dir": str(out_dir),
+        "validation_records": [{"dir": str(validation_source.resolve()), "id": identifier} for identifier in held_out],
+    }
     result = run_training(train_recon_loop, loop_config, training, datasets=datasets)
     outcome = result.return_value or {}
     # Rank 0's return value only knows what its own (possibly restarted) worker group saw: take the
@@ -435,6 +475,8 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     summary = run_summary(outcome, result, started, out_dir, orbits=counts, held_out=held_out)
     write_json_atomic(out_dir / "train_recon_summary.json", summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
-    log(f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "
-        f"SSIM {first.get('ssim', float('nan')):.3f} → {last.get('ssim', float('nan')):.3f}, LPIPS {first.get('lpips', float('nan')):.3f} → {last.get('lpips', float('nan')):.3f}; model in {out_dir}")
+    log(
+        f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "
+        f"SSIM {first.get('ssim', float('nan')):.3f} → {last.get('ssim', float('nan')):.3f}, LPIPS {first.get('lpips', float('nan')):.3f} → {last.get('lpips', float('nan')):.3f}; model in {out_dir}"
+    )
     return summary

@@ -56,8 +56,8 @@ def run_training(
     train_loop_per_worker: Callable[[dict[str, Any]], Any],
     loop_config: dict[str, Any],
     settings: TrainingConfig,
-    datasets: "dict[str, ray.data.Dataset] | None" = None,
-) -> "ray.train.Result":
+    datasets: dict[str, ray.data.Dataset] | None = None,
+) -> ray.train.Result:
     """Run `train_loop_per_worker(config)` on `settings.scaling.num_workers` Ray Train workers.
 
     Each worker receives `loop_config` plus the harness settings under `TRAINING_CONFIG_KEY`

@@ -19,7 +19,6 @@ from vf3d.atomic import write_json_atomic
 from vf3d.config import FinetuneVideoConfig, VideoModelConfig
 from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
 
-
 CACHE_MAX_ORBITS = 4096
 """Datasets up to this many orbits are prepared once and kept in the object store, instead of
 re-reading and re-decoding the shards every epoch (which dominates small runs)."""
@@ -42,9 +41,15 @@ def orbit_clips(batch: dict[str, np.ndarray], num_views: int, resolution: int) -
             raise ValueError(f"orbit {identifier} has {len(orbit)} orbit views; the video model needs a multiple of {num_views}")
         views = torch.from_numpy(np.ascontiguousarray(orbit[:: len(orbit) // num_views]))
         if views.shape[-1] != resolution:
-            views = torch.nn.functional.interpolate(views, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+            views = torch.nn.functional.interpolate(
+                views, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+            ).clamp(0, 1)
         clips.append(views.numpy())
-    return {"frames": np.stack(clips).astype(np.float32), "prompt": np.asarray(batch["prompt"]), "elevation": np.asarray(batch["elevation"], dtype=np.float32)}
+    return {
+        "frames": np.stack(clips).astype(np.float32),
+        "prompt": np.asarray(batch["prompt"]),
+        "elevation": np.asarray(batch["elevation"], dtype=np.float32),
+    }
 
 
 class VideoTask(TrainTask):
@@ -103,8 +108,14 @@ class VideoTask(TrainTask):
         return {"loss": float(loss)}
 
     def checkpoint_metrics(self, step: int, window: Window, state: LoopState) -> dict[str, Any]:
-        return {"step": step, "loss": window.mean("loss"), "eval_loss": self.evaluation_loss(), "initial_eval_loss": self.initial_eval,
-                "resumed_from": state.start, "steps_per_second": window.steps_per_second()}
+        return {
+            "step": step,
+            "loss": window.mean("loss"),
+            "eval_loss": self.evaluation_loss(),
+            "initial_eval_loss": self.initial_eval,
+            "resumed_from": state.start,
+            "steps_per_second": window.steps_per_second(),
+        }
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"model": self.config["model"], "epoch_note": "data order restarts on resume"}
@@ -141,7 +152,9 @@ def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path
     missing, unexpected = model.load_state_dict(state, strict=False)
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     if unexpected or trained & set(missing):
-        raise RuntimeError(f"checkpoint does not match the model: missing trained {sorted(trained & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing trained {sorted(trained & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -160,7 +173,9 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
 
     orbits = read_orbit_dataset(data_dir)
     count = orbits.count()
-    clips = orbits.map_batches(orbit_clips, fn_kwargs={"num_views": config.model.num_views, "resolution": config.model.resolution}, batch_size=4)
+    clips = orbits.map_batches(
+        orbit_clips, fn_kwargs={"num_views": config.model.num_views, "resolution": config.model.resolution}, batch_size=4
+    )
     if count <= CACHE_MAX_ORBITS:
         clips = clips.materialize()
     # Every worker needs at least one full batch per epoch; tiny datasets (one orbit to overfit)
@@ -168,12 +183,16 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
     needed = training.scaling.num_workers * training.run.batch_size
     if count < needed:
         clips = clips.union(*[clips] * (math.ceil(needed / count) - 1))
-    log(f"fine-tuning the video model on {count} orbits from {data_dir}: {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}, {training.run.max_steps} steps; checkpoints in {training.run.storage_path}/{training.run.name}")
+    log(
+        f"fine-tuning the video model on {count} orbits from {data_dir}: {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}, {training.run.max_steps} steps; checkpoints in {training.run.storage_path}/{training.run.name}"
+    )
     started = time.perf_counter()
     loop_config = {"model": config_lib.to_dict(config.model), "eval_seed": config.eval_seed, "export_dir": str(out_dir.resolve())}
     result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
     outcome = result.return_value or {}
     summary = run_summary(outcome, result, started, out_dir, orbits=count)
     write_json_atomic(out_dir / "finetune_summary.json", summary)
-    log(f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}")
+    log(
+        f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}"
+    )
     return summary

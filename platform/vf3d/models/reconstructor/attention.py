@@ -22,7 +22,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, backend: str = "auto") -> torch.Tensor:
+def multi_head_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int, backend: str = "auto"
+) -> torch.Tensor:
     """Scaled dot-product attention over heads.
 
     Args:
@@ -39,7 +41,9 @@ def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 
         out = xformers.ops.memory_efficient_attention(split(query), split(key), split(value))
     else:
-        out = F.scaled_dot_product_attention(split(query).transpose(1, 2), split(key).transpose(1, 2), split(value).transpose(1, 2)).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            split(query).transpose(1, 2), split(key).transpose(1, 2), split(value).transpose(1, 2)
+        ).transpose(1, 2)
     return out.reshape(batch, query_length, width)
 
 

@@ -102,7 +102,12 @@ class ImageEncoder(torch.nn.Module):
         embeddings.interpolate_pos_encoding = interpolate_pos_encoding
 
     def _check_pretrained_matches(self, loaded) -> None:
-        expected = {"hidden_size": self.config.hidden_size, "num_hidden_layers": self.config.num_layers, "num_attention_heads": self.config.num_heads, "patch_size": self.config.patch_size}
+        expected = {
+            "hidden_size": self.config.hidden_size,
+            "num_hidden_layers": self.config.num_layers,
+            "num_attention_heads": self.config.num_heads,
+            "patch_size": self.config.patch_size,
+        }
         wrong = {key: (getattr(loaded, key), value) for key, value in expected.items() if getattr(loaded, key) != value}
         if wrong:
             details = ", ".join(f"{key}={got} (config says {want})" for key, (got, want) in wrong.items())

@@ -89,7 +89,9 @@ class Reconstructor(PretrainedModel):
         size = render_size or self.config.renderer.render_size
         return self.renderer(self.field(planes), render_cameras, size, size, background, crop_offsets, crop_size, deterministic, generator)
 
-    def forward(self, images: torch.Tensor, source_cameras: torch.Tensor, render_cameras: torch.Tensor, **render_kwargs) -> tuple[torch.Tensor, RenderOutput]:
+    def forward(
+        self, images: torch.Tensor, source_cameras: torch.Tensor, render_cameras: torch.Tensor, **render_kwargs
+    ) -> tuple[torch.Tensor, RenderOutput]:
         """encode + render: images [N, 3, S, S], source [N, 16], render [N, V, 25] → (planes, views)."""
         planes = self.encode(images, source_cameras)
         return planes, self.render(planes, render_cameras, **render_kwargs)

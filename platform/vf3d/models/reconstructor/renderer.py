@@ -61,7 +61,9 @@ def intersect_box(origins: torch.Tensor, directions: torch.Tensor, half_size: fl
     return torch.where(hit, near, torch.zeros_like(near)), torch.where(hit, far, torch.zeros_like(far)), hit
 
 
-def stratified_depths(near: torch.Tensor, far: torch.Tensor, num_samples: int, deterministic: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+def stratified_depths(
+    near: torch.Tensor, far: torch.Tensor, num_samples: int, deterministic: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`num_samples` depths per ray from near to far, jittered within their strata unless deterministic.
 
     Deterministic depths are exactly linspace(near, far), so the samples span the whole segment.
@@ -69,12 +71,16 @@ def stratified_depths(near: torch.Tensor, far: torch.Tensor, num_samples: int, d
     """
     steps = torch.linspace(0.0, 1.0, num_samples, device=near.device, dtype=near.dtype)
     if not deterministic:
-        jitter = torch.rand((near.shape[0], num_samples), generator=generator, device="cpu" if generator is None else generator.device, dtype=near.dtype).to(near.device)
+        jitter = torch.rand(
+            (near.shape[0], num_samples), generator=generator, device="cpu" if generator is None else generator.device, dtype=near.dtype
+        ).to(near.device)
         steps = (steps + (jitter - 0.5) / (num_samples - 1)).clamp(0.0, 1.0)
     return near[:, None] + (far - near)[:, None] * steps
 
 
-def importance_depths(depths: torch.Tensor, weights: torch.Tensor, num_samples: int, deterministic: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+def importance_depths(
+    depths: torch.Tensor, weights: torch.Tensor, num_samples: int, deterministic: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Inverse-CDF samples from piecewise-constant weights on the intervals between `depths`.
 
     Args:
@@ -88,7 +94,9 @@ def importance_depths(depths: torch.Tensor, weights: torch.Tensor, num_samples: 
     if deterministic:
         u = ((torch.arange(num_samples, device=depths.device, dtype=depths.dtype) + 0.5) / num_samples).expand(depths.shape[0], num_samples)
     else:
-        u = torch.rand((depths.shape[0], num_samples), generator=generator, device="cpu" if generator is None else generator.device, dtype=depths.dtype).to(depths.device)
+        u = torch.rand(
+            (depths.shape[0], num_samples), generator=generator, device="cpu" if generator is None else generator.device, dtype=depths.dtype
+        ).to(depths.device)
     u = u.contiguous()
     upper = torch.searchsorted(cdf.contiguous(), u, right=True).clamp(1, cdf.shape[-1] - 1)
     lower = upper - 1
@@ -149,7 +157,9 @@ class TriplaneRenderer(torch.nn.Module):
         self.config = config
         self.density_activation = density_activation
 
-    def _evaluate(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor, hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _evaluate(
+        self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, depths: torch.Tensor, hit: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Field at depths [N, r, S] along rays [N, r, 3] → raw density [N, r, S, 1], rgb [N, r, S, 3]
         and validity [N, r, S] (the ray hits the box [r] and the sample lies inside it)."""
         batch, rays, samples = depths.shape
@@ -159,21 +169,35 @@ class TriplaneRenderer(torch.nn.Module):
         raw_density, rgb = field(points.reshape(batch, rays * samples, 3))
         return raw_density.reshape(batch, rays, samples, 1).float(), rgb.reshape(batch, rays, samples, 3).float(), valid
 
-    def _composite(self, depths: torch.Tensor, raw_density: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _composite(
+        self, depths: torch.Tensor, raw_density: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`composite` over rays of N objects: [N, r, S] inputs → rgb [N·r, 3], depth and opacity
         [N·r, 1], weights [N·r, S−1]."""
         samples = depths.shape[-1]
-        return composite(depths.reshape(-1, samples), raw_density.reshape(-1, samples, 1), rgb.reshape(-1, samples, 3), self.density_activation, valid.reshape(-1, samples))
+        return composite(
+            depths.reshape(-1, samples),
+            raw_density.reshape(-1, samples, 1),
+            rgb.reshape(-1, samples, 3),
+            self.density_activation,
+            valid.reshape(-1, samples),
+        )
 
-    def _render_chunk(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _render_chunk(
+        self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, deterministic: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, rays, _ = origins.shape
         near, far, hit = intersect_box(origins, directions, self.config.box_half_size)
-        coarse = stratified_depths(near.reshape(-1), far.reshape(-1), self.config.num_coarse_samples, deterministic, generator).reshape(batch, rays, -1)
+        coarse = stratified_depths(near.reshape(-1), far.reshape(-1), self.config.num_coarse_samples, deterministic, generator).reshape(
+            batch, rays, -1
+        )
         raw_density, rgb, valid = self._evaluate(field, origins, directions, coarse, hit)
         depths = coarse
         if self.config.num_fine_samples > 0:
             _, _, _, weights = self._composite(coarse, raw_density, rgb, valid)
-            fine = importance_depths(coarse.reshape(batch * rays, -1), weights, self.config.num_fine_samples, deterministic, generator).reshape(batch, rays, -1)
+            fine = importance_depths(
+                coarse.reshape(batch * rays, -1), weights, self.config.num_fine_samples, deterministic, generator
+            ).reshape(batch, rays, -1)
             fine_density, fine_rgb, fine_valid = self._evaluate(field, origins, directions, fine, hit)
             depths, order = torch.cat([coarse, fine], dim=-1).sort(dim=-1)
             raw_density = torch.cat([raw_density, fine_density], dim=2).gather(2, order.unsqueeze(-1))
@@ -182,7 +206,15 @@ class TriplaneRenderer(torch.nn.Module):
         color, depth, opacity, _ = self._composite(depths, raw_density, rgb, valid)
         return color.reshape(batch, rays, 3), depth.reshape(batch, rays, 1), opacity.reshape(batch, rays, 1)
 
-    def render_rays(self, field: FieldFunction, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor | None = None, deterministic: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render_rays(
+        self,
+        field: FieldFunction,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        background: torch.Tensor | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Render rays of N objects, chunked over rays.
 
         Args:
@@ -195,7 +227,10 @@ class TriplaneRenderer(torch.nn.Module):
             rgb [N, R, 3] over the background, depth [N, R, 1], opacity [N, R, 1].
         """
         chunk = self.config.ray_chunk_size or origins.shape[1]
-        pieces = [self._render_chunk(field, origins[:, start : start + chunk], directions[:, start : start + chunk], deterministic, generator) for start in range(0, origins.shape[1], chunk)]
+        pieces = [
+            self._render_chunk(field, origins[:, start : start + chunk], directions[:, start : start + chunk], deterministic, generator)
+            for start in range(0, origins.shape[1], chunk)
+        ]
         rgb, depth, opacity = (torch.cat(parts, dim=1) for parts in zip(*pieces))
         if background is None:
             background = torch.ones_like(rgb)

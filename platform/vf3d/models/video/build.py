@@ -30,7 +30,9 @@ def build_video_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
     config.validate()
     if config.pretrained_path is None:
         if not config.random_init:
-            raise ConfigError("video model: pretrained_path is required (a local diffusers directory holding a Wan text-to-video pipeline or a saved vf3d video model); only random_init presets such as debug build without one")
+            raise ConfigError(
+                "video model: pretrained_path is required (a local diffusers directory holding a Wan text-to-video pipeline or a saved vf3d video model); only random_init presets such as debug build without one"
+            )
         return _random_pipeline(config)
     path = Path(config.pretrained_path)
     index_path = path / "model_index.json"
@@ -72,7 +74,10 @@ def _random_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
             ffn_dim=architecture.transformer_ffn_dim,
             num_layers=architecture.transformer_layers,
         )
-        elevation_embedder = ElevationEmbedder(embedding_dim=transformer.config.num_attention_heads * transformer.config.attention_head_dim, frequency_dim=config.elevation_frequency_dim)
+        elevation_embedder = ElevationEmbedder(
+            embedding_dim=transformer.config.num_attention_heads * transformer.config.attention_head_dim,
+            frequency_dim=config.elevation_frequency_dim,
+        )
     return OrbitVideoPipeline(
         transformer=transformer,
         vae=vae,
@@ -91,14 +96,20 @@ def _add_orbit_conditioning(source: DiffusionPipeline, config: VideoModelConfig)
     components = source.components
     transformer, vae = components.get("transformer"), components.get("vae")
     if not isinstance(transformer, WanTransformer3DModel) or not isinstance(vae, AutoencoderKLWan):
-        raise ConfigError(f"video model: {config.pretrained_path} must hold a WanTransformer3DModel transformer and an AutoencoderKLWan vae, found {type(transformer).__name__} and {type(vae).__name__}")
+        raise ConfigError(
+            f"video model: {config.pretrained_path} must hold a WanTransformer3DModel transformer and an AutoencoderKLWan vae, found {type(transformer).__name__} and {type(vae).__name__}"
+        )
     if components.get("transformer_2") is not None or transformer.config.image_dim is not None:
-        raise ConfigError(f"video model: {config.pretrained_path} is a two-expert or CLIP-image-conditioned Wan model; start from a single-DiT text-to-video one (Wan 2.1 T2V, Wan 2.2 TI2V 5B)")
+        raise ConfigError(
+            f"video model: {config.pretrained_path} is a two-expert or CLIP-image-conditioned Wan model; start from a single-DiT text-to-video one (Wan 2.1 T2V, Wan 2.2 TI2V 5B)"
+        )
     latent_channels, wanted = vae.config.z_dim, conditioned_in_channels(vae)
     if transformer.config.in_channels == latent_channels:
         widen_patch_embedding(transformer, wanted)
     elif transformer.config.in_channels != wanted:
-        raise ConfigError(f"video model: the transformer takes {transformer.config.in_channels} input channels; expected {latent_channels} (text-to-video) or {wanted} (noisy + mask + first-frame latents)")
+        raise ConfigError(
+            f"video model: the transformer takes {transformer.config.in_channels} input channels; expected {latent_channels} (text-to-video) or {wanted} (noisy + mask + first-frame latents)"
+        )
     inner_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

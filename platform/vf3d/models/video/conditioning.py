@@ -56,7 +56,9 @@ def check_frame_size(vae: AutoencoderKLWan, transformer: WanTransformer3DModel, 
     spatial = vae_compression(vae)[1]
     _, patch_height, patch_width = transformer.config.patch_size
     if height % (spatial * patch_height) or width % (spatial * patch_width):
-        raise ValueError(f"frames of {height}×{width} do not tile into latent patches: sides must be multiples of {spatial * patch_height}×{spatial * patch_width}")
+        raise ValueError(
+            f"frames of {height}×{width} do not tile into latent patches: sides must be multiples of {spatial * patch_height}×{spatial * patch_width}"
+        )
 
 
 def latent_frames(num_frames: int, temporal_compression: int) -> int:
@@ -114,7 +116,9 @@ def widen_patch_embedding(transformer: WanTransformer3DModel, in_channels: int) 
     old = transformer.patch_embedding
     if in_channels <= old.in_channels:
         raise ValueError(f"can only widen the patch embedding: it has {old.in_channels} input channels, asked for {in_channels}")
-    new = nn.Conv3d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, device=old.weight.device, dtype=old.weight.dtype)
+    new = nn.Conv3d(
+        in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, device=old.weight.device, dtype=old.weight.dtype
+    )
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight

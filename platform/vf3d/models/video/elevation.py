@@ -43,7 +43,13 @@ class ElevationEmbedder(ModelMixin, ConfigMixin):
 
     def forward(self, elevations_deg: torch.Tensor) -> torch.Tensor:
         """Elevations [B] in degrees → embeddings [B, embedding_dim]."""
-        features = get_timestep_embedding(elevations_deg.float(), self.config.frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0, max_period=self.config.max_period)
+        features = get_timestep_embedding(
+            elevations_deg.float(),
+            self.config.frequency_dim,
+            flip_sin_to_cos=True,
+            downscale_freq_shift=0,
+            max_period=self.config.max_period,
+        )
         return self.linear_2(self.act(self.linear_1(features.to(self.linear_1.weight.dtype))))
 
 

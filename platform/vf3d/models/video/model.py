@@ -44,7 +44,7 @@ class OrbitVideoModel(nn.Module):
         self.prompt_dropout = prompt_dropout
 
     @classmethod
-    def from_config(cls, config: VideoModelConfig) -> "OrbitVideoModel":
+    def from_config(cls, config: VideoModelConfig) -> OrbitVideoModel:
         """Build (random `debug`) or load (`pretrained_path`) the model a config describes, with its
         trainable subset selected and gradient checkpointing applied."""
         from vf3d.models.video.build import build_video_pipeline
@@ -57,7 +57,15 @@ class OrbitVideoModel(nn.Module):
 
     def to_pipeline(self) -> OrbitVideoPipeline:
         """An inference pipeline sharing this model's modules."""
-        return OrbitVideoPipeline(transformer=self.transformer, vae=self.vae, scheduler=self.scheduler, text_encoder=self.text_encoder, tokenizer=self.tokenizer, elevation_embedder=self.elevation_embedder, **self.pipeline_config)
+        return OrbitVideoPipeline(
+            transformer=self.transformer,
+            vae=self.vae,
+            scheduler=self.scheduler,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            elevation_embedder=self.elevation_embedder,
+            **self.pipeline_config,
+        )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the diffusers pipeline layout (model_index.json + one folder per component)."""
@@ -65,7 +73,7 @@ class OrbitVideoModel(nn.Module):
         for weights in Path(directory).rglob("*.safetensors"):
             make_readable(weights)  # safetensors writes 0600
 
-    def train(self, mode: bool = True) -> "OrbitVideoModel":
+    def train(self, mode: bool = True) -> OrbitVideoModel:
         """Set the training mode of the trainable parts; the frozen VAE and text encoder stay in eval."""
         super().train(mode)
         self.vae.eval()
@@ -98,11 +106,15 @@ class OrbitVideoModel(nn.Module):
         """Recompute DiT blocks in the backward pass instead of storing their activations."""
         self.transformer.enable_gradient_checkpointing()
 
-    def forward(self, frames: torch.Tensor, prompts: list[str], elevations: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, frames: torch.Tensor, prompts: list[str], elevations: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Same as `training_loss` (so wrappers that call the module get the loss)."""
         return self.training_loss(frames, prompts, elevations, generator)
 
-    def training_loss(self, frames: torch.Tensor, prompts: list[str], elevations: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(
+        self, frames: torch.Tensor, prompts: list[str], elevations: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Flow-matching loss of a batch of orbits.
 
         Sample σ (uniform, shifted like the sampler: σ' = sσ / (1 + (s − 1)σ)) and noise ε, form
@@ -128,7 +140,12 @@ class OrbitVideoModel(nn.Module):
         keep_prompt = torch.rand(batch, generator=generator, device=random_device) >= self.prompt_dropout
         with torch.no_grad():
             latents = encode_video(self.vae, close_orbit(frames).transpose(1, 2))
-            text = encode_prompts(self.text_encoder, self.tokenizer, [prompt if keep else "" for prompt, keep in zip(prompts, keep_prompt.tolist())], self.pipeline_config["max_text_tokens"])
+            text = encode_prompts(
+                self.text_encoder,
+                self.tokenizer,
+                [prompt if keep else "" for prompt, keep in zip(prompts, keep_prompt.tolist())],
+                self.pipeline_config["max_text_tokens"],
+            )
         first_latents = latents[:, :, :1]
         condition = first_frame_condition(first_latents, latents.shape[2], vae_compression(self.vae)[0])
 

@@ -13,7 +13,15 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vf3d import cameras
-from vf3d.models.video.conditioning import check_frame_size, decode_latents, encode_video, first_frame_condition, latent_frames, orbit_video_frames, vae_compression
+from vf3d.models.video.conditioning import (
+    check_frame_size,
+    decode_latents,
+    encode_video,
+    first_frame_condition,
+    latent_frames,
+    orbit_video_frames,
+    vae_compression,
+)
 from vf3d.models.video.elevation import ElevationEmbedder, added_to_timestep_embedding
 from vf3d.models.video.text import encode_prompts
 
@@ -56,7 +64,9 @@ def predict_velocity(
     hidden_states = torch.cat([noisy_latents, condition], dim=1).to(dtype)
     elevation_embedding = elevation_embedder(elevations_deg.to(elevation_embedder.device))
     with added_to_timestep_embedding(transformer, elevation_embedding):
-        return transformer(hidden_states=hidden_states, timestep=timesteps, encoder_hidden_states=text_embeddings.to(dtype), return_dict=False)[0]
+        return transformer(
+            hidden_states=hidden_states, timestep=timesteps, encoder_hidden_states=text_embeddings.to(dtype), return_dict=False
+        )[0]
 
 
 def images_to_tensor(images: Sequence[ImageInput], resolution: int) -> torch.Tensor:
@@ -103,7 +113,14 @@ class OrbitVideoPipeline(DiffusionPipeline):
         max_text_tokens: int = 512,
     ) -> None:
         super().__init__()
-        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, elevation_embedder=elevation_embedder)
+        self.register_modules(
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            elevation_embedder=elevation_embedder,
+        )
         self.register_to_config(resolution=resolution, num_views=num_views, max_text_tokens=max_text_tokens)
 
     @torch.no_grad()
@@ -137,7 +154,11 @@ class OrbitVideoPipeline(DiffusionPipeline):
         batch = len(images)
         prompts = _per_sample([prompt] if isinstance(prompt, str) else list(prompt), batch, "prompt")
         elevations = _per_sample(np.atleast_1d(np.asarray(elevation, dtype=np.float64)).tolist(), batch, "elevation")
-        seeds = [int(seed) + index for index in range(batch)] if np.ndim(seed) == 0 else _per_sample([int(value) for value in seed], batch, "seed")
+        seeds = (
+            [int(seed) + index for index in range(batch)]
+            if np.ndim(seed) == 0
+            else _per_sample([int(value) for value in seed], batch, "seed")
+        )
         num_views = num_frames or self.config.num_views
         device = self._execution_device
         resolution = self.config.resolution
@@ -152,7 +173,9 @@ class OrbitVideoPipeline(DiffusionPipeline):
         latents = torch.cat([first_latents, noise[:, :, 1:]], dim=2)
 
         use_guidance = guidance > 1
-        text = encode_prompts(self.text_encoder, self.tokenizer, prompts + ([""] * batch if use_guidance else []), self.config.max_text_tokens)
+        text = encode_prompts(
+            self.text_encoder, self.tokenizer, prompts + ([""] * batch if use_guidance else []), self.config.max_text_tokens
+        )
         elevations_tensor = torch.tensor(elevations, device=device)
         if use_guidance:
             condition, elevations_tensor = condition.repeat(2, 1, 1, 1, 1), elevations_tensor.repeat(2)
@@ -160,7 +183,15 @@ class OrbitVideoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(steps, device=device)
         for timestep in self.scheduler.timesteps:
             model_input = latents.repeat(2, 1, 1, 1, 1) if use_guidance else latents
-            velocity = predict_velocity(self.transformer, self.elevation_embedder, model_input, condition, timestep.expand(model_input.shape[0]), text, elevations_tensor).float()
+            velocity = predict_velocity(
+                self.transformer,
+                self.elevation_embedder,
+                model_input,
+                condition,
+                timestep.expand(model_input.shape[0]),
+                text,
+                elevations_tensor,
+            ).float()
             if use_guidance:
                 conditional, unconditional = velocity.chunk(2)
                 velocity = unconditional + guidance * (conditional - unconditional)

@@ -63,7 +63,15 @@ def encode_prompts(text_encoder: PreTrainedModel, tokenizer: PreTrainedTokenizer
     in its batch. Wan's DiT cross-attends without a mask and was trained with zeros after the last
     real token, hence the zeroing.
     """
-    tokens = tokenizer(prompts, padding="max_length", max_length=max_tokens, truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    tokens = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_tokens,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     device = text_encoder.device
     mask = tokens.attention_mask.to(device)
     hidden = text_encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state

@@ -32,7 +32,9 @@ class FirstFrameGenerator:
         self.guidance_scale = guidance_scale
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, resolution: int, num_inference_steps: int = 30, guidance_scale: float = 7.5, **kwargs) -> "FirstFrameGenerator":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, resolution: int, num_inference_steps: int = 30, guidance_scale: float = 7.5, **kwargs
+    ) -> FirstFrameGenerator:
         """Load any diffusers text-to-image pipeline from a local directory (kwargs go to
         `DiffusionPipeline.from_pretrained`, e.g. dtype)."""
         pipeline = DiffusionPipeline.from_pretrained(directory, local_files_only=True, **kwargs)
@@ -43,7 +45,7 @@ class FirstFrameGenerator:
         """Write the wrapped pipeline in the diffusers layout."""
         self.pipeline.save_pretrained(directory)
 
-    def to(self, device: str | torch.device) -> "FirstFrameGenerator":
+    def to(self, device: str | torch.device) -> FirstFrameGenerator:
         """Move the wrapped pipeline to `device`."""
         self.pipeline.to(device)
         return self
@@ -64,9 +66,20 @@ class FirstFrameGenerator:
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         generators = [torch.Generator().manual_seed(value) for value in seeds]
-        images = self.pipeline(prompt=prompts, num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale, generator=generators, output_type="pil").images
+        images = self.pipeline(
+            prompt=prompts,
+            num_inference_steps=self.num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generators,
+            output_type="pil",
+        ).images
         size = (self.resolution, self.resolution)
-        return np.stack([np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC) if image.size != size else image.convert("RGB")) for image in images])
+        return np.stack(
+            [
+                np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC) if image.size != size else image.convert("RGB"))
+                for image in images
+            ]
+        )
 
 
 def tiny_text_to_image_pipeline(config: VideoModelConfig) -> StableDiffusionPipeline:
@@ -102,8 +115,19 @@ def tiny_text_to_image_pipeline(config: VideoModelConfig) -> StableDiffusionPipe
             norm_num_groups=8,
         )
     # Stable Diffusion's noise schedule; DDIM with eta 0 samples deterministically from the seed.
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -112,7 +136,13 @@ def build_first_frame_generator(config: VideoModelConfig) -> FirstFrameGenerator
     """The first-frame model of `config`: loaded from `text_to_image_path`, or tiny and random."""
     config.validate()
     if config.text_to_image_path is not None:
-        return FirstFrameGenerator.from_pretrained(config.text_to_image_path, config.resolution, config.text_to_image_steps, config.text_to_image_guidance)
+        return FirstFrameGenerator.from_pretrained(
+            config.text_to_image_path, config.resolution, config.text_to_image_steps, config.text_to_image_guidance
+        )
     if not config.random_init:
-        raise ConfigError("video model: text_to_image_path is required (a local diffusers text-to-image pipeline directory); only random_init presets such as debug build a random one")
-    return FirstFrameGenerator(tiny_text_to_image_pipeline(config), config.resolution, config.text_to_image_steps, config.text_to_image_guidance)
+        raise ConfigError(
+            "video model: text_to_image_path is required (a local diffusers text-to-image pipeline directory); only random_init presets such as debug build a random one"
+        )
+    return FirstFrameGenerator(
+        tiny_text_to_image_pipeline(config), config.resolution, config.text_to_image_steps, config.text_to_image_guidance
+    )
