@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vf3d-installed
 DEMO_DIR ?= demo-output
 export RAY_AUTH_MODE := disabled
 
-.PHONY: setup browser test demo bench clean
+.PHONY: setup browser test test-fast test-slow lint format demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,26 @@ browser:
 			|| echo "note: could not install chromium; the browser test will be skipped"; \
 	else echo "note: /usr/bin/chromium or /usr/bin/chromedriver missing; the browser test will be skipped"; fi
 
+# Two lanes that together are `make test`: test-fast, the unit tests without the `heavy` ones (a few
+# minutes on 2 cores), and test-slow, the heavy unit tests plus tests/integration and tests/e2e
+# (marked `integration`: local Ray clusters, trainings, Serve, the browser).
 test: setup browser
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit -q -m "not heavy"
+
+test-slow: setup browser
+	$(BIN)/python -m pytest -m "heavy or integration"
+
+# ruff (configured in pyproject.toml): lint and formatting, checked by .ci/run before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 demo: setup
 	$(BIN)/vf3d demo --out $(DEMO_DIR)

@@ -17,6 +17,29 @@ import pytest
 # Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+TESTS_DIR = Path(__file__).resolve().parent
+INTEGRATION_DIRS = ("integration", "e2e")
+"""Folders whose every test gets the `integration` marker (`make test-fast` runs neither)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark everything under tests/integration and tests/e2e `integration`, by path, and run the
+    tests in three groups, each in its collected order: unit tests, then integration tests, then
+    the modules that use `serve_endpoint` (a `vf3d serve` cluster that lives until the session
+    ends, so it is started last instead of idling, health checks included, through the rest)."""
+    serve_modules = {item.path for item in items if "serve_endpoint" in getattr(item, "fixturenames", ())}
+    groups = {}
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        except ValueError:  # collected from outside tests/
+            folder = ""
+        if folder in INTEGRATION_DIRS:
+            item.add_marker(pytest.mark.integration)
+        groups[item] = 2 if item.path in serve_modules else 1 if folder in INTEGRATION_DIRS else 0
+    items.sort(key=groups.__getitem__)  # stable: the collected order within each group
+
 
 @pytest.fixture(scope="session")
 def debug_config():
@@ -74,8 +97,13 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
     env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     endpoint = ServeEndpoint(f"http://127.0.0.1:{port}", env["VF3D_API_KEY"], "", log_path, process)
     deadline = time.monotonic() + 300
     ready = None

@@ -29,10 +29,17 @@ except ImportError:  # skipped below with the reason
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     # WebGL without a GPU: ANGLE on SwiftShader, which Chromium only offers to WebGL when told to.
-    "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--window-size=1280,1000",
 ]
 MODEL_TIMEOUT_S = 150  # one image-to-3D request with the CPU model
@@ -76,7 +83,8 @@ def photo(tmp_path):
 def _open_page(browser, base_url: str, api_key: str | None) -> None:
     browser.get(base_url + "/")
     WebDriverWait(browser, PAGE_TIMEOUT_S).until(
-        lambda d: d.execute_script("return Boolean(window.vf3d) && document.body.dataset.state === 'idle'"))
+        lambda d: d.execute_script("return Boolean(window.vf3d) && document.body.dataset.state === 'idle'")
+    )
     if api_key:
         browser.find_element(By.CSS_SELECTOR, "details summary").click()
         browser.find_element(By.ID, "api-key").send_keys(api_key)
@@ -88,8 +96,8 @@ def _submit(browser, path: Path) -> str:
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.body.dataset.state") != "idle")
     return WebDriverWait(browser, MODEL_TIMEOUT_S, poll_frequency=0.2).until(
-        lambda d: d.execute_script(
-            "const s = document.body.dataset.state; return s === 'done' || s === 'error' ? s : false"))
+        lambda d: d.execute_script("const s = document.body.dataset.state; return s === 'done' || s === 'error' ? s : false")
+    )
 
 
 def _error_text(browser) -> str:
@@ -112,8 +120,7 @@ def _server_error(base_url: str, path: Path, content_type: str, api_key: str | N
     headers = {"Content-Type": content_type}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(f"{base_url}/v1/image-to-3d?format=glb", data=path.read_bytes(),
-                                     headers=headers, method="POST")
+    request = urllib.request.Request(f"{base_url}/v1/image-to-3d?format=glb", data=path.read_bytes(), headers=headers, method="POST")
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(request, timeout=MODEL_TIMEOUT_S)
     return raised.value.code, json.loads(raised.value.read())["error"]
@@ -139,7 +146,8 @@ def test_image_to_3d_is_drawn_and_turns(browser, endpoint, photo):
     size, magic = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "fetch(document.getElementById('download').href).then((r) => r.arrayBuffer())"
-        ".then((b) => done([b.byteLength, new TextDecoder().decode(b.slice(0, 4))]));")
+        ".then((b) => done([b.byteLength, new TextDecoder().decode(b.slice(0, 4))]));"
+    )
     assert magic == "glTF" and size > 100
 
     first = _viewer_pixels(browser)
@@ -152,8 +160,9 @@ def test_image_to_3d_is_drawn_and_turns(browser, endpoint, photo):
     assert len(shades) > 20, f"the model is drawn flat ({len(shades)} shades): no colours or shading"
     turned = _differs(first, second)
     assert turned.mean() > 0.005, f"the view did not turn: {turned.mean():.2%} of pixels changed in 1 s"
-    script_errors = [entry["message"] for entry in browser.get_log("browser")
-                     if entry["source"] == "javascript" and entry["level"] == "SEVERE"]
+    script_errors = [
+        entry["message"] for entry in browser.get_log("browser") if entry["source"] == "javascript" and entry["level"] == "SEVERE"
+    ]
     assert not script_errors, script_errors
 
 
@@ -196,7 +205,9 @@ def _layout_glb() -> tuple[bytes, dict]:
     binary = interleaved + quad + strip
     turn = np.sqrt(0.5)  # 90 degrees about Z as an [x, y, z, w] quaternion
     gltf = {
-        "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0, 2]}],
+        "asset": {"version": "2.0"},
+        "scene": 0,
+        "scenes": [{"nodes": [0, 2]}],
         "nodes": [
             {"translation": [1, 2, 3], "rotation": [0, 0, turn, turn], "scale": [2, 2, 2], "children": [1]},
             {"matrix": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1], "mesh": 0},
@@ -245,7 +256,8 @@ def test_glb_reader_handles_other_layouts(browser, endpoint):
         "const g = vf3d.buildGeometry(vf3d.parseGlb(bytes.buffer));"
         "return {positions: Array.from(g.positions), colors: Array.from(g.colors),"
         "        indices: Array.from(g.indices), faces: g.faceCount, vertices: g.vertexCount};",
-        base64.b64encode(glb).decode())
+        base64.b64encode(glb).decode(),
+    )
     assert (geometry["vertices"], geometry["faces"]) == (8, 4)
     np.testing.assert_allclose(np.reshape(geometry["positions"], (-1, 3)), expected["positions"], atol=1e-5)
     np.testing.assert_allclose(np.reshape(geometry["colors"], (-1, 4)), expected["colors"], atol=1e-5)

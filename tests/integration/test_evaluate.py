@@ -31,10 +31,31 @@ def evaluation_data(tmp_path_factory):
         for path in paths:
             relative = path.relative_to(assets_dir).as_posix()
             orbit = render_orbit(renderer, load_asset(path, margin=render.margin), render, relative, 0)
-            records.append(shards.OrbitRecord(id=path.stem, source="render", prompt=caption_for(path, assets_dir), asset=relative, rgba=orbit.rgba, cameras=orbit.cameras,
-                                              num_orbit_views=orbit.num_orbit_views, elevation=orbit.elevation_deg, metadata={"margin": render.margin}))
+            records.append(
+                shards.OrbitRecord(
+                    id=path.stem,
+                    source="render",
+                    prompt=caption_for(path, assets_dir),
+                    asset=relative,
+                    rgba=orbit.rgba,
+                    cameras=orbit.cameras,
+                    num_orbit_views=orbit.num_orbit_views,
+                    elevation=orbit.elevation_deg,
+                    metadata={"margin": render.margin},
+                )
+            )
     duck = records[0]
-    records.append(shards.OrbitRecord(id="zz-no-asset", source="synthetic", prompt="", rgba=duck.rgba, cameras=duck.cameras, num_orbit_views=8, elevation=duck.elevation))
+    records.append(
+        shards.OrbitRecord(
+            id="zz-no-asset",
+            source="synthetic",
+            prompt="",
+            rgba=duck.rgba,
+            cameras=duck.cameras,
+            num_orbit_views=8,
+            elevation=duck.elevation,
+        )
+    )
     shards.OrbitShardWriter(root / "orbits").write(records)
     return assets_dir, root / "orbits"
 
@@ -83,7 +104,12 @@ def test_one_model_report_on_real_renders(evaluation_data, debug_model_dir, tmp_
     assert len(object_rows) == 3 and "`duck`" in object_rows[0] and object_rows[0].count("|") == 11  # #, object, prompt + 7 metrics
     assert "**mean ± std**" in report and "F@0.05 ↑" in report
     figures = sorted((out / "figures").glob("*.png"))
-    assert [path.name for path in figures] == ["metrics_per_object.png", "views-000-duck.png", "views-001-soccerball.png", "views-002-zz-no-asset.png"]
+    assert [path.name for path in figures] == [
+        "metrics_per_object.png",
+        "views-000-duck.png",
+        "views-001-soccerball.png",
+        "views-002-zz-no-asset.png",
+    ]
     for path in figures:
         assert_valid_png(path)
         assert f"]({path.relative_to(out).as_posix()})" in report
@@ -102,7 +128,25 @@ def test_two_models_are_compared_from_the_command_line(evaluation_data, debug_mo
     ids = tmp_path / "ids.txt"
     ids.write_text("# just the soccer ball\nsoccerball\n")
     out = tmp_path / "compare"
-    code = main(["evaluate", "--model", str(debug_model_dir), "--compare", str(other), "--data", str(data_dir), "--assets", str(assets_dir), "--ids", str(ids), "--out", str(out), "--preset", "debug"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(debug_model_dir),
+            "--compare",
+            str(other),
+            "--data",
+            str(data_dir),
+            "--assets",
+            str(assets_dir),
+            "--ids",
+            str(ids),
+            "--out",
+            str(out),
+            "--preset",
+            "debug",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert str(out / "report.md") in capsys.readouterr().out
 

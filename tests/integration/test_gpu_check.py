@@ -50,7 +50,7 @@ def test_a_gpu_actor_without_cuda_fails_at_start_unless_logical_gpus_are_allowed
         pytest.skip("this machine has CUDA: the check passes here by design")
     child = subprocess.run([sys.executable, "-c", CHILD, ALLOW_LOGICAL_GPUS_ENV], capture_output=True, text=True, timeout=400)
     assert child.returncode == 0, child.stderr[-3000:]
-    results = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULTS "))[len("RESULTS "):])
+    results = json.loads(next(line for line in child.stdout.splitlines() if line.startswith("RESULTS "))[len("RESULTS ") :])
     died = results["without_switch"].get("died", "")
     assert "GPUUnavailableError" in died and "GPUStage: Ray assigned GPU(s) [" in died, results
     assert f"{ALLOW_LOGICAL_GPUS_ENV}=1" in died

@@ -22,7 +22,13 @@ VF3D = str(Path(sys.executable).with_name("vf3d"))
 def render(assets, out, *extra, timeout=600):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", *map(str, extra)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", *map(str, extra)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +97,13 @@ def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):
     # Small shards so some are finished while others are still rendering when the kill lands.
     config = tmp_path / "small_shards.yaml"
     config.write_text("rows_per_shard: 2\npool:\n  batch_size: 1\n")
-    process = subprocess.Popen([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(shards.list_shard_files(out)) < 2:
         time.sleep(0.2)
@@ -100,7 +112,13 @@ def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):
     finished_before = shards.read_ids(out)
     assert 0 < len(finished_before) < 40, "the kill should land mid-run"
 
-    result = subprocess.run([VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)], capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"{len(finished_before)} already rendered" in result.stdout
     ids = [value for file in shards.list_shard_files(out) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()]

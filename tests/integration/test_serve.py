@@ -22,8 +22,6 @@ import skimage.data
 import trimesh
 from PIL import Image
 
-pytestmark = pytest.mark.slow
-
 TIMEOUT = 180
 
 
@@ -58,7 +56,9 @@ def photos():
 
 
 def _post(endpoint, path: str, data=None, headers=None, **kwargs) -> requests.Response:
-    return requests.post(endpoint.url + path, data=data, headers=endpoint.headers if headers is None else headers, timeout=TIMEOUT, **kwargs)
+    return requests.post(
+        endpoint.url + path, data=data, headers=endpoint.headers if headers is None else headers, timeout=TIMEOUT, **kwargs
+    )
 
 
 def _health(endpoint) -> dict:
@@ -109,7 +109,12 @@ def test_formats_multipart_and_resolution(serve_endpoint, photos):
     assert coarse.status_code == 200, coarse.text
     assert int(coarse.headers["x-vf3d-vertices"]) < sizes["ply"], "a coarser grid should give fewer vertices"
     # JPEG with a misleading Content-Type: the bytes decide.
-    response = _post(serve_endpoint, "/v1/image-to-3d", _jpeg(skimage.data.astronaut()), headers={**serve_endpoint.headers, "Content-Type": "application/pdf"})
+    response = _post(
+        serve_endpoint,
+        "/v1/image-to-3d",
+        _jpeg(skimage.data.astronaut()),
+        headers={**serve_endpoint.headers, "Content-Type": "application/pdf"},
+    )
     assert response.status_code == 200, response.text
 
 
@@ -173,8 +178,13 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_gets_json_4xx_and_the_service_stays_healthy(serve_endpoint, photos, case):
     body, params, status, words = BAD_INPUTS[case]
-    body = {"tiny": _png(np.zeros((1, 1, 3), np.uint8)), "bomb": _png_bomb(20000, 20000), "truncated": photos["chelsea"][: len(photos["chelsea"]) // 3],
-            "photo": photos["chelsea"], "transparent": _png(np.zeros((128, 128, 4), np.uint8))}.get(body, body)
+    body = {
+        "tiny": _png(np.zeros((1, 1, 3), np.uint8)),
+        "bomb": _png_bomb(20000, 20000),
+        "truncated": photos["chelsea"][: len(photos["chelsea"]) // 3],
+        "photo": photos["chelsea"],
+        "transparent": _png(np.zeros((128, 128, 4), np.uint8)),
+    }.get(body, body)
     response = _post(serve_endpoint, "/v1/image-to-3d", body, params=params)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -216,7 +226,9 @@ print(names[0])
 
 def test_killed_model_replica_is_replaced(serve_endpoint, photos):
     old = _health(serve_endpoint)["replica"]
-    killed = subprocess.run([sys.executable, "-c", KILL_MODEL_REPLICA, serve_endpoint.ray_address, old], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_MODEL_REPLICA, serve_endpoint.ray_address, old], capture_output=True, text=True, timeout=120
+    )
     assert killed.returncode == 0, killed.stderr[-2000:]
     assert old in killed.stdout
     deadline = time.monotonic() + 240
@@ -244,7 +256,10 @@ def test_oversized_headers_get_431_and_api_docs_are_off(serve_endpoint, photos):
     assert huge.status_code == 431 and "more than the limit of 16384 bytes" in huge.json()["error"], huge.text[:300]
     for path in ("/docs", "/openapi.json", "/redoc", "/no-such-page"):
         page = requests.get(serve_endpoint.url + path, timeout=60)
-        assert page.status_code == 404 and page.headers["content-type"] == "application/json" and page.json()["error"], (path, page.text[:200])
+        assert page.status_code == 404 and page.headers["content-type"] == "application/json" and page.json()["error"], (
+            path,
+            page.text[:200],
+        )
     assert _health(serve_endpoint)["status"] == "ok"
 
 
@@ -253,8 +268,11 @@ def _replica_pid(endpoint, deployment: str) -> int:
     Ray clusters may run on the same machine)."""
     import psutil
 
-    pids = [child.pid for child in psutil.Process(endpoint.process.pid).children(recursive=True)
-            if any(f"ServeReplica:vf3d:{deployment}" in part for part in child.cmdline())]
+    pids = [
+        child.pid
+        for child in psutil.Process(endpoint.process.pid).children(recursive=True)
+        if any(f"ServeReplica:vf3d:{deployment}" in part for part in child.cmdline())
+    ]
     assert len(pids) == 1, (deployment, pids)
     return pids[0]
 
@@ -286,7 +304,9 @@ def test_concurrent_40_megapixel_uploads_keep_the_ingress_memory_bounded(serve_e
     with open(f"/proc/{pid}/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM (peak RSS) to the current RSS
     with ThreadPoolExecutor(len(uploads)) as pool:
-        responses = list(pool.map(lambda data: _post(serve_endpoint, "/v1/image-to-3d", data, params={"mesh_resolution": 16, "format": "ply"}), uploads))
+        responses = list(
+            pool.map(lambda data: _post(serve_endpoint, "/v1/image-to-3d", data, params={"mesh_resolution": 16, "format": "ply"}), uploads)
+        )
     assert [response.status_code for response in responses] == [200] * len(uploads), [response.text[:200] for response in responses]
     growth_mb = (_status_kb(pid, "VmHWM") - before) / 1024
     # The bound the config states: max_concurrent_decodes x ~16 bytes per pixel for WebP (the
@@ -317,8 +337,14 @@ else:
 def shed_endpoint(serve_endpoint, debug_model_dir):
     """A second application on the same Serve instance, at /shed, that holds one image request
     per ingress replica (max_inflight_requests=1) and says Retry-After: 7."""
+
     def deploy(action: str) -> None:
-        done = subprocess.run([sys.executable, "-c", DEPLOY_SHED_APP, serve_endpoint.ray_address, str(debug_model_dir), action], capture_output=True, text=True, timeout=240)
+        done = subprocess.run(
+            [sys.executable, "-c", DEPLOY_SHED_APP, serve_endpoint.ray_address, str(debug_model_dir), action],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
 
     deploy("run")
@@ -330,7 +356,12 @@ def test_overload_is_shed_with_503_json_and_retry_after(serve_endpoint, shed_end
     photo = skimage.data.coffee()
     images = [_png(photo[offset : offset + 200, offset : offset + 200]) for offset in range(0, 60, 10)]
     with ThreadPoolExecutor(len(images)) as pool:
-        responses = list(pool.map(lambda data: requests.post(shed_endpoint + "/v1/turntable", data=data, headers=serve_endpoint.headers, timeout=TIMEOUT), images))
+        responses = list(
+            pool.map(
+                lambda data: requests.post(shed_endpoint + "/v1/turntable", data=data, headers=serve_endpoint.headers, timeout=TIMEOUT),
+                images,
+            )
+        )
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
     for response in responses:

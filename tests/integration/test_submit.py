@@ -76,7 +76,17 @@ def ray_head():
     """A head node with the dashboard's job server on free ports; yields its job server URL."""
     import psutil
 
-    names = ["port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port"]
+    names = [
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    ]
     workers = free_port_range(100)
     # Ray refuses a named port inside the worker range: draw the named ones outside it.
     while True:
@@ -87,8 +97,25 @@ def ray_head():
     # machine should find this cluster through /tmp/ray's "current cluster" file.
     temp_dir = tempfile.mkdtemp(prefix="vf3d-ray-", dir="/tmp")
     log_path = Path(temp_dir + ".log")
-    command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address", "127.0.0.1", "--include-dashboard=true", "--dashboard-host", "127.0.0.1",
-               "--temp-dir", temp_dir, "--disable-usage-stats", f"--min-worker-port={workers}", f"--max-worker-port={workers + 99}", *(f"--{name}={port}" for name, port in ports.items())]
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "4",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--include-dashboard=true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--temp-dir",
+        temp_dir,
+        "--disable-usage-stats",
+        f"--min-worker-port={workers}",
+        f"--max-worker-port={workers + 99}",
+        *(f"--{name}={port}" for name, port in ports.items()),
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=submit_env(), cwd=temp_dir, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
@@ -155,7 +182,19 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
     out = tmp_path / "orbits"
     # From outside the repository: the working dir comes from the package's location, and the job
     # file (inside it) is given by an absolute path.
-    args = ["render-assets", "--address", ray_head, "--wait", "--config", str(REPO / "jobs" / "configs" / "render-assets-debug.yaml"), "--", "--out", str(out), "--assets", str(three_assets)]
+    args = [
+        "render-assets",
+        "--address",
+        ray_head,
+        "--wait",
+        "--config",
+        str(REPO / "jobs" / "configs" / "render-assets-debug.yaml"),
+        "--",
+        "--out",
+        str(out),
+        "--assets",
+        str(three_assets),
+    ]
     started = time.perf_counter()
     first = submit(*args, cwd=tmp_path)
     seconds = time.perf_counter() - started

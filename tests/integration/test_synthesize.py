@@ -46,8 +46,25 @@ def write_prompts(path: Path, good: int = 40) -> dict[str, str]:
     Returns {id: expected error fragment} for the inputs that must fail."""
     from skimage import data
 
-    subjects = ["a wooden chair", "a red sports car", "a ceramic mug", "a toy robot", "a potted plant", "a leather boot", "a brass lamp", "a teddy bear"]
-    rows = [{"id": f"p{index:03d}", "prompt": f"{subjects[index % len(subjects)]}, studio photo, white background".encode(), "image": None, "elevation": 10.0 if index % 5 == 0 else None} for index in range(good)]
+    subjects = [
+        "a wooden chair",
+        "a red sports car",
+        "a ceramic mug",
+        "a toy robot",
+        "a potted plant",
+        "a leather boot",
+        "a brass lamp",
+        "a teddy bear",
+    ]
+    rows = [
+        {
+            "id": f"p{index:03d}",
+            "prompt": f"{subjects[index % len(subjects)]}, studio photo, white background".encode(),
+            "image": None,
+            "elevation": 10.0 if index % 5 == 0 else None,
+        }
+        for index in range(good)
+    ]
     rows += [
         {"id": "img-cat", "prompt": b"a cat", "image": _png(data.chelsea()), "elevation": None},
         {"id": "img-rocket", "prompt": None, "image": _png(data.rocket()), "elevation": 20.0},
@@ -64,7 +81,10 @@ def write_prompts(path: Path, good: int = 40) -> dict[str, str]:
 
 def table_ids(out: Path) -> dict[str, list[str]]:
     """Every id of every table, with repeats (a duplicate would show as a repeat)."""
-    return {table: [value for file in shards.list_shard_files(out, table) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()] for table in TABLES}
+    return {
+        table: [value for file in shards.list_shard_files(out, table) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()]
+        for table in TABLES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +109,10 @@ def synthesized(ray_local, video_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("synthesize")
     prompts = root / "prompts.parquet"
     expected_errors = write_prompts(prompts)
-    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}})
+    config = config_lib.merge(
+        config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"),
+        {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}},
+    )
     lines: list[str] = []
     with GenerationActorWatcher() as watcher:
         summary = synthesize(prompts, video_model, root / "out", config, log=lines.append)
@@ -120,7 +143,11 @@ class GenerationActorWatcher:
 
         while not self.stop.wait(0.5):
             actors = state.actors()
-            current = {actor_id for actor_id, info in actors.items() if "GenerateOrbits" in str(info.get("ActorClassName")) and info.get("State") != "DEAD"}
+            current = {
+                actor_id
+                for actor_id, info in actors.items()
+                if "GenerateOrbits" in str(info.get("ActorClassName")) and info.get("State") != "DEAD"
+            }
             if current and (not self.sizes or self.sizes[-1] != len(current)):
                 self.sizes.append(len(current))
             self.seen.update(current)
@@ -167,7 +194,11 @@ def test_outputs_are_synthetic_orbit_shards_with_known_cameras(synthesized, vide
     np.testing.assert_allclose(record["cameras"], orbit_cameras(16, 10.0).numpy(), atol=1e-6)
     metadata = json.loads(rows["img-rocket"]["metadata"])
     assert metadata["first_frame_given"] and metadata["elevation_given"] and rows["img-rocket"]["elevation"] == 20.0
-    drawn = [row["elevation"] for identifier, row in rows.items() if identifier.startswith("p") and not json.loads(row["metadata"])["elevation_given"]]
+    drawn = [
+        row["elevation"]
+        for identifier, row in rows.items()
+        if identifier.startswith("p") and not json.loads(row["metadata"])["elevation_given"]
+    ]
     assert all(0 <= value <= 30 for value in drawn) and len(set(drawn)) > 10
 
 
@@ -231,7 +262,20 @@ def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(video_model, tm
     out = tmp_path / "out"
     config = tmp_path / "small_shards.yaml"
     config.write_text("rows_per_shard: 2\n")
-    command = [VF3D, "synthesize", "--prompts", str(prompts), "--video-model", str(video_model), "--out", str(out), "--preset", "debug", "--config", str(config)]
+    command = [
+        VF3D,
+        "synthesize",
+        "--prompts",
+        str(prompts),
+        "--video-model",
+        str(video_model),
+        "--out",
+        str(out),
+        "--preset",
+        "debug",
+        "--config",
+        str(config),
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -264,7 +308,24 @@ def test_input_errors_exit_2_with_one_line(video_model, tmp_path):
         (duplicated, tmp_path, "not a diffusers pipeline directory"),
     ]
     for prompts, model, message in cases:
-        result = subprocess.run([VF3D, "synthesize", "--prompts", str(prompts), "--video-model", str(model), "--out", str(tmp_path / "out"), "--preset", "debug"], capture_output=True, text=True, timeout=120, env=env)
+        result = subprocess.run(
+            [
+                VF3D,
+                "synthesize",
+                "--prompts",
+                str(prompts),
+                "--video-model",
+                str(model),
+                "--out",
+                str(tmp_path / "out"),
+                "--preset",
+                "debug",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -294,12 +355,15 @@ def infrastructure_faults(ray_local, video_model, tmp_path_factory):
     prompts = root / "prompts.parquet"
     rows = [{"id": f"f{index}", "prompt": f"a toy number {index}, studio photo"} for index in range(8)]
     pq.write_table(pa.Table.from_pylist(rows), prompts)
-    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {
-        "fault": {"cuda_error_stage": "generate", "os_error_stage": "write", "error_after_batches": 0},
-        "rows_per_shard": 4,
-        # With no error budget a batch that were given up on would fail the run outright.
-        "failures": {"max_errored_blocks": 0},
-    })
+    config = config_lib.merge(
+        config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"),
+        {
+            "fault": {"cuda_error_stage": "generate", "os_error_stage": "write", "error_after_batches": 0},
+            "rows_per_shard": 4,
+            # With no error budget a batch that were given up on would fail the run outright.
+            "failures": {"max_errored_blocks": 0},
+        },
+    )
     summary = synthesize(prompts, video_model, root / "out", config, log=lambda line: None)
     path = root / "out" / FAILURES_NAME
     failures = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

@@ -22,9 +22,23 @@ def duck_orbits(tmp_path_factory):
     from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 
     render = config_lib.OrbitRenderConfig(num_views=16, resolution=64, num_random_views=4, elevation_range_deg=[15.0, 15.0])
-    orbit = render_orbit(OrbitRenderer(64), load_asset(Path(pybullet_data.getDataPath()) / "duck.obj", margin=render.margin), render, "duck", 0)
+    orbit = render_orbit(
+        OrbitRenderer(64), load_asset(Path(pybullet_data.getDataPath()) / "duck.obj", margin=render.margin), render, "duck", 0
+    )
     directory = tmp_path_factory.mktemp("duck-orbits")
-    shards.OrbitShardWriter(directory).write([shards.OrbitRecord(id="duck", source="render", prompt="duck", rgba=orbit.rgba, cameras=orbit.cameras, num_orbit_views=16, elevation=orbit.elevation_deg)])
+    shards.OrbitShardWriter(directory).write(
+        [
+            shards.OrbitRecord(
+                id="duck",
+                source="render",
+                prompt="duck",
+                rgba=orbit.rgba,
+                cameras=orbit.cameras,
+                num_orbit_views=16,
+                elevation=orbit.elevation_deg,
+            )
+        ]
+    )
     return directory
 
 
@@ -134,4 +148,6 @@ def test_build_batch_crops_match_the_full_targets(duck_orbits):
     sample = ViewSampler(3)(record, generator=torch.Generator().manual_seed(0))
     for view in range(3):
         top, left = batch["crop_offsets"][0, view].tolist()
-        np.testing.assert_allclose(batch["target_images"][0, view], sample["target_images"][view][:, top : top + 24, left : left + 24], atol=1e-6)
+        np.testing.assert_allclose(
+            batch["target_images"][0, view], sample["target_images"][view][:, top : top + 24, left : left + 24], atol=1e-6
+        )

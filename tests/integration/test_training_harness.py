@@ -40,16 +40,6 @@ NUM_FEATURES = 8
 PROBE_SEED = 1234
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_train_controller():
-    """Poll workers every 0.2 s instead of 2 s: a Ray Train V2 worker's report waits until the
-    controller has consumed its previous one, and the controller reads them once per poll.
-    (`TorchTrainer.fit` forwards RAY_TRAIN_* variables to its controller actor.)"""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-        yield
-
-
 def build_mlp() -> torch.nn.Module:
     """The regression model; the LayerNorm gives the no-decay parameter group something to hold."""
     return torch.nn.Sequential(
@@ -151,7 +141,9 @@ def harness_settings(storage, name, *, zero_stage=2, num_workers=2, max_steps=24
         scaling=ScalingSettings(num_workers=num_workers, use_gpu="auto", cpus_per_worker=0.5),
         checkpoint=CheckpointSettings(every_n_steps=every_n_steps, keep_last=keep_last),
         fault_injection=fault or FaultInjection(),
-        run=RunSettings(name=name, storage_path=str(storage), max_failures=max_failures, batch_size=16, max_steps=max_steps, log_every_n_steps=4),
+        run=RunSettings(
+            name=name, storage_path=str(storage), max_failures=max_failures, batch_size=16, max_steps=max_steps, log_every_n_steps=4
+        ),
     ).validate()
 
 

@@ -15,7 +15,17 @@ CORRUPT = b"\x89PNG\r\n\x1a\n but not an image"
 
 def test_training_batches_stream_uint8_samples_without_held_out_orbits(ray_local, tmp_path):
     rng = np.random.default_rng(0)
-    records = [shards.OrbitRecord(id=f"orbit-{index}", source="render", prompt="", rgba=rng.integers(0, 256, (6, 16, 16, 4), dtype=np.uint8), cameras=rng.normal(size=(6, 25)).astype(np.float32), elevation=0.0) for index in range(6)]
+    records = [
+        shards.OrbitRecord(
+            id=f"orbit-{index}",
+            source="render",
+            prompt="",
+            rgba=rng.integers(0, 256, (6, 16, 16, 4), dtype=np.uint8),
+            cameras=rng.normal(size=(6, 25)).astype(np.float32),
+            elevation=0.0,
+        )
+        for index in range(6)
+    ]
     rows = [shards.encode_record(record) for record in records]
     held_out = {"orbit-2", "orbit-5"}
     rows = [{**row, "frames": [CORRUPT] * 6, "masks": [CORRUPT] * 6} if row["id"] in held_out else row for row in rows]
@@ -25,7 +35,9 @@ def test_training_batches_stream_uint8_samples_without_held_out_orbits(ray_local
     files = shards.list_shard_files(tmp_path)
     assert training_input.count_rows(files) - len(held_out) == 4
 
-    dataset = training_input.training_dataset(files, exclude_ids=held_out, num_target_views=3, image_size=24, target_resolution=16, seed=1, repeats=2)
+    dataset = training_input.training_dataset(
+        files, exclude_ids=held_out, num_target_views=3, image_size=24, target_resolution=16, seed=1, repeats=2
+    )
     batches = training_input.batches_forever(dataset.iterator(), 4, prefetch_batches=1, shuffle_buffer_size=8, seed=0)
     epochs = [[next(batches) for _ in range(2)] for _ in range(2)]  # 4 orbits × 2 repeats = 2 batches per epoch
     first = epochs[0][0]
@@ -44,7 +56,17 @@ def test_start_up_counts_and_holds_out_without_decoding(ray_local, tmp_path):
     from vf3d.training.recon import prepare_inputs
 
     rng = np.random.default_rng(1)
-    records = [shards.OrbitRecord(id=f"orbit-{index:02d}", source="synthetic", prompt="", rgba=rng.integers(0, 256, (4, 8, 8, 4), dtype=np.uint8), cameras=np.zeros((4, 25), np.float32), elevation=0.0) for index in range(20)]
+    records = [
+        shards.OrbitRecord(
+            id=f"orbit-{index:02d}",
+            source="synthetic",
+            prompt="",
+            rgba=rng.integers(0, 256, (4, 8, 8, 4), dtype=np.uint8),
+            cameras=np.zeros((4, 25), np.float32),
+            elevation=0.0,
+        )
+        for index in range(20)
+    ]
     rows = [{**shards.encode_record(record), "frames": [CORRUPT] * 4, "masks": [CORRUPT] * 4} for record in records]
     shards.OrbitShardWriter(tmp_path).write(pa.Table.from_pylist(rows, schema=shards.ORBIT_SCHEMA))
     config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")

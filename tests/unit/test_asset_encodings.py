@@ -8,11 +8,10 @@ import json
 import struct
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import DracoPy
+import numpy as np
 import pybullet_data
+import pytest
 import trimesh
 from PIL import Image
 
@@ -34,9 +33,9 @@ def pack_glb(document: dict, binary: bytes) -> bytes:
 def unpack_glb(data: bytes) -> tuple[dict, bytes]:
     """GLB bytes → (JSON document, BIN chunk)."""
     json_length = struct.unpack_from("<I", data, 12)[0]
-    document = json.loads(data[20:20 + json_length])
+    document = json.loads(data[20 : 20 + json_length])
     bin_length = struct.unpack_from("<I", data, 20 + json_length)[0]
-    return document, data[28 + json_length:28 + json_length + bin_length]
+    return document, data[28 + json_length : 28 + json_length + bin_length]
 
 
 def draco_glb(vertices: np.ndarray, faces: np.ndarray, draco: bytes | None = None) -> bytes:
@@ -44,7 +43,15 @@ def draco_glb(vertices: np.ndarray, faces: np.ndarray, draco: bytes | None = Non
     buffer (the accessors have no bufferView, as Blender and gltf-transform write them)."""
     if draco is None:
         draco = DracoPy.encode(vertices.astype(np.float32), faces.astype(np.uint32), quantization_bits=14, preserve_order=True)
-    position_id = next(attribute["unique_id"] for attribute in DracoPy.decode(draco).attributes if attribute["attribute_type"] == DracoPy.AttributeType.POSITION) if draco[:5] == b"DRACO" else 0
+    position_id = (
+        next(
+            attribute["unique_id"]
+            for attribute in DracoPy.decode(draco).attributes
+            if attribute["attribute_type"] == DracoPy.AttributeType.POSITION
+        )
+        if draco[:5] == b"DRACO"
+        else 0
+    )
     extension = {"bufferView": 0, "attributes": {"POSITION": position_id}}
     document = {
         "asset": {"version": "2.0"},
@@ -53,9 +60,21 @@ def draco_glb(vertices: np.ndarray, faces: np.ndarray, draco: bytes | None = Non
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1, "mode": 4, "extensions": {"KHR_draco_mesh_compression": extension}}]}],
+        "meshes": [
+            {
+                "primitives": [
+                    {"attributes": {"POSITION": 0}, "indices": 1, "mode": 4, "extensions": {"KHR_draco_mesh_compression": extension}}
+                ]
+            }
+        ],
         "accessors": [
-            {"componentType": FLOAT, "count": len(vertices), "type": "VEC3", "min": vertices.min(axis=0).tolist(), "max": vertices.max(axis=0).tolist()},
+            {
+                "componentType": FLOAT,
+                "count": len(vertices),
+                "type": "VEC3",
+                "min": vertices.min(axis=0).tolist(),
+                "max": vertices.max(axis=0).tolist(),
+            },
             {"componentType": UINT32, "count": faces.size, "type": "SCALAR"},
         ],
         "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": len(draco)}],
@@ -79,7 +98,7 @@ def test_draco_glb_decodes_to_the_source_mesh_and_renders(tmp_path, duck):
     # 14-bit quantisation (half a step of the largest extent).
     expected = duck.vertices[duck.faces].reshape(-1, 3) @ Y_UP_TO_Z_UP.T
     recovered = asset.positions / asset.scale + asset.center
-    step = duck.extents.max() * 2.0 ** -14
+    step = duck.extents.max() * 2.0**-14
     np.testing.assert_allclose(recovered, expected, atol=step)
     np.testing.assert_allclose(asset.center, (expected.min(axis=0) + expected.max(axis=0)) / 2, atol=step)
     radius = np.linalg.norm(asset.positions, axis=1).max()
@@ -164,12 +183,21 @@ def test_required_meshopt_compression_is_reported(tmp_path, extension):
         "nodes": [{"mesh": 0}],
         "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "mode": 4}]}],
         "accessors": [{"componentType": 5123, "count": 3, "type": "VEC3", "bufferView": 0, "min": [0, 0, 0], "max": [1, 1, 0]}],
-        "bufferViews": [{"buffer": 1, "byteLength": 24, "byteStride": 8, "extensions": {extension: {"buffer": 0, "byteLength": 16, "byteStride": 8, "count": 3, "mode": "ATTRIBUTES"}}}],
+        "bufferViews": [
+            {
+                "buffer": 1,
+                "byteLength": 24,
+                "byteStride": 8,
+                "extensions": {extension: {"buffer": 0, "byteLength": 16, "byteStride": 8, "count": 3, "mode": "ATTRIBUTES"}},
+            }
+        ],
         "buffers": [{"byteLength": 16}, {"byteLength": 24, "extensions": {extension: {"fallback": True}}}],
     }
     path = tmp_path / "packed.glb"
     path.write_bytes(pack_glb(document, bytes(16)))
-    with pytest.raises(AssetError, match=rf"packed.glb uses {extension} \(meshopt-compressed geometry\), which vf3d cannot decode; re-export"):
+    with pytest.raises(
+        AssetError, match=rf"packed.glb uses {extension} \(meshopt-compressed geometry\), which vf3d cannot decode; re-export"
+    ):
         load_asset(path)
 
 
@@ -199,7 +227,9 @@ def test_render_assets_records_each_encoding_error_and_renders_the_rest(tmp_path
     assets.mkdir()
     (assets / "duck.glb").write_bytes(draco_glb(duck.vertices, duck.faces))
     (assets / "ktx.glb").write_bytes(with_ktx2_texture(*textured_box_glb(), keep_fallback=False))
-    config = config_lib.merge(config_lib.resolve(RENDER_ASSETS_PRESETS, "small", None), {"render": {"num_views": 2, "resolution": 32}}).validate()
+    config = config_lib.merge(
+        config_lib.resolve(RENDER_ASSETS_PRESETS, "small", None), {"render": {"num_views": 2, "resolution": 32}}
+    ).validate()
     stage = RenderOrbits(str(assets), config_lib.to_dict(config))
     table = stage({"id": np.array(["a", "b"]), "asset": np.array(["duck.glb", "ktx.glb"]), "prompt": np.array(["duck", "box"])}).to_pylist()
     errors = {row["asset"]: row[ERROR_COLUMN] for row in table}
@@ -220,5 +250,5 @@ def test_png_helper_is_a_png():
     """Guard for the fixtures: trimesh embeds the base-colour texture as PNG."""
     document, binary = textured_box_glb()
     view = document["bufferViews"][document["images"][0]["bufferView"]]
-    data = binary[view.get("byteOffset", 0):view.get("byteOffset", 0) + view["byteLength"]]
+    data = binary[view.get("byteOffset", 0) : view.get("byteOffset", 0) + view["byteLength"]]
     assert Image.open(io.BytesIO(data)).format == "PNG"

@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 import pybullet_data
+import pytest
 import trimesh
-
 from PIL import Image
 
 from vf3d.data.assets import (
@@ -180,8 +178,8 @@ def test_find_assets_is_sorted_recursive_and_filtered(tmp_path):
 
 
 def test_gather_sample_assets_gives_real_renderable_assets(tmp_path):
-    from vf3d.data.orbit_renderer import OrbitRenderer, orbit_cameras
     from vf3d.config import OrbitRenderConfig
+    from vf3d.data.orbit_renderer import OrbitRenderer, orbit_cameras
 
     out_dir = tmp_path / "samples"
     paths = gather_sample_assets(out_dir, limit=20)

@@ -106,6 +106,7 @@ def saved_checkpoints(process_group, tmp_path_factory):
     return saved
 
 
+@pytest.mark.heavy  # DeepSpeed engines
 @pytest.mark.parametrize("zero_stage", [0, 2, 3], ids=["zero0", "zero2", "zero3"])
 def test_our_checkpoints_restore_and_consolidate_weights_only(saved_checkpoints, tmp_path, zero_stage):
     directory, weights, next_weights = saved_checkpoints(zero_stage)
@@ -149,6 +150,7 @@ def plant(checkpoint: Path, file_name: str, marker: Path) -> Path:
     return path
 
 
+@pytest.mark.heavy  # DeepSpeed engines
 @pytest.mark.parametrize(
     ("zero_stage", "file_name"),
     [
@@ -199,7 +201,9 @@ def test_the_scope_makes_even_weights_only_false_loads_safe_and_then_steps_aside
     assert not marker.exists()
     assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ and os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"planted\.pt: refusing to load this checkpoint file: weights-only unpickling failed \(Unsupported operand"):
+    with pytest.raises(
+        CheckpointError, match=r"planted\.pt: refusing to load this checkpoint file: weights-only unpickling failed \(Unsupported operand"
+    ):
         load_weights_only(path)
 
 
@@ -213,6 +217,8 @@ def test_a_refused_checkpoint_in_a_worker_reaches_the_driver_as_itself():
     from vf3d.training.runner import _checkpoint_error_in
 
     refused = CheckpointError("step_00000003/global_step3/mp_rank_00_model_states.pt: refusing to load this checkpoint file")
-    failure = WorkerGroupError("worker group failed", {0: UserExceptionWithTraceback(refused, "Traceback ..."), 1: RuntimeError("peer gone")})
+    failure = WorkerGroupError(
+        "worker group failed", {0: UserExceptionWithTraceback(refused, "Traceback ..."), 1: RuntimeError("peer gone")}
+    )
     assert _checkpoint_error_in(failure) is refused
     assert _checkpoint_error_in(WorkerGroupError("worker group failed", {0: RuntimeError("CUDA error")})) is None

@@ -14,7 +14,22 @@ import trimesh
 from PIL import Image
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
-COMMANDS = ["image-to-3d", "init-model", "import-checkpoint", "render-assets", "sample-assets", "finetune-video", "synthesize", "train-filter", "train-recon", "evaluate", "serve", "submit", "demo", "show-config"]
+COMMANDS = [
+    "image-to-3d",
+    "init-model",
+    "import-checkpoint",
+    "render-assets",
+    "sample-assets",
+    "finetune-video",
+    "synthesize",
+    "train-filter",
+    "train-recon",
+    "evaluate",
+    "serve",
+    "submit",
+    "demo",
+    "show-config",
+]
 
 
 def run(*args, **kwargs):
@@ -42,7 +57,22 @@ def photo(tmp_path_factory):
 def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo, debug_model_dir):
     out = tmp_path / "nested" / "mug.glb"
     video = tmp_path / "mug.mp4"
-    result = run("image-to-3d", photo, "--model", debug_model_dir, "--out", out, "--video", video, "--preset", "debug", "--mesh-resolution", "48", "--mesh-iso", "auto")
+    result = run(
+        "image-to-3d",
+        photo,
+        "--model",
+        debug_model_dir,
+        "--out",
+        out,
+        "--video",
+        video,
+        "--preset",
+        "debug",
+        "--mesh-resolution",
+        "48",
+        "--mesh-iso",
+        "auto",
+    )
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout and str(video) in result.stdout
     mesh = trimesh.load(out, force="mesh")
@@ -61,7 +91,25 @@ def test_seeded_runs_are_reproducible(tmp_path, photo, debug_model_dir):
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.ply"
-        assert run("image-to-3d", photo, "--model", debug_model_dir, "--out", out, "--preset", "debug", "--mesh-resolution", "32", "--mesh-iso", "auto", "--seed", "5").returncode == 0
+        assert (
+            run(
+                "image-to-3d",
+                photo,
+                "--model",
+                debug_model_dir,
+                "--out",
+                out,
+                "--preset",
+                "debug",
+                "--mesh-resolution",
+                "32",
+                "--mesh-iso",
+                "auto",
+                "--seed",
+                "5",
+            ).returncode
+            == 0
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
 
@@ -141,15 +189,17 @@ def test_init_model_and_show_config(tmp_path):
 def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_dir):
     import torch
 
-    from vf3d.models.release_weights import export_checkpoint
     from vf3d.models.reconstructor import Reconstructor
+    from vf3d.models.release_weights import export_checkpoint
 
     original = Reconstructor.from_pretrained(debug_model_dir)
     released = tmp_path / "model.safetensors"
     export_checkpoint(original, released, "vfusion3d")
     # Head counts and input size cannot be read from shapes: the debug model's come from --config.
     overrides = tmp_path / "heads.yaml"
-    overrides.write_text("transformer:\n  num_heads: 4\nencoder:\n  num_heads: 2\n  image_size: 64\nrenderer:\n  num_coarse_samples: 16\n  num_fine_samples: 16\n  render_size: 32\n")
+    overrides.write_text(
+        "transformer:\n  num_heads: 4\nencoder:\n  num_heads: 2\n  image_size: 64\nrenderer:\n  num_coarse_samples: 16\n  num_fine_samples: 16\n  render_size: 32\n"
+    )
     result = run("import-checkpoint", released, "--format", "vfusion3d", "--out", tmp_path / "imported", "--config", overrides)
     assert result.returncode == 0, result.stderr
     imported = Reconstructor.from_pretrained(tmp_path / "imported")
@@ -173,7 +223,17 @@ def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(
         good = np.stack([np.roll(photo, 2 * view, axis=1) for view in range(4)])
         noise = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
         for name, frames in (("good", good), ("bad", noise)):
-            records.append(shards.OrbitRecord(id=f"{name}{index}", source="synthetic", prompt="", rgb=frames, mask=np.full((4, 32, 32), 255, np.uint8), cameras=cameras, elevation=0.0))
+            records.append(
+                shards.OrbitRecord(
+                    id=f"{name}{index}",
+                    source="synthetic",
+                    prompt="",
+                    rgb=frames,
+                    mask=np.full((4, 32, 32), 255, np.uint8),
+                    cameras=cameras,
+                    elevation=0.0,
+                )
+            )
     shards.OrbitShardWriter(tmp_path / "data").write(records)
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n" + "".join(f"good{i},good\nbad{i},bad\n" for i in range(12)))
@@ -208,17 +268,23 @@ def assert_one_line(status, lines, command, expected):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, photo, debug_model_dir):
     expected = "CUDA requested (--device cuda) but torch.cuda.is_available() is False"
-    status, lines = main_error(capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "cuda", "--preset", "debug")
+    status, lines = main_error(
+        capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "cuda", "--preset", "debug"
+    )
     assert_one_line(status, lines, "image-to-3d", expected)
     (tmp_path / "model").mkdir()
     (tmp_path / "data").mkdir()
-    status, lines = main_error(capsys, "evaluate", "--model", tmp_path / "model", "--data", tmp_path / "data", "--out", tmp_path / "report", "--device", "cuda:0")
+    status, lines = main_error(
+        capsys, "evaluate", "--model", tmp_path / "model", "--data", tmp_path / "data", "--out", tmp_path / "report", "--device", "cuda:0"
+    )
     assert_one_line(status, lines, "evaluate", "CUDA requested (--device cuda:0) but torch.cuda.is_available() is False")
     assert not (tmp_path / "o.glb").exists() and not (tmp_path / "report").exists()
 
 
 def test_unknown_device_is_one_line(tmp_path, capsys, photo, debug_model_dir):
-    status, lines = main_error(capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "gpu", "--preset", "debug")
+    status, lines = main_error(
+        capsys, "image-to-3d", photo, "--model", debug_model_dir, "--out", tmp_path / "o.glb", "--device", "gpu", "--preset", "debug"
+    )
     assert_one_line(status, lines, "image-to-3d", "unknown device 'gpu' (--device): use auto, cpu or cuda[:N]")
 
 
@@ -228,8 +294,16 @@ def test_unknown_device_is_one_line(tmp_path, capsys, photo, debug_model_dir):
         ("missing.safetensors", lambda path: None, "checkpoint not found: "),
         ("folder", lambda path: path.mkdir(), "is a directory without model.safetensors"),
         ("empty.safetensors", lambda path: path.write_bytes(b""), "is an empty file"),
-        ("garbage.safetensors", lambda path: path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json"), "is not a readable safetensors file"),
-        ("garbage.pt", lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "cannot be loaded with torch.load(weights_only=True)"),
+        (
+            "garbage.safetensors",
+            lambda path: path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json"),
+            "is not a readable safetensors file",
+        ),
+        (
+            "garbage.pt",
+            lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)),
+            "cannot be loaded with torch.load(weights_only=True)",
+        ),
     ],
 )
 def test_import_checkpoint_of_a_bad_source_is_one_line(tmp_path, capsys, name, make, expected):
@@ -253,11 +327,23 @@ def test_paths_of_the_wrong_kind_are_named_as_such(tmp_path, capsys, photo):
         (["render-assets", "--assets", missing, "--out", out], f"--assets: directory of meshes not found: {missing}"),
         (["finetune-video", "--data", file, "--out", out], f"--data: {file} is a file, not a shard directory"),
         (["finetune-video", "--data", missing, "--out", out], f"--data: shard directory not found: {missing}"),
-        (["synthesize", "--prompts", file, "--video-model", file, "--out", out], f"--video-model: {file} is a file, not a video model directory"),
-        (["train-filter", "--labels", folder, "--data", folder, "--out", out, "--preset", "debug"], f"--labels: {folder} is a directory, not a labels file"),
-        (["train-filter", "--labels", file, "--data", file, "--out", out, "--preset", "debug"], f"--data: {file} is a file, not a shard directory"),
+        (
+            ["synthesize", "--prompts", file, "--video-model", file, "--out", out],
+            f"--video-model: {file} is a file, not a video model directory",
+        ),
+        (
+            ["train-filter", "--labels", folder, "--data", folder, "--out", out, "--preset", "debug"],
+            f"--labels: {folder} is a directory, not a labels file",
+        ),
+        (
+            ["train-filter", "--labels", file, "--data", file, "--out", out, "--preset", "debug"],
+            f"--data: {file} is a file, not a shard directory",
+        ),
         (["train-recon", "--data", file, "--data-3d", folder, "--out", out], f"--data: {file} is a file, not a shard directory"),
-        (["train-recon", "--data", folder, "--data-3d", folder, "--init", file, "--out", out], f"--init: {file} is a file, not a model directory"),
+        (
+            ["train-recon", "--data", folder, "--data-3d", folder, "--init", file, "--out", out],
+            f"--init: {file} is a file, not a model directory",
+        ),
         (["evaluate", "--model", folder, "--data", folder, "--out", out, "--ids", folder], f"--ids: {folder} is a directory, not a file"),
         (["show-config", "inference", "--config", folder], f"--config: {folder} is a directory, not a YAML/JSON file"),
     ]

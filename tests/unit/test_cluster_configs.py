@@ -11,10 +11,10 @@ import importlib.util
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,8 @@ def check_image(image, where: str) -> None:
     assert isinstance(image, str) and ":" in image, f"{where}: image {image!r} has no tag"
     tag = image.rsplit(":", 1)[1]
     assert tag == RAY_VERSION or tag.startswith(RAY_VERSION + "-"), (
-        f"{where}: image {image!r} is not pinned to Ray {RAY_VERSION} (pyproject.toml)")
+        f"{where}: image {image!r} is not pinned to Ray {RAY_VERSION} (pyproject.toml)"
+    )
 
 
 def launcher_gpus(node_type: dict) -> int:
@@ -114,16 +115,15 @@ def test_every_cluster_yaml_is_validated_here():
     known = {f"cluster/{n}" for n in LAUNCHER_CONFIGS} | {f"cluster/kuberay/{n}" for n in KUBERAY_MANIFESTS}
     found = {rel(p) for p in CLUSTER.rglob("*.y*ml")}
     assert found == known, (
-        f"cluster/: YAML files without a test here: {sorted(found - known)}; "
-        f"listed here but missing: {sorted(known - found)}")
+        f"cluster/: YAML files without a test here: {sorted(found - known)}; listed here but missing: {sorted(known - found)}"
+    )
 
 
 def test_installed_ray_is_the_pyproject_version():
     import ray
 
     major_minor = ".".join(RAY_VERSION.split(".")[:2])
-    assert ray.__version__.startswith(major_minor + "."), (
-        f".venv has ray {ray.__version__}, pyproject.toml pins {major_minor}.*")
+    assert ray.__version__.startswith(major_minor + "."), f".venv has ray {ray.__version__}, pyproject.toml pins {major_minor}.*"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +160,8 @@ def test_launcher_node_types(name):
     head = config.get("head_node_type")
     assert head in types, f"{where}: head_node_type {head!r} is not one of available_node_types {sorted(types)}"
     assert types[head]["resources"].get("CPU") == 0, (
-        f"{where}: available_node_types.{head}.resources must set CPU: 0 so no task or actor runs on the head")
+        f"{where}: available_node_types.{head}.resources must set CPU: 0 so no task or actor runs on the head"
+    )
     assert launcher_gpus(types[head]) == 0, f"{where}: available_node_types.{head} (the head) must not offer GPUs"
     for type_name, node_type in types.items():
         if type_name == head:
@@ -168,8 +169,7 @@ def test_launcher_node_types(name):
         low, high = node_type.get("min_workers", 0), node_type.get("max_workers")
         assert isinstance(high, int), f"{where}: available_node_types.{type_name}.max_workers must be set"
         assert 0 <= low <= high, f"{where}: available_node_types.{type_name}: min_workers {low} > max_workers {high}"
-        assert high <= config["max_workers"], (
-            f"{where}: available_node_types.{type_name}.max_workers {high} exceeds the global max_workers")
+        assert high <= config["max_workers"], f"{where}: available_node_types.{type_name}.max_workers {high} exceeds the global max_workers"
     workers = {n: t for n, t in types.items() if n != head}
     gpus = sorted(launcher_gpus(t) for t in workers.values())
     assert gpus[-1] >= 8, f"{where}: no 8-GPU worker type (GPUs per type: {gpus})"
@@ -195,7 +195,8 @@ def test_launcher_images_are_pinned_to_the_pyproject_ray_version(name):
         check_image(image, f"{where}: available_node_types.{type_name} (docker image)")
         wants_gpu_image = launcher_gpus(node_type) > 0
         assert image.endswith("-gpu") == wants_gpu_image, (
-            f"{where}: available_node_types.{type_name} has {launcher_gpus(node_type)} GPUs but runs {image!r}")
+            f"{where}: available_node_types.{type_name} has {launcher_gpus(node_type)} GPUs but runs {image!r}"
+        )
 
 
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
@@ -206,17 +207,19 @@ def test_launcher_installs_vf3d_from_the_uploaded_tree(name):
     remote = [r for r, local in mounts.items() if (REPO / local).resolve() == REPO]
     assert remote, f"{where}: file_mounts must upload the repository root ('.', relative to where `ray up` runs)"
     assert ".gitignore" in (config.get("rsync_filter") or []), (
-        f"{where}: rsync_filter must include .gitignore so .venv/ and outputs are not uploaded")
+        f"{where}: rsync_filter must include .gitignore so .venv/ and outputs are not uploaded"
+    )
     commands = " ".join(config.get("setup_commands") or [])
     tree = remote[0].replace("~", "$HOME")
-    assert re.search(r"pip install .*-c \S*constraints\.txt .*-e ", commands) and (
-        remote[0] in commands or tree in commands), (
-        f"{where}: setup_commands must `pip install -c .../constraints.txt -e` the uploaded tree at {remote[0]}")
+    assert re.search(r"pip install .*-c \S*constraints\.txt .*-e ", commands) and (remote[0] in commands or tree in commands), (
+        f"{where}: setup_commands must `pip install -c .../constraints.txt -e` the uploaded tree at {remote[0]}"
+    )
     # serve/config.yaml's import_path (serve.app) lives in the tree: it must be on every node's
     # PYTHONPATH (ray start runs in a login shell, which reads ~/.bashrc). A ` #` in an unquoted
     # YAML command starts a comment and would cut this line short.
     assert any("PYTHONPATH" in c and c.rstrip().endswith(">> ~/.bashrc") for c in config["setup_commands"]), (
-        f"{where}: setup_commands must append the tree to PYTHONPATH in ~/.bashrc")
+        f"{where}: setup_commands must append the tree to PYTHONPATH in ~/.bashrc"
+    )
 
 
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
@@ -246,19 +249,21 @@ def test_kuberay_manifest_required_fields(name):
     spec = dig(manifest, keys, where)
     field = ".".join(keys)
     assert spec.get("rayVersion") == RAY_VERSION, (
-        f"{where}: {field}.rayVersion is {spec.get('rayVersion')!r}, pyproject.toml pins Ray {RAY_VERSION}")
+        f"{where}: {field}.rayVersion is {spec.get('rayVersion')!r}, pyproject.toml pins Ray {RAY_VERSION}"
+    )
     assert spec.get("enableInTreeAutoscaling") is True, f"{where}: {field}.enableInTreeAutoscaling must be true"
     options = spec.get("autoscalerOptions") or {}
     assert isinstance(options.get("idleTimeoutSeconds"), int) and options["idleTimeoutSeconds"] > 0, (
-        f"{where}: {field}.autoscalerOptions.idleTimeoutSeconds must be a positive integer")
+        f"{where}: {field}.autoscalerOptions.idleTimeoutSeconds must be a positive integer"
+    )
     assert options.get("upscalingMode", "Default") in UPSCALING_MODES, (
-        f"{where}: {field}.autoscalerOptions.upscalingMode must be one of {sorted(UPSCALING_MODES)}")
+        f"{where}: {field}.autoscalerOptions.upscalingMode must be one of {sorted(UPSCALING_MODES)}"
+    )
 
     head = dig(spec, ("headGroupSpec",), f"{where}: {field}")
     start = head.get("rayStartParams") or {}
-    assert start.get("num-cpus") == "0", f"{where}: {field}.headGroupSpec.rayStartParams.num-cpus must be \"0\""
-    assert start.get("dashboard-host") == "0.0.0.0", (
-        f"{where}: {field}.headGroupSpec.rayStartParams.dashboard-host must be 0.0.0.0")
+    assert start.get("num-cpus") == "0", f'{where}: {field}.headGroupSpec.rayStartParams.num-cpus must be "0"'
+    assert start.get("dashboard-host") == "0.0.0.0", f"{where}: {field}.headGroupSpec.rayStartParams.dashboard-host must be 0.0.0.0"
 
     workers = spec.get("workerGroupSpecs")
     assert workers, f"{where}: {field}.workerGroupSpecs must list worker groups"
@@ -278,7 +283,8 @@ def test_kuberay_manifest_required_fields(name):
             check_image(container["image"], f"{at}: container {container['name']}")
         gpus = gpu_count(containers[0])
         assert containers[0]["image"].endswith("-gpu") == (gpus > 0), (
-            f"{at}: {gpus} nvidia.com/gpu but image {containers[0]['image']!r} (GPU groups: the -gpu image; others: the CPU one)")
+            f"{at}: {gpus} nvidia.com/gpu but image {containers[0]['image']!r} (GPU groups: the -gpu image; others: the CPU one)"
+        )
         if label == "headGroupSpec":
             assert gpus == 0, f"{at}: the head must not ask for GPUs"
             continue
@@ -289,7 +295,8 @@ def test_kuberay_manifest_required_fields(name):
         replicas = group.get("replicas", low)
         assert low <= replicas <= high, f"{at}: replicas {replicas} outside [minReplicas {low}, maxReplicas {high}]"
     assert any(gpu_count(g["template"]["spec"]["containers"][0]) > 0 for g in workers), (
-        f"{where}: {field}.workerGroupSpecs has no GPU group (nvidia.com/gpu limits)")
+        f"{where}: {field}.workerGroupSpecs has no GPU group (nvidia.com/gpu limits)"
+    )
 
 
 @pytest.mark.parametrize("name", list(KUBERAY_MANIFESTS))
@@ -305,10 +312,12 @@ def test_kuberay_container_commands_end_in_the_generated_ray_start(name):
                 continue
             annotations = (manifest.get("metadata") or {}).get("annotations") or {}
             assert annotations.get(OVERWRITE_CMD) == "true", (
-                f"{where}: {label} sets command/args, so metadata.annotations.{OVERWRITE_CMD} must be \"true\"")
+                f'{where}: {label} sets command/args, so metadata.annotations.{OVERWRITE_CMD} must be "true"'
+            )
             script = " ".join(container.get("command", []) + container.get("args", []))
             assert "ulimit -n 65536" in script and script.rstrip().endswith("$KUBERAY_GEN_RAY_START_CMD"), (
-                f"{where}: {label}: args must run `ulimit -n 65536` and end with $KUBERAY_GEN_RAY_START_CMD")
+                f"{where}: {label}: args must run `ulimit -n 65536` and end with $KUBERAY_GEN_RAY_START_CMD"
+            )
 
 
 @pytest.mark.parametrize("name", list(KUBERAY_MANIFESTS))
@@ -326,10 +335,12 @@ def test_kuberay_secrets_come_from_kubernetes_secrets(name):
                         assert "value" not in entry, f"{where}: {label}: env {var} has a literal value; use valueFrom.secretKeyRef"
                 ref = ((env.get("VF3D_API_KEY") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
                 assert ref.get("name") and ref.get("key"), (
-                    f"{where}: {label}: container {container['name']} needs env VF3D_API_KEY from valueFrom.secretKeyRef")
+                    f"{where}: {label}: container {container['name']} needs env VF3D_API_KEY from valueFrom.secretKeyRef"
+                )
                 if name == "rayservice.yaml":
                     assert not ref.get("optional", False), (
-                        f"{where}: {label}: the endpoint's VF3D_API_KEY secretKeyRef must not be optional")
+                        f"{where}: {label}: the endpoint's VF3D_API_KEY secretKeyRef must not be optional"
+                    )
 
 
 def test_rayjob_runs_synthesis_on_the_raycluster_spec():
@@ -341,11 +352,14 @@ def test_rayjob_runs_synthesis_on_the_raycluster_spec():
     ttl = spec.get("ttlSecondsAfterFinished")
     assert isinstance(ttl, int) and ttl >= 0, f"{where}: spec.ttlSecondsAfterFinished must be a non-negative integer"
     assert spec.get("submissionMode", "K8sJobMode") in {"K8sJobMode", "HTTPMode", "InteractiveMode"}, (
-        f"{where}: spec.submissionMode {spec.get('submissionMode')!r} is not a KubeRay submission mode")
+        f"{where}: spec.submissionMode {spec.get('submissionMode')!r} is not a KubeRay submission mode"
+    )
     assert spec["rayClusterSpec"] == cluster["spec"], (
-        f"{where}: spec.rayClusterSpec differs from cluster/kuberay/raycluster.yaml's spec (keep the groups the same)")
+        f"{where}: spec.rayClusterSpec differs from cluster/kuberay/raycluster.yaml's spec (keep the groups the same)"
+    )
     assert (job["metadata"].get("annotations") or {}) == (cluster["metadata"].get("annotations") or {}), (
-        f"{where}: metadata.annotations differ from cluster/kuberay/raycluster.yaml's")
+        f"{where}: metadata.annotations differ from cluster/kuberay/raycluster.yaml's"
+    )
 
 
 def test_rayjob_runtime_env_is_valid_and_fetches_the_pods_source():
@@ -363,7 +377,8 @@ def test_rayjob_runtime_env_is_valid_and_fetches_the_pods_source():
     source = {e["name"]: e.get("value") for e in head.get("env", [])}.get("VF3D_SOURCE_URL")
     assert runtime_env.get("working_dir") == source, (
         f"{where}: spec.runtimeEnvYAML working_dir {runtime_env.get('working_dir')!r} must be the pods' "
-        f"VF3D_SOURCE_URL {source!r} (the same commit)")
+        f"VF3D_SOURCE_URL {source!r} (the same commit)"
+    )
 
 
 def rayjob_entrypoint():
@@ -379,7 +394,8 @@ def test_rayjob_entrypoint_files_exist():
     script, config = rayjob_entrypoint()
     assert re.fullmatch(r"jobs/[a-z_]+\.py", script), f"{where}: spec.entrypoint script {script!r} is not jobs/<stage>.py"
     assert re.fullmatch(r"jobs/configs/[a-z-]+-(debug|cluster)\.yaml", config), (
-        f"{where}: spec.entrypoint config {config!r} is not jobs/configs/<stage>-debug|cluster.yaml")
+        f"{where}: spec.entrypoint config {config!r} is not jobs/configs/<stage>-debug|cluster.yaml"
+    )
     assert (REPO / script).is_file(), f"{where}: spec.entrypoint runs {script}, which does not exist in the repository"
     assert (REPO / config).is_file(), f"{where}: spec.entrypoint passes --config {config}, which does not exist in the repository"
 
@@ -397,10 +413,12 @@ def _absolute_paths(value):
 
 def _mounted_everywhere(spec: dict) -> set[str]:
     """Mount paths every Ray pod of a RayClusterSpec has."""
-    return set.intersection(*(
-        {m["mountPath"].rstrip("/") for m in group["template"]["spec"]["containers"][0].get("volumeMounts", [])}
-        for _, group in groups(spec)
-    ))
+    return set.intersection(
+        *(
+            {m["mountPath"].rstrip("/") for m in group["template"]["spec"]["containers"][0].get("volumeMounts", [])}
+            for _, group in groups(spec)
+        )
+    )
 
 
 def _launcher_mounts(config: dict) -> set[str]:
@@ -412,8 +430,8 @@ def _launcher_mounts(config: dict) -> set[str]:
 def _check_paths_on(config_file: Path, mounts: set[str], where: str) -> None:
     for path in _absolute_paths(load(config_file)):
         assert any(path == m or path.startswith(m + "/") for m in mounts), (
-            f"{rel(config_file)}: path {path!r} is on no volume that every node of {where} mounts "
-            f"(mounted everywhere: {sorted(mounts)})")
+            f"{rel(config_file)}: path {path!r} is on no volume that every node of {where} mounts (mounted everywhere: {sorted(mounts)})"
+        )
 
 
 def test_rayjob_config_paths_lie_on_the_pods_volumes():
@@ -445,7 +463,8 @@ def test_rayservice_serve_config_is_serve_config_yaml():
     assert isinstance(text, str), f"{where}: spec.serveConfigV2 must be a YAML block string"
     embedded = yaml.safe_load(text)
     assert embedded == load(SERVE_CONFIG), (
-        f"{where}: spec.serveConfigV2 differs from serve/config.yaml: run `python cluster/sync_rayservice.py`")
+        f"{where}: spec.serveConfigV2 differs from serve/config.yaml: run `python cluster/sync_rayservice.py`"
+    )
     try:
         ServeDeploySchema.model_validate(embedded)
     except Exception as error:  # noqa: BLE001
@@ -453,7 +472,8 @@ def test_rayservice_serve_config_is_serve_config_yaml():
     # Verbatim, comments included: the sync script leaves the file as it is.
     current = (KUBERAY / "rayservice.yaml").read_text()
     assert load_sync_script().render(current, SERVE_CONFIG.read_text()) == current, (
-        f"{where}: spec.serveConfigV2 is not serve/config.yaml verbatim: run `python cluster/sync_rayservice.py`")
+        f"{where}: spec.serveConfigV2 is not serve/config.yaml verbatim: run `python cluster/sync_rayservice.py`"
+    )
 
 
 def test_rayservice_mounts_the_model_directory_on_every_pod():
@@ -468,13 +488,16 @@ def test_rayservice_mounts_the_model_directory_on_every_pod():
             on = [p for p in mounts if model == p or model.startswith(p + "/")]
             assert on and mounts[on[0]] in claims, (
                 f"{where}: rayClusterConfig.{label}: serveConfigV2's model {model!r} is not on a "
-                f"PersistentVolumeClaim mounted in the pod (mounts: {sorted(mounts)})")
+                f"PersistentVolumeClaim mounted in the pod (mounts: {sorted(mounts)})"
+            )
 
 
 def test_sync_script_rewrites_only_the_block(tmp_path):
     sync = load_sync_script()
     manifest = "a: 1\nspec:\n  serveConfigV2: |\n    old: 1\n\n    older: 2\n\n  # kept\n  rayClusterConfig: {x: 1}\n"
     out = sync.render(manifest, "# comment\nproxy_location: EveryNode\n\napplications: []\n")
-    assert out == ("a: 1\nspec:\n  serveConfigV2: |\n    # comment\n    proxy_location: EveryNode\n\n"
-                   "    applications: []\n\n  # kept\n  rayClusterConfig: {x: 1}\n")
+    assert out == (
+        "a: 1\nspec:\n  serveConfigV2: |\n    # comment\n    proxy_location: EveryNode\n\n"
+        "    applications: []\n\n  # kept\n  rayClusterConfig: {x: 1}\n"
+    )
     assert sync.render(out, "# comment\nproxy_location: EveryNode\n\napplications: []\n") == out

@@ -21,7 +21,13 @@ def test_presets_are_listed_debug_first_and_return_fresh_objects():
 
 def test_vfusion3d_preset_is_the_released_architecture():
     c = config.preset(config.RECONSTRUCTOR_PRESETS, "vfusion3d")
-    assert (c.encoder.hidden_size, c.encoder.num_layers, c.encoder.num_heads, c.encoder.patch_size, c.encoder.image_size) == (768, 12, 12, 14, 512)
+    assert (c.encoder.hidden_size, c.encoder.num_layers, c.encoder.num_heads, c.encoder.patch_size, c.encoder.image_size) == (
+        768,
+        12,
+        12,
+        14,
+        512,
+    )
     assert (c.transformer.width, c.transformer.num_layers, c.transformer.num_heads, c.transformer.camera_embed_dim) == (1024, 16, 16, 1024)
     assert (c.triplane.token_resolution, c.triplane.resolution, c.triplane.channels) == (32, 64, 80)
     assert (c.decoder.hidden_width, c.decoder.num_layers) == (64, 4)
@@ -74,7 +80,14 @@ def test_config_module_imports_nothing_heavy():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("table, cls", [(config.SYNTHESIZE_PRESETS, config.SynthesizeConfig), (config.TRAIN_FILTER_PRESETS, config.TrainFilterConfig), (config.RENDER_ASSETS_PRESETS, config.RenderAssetsConfig)])
+@pytest.mark.parametrize(
+    "table, cls",
+    [
+        (config.SYNTHESIZE_PRESETS, config.SynthesizeConfig),
+        (config.TRAIN_FILTER_PRESETS, config.TrainFilterConfig),
+        (config.RENDER_ASSETS_PRESETS, config.RenderAssetsConfig),
+    ],
+)
 def test_pipeline_presets_round_trip_through_a_dict(table, cls):
     assert list(table)[0] == "debug"
     for name in table:
@@ -126,10 +139,14 @@ def test_a_preset_without_its_local_weights_names_the_missing_path():
     "overrides, message",
     [
         ({"generation": {"precision": "fp16"}}, "generation.precision: expected one of 'auto', 'bf16', 'fp32', got 'fp16'"),
-        ({"generation": {"image_mask_method": "sam"}},
-         "generation.image_mask_method: expected one of 'auto', 'rembg', 'estimate', 'none', got 'sam'"),
-        ({"fault": {"kill_stage": "writer"}},
-         "fault.kill_stage: expected one of 'first_frame', 'generate', 'mask', 'filter' or null, got 'writer'"),
+        (
+            {"generation": {"image_mask_method": "sam"}},
+            "generation.image_mask_method: expected one of 'auto', 'rembg', 'estimate', 'none', got 'sam'",
+        ),
+        (
+            {"fault": {"kill_stage": "writer"}},
+            "fault.kill_stage: expected one of 'first_frame', 'generate', 'mask', 'filter' or null, got 'writer'",
+        ),
     ],
 )
 def test_a_literal_field_refuses_an_unknown_choice_naming_path_value_and_choices(overrides, message):
@@ -158,14 +175,23 @@ def test_literal_choices_keep_their_type_and_are_checked_on_validate_too():
     "table, overrides, message",
     [
         (config.TRAIN_RECON_PRESETS, {"training": {"run": {"batch_size": 0}}}, "training.run.batch_size must be >= 1, got 0"),
-        (config.TRAIN_RECON_PRESETS, {"training": {"optimizer": {"betas": [0.9, 1.0]}}},
-         "training.optimizer.betas[1] must be in [0, 1), got 1.0"),
+        (
+            config.TRAIN_RECON_PRESETS,
+            {"training": {"optimizer": {"betas": [0.9, 1.0]}}},
+            "training.optimizer.betas[1] must be in [0, 1), got 1.0",
+        ),
         (config.INFERENCE_PRESETS, {"foreground_ratio": 0}, "foreground_ratio must be in (0, 1], got 0.0"),
         (config.INFERENCE_PRESETS, {"mesh_resolution": 2000}, "mesh_resolution must be between 8 and 1024, got 2000"),
-        (config.SYNTHESIZE_PRESETS, {"generation": {"elevation_range_deg": [0, 95]}},
-         "generation.elevation_range_deg[1] must be in (-90, 90), got 95.0"),
-        (config.SYNTHESIZE_PRESETS, {"generation": {"elevation_range_deg": [10]}},
-         "generation.elevation_range_deg must be a list of 2 values, got [10.0]"),
+        (
+            config.SYNTHESIZE_PRESETS,
+            {"generation": {"elevation_range_deg": [0, 95]}},
+            "generation.elevation_range_deg[1] must be in (-90, 90), got 95.0",
+        ),
+        (
+            config.SYNTHESIZE_PRESETS,
+            {"generation": {"elevation_range_deg": [10]}},
+            "generation.elevation_range_deg must be a list of 2 values, got [10.0]",
+        ),
         (config.SERVE_PRESETS, {"model": {"num_gpus": -1}}, "model.num_gpus must be >= 0, got -1.0"),
         (config.EVALUATE_PRESETS, {"limit": 0}, "limit must be >= 1, got 0"),
     ],

@@ -31,10 +31,23 @@ def test_psnr_and_ssim_match_scikit_image_within_1e_4():
     side = 64
     clean = np.stack([image[:side, :side].astype(np.float32) / 255 for image in (data.astronaut(), data.chelsea(), data.coffee())])
     rng = np.random.default_rng(0)
-    distorted = np.stack([np.clip(clean[0] + rng.normal(0, 0.08, clean[0].shape), 0, 1), gaussian_filter(clean[1], sigma=(1.5, 1.5, 0)), clean[2] ** 1.6]).astype(np.float32)
+    distorted = np.stack(
+        [np.clip(clean[0] + rng.normal(0, 0.08, clean[0].shape), 0, 1), gaussian_filter(clean[1], sigma=(1.5, 1.5, 0)), clean[2] ** 1.6]
+    ).astype(np.float32)
     to_torch = lambda images: torch.from_numpy(images).permute(0, 3, 1, 2)  # noqa: E731
     reference_psnr = [peak_signal_noise_ratio(c.astype(np.float64), d.astype(np.float64), data_range=1.0) for d, c in zip(distorted, clean)]
-    reference_ssim = [structural_similarity(d.astype(np.float64), c.astype(np.float64), data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False) for d, c in zip(distorted, clean)]
+    reference_ssim = [
+        structural_similarity(
+            d.astype(np.float64),
+            c.astype(np.float64),
+            data_range=1.0,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        for d, c in zip(distorted, clean)
+    ]
     np.testing.assert_allclose(psnr(to_torch(distorted), to_torch(clean)).numpy(), reference_psnr, atol=1e-4, rtol=0)
     np.testing.assert_allclose(ssim(to_torch(distorted), to_torch(clean)).numpy(), reference_ssim, atol=1e-4, rtol=0)
 
@@ -75,7 +88,9 @@ def test_fscore_is_one_within_the_threshold_and_drops_beyond_it():
 
 
 def orbit_camera(azimuth_deg: float, elevation_deg: float) -> torch.Tensor:
-    position = cameras.orbit_positions(torch.tensor(math.radians(azimuth_deg)), torch.tensor(math.radians(elevation_deg)), cameras.RENDER_RADIUS)
+    position = cameras.orbit_positions(
+        torch.tensor(math.radians(azimuth_deg)), torch.tensor(math.radians(elevation_deg)), cameras.RENDER_RADIUS
+    )
     return cameras.render_camera_vector(cameras.look_at(position[None]))[0]
 
 
@@ -126,7 +141,9 @@ def test_bbox_alignment_removes_offset_and_scale():
     predicted = truth.copy().apply_scale(0.5).apply_translation([0.3, 0.1, -0.2])
     aligned = align_bbox(predicted, truth)
     np.testing.assert_allclose(aligned.bounds, truth.bounds, atol=1e-9)
-    scores = geometry_scores(predicted, orbit_camera(0.0, 0.0), sample_points(truth, 4000, seed=0), truth, 4000, threshold=0.05, alignment="bbox", seed=0)
+    scores = geometry_scores(
+        predicted, orbit_camera(0.0, 0.0), sample_points(truth, 4000, seed=0), truth, 4000, threshold=0.05, alignment="bbox", seed=0
+    )
     assert scores.fscore > 0.95
 
 
@@ -152,7 +169,9 @@ def tiny_clip(tmp_path_factory):
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     directory = root / "tiny-hub"
     directory.mkdir()
-    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    (directory / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}})
+    )
     save_file(state, str(directory / "open_clip_model.safetensors"))
     architecture = root / "vf3d-test-tiny-clip.json"
     architecture.write_text(json.dumps(TINY_CLIP))
@@ -239,8 +258,18 @@ def small_orbits(tmp_path_factory):
 
     rng = np.random.default_rng(0)
     directory = tmp_path_factory.mktemp("orbits")
-    records = [shards.OrbitRecord(id=name, source="synthetic", prompt=name, rgb=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), mask=np.full((4, 32, 32), 255, np.uint8),
-                                  cameras=np.zeros((4, 25), np.float32), elevation=0.0) for name in ("alpha", "beta")]
+    records = [
+        shards.OrbitRecord(
+            id=name,
+            source="synthetic",
+            prompt=name,
+            rgb=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+            mask=np.full((4, 32, 32), 255, np.uint8),
+            cameras=np.zeros((4, 25), np.float32),
+            elevation=0.0,
+        )
+        for name in ("alpha", "beta")
+    ]
     shards.OrbitShardWriter(directory).write(records)
     return directory
 
@@ -275,12 +304,62 @@ def test_bad_evaluate_inputs_exit_2_with_one_line(capsys, tmp_path, small_orbits
         (["--model", debug_model_dir, "--data", tmp_path / "nowhere", "--out", tmp_path / "o"], "--data: not a directory"),
         (["--model", tmp_path / "no-model", "--data", small_orbits, "--out", tmp_path / "o"], "--model: not a directory"),
         (["--model", debug_model_dir, "--data", empty, "--out", tmp_path / "o", "--preset", "debug"], "holds no orbit shards"),
-        (["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--ids", ids], "1 of 2 ids are not in"),
-        (["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--ids", tmp_path / "no-ids.txt"], "--ids: no such file"),
+        (
+            ["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--ids", ids],
+            "1 of 2 ids are not in",
+        ),
+        (
+            [
+                "--model",
+                debug_model_dir,
+                "--data",
+                small_orbits,
+                "--out",
+                tmp_path / "o",
+                "--preset",
+                "debug",
+                "--ids",
+                tmp_path / "no-ids.txt",
+            ],
+            "--ids: no such file",
+        ),
         (["--model", not_a_model, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug"], "not a vf3d model directory"),
-        (["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--assets", tmp_path / "no-assets"], "--assets: not a directory"),
-        (["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--limit", "0"], "limit must be"),
-        (["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "full", "--lpips-backbone", tmp_path / "none.pth", "--clip", tmp_path / "none.bin"], "lpips.backbone_path: no such file"),
+        (
+            [
+                "--model",
+                debug_model_dir,
+                "--data",
+                small_orbits,
+                "--out",
+                tmp_path / "o",
+                "--preset",
+                "debug",
+                "--assets",
+                tmp_path / "no-assets",
+            ],
+            "--assets: not a directory",
+        ),
+        (
+            ["--model", debug_model_dir, "--data", small_orbits, "--out", tmp_path / "o", "--preset", "debug", "--limit", "0"],
+            "limit must be",
+        ),
+        (
+            [
+                "--model",
+                debug_model_dir,
+                "--data",
+                small_orbits,
+                "--out",
+                tmp_path / "o",
+                "--preset",
+                "full",
+                "--lpips-backbone",
+                tmp_path / "none.pth",
+                "--clip",
+                tmp_path / "none.bin",
+            ],
+            "lpips.backbone_path: no such file",
+        ),
     ]
     for args, expected in cases:
         code, lines = run_cli(capsys, *args)

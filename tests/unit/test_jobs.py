@@ -51,7 +51,9 @@ def test_every_job_file_validates_and_maps_to_a_command_line_the_cli_accepts(pat
         assert spec.preset not in (None, "debug"), "production presets on clusters"
         assert "/mnt/data/" in " ".join(invocation.argv), "cluster jobs read and write shared storage"
     else:
-        assert spec.preset == "debug" and all(not Path(value).is_absolute() for value in spec.args.values() if isinstance(value, str) and "/" in value)
+        assert spec.preset == "debug" and all(
+            not Path(value).is_absolute() for value in spec.args.values() if isinstance(value, str) and "/" in value
+        )
 
 
 def test_debug_jobs_chain_from_renders_to_an_evaluation():
@@ -59,7 +61,11 @@ def test_debug_jobs_chain_from_renders_to_an_evaluation():
     written: set[str] = set()
     for stage in jobs.STAGES:
         spec = jobs.load_job_file(REPO / "jobs" / "configs" / f"{stage}-debug.yaml", stage)
-        inputs = {key: value for key, value in spec.args.items() if key in ("data", "data_3d", "video_model", "model", "prompts", "assets") and value != jobs.SAMPLE_ASSETS}
+        inputs = {
+            key: value
+            for key, value in spec.args.items()
+            if key in ("data", "data_3d", "video_model", "model", "prompts", "assets") and value != jobs.SAMPLE_ASSETS
+        }
         for key, value in inputs.items():
             for item in value if isinstance(value, list) else [value]:
                 assert item in written or (REPO / item).exists(), f"{stage}: args.{key} {item} is made by no earlier job"
@@ -102,7 +108,14 @@ def test_a_job_file_for_another_stage_is_refused(tmp_path):
 
 
 def test_command_line_arguments_override_the_file_and_paths_resolve_against_the_data_root(tmp_path):
-    spec = jobs.validate_job({"stage": "evaluate", "preset": "debug", "args": {"model": ["m1", "/abs/m2"], "data": "orbits", "out": "report", "limit": 4, "device": "cpu"}, "config": {"num_views": 2}})
+    spec = jobs.validate_job(
+        {
+            "stage": "evaluate",
+            "preset": "debug",
+            "args": {"model": ["m1", "/abs/m2"], "data": "orbits", "out": "report", "limit": 4, "device": "cpu"},
+            "config": {"num_views": 2},
+        }
+    )
     invocation = jobs.build_invocation(spec, ["--model", "other", "--limit", "2", "--preset", "full"], tmp_path, tmp_path / "c.json")
     args = build_parser().parse_args(invocation.argv)
     assert specs.from_namespace(args) == invocation.spec()
@@ -114,7 +127,10 @@ def test_command_line_arguments_override_the_file_and_paths_resolve_against_the_
 
     flags = jobs.validate_job({"stage": "synthesize", "args": {"prompts": "p.jsonl", "video_model": "v", "out": "o", "retry_errors": True}})
     assert "--retry-errors" in jobs.build_invocation(flags, [], tmp_path, None).argv
-    assert "--retry-errors" not in jobs.build_invocation(jobs.validate_job({"stage": "synthesize", "args": {"retry_errors": False}}), [], tmp_path, None).argv
+    assert (
+        "--retry-errors"
+        not in jobs.build_invocation(jobs.validate_job({"stage": "synthesize", "args": {"retry_errors": False}}), [], tmp_path, None).argv
+    )
     with pytest.raises(ConfigError, match="--views: invalid int"):
         jobs.build_invocation(jobs.validate_job({"stage": "render-assets"}), ["--views", "x"], tmp_path, None)
     with pytest.raises(ConfigError, match="--config here is the job file"):
@@ -131,13 +147,23 @@ def test_inputs_shipped_in_the_repository_resolve_in_the_job_working_directory(t
     shipped = tmp_path / "working-dir-copy"
     (shipped / "jobs" / "prompts").mkdir(parents=True)
     (shipped / "jobs" / "prompts" / "debug.jsonl").write_text("{}\n")
-    spec = jobs.validate_job({"stage": "synthesize", "args": {"prompts": "jobs/prompts/debug.jsonl", "video_model": "job-output/video-model", "out": "job-output/synthetic"}})
+    spec = jobs.validate_job(
+        {
+            "stage": "synthesize",
+            "args": {"prompts": "jobs/prompts/debug.jsonl", "video_model": "job-output/video-model", "out": "job-output/synthetic"},
+        }
+    )
     args = build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv)
     assert args.prompts == shipped / "jobs" / "prompts" / "debug.jsonl"
-    assert args.video_model == tmp_path / "data" / "job-output" / "video-model" and args.out == tmp_path / "data" / "job-output" / "synthetic"
+    assert (
+        args.video_model == tmp_path / "data" / "job-output" / "video-model" and args.out == tmp_path / "data" / "job-output" / "synthetic"
+    )
     (tmp_path / "data" / "jobs" / "prompts").mkdir(parents=True)
     (tmp_path / "data" / "jobs" / "prompts" / "debug.jsonl").write_text("{}\n")  # the data root's own copy wins
-    assert build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv).prompts == tmp_path / "data" / "jobs" / "prompts" / "debug.jsonl"
+    assert (
+        build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv).prompts
+        == tmp_path / "data" / "jobs" / "prompts" / "debug.jsonl"
+    )
 
 
 def test_sample_assets_are_gathered_next_to_the_output(tmp_path):
@@ -159,15 +185,22 @@ def test_submission_ids_are_deterministic_and_differ_for_different_jobs(tmp_path
     first = prepared("--out", "a")
     assert first.submission_id == prepared("--out", "a").submission_id
     assert first.submission_id.startswith("vf3d-render-assets-") and len(first.submission_id) == len("vf3d-render-assets-") + 12
-    others = {prepared("--out", "b").submission_id, prepared("--out", "a", "--views", "4").submission_id, prepared("--out", "a", data_root=tmp_path / "x").submission_id,
-              prepared("--out", "a", job=None).submission_id, prepared("--out", "a", job=None, stage="synthesize").submission_id}
+    others = {
+        prepared("--out", "b").submission_id,
+        prepared("--out", "a", "--views", "4").submission_id,
+        prepared("--out", "a", data_root=tmp_path / "x").submission_id,
+        prepared("--out", "a", job=None).submission_id,
+        prepared("--out", "a", job=None, stage="synthesize").submission_id,
+    }
     assert len(others) == 5 and first.submission_id not in others
     assert prepared("--out", "a", submission_id="mine").submission_id == "mine"
     # The job file's contents count, not only its name.
     copy = REPO / "jobs" / "configs" / "render-assets-debug.yaml"
     edited = tmp_path / "edited.yaml"
     edited.write_text(copy.read_text().replace("job-output/orbits", "job-output/orbits2"))
-    assert jobs.submission_id_for("render-assets", "python jobs/render_assets.py --config x.yaml", copy.read_text(), {}) != jobs.submission_id_for("render-assets", "python jobs/render_assets.py --config x.yaml", edited.read_text(), {})
+    assert jobs.submission_id_for(
+        "render-assets", "python jobs/render_assets.py --config x.yaml", copy.read_text(), {}
+    ) != jobs.submission_id_for("render-assets", "python jobs/render_assets.py --config x.yaml", edited.read_text(), {})
 
     # What the job server gets: the repository as working_dir, the package as py_modules.
     assert first.entrypoint == "python jobs/render_assets.py --config jobs/configs/render-assets-debug.yaml --out a"
@@ -232,8 +265,23 @@ def closed_port() -> int:
         (["render-assets"], "give --address"),
         (["render-assets", "--address", "http://127.0.0.1:1", "--", "--bogus"], "render-assets arguments: unrecognized arguments: --bogus"),
         (["render-assets", "--address", "http://127.0.0.1:1", "--", "--views", "x"], "--views: invalid int value"),
-        (["render-assets", "--address", "http://127.0.0.1:1", "--config", "jobs/configs/synthesize-debug.yaml"], "but this runs 'render-assets'"),
-        (["render-assets", "--address", "http://127.0.0.1:PORT", "--config", "jobs/configs/render-assets-debug.yaml", "--", "--out", "o"], "cannot reach the Ray job server at http://127.0.0.1:PORT"),
+        (
+            ["render-assets", "--address", "http://127.0.0.1:1", "--config", "jobs/configs/synthesize-debug.yaml"],
+            "but this runs 'render-assets'",
+        ),
+        (
+            [
+                "render-assets",
+                "--address",
+                "http://127.0.0.1:PORT",
+                "--config",
+                "jobs/configs/render-assets-debug.yaml",
+                "--",
+                "--out",
+                "o",
+            ],
+            "cannot reach the Ray job server at http://127.0.0.1:PORT",
+        ),
     ],
 )
 def test_submit_errors_are_one_line_with_exit_code_2(args, expected):
@@ -242,10 +290,21 @@ def test_submit_errors_are_one_line_with_exit_code_2(args, expected):
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     result = subprocess.run([VF3D, "submit", *args], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     lines = [line for line in result.stderr.strip().splitlines() if " WARNING " not in line]  # Ray's packaging warnings
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("vf3d submit: error:") and expected.replace("PORT", port) in lines[0], result.stderr
+    assert (
+        result.returncode == 2
+        and len(lines) == 1
+        and lines[0].startswith("vf3d submit: error:")
+        and expected.replace("PORT", port) in lines[0]
+    ), result.stderr
 
 
 def test_job_entrypoint_rejects_a_bad_job_file_with_one_line(tmp_path):
     bad = write(tmp_path / "job.yaml", {"stage": "render-assets", "args": {"asset": "x"}})
-    result = subprocess.run([sys.executable, str(REPO / "jobs" / "render_assets.py"), "--config", str(bad)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.strip() == f"vf3d job render-assets: error: {bad}: args: unknown key 'asset' for render-assets (valid: assets, elevation_range, out, resolution, views)", result.stderr
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "render_assets.py"), "--config", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.strip()
+        == f"vf3d job render-assets: error: {bad}: args: unknown key 'asset' for render-assets (valid: assets, elevation_range, out, resolution, views)"
+    ), result.stderr

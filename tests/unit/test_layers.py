@@ -237,7 +237,13 @@ def lazy():
 """
     found = {target for target, _, _ in _imports("vf3d.data.example", source)}
     assert found == {
-        "vf3d.mesh", "vf3d.config", "vf3d", "vf3d.data.shards", "vf3d.models.pretrained", "vf3d.serving.app", "vf3d.training.recon",
+        "vf3d.mesh",
+        "vf3d.config",
+        "vf3d",
+        "vf3d.data.shards",
+        "vf3d.models.pretrained",
+        "vf3d.serving.app",
+        "vf3d.training.recon",
     }
 
 

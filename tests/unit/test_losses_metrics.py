@@ -82,8 +82,15 @@ def test_ssim_matches_scikit_image_on_real_photos():
     to_torch = lambda images: torch.from_numpy(images).permute(0, 3, 1, 2).float()  # noqa: E731
     ours = ssim(to_torch(distorted), to_torch(clean))
     reference = [
-        structural_similarity(d.astype(np.float32).astype(np.float64), c.astype(np.float32).astype(np.float64), data_range=1.0, channel_axis=-1,
-                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        structural_similarity(
+            d.astype(np.float32).astype(np.float64),
+            c.astype(np.float32).astype(np.float64),
+            data_range=1.0,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
         for d, c in zip(distorted, clean)
     ]
     assert ours.shape == (3,)
@@ -220,7 +227,10 @@ def test_random_backbone_warns_that_the_loss_is_not_perceptual():
     assert not module.training and not any(parameter.requires_grad for parameter in module.parameters())
 
 
-@pytest.mark.parametrize(("net", "arch", "suffix"), [("squeeze", "squeezenet1_1", ".safetensors"), ("squeeze", "squeezenet1_1", ".pth"), ("alex", "alexnet", ".pth")])
+@pytest.mark.parametrize(
+    ("net", "arch", "suffix"),
+    [("squeeze", "squeezenet1_1", ".safetensors"), ("squeeze", "squeezenet1_1", ".pth"), ("alex", "alexnet", ".pth")],
+)
 def test_backbone_weights_are_loaded_from_a_torchvision_state_dict(tmp_path, net, arch, suffix):
     import lpips as lpips_package
     from safetensors.torch import save_file
@@ -241,7 +251,9 @@ def test_backbone_weights_are_loaded_from_a_torchvision_state_dict(tmp_path, net
     # The calibrated linear heads are lpips' shipped ones, untouched.
     import os
 
-    heads = torch.load(os.path.join(os.path.dirname(lpips_package.__file__), "weights", "v0.1", f"{net}.pth"), map_location="cpu", weights_only=True)
+    heads = torch.load(
+        os.path.join(os.path.dirname(lpips_package.__file__), "weights", "v0.1", f"{net}.pth"), map_location="cpu", weights_only=True
+    )
     for key, value in heads.items():
         assert torch.equal(module.state_dict()[key], value), key
     assert not module.training and not any(parameter.requires_grad for parameter in module.parameters())
@@ -321,7 +333,9 @@ def test_image_grid_lays_out_labelled_rows(tmp_path):
         pixels = np.asarray(image.convert("RGB"))
     np.testing.assert_array_equal(pixels[pad : pad + 16, pad : pad + 20], uint8_image)
 
-    labelled = image_grid(rows, tmp_path / "grids" / "labelled.png", row_labels=["object 0", "object 1"], column_labels=["input", "predicted", "true"])
+    labelled = image_grid(
+        rows, tmp_path / "grids" / "labelled.png", row_labels=["object 0", "object 1"], column_labels=["input", "predicted", "true"]
+    )
     labelled_width, labelled_height = open_png(labelled)
     assert labelled_width > width and labelled_height > height
     with pytest.raises(ValueError, match="row labels"):
@@ -336,4 +350,3 @@ def test_plots_and_metrics_modules_do_not_import_ray():
     modules = "vf3d.image_metrics, vf3d.plots, vf3d.models.lpips_network, vf3d.training.losses"
     code = f"import sys, {modules}; assert 'ray' not in sys.modules and 'deepspeed' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
-

@@ -54,8 +54,7 @@ def sorted_rows(array):
 
 @pytest.fixture(scope="module")
 def sphere_meshes():
-    return {method: extract_mesh(sphere_field, resolution=64, method=method)
-            for method in ("dense", "coarse_to_fine")}
+    return {method: extract_mesh(sphere_field, resolution=64, method=method) for method in ("dense", "coarse_to_fine")}
 
 
 @pytest.fixture(scope="module")
@@ -173,29 +172,26 @@ def test_glb_is_gltf2_with_colours_and_y_up(sphere_mesh):
     assert (magic, version, length) == (b"glTF", 2, len(data))
     chunk_length, chunk_type = struct.unpack_from("<I4s", data, 12)
     assert chunk_type == b"JSON"
-    gltf = json.loads(data[20:20 + chunk_length])
+    gltf = json.loads(data[20 : 20 + chunk_length])
     attributes = gltf["meshes"][0]["primitives"][0]["attributes"]
     assert {"POSITION", "COLOR_0"} <= set(attributes)
 
     loaded = trimesh.load(file_obj=io.BytesIO(data), file_type="glb", force="mesh")
     assert len(loaded.vertices) == len(sphere_mesh.vertices)
     assert len(loaded.faces) == len(sphere_mesh.faces)
-    np.testing.assert_array_equal(sorted_rows(loaded.visual.vertex_colors),
-                                  sorted_rows(sphere_mesh.visual.vertex_colors))
+    np.testing.assert_array_equal(sorted_rows(loaded.visual.vertex_colors), sorted_rows(sphere_mesh.visual.vertex_colors))
 
     world = sphere_mesh.vertices
     expected = np.stack([world[:, 0], world[:, 2], -world[:, 1]], axis=1)
     distance, _ = cKDTree(expected).query(loaded.vertices)
     assert distance.max() < 1e-5
     top = world[np.argmax(world[:, 2])]
-    np.testing.assert_allclose(loaded.vertices[np.argmax(loaded.vertices[:, 1])],
-                               [top[0], top[2], -top[1]], atol=1e-5)
+    np.testing.assert_allclose(loaded.vertices[np.argmax(loaded.vertices[:, 1])], [top[0], top[2], -top[1]], atol=1e-5)
     assert loaded.volume > 0
 
 
 def test_glb_without_y_up_keeps_world_coordinates(sphere_mesh):
-    loaded = trimesh.load(file_obj=io.BytesIO(export_mesh(sphere_mesh, "glb", y_up=False)),
-                          file_type="glb", force="mesh")
+    loaded = trimesh.load(file_obj=io.BytesIO(export_mesh(sphere_mesh, "glb", y_up=False)), file_type="glb", force="mesh")
     distance, _ = cKDTree(sphere_mesh.vertices).query(loaded.vertices)
     assert distance.max() < 1e-5
 
@@ -209,14 +205,12 @@ def test_obj_and_ply_round_trip_with_colours(sphere_mesh, fmt):
     assert len(loaded.faces) == len(sphere_mesh.faces)
     distance, index = cKDTree(loaded.vertices).query(sphere_mesh.vertices)
     assert distance.max() < 1e-5
-    colour_error = (loaded.visual.vertex_colors[index].astype(int)
-                    - sphere_mesh.visual.vertex_colors.astype(int))
+    colour_error = loaded.visual.vertex_colors[index].astype(int) - sphere_mesh.visual.vertex_colors.astype(int)
     assert np.abs(colour_error).max() <= 1
 
 
 def test_obj_writes_vertex_colours_inline(sphere_mesh):
-    first_vertex = next(line for line in export_mesh(sphere_mesh, "obj").decode().splitlines()
-                        if line.startswith("v "))
+    first_vertex = next(line for line in export_mesh(sphere_mesh, "obj").decode().splitlines() if line.startswith("v "))
     assert len(first_vertex.split()) == 7
 
 

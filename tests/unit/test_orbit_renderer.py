@@ -12,10 +12,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pybullet_data
 import pytest
 import torch
-
-import pybullet_data
 import trimesh
 
 from vf3d import cameras
@@ -53,7 +52,9 @@ def sphere(tmp_path_factory) -> Asset:
     return load_asset(path)
 
 
-def camera(azimuth_deg: float, elevation_deg: float, fx: float = 0.75, fy: float = 0.75, cx: float = 0.5, cy: float = 0.5, radius: float = 1.5) -> torch.Tensor:
+def camera(
+    azimuth_deg: float, elevation_deg: float, fx: float = 0.75, fy: float = 0.75, cx: float = 0.5, cy: float = 0.5, radius: float = 1.5
+) -> torch.Tensor:
     """One render camera looking at the origin from `radius` → [1, 25]."""
     position = cameras.orbit_positions(torch.tensor([math.radians(azimuth_deg)]), torch.tensor([math.radians(elevation_deg)]), radius)
     return cameras.render_camera_vector(cameras.look_at(position), cameras.intrinsics_matrix(fx, fy, cx, cy))
@@ -62,7 +63,9 @@ def camera(azimuth_deg: float, elevation_deg: float, fx: float = 0.75, fy: float
 def rotated_about_z(asset: Asset, degrees: float) -> Asset:
     """The asset turned by `degrees` about +Z (positions and normals)."""
     angle = math.radians(degrees)
-    rotation = np.array([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    rotation = np.array(
+        [[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0], [0.0, 0.0, 1.0]], dtype=np.float32
+    )
     parts = [dataclasses.replace(part, positions=part.positions @ rotation.T, normals=part.normals @ rotation.T) for part in asset.parts]
     return dataclasses.replace(asset, parts=parts)
 
@@ -118,7 +121,14 @@ def test_projected_vertices_land_on_the_silhouette(duck, samples, render_camera)
 def test_opengl_matrices_reproduce_project_points():
     generator = torch.Generator().manual_seed(0)
     poses = cameras.random_sphere_poses(6, generator=generator)
-    intrinsics = torch.stack([cameras.intrinsics_matrix(*(0.6 + 0.4 * torch.rand(2, generator=generator)).tolist(), *(0.4 + 0.2 * torch.rand(2, generator=generator)).tolist()) for _ in range(6)])
+    intrinsics = torch.stack(
+        [
+            cameras.intrinsics_matrix(
+                *(0.6 + 0.4 * torch.rand(2, generator=generator)).tolist(), *(0.4 + 0.2 * torch.rand(2, generator=generator)).tolist()
+            )
+            for _ in range(6)
+        ]
+    )
     render_cameras = cameras.render_camera_vector(poses, intrinsics)
     points = (torch.rand(6, 50, 3, generator=generator) * 2 - 1) * 0.57  # inside the unit ball: in front of every camera
     height, width = 96, 128
@@ -245,6 +255,7 @@ def test_renders_from_a_thread_other_than_the_creating_one():
     renderer.close()
 
 
+@pytest.mark.heavy  # a subprocess that renders, then imports triton and transformers
 def test_a_process_that_rendered_can_still_import_triton_and_transformers():
     """Mesa's llvmpipe and triton both bundle LLVM; the renderer orders their loading."""
     import subprocess

@@ -1,4 +1,5 @@
 """Tests for vf3d.preprocess: real photos, masks, recentring and hostile inputs."""
+
 import io
 import struct
 import zlib
@@ -32,8 +33,7 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 def _handmade_png(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height (8-bit RGB) followed by a tiny IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _chunk(b"IEND", b"")
 
 
 def _disc_photo(h=120, w=160, radius=30):
@@ -255,6 +255,7 @@ print(image.size[0], (status_kb("VmHWM") - before) // 1024)
 """
 
 
+@pytest.mark.heavy  # measures peak memory in subprocesses
 def test_a_40_megapixel_jpeg_is_decoded_at_reduced_scale(tmp_path):
     import subprocess
     import sys
@@ -268,7 +269,9 @@ def test_a_40_megapixel_jpeg_is_decoded_at_reduced_scale(tmp_path):
     del photo
     peaks = {}
     for side in (0, 1024):
-        out = subprocess.run([sys.executable, "-c", DECODE_PEAK, str(path), str(side)], capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", DECODE_PEAK, str(path), str(side)], capture_output=True, text=True, timeout=120, check=True
+        )
         width, peaks[side] = map(int, out.stdout.split())
         assert width == (side or 7744)
     # Full size: 40 MP x 3-4 bytes. At 1/4 scale (the smallest DCT scale still >= 1024 px wide:
@@ -296,11 +299,11 @@ def _release_framing_by_hand(rgba: np.ndarray, size: int) -> torch.Tensor:
     height, width = rgba.shape[:2]
     side = max(height, width)
     rows, columns = np.nonzero(rgba[..., 3])
-    crop = rgba[rows.min():rows.max(), columns.min():columns.max()]
+    crop = rgba[rows.min() : rows.max(), columns.min() : columns.max()]
     scaled = crop.repeat(2, axis=0).repeat(2, axis=1)
     canvas = np.zeros((side, side, 4), np.uint8)
     top, left = (side - scaled.shape[0]) // 2, (side - scaled.shape[1]) // 2
-    canvas[top:top + scaled.shape[0], left:left + scaled.shape[1]] = scaled
+    canvas[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
     image = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255
     image = image[:, :3] * image[:, 3:] + (1 - image[:, 3:])
     return torch.nn.functional.interpolate(image, size=(size, size), mode="bicubic", align_corners=True)[0].clamp(0, 1)

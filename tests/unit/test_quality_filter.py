@@ -109,7 +109,9 @@ def panned_photo(image: np.ndarray, views: int = NUM_VIEWS, size: int = RESOLUTI
     crop = int(0.8 * min(height, width))
     top = (height - crop) // 2
     lefts = np.linspace(0, width - crop, views).astype(int)
-    return np.stack([np.asarray(Image.fromarray(image[top : top + crop, left : left + crop]).resize((size, size), Image.BILINEAR)) for left in lefts])
+    return np.stack(
+        [np.asarray(Image.fromarray(image[top : top + crop, left : left + crop]).resize((size, size), Image.BILINEAR)) for left in lefts]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +294,10 @@ def labelled_shards(real_orbits, tmp_path_factory) -> LabelledShards:
     good = [orbit_record(f"good-{index:02d}", orbit, orbit.frames, "render") for index, orbit in enumerate(training)]
     # A few good orbits are synthetic ones the filter kept.
     good[::5] = [dataclasses.replace(record, source="synthetic", asset=None) for record in good[::5]]
-    bad = [orbit_record(f"bad-{index:02d}", orbit, frames, "synthetic") for index, (orbit, frames) in enumerate(zip(training, identity_switched_group(training)))]
+    bad = [
+        orbit_record(f"bad-{index:02d}", orbit, frames, "synthetic")
+        for index, (orbit, frames) in enumerate(zip(training, identity_switched_group(training)))
+    ]
     writer.write(good + bad[::2])
     # The other bad orbits sit in the rejected table, where labelled rejects would come from.
     rejected = shards.records_to_table(bad[1::2])
@@ -303,7 +308,9 @@ def labelled_shards(real_orbits, tmp_path_factory) -> LabelledShards:
     labels = {record.id: "good" for record in good} | {record.id: "bad" for record in bad}
     labels_path = root / "labels.csv"
     labels_path.write_text("id,label\n" + "".join(f"{identifier},{label}\n" for identifier, label in labels.items()))
-    return LabelledShards(root / "shards", labels_path, labels, np.stack([orbit.frames for orbit in held_out]), np.stack(held_out_bad), len(bad[1::2]))
+    return LabelledShards(
+        root / "shards", labels_path, labels, np.stack([orbit.frames for orbit in held_out]), np.stack(held_out_bad), len(bad[1::2])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +333,10 @@ def held_out_metrics(quality_filter: QualityFilter, labelled: LabelledShards) ->
     return roc_auc(scores, truth), float(((scores >= quality_filter.threshold) == truth).mean())
 
 
-def test_trained_filter_separates_held_out_good_orbits_from_identity_switched_ones(trained_filter, labelled_shards, debug_train_config, tmp_path):
+@pytest.mark.heavy  # trains a second (control) filter
+def test_trained_filter_separates_held_out_good_orbits_from_identity_switched_ones(
+    trained_filter, labelled_shards, debug_train_config, tmp_path
+):
     out_dir, _, _ = trained_filter
     quality_filter = QualityFilter.from_pretrained(out_dir)
     scores = quality_filter.score(labelled_shards.held_out_good[:2])
@@ -353,7 +363,12 @@ def test_trained_filter_separates_held_out_good_orbits_from_identity_switched_on
 
 def test_train_filter_writes_the_filter_its_report_and_config(trained_filter, labelled_shards, debug_train_config):
     out_dir, report, lines = trained_filter
-    assert sorted(path.name for path in out_dir.iterdir()) == ["config.json", "filter_report.json", "model.safetensors", "train_filter_config.json"]
+    assert sorted(path.name for path in out_dir.iterdir()) == [
+        "config.json",
+        "filter_report.json",
+        "model.safetensors",
+        "train_filter_config.json",
+    ]
     assert json.loads((out_dir / "filter_report.json").read_text()) == report
     assert config_lib.from_dict(TrainFilterConfig, json.loads((out_dir / "train_filter_config.json").read_text())) == debug_train_config
 
@@ -417,7 +432,12 @@ def test_train_filter_label_errors(labelled_shards, debug_train_config, tmp_path
 
 def test_train_filter_without_validation_examples_says_so(labelled_shards, debug_train_config, tmp_path):
     labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"id": identifier, "label": label}) + "\n" for identifier, label in [("good-00", 1), ("good-01", 1), ("bad-00", 0), ("bad-01", 0)]))
+    labels.write_text(
+        "".join(
+            json.dumps({"id": identifier, "label": label}) + "\n"
+            for identifier, label in [("good-00", 1), ("good-01", 1), ("bad-00", 0), ("bad-01", 0)]
+        )
+    )
     config = dataclasses.replace(debug_train_config, validation_fraction=0.0)
     report = train_filter(labels, [labelled_shards.shard_dir], tmp_path / "out", config, log=lambda line: None)
     assert report["counts"]["validation"] == {"good": 0, "bad": 0}
@@ -432,7 +452,17 @@ def test_train_filter_without_validation_examples_says_so(labelled_shards, debug
 
 
 EXPECTED_LABELS = {"a": True, "b": False, "c": True, "d": False, "e": True, "f": False, "g": True, "h": False}
-SPELLINGS = [("a", "good"), ("b", "Bad"), ("c", "KEEP"), ("d", " reject "), ("e", "1"), ("f", "0"), ("g", "True"), ("h", "false"), ("a", "good")]
+SPELLINGS = [
+    ("a", "good"),
+    ("b", "Bad"),
+    ("c", "KEEP"),
+    ("d", " reject "),
+    ("e", "1"),
+    ("f", "0"),
+    ("g", "True"),
+    ("h", "false"),
+    ("a", "good"),
+]
 
 
 def test_read_labels_formats_and_spellings(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vf3d import cameras, config as config_lib
+from vf3d import cameras
+from vf3d import config as config_lib
 from vf3d.models.reconstructor import Reconstructor
 from vf3d.models.reconstructor.encoder import scale_factor_interpolation
 from vf3d.models.reconstructor.renderer import intersect_box
@@ -37,7 +38,13 @@ def release_plane_features(planes: torch.Tensor, points: torch.Tensor, box_side:
     coordinates = coordinates.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3)
     inverse = torch.linalg.inv(RELEASE_PLANE_AXES).unsqueeze(0).expand(n, -1, -1, -1).reshape(n * n_planes, 3, 3)
     projected = torch.bmm(coordinates, inverse)[..., :2].unsqueeze(1)
-    sampled = F.grid_sample(planes.reshape(n * n_planes, channels, height, width).float(), projected.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(
+        planes.reshape(n * n_planes, channels, height, width).float(),
+        projected.float(),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     return sampled.permute(0, 3, 2, 1).reshape(n, n_planes, m, channels)
 
 
@@ -158,7 +165,12 @@ def transformers_445_interpolation(position_embeddings: torch.Tensor, height: in
     side = int(math.sqrt(num_positions))
     h, w = height // patch_size + 0.1, width // patch_size + 0.1
     grid = patch_embedding.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), scale_factor=(float(h / math.sqrt(num_positions)), float(w / math.sqrt(num_positions))), mode="bicubic", align_corners=False)
+    grid = F.interpolate(
+        grid.float(),
+        scale_factor=(float(h / math.sqrt(num_positions)), float(w / math.sqrt(num_positions))),
+        mode="bicubic",
+        align_corners=False,
+    )
     assert grid.shape[-2:] == (int(h), int(w))
     return torch.cat([class_embedding, grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 

@@ -10,6 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from vf3d import config as C
 from vf3d.cameras import canonical_source_camera, orbit_poses, render_camera_vector
+from vf3d.models.pretrained import ModelDirectoryError
+from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.decoder import activate_density
 from vf3d.models.release_weights import (
     CheckpointFormatError,
     convert_state_dict,
@@ -21,9 +24,6 @@ from vf3d.models.release_weights import (
     read_state_dict,
     save_reconstructor,
 )
-from vf3d.models.pretrained import ModelDirectoryError
-from vf3d.models.reconstructor import Reconstructor
-from vf3d.models.reconstructor.decoder import activate_density
 
 
 class NotATensor:
@@ -67,7 +67,9 @@ def _assert_same_outputs(a, b):
 def _tiny(**changes):
     """Differs from the release in every inferable size; head counts and the rest are not inferable."""
     config = C.ReconstructorConfig(
-        encoder=C.EncoderConfig(hidden_size=24, num_layers=3, num_heads=3, mlp_ratio=2, patch_size=4, image_size=32, position_image_size=40),
+        encoder=C.EncoderConfig(
+            hidden_size=24, num_layers=3, num_heads=3, mlp_ratio=2, patch_size=4, image_size=32, position_image_size=40
+        ),
         transformer=C.TransformerConfig(width=40, num_layers=3, num_heads=5, mlp_ratio=3.0, camera_embed_dim=20),
         triplane=C.TriplaneConfig(token_resolution=4, upsample_factor=3, channels=6),
         decoder=C.DecoderConfig(hidden_width=12, num_layers=3),
@@ -203,8 +205,12 @@ def test_read_state_dict_formats_and_refusals(tmp_path):
         # OpenLRM: DINOv2 with registers on un-normalised input; source camera at 2 on −Y, iso 3.
         (
             "openlrm",
-            {"encoder": {"num_register_tokens": 4, "normalize_input": False}, "source_camera_distance": 2.0,
-             "source_camera_azimuth_deg": -90.0, "mesh_iso": 3.0},
+            {
+                "encoder": {"num_register_tokens": 4, "normalize_input": False},
+                "source_camera_distance": 2.0,
+                "source_camera_azimuth_deg": -90.0,
+                "mesh_iso": 3.0,
+            },
         ),
     ],
 )
@@ -298,7 +304,12 @@ def test_fused_cross_attention_when_encoder_and_transformer_widths_match(tmp_pat
 def test_transformers_5_names_in_the_source_are_accepted():
     config = _tiny()
     model = _seeded(config)
-    renames = dict(zip(("attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"), ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj")))
+    renames = dict(
+        zip(
+            ("attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"),
+            ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj"),
+        )
+    )
     released = {}
     for name, tensor in export_state_dict(model, "vfusion3d").items():
         for old, new in renames.items():
@@ -320,14 +331,35 @@ def test_transformers_5_names_in_the_source_are_accepted():
 ENCODER_NAMES = {
     # transformers-4.x Dinov2Model (VFusion3D) and original facebookresearch DINOv2 (OpenLRM).
     "vfusion3d": {
-        "cls": "embeddings.cls_token", "pos": "embeddings.position_embeddings", "registers": "embeddings.register_tokens",
-        "patch": "embeddings.patch_embeddings.projection", "block": "encoder.layer.{i}.", "norm1": "norm1", "norm2": "norm2",
-        "q": "attention.attention.query", "k": "attention.attention.key", "v": "attention.attention.value", "qkv": None,
-        "out": "attention.output.dense", "ls1": "layer_scale1.lambda1", "ls2": "layer_scale2.lambda1", "final": "layernorm",
+        "cls": "embeddings.cls_token",
+        "pos": "embeddings.position_embeddings",
+        "registers": "embeddings.register_tokens",
+        "patch": "embeddings.patch_embeddings.projection",
+        "block": "encoder.layer.{i}.",
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "q": "attention.attention.query",
+        "k": "attention.attention.key",
+        "v": "attention.attention.value",
+        "qkv": None,
+        "out": "attention.output.dense",
+        "ls1": "layer_scale1.lambda1",
+        "ls2": "layer_scale2.lambda1",
+        "final": "layernorm",
     },
     "openlrm": {
-        "cls": "cls_token", "pos": "pos_embed", "registers": "register_tokens", "patch": "patch_embed.proj", "block": "blocks.{i}.",
-        "norm1": "norm1", "norm2": "norm2", "qkv": "attn.qkv", "out": "attn.proj", "ls1": "ls1.gamma", "ls2": "ls2.gamma", "final": "norm",
+        "cls": "cls_token",
+        "pos": "pos_embed",
+        "registers": "register_tokens",
+        "patch": "patch_embed.proj",
+        "block": "blocks.{i}.",
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "qkv": "attn.qkv",
+        "out": "attn.proj",
+        "ls1": "ls1.gamma",
+        "ls2": "ls2.gamma",
+        "final": "norm",
     },
 }
 TOP_LEVEL_NAMES = {
@@ -358,7 +390,9 @@ def _reference_encoder(sd, format, images, heads, layers):
         split = lambda t: t.reshape(batch, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
         attended = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(batch, -1, width)
         x = x + w(block + names["ls1"]) * linear(attended, block + names["out"])
-        x = x + w(block + names["ls2"]) * linear(F.gelu(linear(layer_norm(x, block + names["norm2"]), block + "mlp.fc1")), block + "mlp.fc2")
+        x = x + w(block + names["ls2"]) * linear(
+            F.gelu(linear(layer_norm(x, block + names["norm2"]), block + "mlp.fc1")), block + "mlp.fc2"
+        )
     x = layer_norm(x, names["final"])
     # OpenLRM's encoder wrapper hands only CLS + patch tokens to the transformer.
     registers = sd[f"encoder.model.{names['registers']}"].shape[1] if f"encoder.model.{names['registers']}" in sd else 0
@@ -368,22 +402,43 @@ def _reference_encoder(sd, format, images, heads, layers):
 def _reference_planes(sd, format, tokens, cameras, heads, layers, token_resolution):
     """The released triplane transformer (torch's own MultiheadAttention code path): → planes [N, 3, C, H, W]."""
     top = TOP_LEVEL_NAMES[format]
-    camera = F.linear(F.silu(F.linear(cameras, sd["camera_embedder.mlp.0.weight"], sd["camera_embedder.mlp.0.bias"])), sd["camera_embedder.mlp.2.weight"], sd["camera_embedder.mlp.2.bias"])
+    camera = F.linear(
+        F.silu(F.linear(cameras, sd["camera_embedder.mlp.0.weight"], sd["camera_embedder.mlp.0.bias"])),
+        sd["camera_embedder.mlp.2.weight"],
+        sd["camera_embedder.mlp.2.bias"],
+    )
     x = sd[top["queries"]].expand(tokens.shape[0], -1, -1)
     width = x.shape[-1]
 
     def modulated(x, prefix):
         shift, scale = F.linear(F.silu(camera), sd[f"{prefix}.mlp.1.weight"], sd[f"{prefix}.mlp.1.bias"]).chunk(2, dim=-1)
-        return F.layer_norm(x, (width,), sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        return (
+            F.layer_norm(x, (width,), sd[f"{prefix}.norm.weight"], sd[f"{prefix}.norm.bias"], eps=1e-6) * (1 + scale[:, None])
+            + shift[:, None]
+        )
 
     def attention(query, context, prefix):
         separate = f"{prefix}.q_proj_weight" in sd
         out, _ = F.multi_head_attention_forward(
-            query.transpose(0, 1), context.transpose(0, 1), context.transpose(0, 1), width, heads,
-            in_proj_weight=None if separate else sd[f"{prefix}.in_proj_weight"], in_proj_bias=None, bias_k=None, bias_v=None,
-            add_zero_attn=False, dropout_p=0.0, out_proj_weight=sd[f"{prefix}.out_proj.weight"], out_proj_bias=None, training=False,
-            need_weights=False, use_separate_proj_weight=separate,
-            q_proj_weight=sd.get(f"{prefix}.q_proj_weight"), k_proj_weight=sd.get(f"{prefix}.k_proj_weight"), v_proj_weight=sd.get(f"{prefix}.v_proj_weight"),
+            query.transpose(0, 1),
+            context.transpose(0, 1),
+            context.transpose(0, 1),
+            width,
+            heads,
+            in_proj_weight=None if separate else sd[f"{prefix}.in_proj_weight"],
+            in_proj_bias=None,
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=sd[f"{prefix}.out_proj.weight"],
+            out_proj_bias=None,
+            training=False,
+            need_weights=False,
+            use_separate_proj_weight=separate,
+            q_proj_weight=sd.get(f"{prefix}.q_proj_weight"),
+            k_proj_weight=sd.get(f"{prefix}.k_proj_weight"),
+            v_proj_weight=sd.get(f"{prefix}.v_proj_weight"),
         )
         return out.transpose(0, 1)
 
@@ -427,11 +482,17 @@ def test_exported_names_run_the_released_network(format, changes):
     model = _seeded(config)
     sd = export_state_dict(model, format)
     images, source, _ = _inputs(config)
-    pixels = images if format == "openlrm" else (images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pixels = (
+        images
+        if format == "openlrm"
+        else (images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    )
     with torch.no_grad():
         tokens = _reference_encoder(sd, format, pixels, config.encoder.num_heads, config.encoder.num_layers)
         torch.testing.assert_close(model.encoder(images), tokens, atol=1e-5, rtol=1e-4)
-        planes = _reference_planes(sd, format, tokens, source, config.transformer.num_heads, config.transformer.num_layers, config.triplane.token_resolution)
+        planes = _reference_planes(
+            sd, format, tokens, source, config.transformer.num_heads, config.transformer.num_layers, config.triplane.token_resolution
+        )
         torch.testing.assert_close(model.encode(images, source), planes, atol=1e-5, rtol=1e-4)
         features = torch.randn(2, 50, 3 * config.triplane.channels)
         raw_density, rgb = model.decoder(features)
@@ -514,7 +575,9 @@ def test_vfusion3d_import_refuses_a_file_that_is_not_the_released_architecture()
     with torch.device("meta"):
         released = export_state_dict(Reconstructor(config), "vfusion3d")
     truncated = {name: tensor for name, tensor in released.items() if not name.startswith("transformer.layers.15.")}
-    with pytest.raises(CheckpointFormatError, match=r"not the released vfusion3d architecture: transformer.num_layers = 15 \(released: 16\).*--config"):
+    with pytest.raises(
+        CheckpointFormatError, match=r"not the released vfusion3d architecture: transformer.num_layers = 15 \(released: 16\).*--config"
+    ):
         convert_state_dict(truncated, "vfusion3d")
     # Said on purpose, the same file imports as a 15-layer model.
     imported, _ = convert_state_dict(truncated, "vfusion3d", {"transformer": {"num_layers": 15}})
@@ -534,7 +597,9 @@ def released_tiny():
 def test_unknown_source_tensor_is_refused(tmp_path, released_tiny):
     source = {**released_tiny, "transformer.layers.0.extra_gate": torch.zeros(3), "ema.decay": torch.zeros(())}
     save_file(source, tmp_path / "extra.safetensors")
-    with pytest.raises(CheckpointFormatError, match="2 tensors .* not part of a vfusion3d checkpoint: ema.decay, transformer.layers.0.extra_gate"):
+    with pytest.raises(
+        CheckpointFormatError, match="2 tensors .* not part of a vfusion3d checkpoint: ema.decay, transformer.layers.0.extra_gate"
+    ):
         import_checkpoint(tmp_path / "extra.safetensors", tmp_path / "out", "vfusion3d", TINY_OVERRIDES)
     assert not (tmp_path / "out").exists()
 
@@ -552,7 +617,10 @@ def test_missing_source_tensor_is_refused(released_tiny):
 
 def test_shape_mismatch_is_refused_with_both_shapes(released_tiny):
     source = {**released_tiny, "transformer.layers.2.cross_attn.out_proj.weight": torch.zeros(40, 41)}
-    with pytest.raises(CheckpointFormatError, match=r"transformer.layers.2.cross_attn.out_proj.weight is \[40, 41\] but the inferred model needs \[40, 40\]"):
+    with pytest.raises(
+        CheckpointFormatError,
+        match=r"transformer.layers.2.cross_attn.out_proj.weight is \[40, 41\] but the inferred model needs \[40, 40\]",
+    ):
         convert_state_dict(source, "vfusion3d", TINY_OVERRIDES)
 
 

@@ -70,7 +70,9 @@ def test_opaque_sphere_depth_and_colour():
     field = constant_field(500.0, color=(0.9, 0.1, 0.3), region=lambda p: (p.norm(dim=-1) < 0.5).float())
     origins = torch.tensor([[[2.0, 0.0, 0.0]]])
     directions = torch.tensor([[[-1.0, 0.0, 0.0]]])
-    rgb, depth, opacity = renderer(coarse=64, fine=64).render_rays(field, origins, directions, background=torch.zeros(1, 1, 3), deterministic=True)
+    rgb, depth, opacity = renderer(coarse=64, fine=64).render_rays(
+        field, origins, directions, background=torch.zeros(1, 1, 3), deterministic=True
+    )
     assert opacity.item() == pytest.approx(1.0, abs=1e-4)
     assert depth.item() == pytest.approx(1.5, abs=0.02)  # importance sampling finds the surface
     assert torch.allclose(rgb[0, 0], torch.tensor([0.9, 0.1, 0.3]), atol=1e-3)

@@ -43,7 +43,9 @@ def test_each_published_shard_is_recorded_in_the_writers_id_log(tmp_path):
     logs = manifest.manifest_files(tmp_path)
     assert len(logs) == 1 and logs[0].parent.name == manifest.MANIFEST_DIRNAME
     entries = manifest.read_manifest(logs[0]).to_pylist()
-    assert entries == [{"table": "errors", "file": path.name, "ids": sorted(pq.read_table(path, columns=["id"])["id"].to_pylist())} for path in paths]
+    assert entries == [
+        {"table": "errors", "file": path.name, "ids": sorted(pq.read_table(path, columns=["id"])["id"].to_pylist())} for path in paths
+    ]
     index = shards.index_shards(tmp_path)
     assert index.read_from_shards == 0 and sorted(index.ids("errors").to_pylist()) == list("abcdef")
     assert shards.read_ids(tmp_path, table="errors") == set("abcdef") and shards.read_ids(tmp_path) == set()
@@ -102,17 +104,20 @@ def test_id_set_membership_matches_a_python_set():
     assert not IdSet().contains(["a"]).any() and "p1" in IdSet(["p0", "p1"]) and "p2" not in IdSet(["p0", "p1"])
 
 
-
 def test_id_set_positions_subsets_and_repeats_match_python():
     rng = np.random.default_rng(1)
     values = [f"id-{int(number)}" for number in rng.integers(0, 800, size=1500)]  # many repeats
     id_set = IdSet(values)
     positions = id_set.positions(["id-3", "nope", *values[:50]])
-    assert positions[1] == -1 and all(values[position] == probe for position, probe in zip(positions.tolist(), ["id-3", "nope", *values[:50]]) if position >= 0)
+    assert positions[1] == -1 and all(
+        values[position] == probe for position, probe in zip(positions.tolist(), ["id-3", "nope", *values[:50]]) if position >= 0
+    )
     assert (positions[2:] >= 0).all() and (positions[0] >= 0) == ("id-3" in values)
     assert id_set.distinct_count() == len(set(values))
     repeats = id_set.repeated()
-    assert len(repeats) == len(values) - len(set(values)) and all(values[index] in values[:index] + values[index + 1 :] for index in repeats.tolist())
+    assert len(repeats) == len(values) - len(set(values)) and all(
+        values[index] in values[:index] + values[index + 1 :] for index in repeats.tolist()
+    )
     keep = rng.random(len(values)) < 0.3
     subset = id_set.subset(keep)
     kept = {value for value, chosen in zip(values, keep) if chosen}
@@ -126,9 +131,11 @@ def test_id_set_bucket_search_equals_a_binary_search():
     rng = np.random.default_rng(2)
     for count in (0, 1, 7, 5000):
         id_set = IdSet([f"x{index}" for index in range(count)])
-        probes = np.concatenate([rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2), id_set.hashes[::3],
-                                 np.array([0, 2**64 - 1], np.uint64)])
+        probes = np.concatenate(
+            [rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2), id_set.hashes[::3], np.array([0, 2**64 - 1], np.uint64)]
+        )
         assert id_set._lower_bound(probes).tolist() == np.searchsorted(id_set.hashes, probes, side="left").tolist()
+
 
 def test_prepare_drops_ids_in_the_finished_set():
     from vf3d.synthesis.stages import prepare_inputs
@@ -166,12 +173,15 @@ def test_plan_resume_counts_finished_inputs_and_archives_retried_errors(tmp_path
 def test_exactly_once_counts_see_duplicates_and_ids_in_two_tables():
     from vf3d.synthesis.synthesize import exactly_once_counts
 
-    entries = pa.Table.from_pylist([
-        {"table": "orbits", "file": "s-1.parquet", "ids": ["a", "b"]},
-        {"table": "rejected", "file": "s-2.parquet", "ids": ["b", "c"]},
-        {"table": "errors", "file": "s-3.parquet", "ids": ["c", "x"]},
-        {"table": "errors", "file": "s-4.parquet", "ids": ["x"]},
-    ], schema=manifest.MANIFEST_SCHEMA)
+    entries = pa.Table.from_pylist(
+        [
+            {"table": "orbits", "file": "s-1.parquet", "ids": ["a", "b"]},
+            {"table": "rejected", "file": "s-2.parquet", "ids": ["b", "c"]},
+            {"table": "errors", "file": "s-3.parquet", "ids": ["c", "x"]},
+            {"table": "errors", "file": "s-4.parquet", "ids": ["x"]},
+        ],
+        schema=manifest.MANIFEST_SCHEMA,
+    )
     checks = exactly_once_counts(shards.ShardIndex(entries=entries, manifests=[]), pa.array(["a", "b", "c", "d"]))
     assert checks == {"kept_total": 2, "rejected_total": 2, "errors_total": 1, "missing": 1, "ids_in_two_tables": 2, "duplicate_rows": 1}
 
@@ -225,8 +235,16 @@ def test_a_live_holder_makes_a_second_run_refuse_naming_it(tmp_path):
 
 
 def test_a_lease_held_by_another_live_process_refuses(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vf3d.synthesis.lease import OutputLease\nfrom vf3d.config import LeaseConfig\n"
-                               f"lease = OutputLease({str(tmp_path)!r}, LeaseConfig(0.05, 60.0)).acquire()\nprint('held', flush=True)\ntime.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom vf3d.synthesis.lease import OutputLease\nfrom vf3d.config import LeaseConfig\n"
+            f"lease = OutputLease({str(tmp_path)!r}, LeaseConfig(0.05, 60.0)).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LeaseHeldError, match=f"pid {holder.pid}, started"):

@@ -40,16 +40,22 @@ def _status(call) -> tuple[int, str]:
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
 def test_sniff_recognises_every_supported_format_from_its_bytes(fmt):
     array = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
-    assert sniff_format(_encoded(array, fmt)) == {"PNG": "png", "JPEG": "jpeg", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}[fmt]
+    assert (
+        sniff_format(_encoded(array, fmt))
+        == {"PNG": "png", "JPEG": "jpeg", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}[fmt]
+    )
 
 
-@pytest.mark.parametrize("body, looks_like", [
-    (b"just some words", "text"),
-    (b"  <!DOCTYPE html><html></html>", "HTML"),
-    (b'{"image": "cat.png"}', "JSON"),
-    (b"%PDF-1.7\n\xe2\xe3\xcf\xd3 binary", "binary data starting with 255044462d312e37"),
-    (b"RIFF\x00\x00\x00\x00WAVEfmt ", "text"),  # RIFF but not WebP
-])
+@pytest.mark.parametrize(
+    "body, looks_like",
+    [
+        (b"just some words", "text"),
+        (b"  <!DOCTYPE html><html></html>", "HTML"),
+        (b'{"image": "cat.png"}', "JSON"),
+        (b"%PDF-1.7\n\xe2\xe3\xcf\xd3 binary", "binary data starting with 255044462d312e37"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "text"),  # RIFF but not WebP
+    ],
+)
 def test_sniff_refuses_non_images_with_415_saying_what_they_look_like(body, looks_like):
     status, message = _status(lambda: sniff_format(body))
     assert status == 415 and f"looks like {looks_like}" in message
@@ -62,15 +68,19 @@ def test_api_key_checks():
     check_api_key("bearer s3cret", "s3cret")  # the scheme is case-insensitive (RFC 7235)
     assert _status(lambda: check_api_key(None, "s3cret")) == (401, "missing API key: send the header 'Authorization: Bearer <key>'")
     for header in ("Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret", "Bearer "):
-        assert _status(lambda: check_api_key(header, "s3cret")) == (401, "invalid API key")
+        assert _status(lambda header=header: check_api_key(header, "s3cret")) == (401, "invalid API key")
 
 
 def test_mesh_request_parameters():
     assert MeshRequest.from_query("GLB", None, None, 128) == MeshRequest("glb", None, None)
     assert MeshRequest.from_query("ply", 64, 7, 128) == MeshRequest("ply", 64, 7)
-    for args, words in [(("stl", None, None), "format must be one of glb, obj, ply"), (("glb", 8, None), "between 16 and 128"),
-                        (("glb", 129, None), "between 16 and 128"), (("glb", None, -1), "seed")]:
-        status, message = _status(lambda: MeshRequest.from_query(*args, 128))
+    for args, words in [
+        (("stl", None, None), "format must be one of glb, obj, ply"),
+        (("glb", 8, None), "between 16 and 128"),
+        (("glb", 129, None), "between 16 and 128"),
+        (("glb", None, -1), "seed"),
+    ]:
+        status, message = _status(lambda args=args: MeshRequest.from_query(*args, 128))
         assert status == 422 and words in message
 
 
@@ -78,7 +88,12 @@ def _png_bomb(width: int, height: int) -> bytes:
     def chunk(kind, payload):
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decode_image_prepares_photos_and_refuses_bad_ones():
@@ -97,7 +112,7 @@ def test_decode_image_prepares_photos_and_refuses_bad_ones():
         (b"hello", 415, "looks like text"),
     ]
     for data, status, words in cases:
-        got, message = _status(lambda: decode_image(data, 32, inference, max_pixels=10_000_000, min_side=16))
+        got, message = _status(lambda data=data: decode_image(data, 32, inference, max_pixels=10_000_000, min_side=16))
         assert got == status and words in message, message
 
 
@@ -202,13 +217,16 @@ def test_model_deployment_encodes_batches_and_its_health_check_fails_on_a_broken
         asyncio.run(broken.info())
 
 
+@pytest.mark.heavy  # two `vf3d serve` subprocesses
 def test_vf3d_serve_refuses_a_wrong_model_directory_before_starting_ray(tmp_path):
     missing = subprocess.run([VF3D, "serve", "--model", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip() == f"vf3d serve: error: model directory not found: {tmp_path / 'nope'}"
     bad_config = tmp_path / "serve.yaml"
     bad_config.write_text("max_batch_size: 64\n")
-    refused = subprocess.run([VF3D, "serve", "--model", str(tmp_path), "--config", str(bad_config)], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [VF3D, "serve", "--model", str(tmp_path), "--config", str(bad_config)], capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2 and "max_ongoing_requests must be >= max_batch_size" in refused.stderr
 
 
@@ -218,7 +236,9 @@ def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
     from vf3d.serving.app import Ingress
 
     # The method on a stand-in holding only the config (an instance would need Serve handles).
-    holder = types.SimpleNamespace(config=config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}), shed=0)
+    holder = types.SimpleNamespace(
+        config=config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}), shed=0
+    )
     holder._retry_after = lambda: Ingress.func_or_class._retry_after(holder)
 
     class ingress:  # noqa: N801 - reads like the instance in the assertions below
@@ -237,7 +257,10 @@ def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
 
     import time
 
-    assert _status(lambda: asyncio.run(ingress._with_timeout(slow(), time.monotonic()))) == (504, "request took longer than request_timeout_s=0.2")
+    assert _status(lambda: asyncio.run(ingress._with_timeout(slow(), time.monotonic()))) == (
+        504,
+        "request took longer than request_timeout_s=0.2",
+    )
     status, message = _status(lambda: asyncio.run(ingress._with_timeout(dead(), time.monotonic())))
     assert status == 503 and "retry shortly" in message
 
@@ -265,7 +288,9 @@ def test_header_limits_answer_431_naming_the_limit():
 def test_decode_image_judges_the_original_size_and_decodes_large_photos_small():
     inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
     # 6000 x 12: shrunk to the working size while decoding, but judged by its real 12-pixel side.
-    status, message = _status(lambda: decode_image(_encoded(np.full((12, 6000, 3), 200, np.uint8), "PNG"), 32, inference, max_pixels=10_000_000, min_side=16))
+    status, message = _status(
+        lambda: decode_image(_encoded(np.full((12, 6000, 3), 200, np.uint8), "PNG"), 32, inference, max_pixels=10_000_000, min_side=16)
+    )
     assert (status, message) == (422, "image is 6000x12 pixels; at least 16x16 is needed")
     # A large photo decodes to the working size, not its full size, and still gives the model input.
     import skimage.data
@@ -295,6 +320,7 @@ def test_new_serve_limits_validate():
             config_lib.merge(debug, overrides).validate()
 
 
+@pytest.mark.heavy  # a `vf3d serve` subprocess
 def test_vf3d_serve_on_a_busy_port_says_so_in_one_line_before_starting_ray(debug_model_dir):
     import socket
 
@@ -303,9 +329,14 @@ def test_vf3d_serve_on_a_busy_port_says_so_in_one_line_before_starting_ray(debug
         busy.listen()
         port = busy.getsockname()[1]
         env = {key: value for key, value in __import__("os").environ.items() if key != "RAY_ADDRESS"}
-        result = subprocess.run([VF3D, "serve", "--model", str(debug_model_dir), "--port", str(port)], capture_output=True, text=True, timeout=120, env=env)
+        result = subprocess.run(
+            [VF3D, "serve", "--model", str(debug_model_dir), "--port", str(port)], capture_output=True, text=True, timeout=120, env=env
+        )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == f"vf3d serve: error: cannot listen on 127.0.0.1:{port}: already in use (another endpoint or program listens there; pick another --port)"
+    assert (
+        result.stderr.strip()
+        == f"vf3d serve: error: cannot listen on 127.0.0.1:{port}: already in use (another endpoint or program listens there; pick another --port)"
+    )
     assert "started a local Ray cluster" not in result.stdout
 
 

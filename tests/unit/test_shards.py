@@ -115,7 +115,16 @@ def test_rgb_and_mask_records_are_stored_as_given(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     mask = rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)
-    record = OrbitRecord(id="synthetic-0", source="synthetic", prompt="a red chair", rgb=rgb, mask=mask, cameras=orbit_cameras(2), elevation=10.0, quality=0.5)
+    record = OrbitRecord(
+        id="synthetic-0",
+        source="synthetic",
+        prompt="a red chair",
+        rgb=rgb,
+        mask=mask,
+        cameras=orbit_cameras(2),
+        elevation=10.0,
+        quality=0.5,
+    )
     OrbitShardWriter(tmp_path).write([record])
     (row,) = shards.iter_records(tmp_path)
     assert np.array_equal(to_uint8(row["frames"]).transpose(0, 2, 3, 1), rgb)
@@ -252,7 +261,13 @@ def test_error_rows_round_trip_in_their_own_table(tmp_path, records):
     assert table.schema.names == shards.ERROR_SCHEMA.names
     assert table.to_pylist() == [
         {"id": "orbit-8", "asset": None, "stage": "filter", "reason": "quality 0.1 < 0.3", "format_version": shards.FORMAT_VERSION},
-        {"id": "orbit-9", "asset": "assets/orbit-9.glb", "stage": "render", "reason": "mesh has no faces", "format_version": shards.FORMAT_VERSION},
+        {
+            "id": "orbit-9",
+            "asset": "assets/orbit-9.glb",
+            "stage": "render",
+            "reason": "mesh has no faces",
+            "format_version": shards.FORMAT_VERSION,
+        },
     ]
     with pytest.raises(ShardFormatError, match="reason"):
         writer.write_errors([{"id": "orbit-7", "stage": "render"}])
@@ -400,7 +415,12 @@ def decoded_orbit():
     rng = np.random.default_rng(5)
     rgba = random_rgba(rng, views=6, size=24)
     rgba[:, 0, 0, 3], rgba[:, 12, 12, 3] = 0, 255
-    cameras = np.concatenate([orbit_cameras(4), vf3d_cameras.render_camera_vector(vf3d_cameras.random_sphere_poses(2, generator=torch.Generator().manual_seed(0))).numpy()])
+    cameras = np.concatenate(
+        [
+            orbit_cameras(4),
+            vf3d_cameras.render_camera_vector(vf3d_cameras.random_sphere_poses(2, generator=torch.Generator().manual_seed(0))).numpy(),
+        ]
+    )
     record = make_record("orbit-views", rng, rgba=rgba, cameras=cameras, num_orbit_views=4)
     return shards.decode_row(shards.encode_record(record))
 
@@ -460,9 +480,15 @@ def test_view_sampler_is_reproducible(decoded_orbit):
     for name in first:
         assert torch.equal(first[name], again[name]), name
     explicit = ViewSampler()(decoded_orbit, generator=torch.Generator().manual_seed(11))
-    assert torch.equal(explicit["target_views"], ViewSampler(seed=99)(decoded_orbit, generator=torch.Generator().manual_seed(11))["target_views"])
+    assert torch.equal(
+        explicit["target_views"], ViewSampler(seed=99)(decoded_orbit, generator=torch.Generator().manual_seed(11))["target_views"]
+    )
     others = [ViewSampler(seed=seed)(decoded_orbit) for seed in range(4, 12)]
-    assert any(not torch.equal(first["target_views"], other["target_views"]) or not torch.equal(first["target_backgrounds"], other["target_backgrounds"]) for other in others)
+    assert any(
+        not torch.equal(first["target_views"], other["target_views"])
+        or not torch.equal(first["target_backgrounds"], other["target_backgrounds"])
+        for other in others
+    )
 
 
 def test_view_sampler_reuses_the_source_only_when_views_run_out(decoded_orbit):

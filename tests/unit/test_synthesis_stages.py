@@ -29,7 +29,7 @@ def _prepare(rows, debug_config, done=(), schema=None):
 def test_prepare_validates_prompts_and_elevations(debug_config):
     schema = pa.schema([("id", pa.string()), ("prompt", pa.binary()), ("elevation", pa.float64())])
     rows = [
-        {"id": "ok", "prompt": "  a   chair\n".encode(), "elevation": None},
+        {"id": "ok", "prompt": b"  a   chair\n", "elevation": None},
         {"id": "given", "prompt": b"a mug", "elevation": 12.5},
         {"id": "empty", "prompt": b" ", "elevation": None},
         {"id": "utf8", "prompt": b"\xc3\x28", "elevation": None},
@@ -161,7 +161,12 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
 
     frames = np.stack([np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)])
     batch = _orbit_batch(frames)
-    with_probe = config_lib.to_dict(config_lib.merge(config_lib.from_dict(config_lib.SynthesizeConfig, debug_config), {"filter": {"probe_path": str(tmp_path / "probe"), "min_score": 1.0}}))
+    with_probe = config_lib.to_dict(
+        config_lib.merge(
+            config_lib.from_dict(config_lib.SynthesizeConfig, debug_config),
+            {"filter": {"probe_path": str(tmp_path / "probe"), "min_score": 1.0}},
+        )
+    )
     with pytest.raises(OSError):  # the recorded path is gone
         FilterOrbits(with_probe, str(tmp_path), "video-model")
     with_probe["filter"]["encoder_path"] = str(tmp_path / "dino-there")
@@ -176,17 +181,20 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
     assert json.loads(row["metadata"])["filter"]["min_score"] == 1.0
 
 
-@pytest.mark.parametrize(("error", "infrastructure"), [
-    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
-    (RuntimeError("NCCL communicator was aborted on rank 0"), True),
-    (RuntimeError("uncorrectable ECC error encountered"), True),
-    (OSError(5, "Input/output error"), True),
-    (InfrastructureError("write: OSError"), True),
-    (RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu"), False),
-    (ValueError("first frame must be RGB"), False),
-    (RuntimeError("shape mismatch"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "infrastructure"),
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"), True),
+        (RuntimeError("NCCL communicator was aborted on rank 0"), True),
+        (RuntimeError("uncorrectable ECC error encountered"), True),
+        (OSError(5, "Input/output error"), True),
+        (InfrastructureError("write: OSError"), True),
+        (RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu"), False),
+        (ValueError("first frame must be RGB"), False),
+        (RuntimeError("shape mismatch"), False),
+    ],
+)
 def test_errors_are_sorted_into_input_and_infrastructure(error, infrastructure):
     assert is_infrastructure_error(error) is infrastructure
 

@@ -21,14 +21,26 @@ CORRUPT = b"\x89PNG\r\n\x1a\n but not an image"
 def _records(count: int, resolution: int = 16) -> list[OrbitRecord]:
     rng = np.random.default_rng(0)
     return [
-        OrbitRecord(id=f"orbit-{index:03d}", source="render", prompt="", rgba=rng.integers(0, 256, (VIEWS, resolution, resolution, 4), dtype=np.uint8), cameras=rng.normal(size=(VIEWS, 25)).astype(np.float32), num_orbit_views=6, elevation=10.0)
+        OrbitRecord(
+            id=f"orbit-{index:03d}",
+            source="render",
+            prompt="",
+            rgba=rng.integers(0, 256, (VIEWS, resolution, resolution, 4), dtype=np.uint8),
+            cameras=rng.normal(size=(VIEWS, 25)).astype(np.float32),
+            num_orbit_views=6,
+            elevation=10.0,
+        )
         for index in range(count)
     ]
 
 
 def _corrupt_views(row: dict, keep: set[int]) -> dict:
     """The row with every view outside `keep` replaced by undecodable bytes (frames and masks)."""
-    return {**row, "frames": [data if view in keep else CORRUPT for view, data in enumerate(row["frames"])], "masks": [data if view in keep else CORRUPT for view, data in enumerate(row["masks"])]}
+    return {
+        **row,
+        "frames": [data if view in keep else CORRUPT for view, data in enumerate(row["frames"])],
+        "masks": [data if view in keep else CORRUPT for view, data in enumerate(row["masks"])],
+    }
 
 
 def test_decode_row_decodes_only_the_chosen_views_and_can_stay_uint8():
@@ -53,7 +65,11 @@ def test_view_sampler_choose_draws_what_call_samples():
     sampler = shards.ViewSampler(3, seed=4)
     source, targets, backgrounds = sampler.choose(row["id"], VIEWS, 6, epoch=2)
     sample = sampler(row, epoch=2)
-    assert source == int(sample["source_view"]) and torch.equal(targets, sample["target_views"]) and torch.equal(backgrounds, sample["target_backgrounds"])
+    assert (
+        source == int(sample["source_view"])
+        and torch.equal(targets, sample["target_views"])
+        and torch.equal(backgrounds, sample["target_backgrounds"])
+    )
 
 
 def _sampled(table: pa.Table, epoch: int, repeats: int = 1) -> dict[str, np.ndarray]:
@@ -119,7 +135,10 @@ def test_count_rows_reads_parquet_footers_not_images(tmp_path):
 def test_the_validator_reads_only_its_held_out_ids(tmp_path):
     records = _records(40)
     held_out = ["orbit-031", "orbit-007"]
-    rows = [shards.encode_record(record) if record.id in held_out else _corrupt_views(shards.encode_record(record), keep=set()) for record in records]
+    rows = [
+        shards.encode_record(record) if record.id in held_out else _corrupt_views(shards.encode_record(record), keep=set())
+        for record in records
+    ]
     OrbitShardWriter(tmp_path).write(pa.Table.from_pylist(rows, schema=shards.ORBIT_SCHEMA))
     read = training_input.read_orbits_by_id(tmp_path, held_out + ["missing"])
     assert [record["id"] for record in read] == held_out

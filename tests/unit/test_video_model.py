@@ -126,7 +126,11 @@ def test_full_presets_need_a_pretrained_directory(tmp_path):
 
 def test_temporal_mode_trains_only_self_attention_patch_embedding_and_elevation(video_config):
     model = OrbitVideoModel.from_config(video_config)  # the debug preset trains "temporal"
-    expected = {name for name, _ in model.named_parameters() if name.startswith(("transformer.patch_embedding.", "elevation_embedder.")) or ".attn1." in name}
+    expected = {
+        name
+        for name, _ in model.named_parameters()
+        if name.startswith(("transformer.patch_embedding.", "elevation_embedder.")) or ".attn1." in name
+    }
     assert trained_names(model) == expected
     assert any(".attn1.to_q." in name for name in expected) and any(".attn1.to_out.0." in name for name in expected)
 
@@ -163,15 +167,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(video_config):
         model = OrbitVideoModel.from_config(video_config)
         assert model.transformer.gradient_checkpointing == checkpointing
         model.train()
-        model.training_loss(sphere_orbit()[None], ["a ball"], torch.tensor([ELEVATION]), generator=torch.Generator().manual_seed(3)).backward()
+        model.training_loss(
+            sphere_orbit()[None], ["a ball"], torch.tensor([ELEVATION]), generator=torch.Generator().manual_seed(3)
+        ).backward()
         gradients.append(model.transformer.blocks[0].attn1.to_q.weight.grad)
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
 def test_training_overfits_one_orbit(video_config):
-    """A few dozen Adam steps on one rendered orbit: the loss (measured on fixed noise) falls below half.
+    """25 Adam steps on one rendered orbit: the loss (measured on fixed noise) falls below half.
 
-    Observed on the debug model: about 1.59 → 0.90 (10 steps) → 0.70 (20) → 0.51 (30) → 0.35 (40).
+    Observed on the debug model: about 1.59 → 0.81 (15 steps) → 0.70 (20) → 0.60 (25) → 0.35 (40).
     """
     video_config.prompt_dropout = 0.0
     model = OrbitVideoModel.from_config(video_config)
@@ -181,18 +187,24 @@ def test_training_overfits_one_orbit(video_config):
     def held_out_loss():
         generator = torch.Generator().manual_seed(123)
         with torch.no_grad():
-            return float(np.mean([model.training_loss(frames.expand(4, -1, -1, -1, -1), prompts * 4, elevations.expand(4), generator=generator).item() for _ in range(4)]))
+            return float(
+                np.mean(
+                    [
+                        model.training_loss(frames.expand(4, -1, -1, -1, -1), prompts * 4, elevations.expand(4), generator=generator).item()
+                        for _ in range(4)
+                    ]
+                )
+            )
 
     generator = torch.Generator().manual_seed(0)
     curve = [held_out_loss()]
-    for step in range(40):
+    for _ in range(25):
         loss = model.training_loss(frames.expand(2, -1, -1, -1, -1), prompts * 2, elevations.expand(2), generator=generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % 10 == 9:
-            curve.append(held_out_loss())
-    print("held-out loss every 10 steps:", [round(value, 3) for value in curve])
+    curve.append(held_out_loss())
+    print("held-out loss before and after:", [round(value, 3) for value in curve])
     assert curve[-1] < 0.5 * curve[0], curve
 
 
@@ -205,7 +217,9 @@ def test_elevation_embedder_starts_at_zero_and_learns(video_config):
     def outputs():
         with torch.no_grad():
             with_elevation = predict_velocity(model.transformer, model.elevation_embedder, noisy, condition, timesteps, text, elevations)
-            without = model.transformer(hidden_states=torch.cat([noisy, condition], dim=1), timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0]
+            without = model.transformer(
+                hidden_states=torch.cat([noisy, condition], dim=1), timestep=timesteps, encoder_hidden_states=text, return_dict=False
+            )[0]
         return with_elevation, without
 
     with_elevation, without = outputs()
@@ -300,10 +314,33 @@ def test_widening_a_pretrained_text_to_video_model_keeps_its_output(video_config
     architecture = video_config.architecture
     torch.manual_seed(0)
     tokenizer = clip_tokenizer(video_config.max_text_tokens)
-    transformer = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=architecture.text_hidden_size, ffn_dim=48, num_layers=2)
-    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_spatial=4)
+    transformer = WanTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=4,
+        text_dim=architecture.text_hidden_size,
+        ffn_dim=48,
+        num_layers=2,
+    )
+    vae = AutoencoderKLWan(
+        base_dim=4,
+        z_dim=4,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+        scale_factor_spatial=4,
+    )
     text_encoder = random_clip_text_encoder(architecture, video_config.max_text_tokens, tokenizer)
-    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer).save_pretrained(tmp_path / "wan-t2v")
+    WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    ).save_pretrained(tmp_path / "wan-t2v")
 
     video_config.random_init, video_config.pretrained_path = False, str(tmp_path / "wan-t2v")
     widened = build_video_pipeline(video_config)
@@ -311,12 +348,18 @@ def test_widening_a_pretrained_text_to_video_model_keeps_its_output(video_config
     original = WanTransformer3DModel.from_pretrained(tmp_path / "wan-t2v", subfolder="transformer")
 
     generator = torch.Generator().manual_seed(0)
-    noisy, text, timesteps = torch.randn(2, 4, 5, 8, 8, generator=generator), torch.randn(2, 32, 32, generator=generator), torch.tensor([900.0, 100.0])
+    noisy, text, timesteps = (
+        torch.randn(2, 4, 5, 8, 8, generator=generator),
+        torch.randn(2, 32, 32, generator=generator),
+        torch.tensor([900.0, 100.0]),
+    )
     with torch.no_grad():
         reference = original(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=text, return_dict=False)[0]
         for extra in (torch.zeros(2, 8, 5, 8, 8), torch.randn(2, 8, 5, 8, 8, generator=generator)):
             # The new channels have zero weights and the elevation embedder starts at zero.
-            output = predict_velocity(widened.transformer, widened.elevation_embedder, noisy, extra, timesteps, text, torch.tensor([0.0, 45.0]))
+            output = predict_velocity(
+                widened.transformer, widened.elevation_embedder, noisy, extra, timesteps, text, torch.tensor([0.0, 45.0])
+            )
             torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-6)
 
     widened.save_pretrained(tmp_path / "orbit")
