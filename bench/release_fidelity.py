@@ -6,13 +6,13 @@ given a decoder density output scaled to swing from empty to opaque as a trained
 jitter) three ways, side by side:
 
 - A: vf3d's renderer (raw densities averaged over each interval, then activated: the release's order,
-  docs/reference.md#rendering-order);
+  docs/vfusion3d.md#rendering-order);
 - B: the order vf3d used before (each sample activated, then averaged);
 - reference: an independent re-implementation of the released ray marcher's arithmetic (the one
   tests/unit/test_release_fidelity.py checks vf3d against).
 
 It also reports how far the encoder's two position-embedding interpolations ("scale_factor", what
-the release was trained with, vs transformers >= 4.46's "size"; docs/reference.md#position-embeddings)
+the release was trained with, vs transformers >= 4.46's "size"; docs/vfusion3d.md#position-embeddings)
 move the triplanes.
 
   python bench/release_fidelity.py                  # release-size model (452M parameters; ~2 min on 2 CPUs)

@@ -8,7 +8,7 @@
 
 Section "resume": for each size, an output directory is built directly with pyarrow in a
 temporary folder: N finished ids in shards of 32 rows (realistic file counts: the paper's 2.7M
-kept orbits, docs/reference.md#data-engine, are ~85k files; cheap rows, a 1-pixel frame each) written by `OrbitShardWriter`, so
+kept orbits, docs/vfusion3d.md#data-engine, are ~85k files; cheap rows, a 1-pixel frame each) written by `OrbitShardWriter`, so
 each shard is also in a per-writer id log (vf3d.data.manifest), plus an input table of N + 1% new
 ids. Then, in a fresh subprocess per size (so its peak RSS is the planner's own):
 

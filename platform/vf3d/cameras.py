@@ -1,5 +1,5 @@
 """Camera conventions shared by every vf3d component (those of the released VFusion3D/OpenLRM code;
-docs/reference.md#cameras).
+docs/vfusion3d.md#cameras).
 
 - World: +Z up; objects live inside [-1, 1]³.
 - Poses are camera-to-world 4×4 matrices in the OpenGL/Blender convention: the camera looks down
@@ -29,7 +29,7 @@ RENDER_RADIUS = 1.5
 """Distance of render and turntable cameras from the origin."""
 CANONICAL_SOURCE_DISTANCE = 1.0
 """Translation of the canonical source camera fed to the released VFusion3D weights
-(docs/reference.md#source-camera-vector)."""
+(docs/vfusion3d.md#source-camera-vector)."""
 WORLD_UP = (0.0, 0.0, 1.0)
 OPENCV_TO_OPENGL = (1.0, -1.0, -1.0)
 

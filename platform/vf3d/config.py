@@ -176,7 +176,7 @@ class EncoderConfig(ConfigBase):
     """Side of the square image patches, in pixels."""
     image_size: int = bounded(512, ge=1)
     """Side of the square input image the reconstructor is fed (the release uses 512;
-    docs/reference.md#encoder)."""
+    docs/vfusion3d.md#encoder)."""
     position_image_size: int = bounded(518, ge=1)
     """Image size the position embeddings were trained at (518 = 37 patches for DINOv2); inputs of
     other sizes interpolate them, exactly as transformers does for the released checkpoint."""
@@ -185,9 +185,9 @@ class EncoderConfig(ConfigBase):
     resample the grid to the new patch count) or "scale_factor" (transformers <= 4.45 and the
     original DINOv2: resample by (patches + 0.1) / grid side, which samples the grid at slightly
     different places). The released VFusion3D weights were trained with "scale_factor"
-    (docs/reference.md#position-embeddings)."""
+    (docs/vfusion3d.md#position-embeddings)."""
     num_register_tokens: int = bounded(0, ge=0)
-    """DINOv2 register tokens (0 for VFusion3D, 4 for OpenLRM v1.1; docs/reference.md#openlrm)."""
+    """DINOv2 register tokens (0 for VFusion3D, 4 for OpenLRM v1.1; docs/vfusion3d.md#openlrm)."""
     normalize_input: bool = True
     """Apply ImageNet mean/std to [0,1] inputs (VFusion3D); OpenLRM feeds raw [0,1] pixels."""
     pretrained_path: str | None = None
@@ -285,14 +285,14 @@ class ReconstructorConfig(ConfigBase):
     source_camera_distance: float = 1.0
     """Translation of the canonical source camera in the 16-D conditioning vector (the release
     uses 1.0 although render cameras sit at 1.5; OpenLRM uses 2.0). Keep it as trained
-    (docs/reference.md#source-camera-vector)."""
+    (docs/vfusion3d.md#source-camera-vector)."""
     source_camera_azimuth_deg: float = bounded(0.0, ge=-180.0, le=180.0)
     """Azimuth of the canonical source camera in degrees, growing towards +Y (0 = on +X as in
     VFusion3D; −90 = on −Y as in OpenLRM). Sets the source-canonical frame and where turntables
-    start. Keep it as trained (docs/reference.md#source-camera-vector)."""
+    start. Keep it as trained (docs/vfusion3d.md#source-camera-vector)."""
     mesh_iso: float = 1.0
     """Density level of the extracted surface (1.0 for VFusion3D, 3.0 for OpenLRM;
-    docs/reference.md#meshes-and-turntables)."""
+    docs/vfusion3d.md#meshes-and-turntables)."""
 
 
 def _reconstructor_debug() -> ReconstructorConfig:
@@ -327,7 +327,7 @@ def _reconstructor_base() -> ReconstructorConfig:
 
 def _reconstructor_vfusion3d() -> ReconstructorConfig:
     # Exactly the released model: the dataclass defaults are its numbers, and its encoder was
-    # trained with the older position-embedding interpolation (docs/reference.md#reconstructor-architecture).
+    # trained with the older position-embedding interpolation (docs/vfusion3d.md#reconstructor-architecture).
     return ReconstructorConfig(encoder=EncoderConfig(position_interpolation="scale_factor"))
 
 
@@ -360,7 +360,7 @@ class InferenceConfig(ConfigBase):
     preprocessing: Literal["vf3d", "release"] = "vf3d"
     """How the photo is framed: "vf3d" (mask box at `foreground_ratio`, antialiased resize) or
     "release" (the released VFusion3D code's framing and rembg model, for comparing with it;
-    see vf3d.preprocess.release_framing and docs/reference.md#preprocessing)."""
+    see vf3d.preprocess.release_framing and docs/vfusion3d.md#preprocessing)."""
     mesh_resolution: int = bounded(256, ge=8, le=1024)
     """Density grid samples per axis for marching cubes."""
     mesh_method: Literal["coarse_to_fine", "dense"] = "coarse_to_fine"
@@ -416,7 +416,7 @@ class OrbitRenderConfig(ConfigBase):
     the cameras are outside the cube."""
     focal: float = bounded(0.75, gt=0)
     """Normalised focal length fx/W = fy/H (0.75 ↔ 67.4° field of view, the release's;
-    docs/reference.md#intrinsics)."""
+    docs/vfusion3d.md#intrinsics)."""
     margin: float = bounded(0.2, ge=0, lt=1)
     """The asset is centred on its bounding box and scaled so its farthest vertex lies at radius
     1 − margin: inside the reconstructor's [−1, 1]³ cube and inside every view's frame."""
@@ -870,7 +870,7 @@ FINETUNE_VIDEO_PRESETS = {
 @dataclass
 class FilterEncoderConfig(ConfigBase):
     """The frozen image encoder whose features the quality probe reads (DINOv2, as in the paper;
-    docs/reference.md#data-engine)."""
+    docs/vfusion3d.md#data-engine)."""
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(image_size=224))
     """Its architecture; `encoder.pretrained_path` names a local DINOv2 directory (transformers
@@ -1114,7 +1114,7 @@ SYNTHESIZE_PRESETS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# train-recon: the reconstructor trained on orbit shards (VFusion3D's recipe, docs/reference.md#training-recipe)
+# train-recon: the reconstructor trained on orbit shards (VFusion3D's recipe, docs/vfusion3d.md#training-recipe)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1125,7 +1125,7 @@ LpipsNet = Literal["vgg", "alex", "squeeze"]
 @dataclass
 class ReconLossConfig(ConfigBase):
     """Loss terms and weights of reconstructor training (OpenLRM's defaults where the paper is
-    silent; docs/reference.md#training-recipe)."""
+    silent; docs/vfusion3d.md#training-recipe)."""
 
     lpips_weight: float = bounded(1.0, ge=0)
     """LPIPS between rendered and true target crops (the only image loss on synthetic data)."""
@@ -1149,7 +1149,7 @@ class ReconLossConfig(ConfigBase):
 @dataclass
 class CameraNoiseConfig(ConfigBase):
     """Random perturbation of the (estimated) cameras during training, in degrees and scene units
-    (docs/reference.md#camera-noise)."""
+    (docs/vfusion3d.md#camera-noise)."""
 
     source_rotation_deg: float = bounded(1.0, ge=0)
     """Std of the rotation (random axis) applied to the source camera's pose."""
@@ -1230,7 +1230,7 @@ class TrainReconConfig(ConfigBase):
     )
     num_target_views: int = bounded(3, ge=1)
     """Target views per sample besides the source view (OpenLRM: 1 source + 3;
-    docs/reference.md#training-recipe)."""
+    docs/vfusion3d.md#training-recipe)."""
     gradient_checkpointing: bool = True
     """Recompute transformer blocks in the backward pass instead of storing their activations."""
     validation: ReconValidationConfig = field(default_factory=ReconValidationConfig)

@@ -25,7 +25,7 @@ from vf3d.preprocess import prepare_image
 TURNTABLE_VIEWS_PER_CALL = 8
 """Views rendered per renderer call: bounds memory on long turntables (users of the release hit
 out-of-memory on 24 GB cards rendering all 160 views at once;
-docs/reference.md#meshes-and-turntables)."""
+docs/vfusion3d.md#meshes-and-turntables)."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,7 +2,7 @@
 
 The released model expects: background removed, the object cropped to its mask's bounding
 box and rescaled so the box's longer side is 80% of a square canvas, centred, composited on
-white, resized to the model input size (docs/reference.md#preprocessing). Everything that can
+white, resized to the model input size (docs/vfusion3d.md#preprocessing). Everything that can
 go wrong with user input raises one :class:`ImageInputError` with a one-line message, so the CLI
 and the HTTP endpoint can report it as-is.
 """
@@ -320,7 +320,7 @@ def _require_foreground(image: Image.Image, mask: np.ndarray, mask_method: str) 
 
 def release_framing(image: Image.Image, mask: np.ndarray, size: int, foreground_ratio: float = 0.8) -> torch.Tensor:
     """Frame a photo as the released VFusion3D code does → [3, size, size] float32 in [0, 1]
-    (docs/reference.md#preprocessing).
+    (docs/vfusion3d.md#preprocessing).
 
     The release cuts the object out (RGBA, alpha = mask), crops the box of every pixel whose
     uint8 mask is non-zero (the box's last row and column excluded, as its slicing does), scales

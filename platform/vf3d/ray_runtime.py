@@ -9,7 +9,7 @@ from collections.abc import Iterator
 MIN_LOCAL_CPUS = 4
 """Logical CPUs a private local cluster advertises at least. Ray Train workers fed by Ray Data
 deadlock when the workers' CPU reservations leave no whole CPU for the read and map tasks (seen on
-2 cores); over-advertising on one machine only lets the OS share the cores (docs/environment.md#ray)."""
+2 cores); over-advertising on one machine only lets the OS share the cores (docs/runtime.md#ray)."""
 
 
 @contextlib.contextmanager
@@ -46,7 +46,7 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
 ALLOW_LOGICAL_GPUS_ENV = "VF3D_ALLOW_LOGICAL_GPUS"
 """Set to 1 to let a process that Ray gave GPUs run without CUDA: for tests and simulations on
 clusters that declare logical GPUs (e.g. `ray.init(num_gpus=4)` on a CPU machine), never in
-production, where it would burn GPU-hours at CPU speed (docs/environment.md#gpus)."""
+production, where it would burn GPU-hours at CPU speed (docs/runtime.md#gpus)."""
 
 
 class GPUUnavailableError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Camera conventions of the released VFusion3D/OpenLRM code (docs/reference.md#cameras)."""
+"""Camera conventions of the released VFusion3D/OpenLRM code (docs/vfusion3d.md#cameras)."""
 
 import math
 

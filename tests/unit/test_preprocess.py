@@ -280,7 +280,7 @@ def test_a_40_megapixel_jpeg_is_decoded_at_reduced_scale(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Empty foreground, and the released code's framing (docs/reference.md#preprocessing)
+# Empty foreground, and the released code's framing (docs/vfusion3d.md#preprocessing)
 # ---------------------------------------------------------------------------------------------
 
 

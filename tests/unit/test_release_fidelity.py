@@ -4,7 +4,7 @@ The released VFusion3D renderer (an EG3D/OpenLRM importance renderer) differs fr
 NeRF compositing in two ways our renderer must reproduce for imported weights to render as
 released: the decoder's raw densities of an interval's two samples are averaged *before* the
 softplus(x − 1) activation, and samples outside the box [−1, 1]³ get a hugely negative raw
-density (so every interval touching one has none; docs/reference.md#rendering-order). The
+density (so every interval touching one has none; docs/vfusion3d.md#rendering-order). The
 functions below re-derive that from the release's description, sharing no code with vf3d's
 renderer.
 """
@@ -22,7 +22,7 @@ from vf3d.models.reconstructor.encoder import scale_factor_interpolation
 from vf3d.models.reconstructor.renderer import intersect_box
 
 # The release's plane axes (EG3D's generate_planes after its bug fix): each plane's 3×3 basis
-# (docs/reference.md#triplane-sampling).
+# (docs/vfusion3d.md#triplane-sampling).
 RELEASE_PLANE_AXES = torch.tensor(
     [[[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1], [0, 1, 0]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]],
     dtype=torch.float32,

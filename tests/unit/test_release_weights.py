@@ -325,7 +325,7 @@ def test_transformers_5_names_in_the_source_are_accepted():
 # ---------------------------------------------------------------------------------------------
 # The released names mean the released network: functional re-implementations of the released
 # forward passes, written against the released names only (so a mapping table that swaps two
-# same-shaped tensors, which a round trip cannot see, fails here; docs/reference.md#released-checkpoint).
+# same-shaped tensors, which a round trip cannot see, fails here; docs/vfusion3d.md#released-checkpoint).
 # ---------------------------------------------------------------------------------------------
 
 ENCODER_NAMES = {
@@ -501,7 +501,7 @@ def test_exported_names_run_the_released_network(format, changes):
 
 
 # ---------------------------------------------------------------------------------------------
-# The released VFusion3D layout, without allocating a single weight (docs/reference.md#released-checkpoint)
+# The released VFusion3D layout, without allocating a single weight (docs/vfusion3d.md#released-checkpoint)
 # ---------------------------------------------------------------------------------------------
 
 RELEASED_SHAPES = {

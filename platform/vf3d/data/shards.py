@@ -111,7 +111,7 @@ ERRORS_DIRNAME = "_errors"
 REJECTED_DIRNAME = "_rejected"
 """Sub-directory of the rejected-orbit table (hidden from orbit readers the same way)."""
 DEFAULT_BACKGROUND_COLORS = ((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))
-"""Target background colours of the released trainer: black, grey, white (docs/reference.md#training-recipe)."""
+"""Target background colours of the released trainer: black, grey, white (docs/vfusion3d.md#training-recipe)."""
 
 ORBIT_SCHEMA = pa.schema(
     [
@@ -904,7 +904,7 @@ def _decode_image(data: Any, mode: str, row_id: Any, column: str, view: int) -> 
 
 class ViewSampler:
     """Picks one reconstructor training sample from a decoded orbit (OpenLRM's released trainer's
-    recipe; docs/reference.md#training-recipe).
+    recipe; docs/vfusion3d.md#training-recipe).
 
     One source view, drawn from the orbit views (the first `num_orbit_views`) or from all views,
     and k distinct target views drawn from the other views. When the orbit has fewer than k + 1

@@ -5,7 +5,7 @@
 
 cos is the cosine of the (unscaled) embeddings, so both lie in [−1, 1] and an image compared with
 itself scores 1; these are the numbers the VFusion3D paper reports (e.g. 0.851 / 0.253;
-docs/reference.md#results-to-beat), not CLIPScore's 100·max(cos, 0).
+docs/vfusion3d.md#results-to-beat), not CLIPScore's 100·max(cos, 0).
 
 Weights never come from a hub: `EvalClipConfig.weights_path` is a local open_clip checkpoint file
 for `EvalClipConfig.model`, or a directory with `open_clip_config.json` and its weights (the hub

@@ -55,7 +55,7 @@ REFERENCE_RESULTS = (
     ("InstantMesh (same GSO evaluation)", {"psnr": 16.80, "ssim": 0.786, "lpips": 0.207, "chamfer": 0.123, "fscore": 0.737}),
 )
 """Published numbers (the VFusion3D paper and a third-party GSO evaluation), for orientation only: other data, renders and definitions
-(docs/reference.md#results-to-beat)."""
+(docs/vfusion3d.md#results-to-beat)."""
 
 
 def _finite(value: Any) -> bool:

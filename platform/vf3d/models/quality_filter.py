@@ -1,7 +1,7 @@
 """The quality filter's two networks: a frozen DINOv2 orbit-feature encoder and a linear probe.
 
 VFusion3D hand-labelled ~2K generated videos and fitted a linear SVM on DINO features to keep only
-clean orbits (docs/reference.md#data-engine). We do the same with a logistic-regression probe: `OrbitFeatureEncoder` turns an orbit
+clean orbits (docs/vfusion3d.md#data-engine). We do the same with a logistic-regression probe: `OrbitFeatureEncoder` turns an orbit
 (a few evenly spaced views) into one fixed-length vector of frozen encoder features, and
 `QualityProbe` (standardisation + one linear layer) turns that vector into P(good).
 

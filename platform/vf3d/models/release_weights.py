@@ -1,5 +1,5 @@
 """Model directories, and importers/exporters for the released VFusion3D and OpenLRM weights
-(docs/reference.md#released-checkpoint, docs/architecture.md#model-directories).
+(docs/vfusion3d.md#released-checkpoint, docs/internals.md#model-directories).
 
 Model directory (our format, written by `PretrainedModel.save_pretrained`):
 
@@ -238,7 +238,7 @@ HF_DINOV2_ATTENTION = {
 }
 """(q, k, v, out) module names inside `encoder.layer.N` of transformers' DINOv2, by version.
 The released VFusion3D file has the 4.x names; our encoder has whatever is installed
-(docs/reference.md#import-mapping)."""
+(docs/vfusion3d.md#import-mapping)."""
 
 
 @functools.cache
@@ -321,8 +321,8 @@ RELEASE_DEFAULTS: dict[str, dict[str, Any]] = {
         "mesh_iso": 3.0,
     },
 }
-"""Settings tensor shapes cannot reveal, as in each release; `overrides` win (docs/reference.md#import-mapping,
-docs/reference.md#openlrm)."""
+"""Settings tensor shapes cannot reveal, as in each release; `overrides` win (docs/vfusion3d.md#import-mapping,
+docs/vfusion3d.md#openlrm)."""
 
 
 # ---------------------------------------------------------------------------------------------

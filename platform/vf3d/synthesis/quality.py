@@ -9,7 +9,7 @@ composited on white), so
   ("full_frame_foreground") or flickers ("flicker");
 - `QualityFilter` scores the subtler ones (identity drift, smeared or noisy views) with a
   logistic-regression probe on frozen DINOv2 features, as VFusion3D did with a linear SVM on DINO
-  features of ~2K hand-labelled videos (docs/reference.md#data-engine). `train_filter` fits it from a labels file and orbit shards.
+  features of ~2K hand-labelled videos (docs/vfusion3d.md#data-engine). `train_filter` fits it from a labels file and orbit shards.
 
 Pure numpy/scipy/torch (the Ray Data stages that call this live in stages.py); no ray import.
 """

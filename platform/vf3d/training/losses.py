@@ -1,6 +1,6 @@
 """Losses of reconstructor training: LPIPS, pixel MSE, opacity vs mask, and TV on the triplanes.
 
-The recipe (docs/reference.md#training-recipe): on synthetic orbits only LPIPS (plus opacity and TV), because
+The recipe (docs/vfusion3d.md#training-recipe): on synthetic orbits only LPIPS (plus opacity and TV), because
 generated views are not pixel-consistent; on real 3D renders LPIPS + pixel MSE. Weights come from
 `ReconLossConfig`; whether the MSE term is on is a property of the training stage
 (`ReconStage.pixel_loss`), so it is an argument of `ReconstructionLoss.forward`.
@@ -20,7 +20,7 @@ from vf3d.models.lpips_network import build_lpips
 
 def total_variation(planes: torch.Tensor) -> torch.Tensor:
     """Total variation of triplanes as OpenLRM's trainer defines it (its weight 5e-4 was tuned for
-    this form; docs/reference.md#training-recipe): the mean squared difference of neighbouring texels along the plane's first axis
+    this form; docs/vfusion3d.md#training-recipe): the mean squared difference of neighbouring texels along the plane's first axis
     plus the same along its second axis.
 
     Args:

@@ -1,4 +1,4 @@
-"""`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (the paper; OpenLRM's released trainer where it is silent; docs/reference.md#training-recipe).
+"""`train-recon`: the reconstructor trained on orbit shards with VFusion3D's recipe (the paper; OpenLRM's released trainer where it is silent; docs/vfusion3d.md#training-recipe).
 
 Driver: orbit shards (synthetic `--data`, real renders `--data-3d`) → Ray Data
 (`vf3d.data.training_input`: held-out ids filtered out, views chosen per (seed, epoch, id) and only

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from vf3d.config import DecoderConfig
 
 # Plane axes: plane k is indexed by (first, second) world coordinates, first on the width axis
-# (the release's planes: docs/reference.md#triplane-sampling).
+# (the release's planes: docs/vfusion3d.md#triplane-sampling).
 PLANE_AXES = ((0, 1), (0, 2), (2, 1))
 DENSITY_SHIFT = 1.0
 """density = softplus(raw − 1), as in the released model (see `activate_density`;
-docs/reference.md#decoder)."""
+docs/vfusion3d.md#decoder)."""
 RGB_PADDING = 0.001
 """rgb = sigmoid(x)·(1 + 2·padding) − padding, so pure black and white stay reachable."""
 
@@ -43,7 +43,7 @@ def activate_density(raw_density: torch.Tensor) -> torch.Tensor:
     """Raw decoder density [..., 1] → density ≥ 0: softplus(raw − 1), as in the released model.
 
     Kept apart from the decoder because the renderer must apply it to the *average* of the raw
-    densities of an interval's two samples (the release's order, docs/reference.md#rendering-order), while density grids for
+    densities of an interval's two samples (the release's order, docs/vfusion3d.md#rendering-order), while density grids for
     meshing apply it per point.
     """
     return F.softplus(raw_density.float() - DENSITY_SHIFT)

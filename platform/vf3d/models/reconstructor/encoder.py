@@ -17,7 +17,7 @@ POSITION_GRID_OFFSET = 0.1
 """transformers <= 4.45 (after the original DINO code) added 0.1 to the target patch count to
 dodge floating-point error in the scale factor; the scale factor then also moves the places the
 bicubic resampling reads, so weights trained with it expect exactly those embeddings
-(docs/reference.md#position-embeddings)."""
+(docs/vfusion3d.md#position-embeddings)."""
 
 
 def scale_factor_interpolation(position_embeddings: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
@@ -72,7 +72,7 @@ class ImageEncoder(torch.nn.Module):
     """Images → patch tokens (CLS first) from DINOv2's last hidden state.
 
     The encoder is trained with the rest of the model (not frozen), as in VFusion3D
-    (docs/reference.md#encoder).
+    (docs/vfusion3d.md#encoder).
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -127,6 +127,6 @@ class ImageEncoder(torch.nn.Module):
             images = (images - mean) / std
         hidden = self.dinov2(pixel_values=images).last_hidden_state  # [N, 1 + registers + patches, D]
         # Register tokens are scratch space for the ViT; OpenLRM passes only CLS + patches on
-        # (docs/reference.md#openlrm).
+        # (docs/vfusion3d.md#openlrm).
         registers = self.config.num_register_tokens
         return torch.cat([hidden[:, :1], hidden[:, 1 + registers :]], dim=1) if registers else hidden

@@ -1,5 +1,5 @@
 """The image → triplane → NeRF reconstructor (VFusion3D / LRM architecture;
-docs/reference.md#reconstructor-architecture)."""
+docs/vfusion3d.md#reconstructor-architecture)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Reconstructor(PretrainedModel):
     def field(self, planes: torch.Tensor) -> FieldFunction:
         """The renderer's field function bound to these triplanes (raw densities: the renderer
         activates them after averaging over each interval, as the release does;
-        docs/reference.md#rendering-order)."""
+        docs/vfusion3d.md#rendering-order)."""
         return lambda points: self.query_raw(planes, points)
 
     def render(

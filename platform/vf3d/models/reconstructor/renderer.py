@@ -4,7 +4,7 @@ Rays are clipped to the box [−h, h]³, sampled with stratified then importance
 composited with midpoint quadrature in the released model's order: the field's *raw* densities
 of the two samples bounding each interval are averaged first and the density activation is
 applied to that average (softplus is convex, so activating before averaging would make every
-interval that straddles a surface denser than the release's; docs/reference.md#rendering-order).
+interval that straddles a surface denser than the release's; docs/vfusion3d.md#rendering-order).
 Colours are averaged the same way. An interval with an end outside the box, or on a ray that
 misses it, has no density. Work is chunked over rays so memory stays bounded whatever the image
 size, and batched over objects and views.

@@ -1,6 +1,6 @@
 """First frames from prompts: any diffusers text-to-image pipeline, or a tiny random one for debug.
 
-The base model factorises text → image → video (the VFusion3D paper; docs/reference.md#data-engine): synthesis starts from prompts
+The base model factorises text → image → video (the VFusion3D paper; docs/vfusion3d.md#data-engine): synthesis starts from prompts
 alone by drawing each orbit's first frame with a text-to-image model, then generating the orbit.
 """
 
