@@ -67,3 +67,15 @@ bench: setup
 
 clean:
 	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache
+
+# `make image REGISTRY=...`: the cluster images from cluster/Dockerfile, tagged as cluster/*.yaml
+# expect ($(REGISTRY)/vf3d:<ray version>-py311-gpu for GPU nodes, ...-py311 for the head and CPU
+# nodes); then `docker push` both. IMAGE_ARGS=--build-arg EFA=1 adds AWS EFA to the GPU image.
+REGISTRY ?= your-registry.example.com
+IMAGE_TAG := 2.60.0-py311
+IMAGE_ARGS ?=
+.PHONY: image
+image:
+	docker build -f cluster/Dockerfile $(IMAGE_ARGS) -t $(REGISTRY)/vf3d:$(IMAGE_TAG)-gpu .
+	docker build -f cluster/Dockerfile --build-arg BASE_IMAGE=rayproject/ray:$(IMAGE_TAG) \
+		--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t $(REGISTRY)/vf3d:$(IMAGE_TAG) .

@@ -1,27 +1,39 @@
 """Reconstruction benchmarks, measured side by side in one run and reported as ratios.
 
-What it measures:
-  1. Mesh extraction: `extract_mesh(method="coarse_to_fine")` vs `method="dense"` at resolution 256
-     (quick: 128) on a realistic field: `base`-sized triplanes and decoder fitted to an analytic
-     torus + sphere. Reports decoder density queries, seconds and vertex counts of both.
-  2. Batched triplane inference: `small` preset, one `encode` of 8 (quick: 4) images vs 8 (4)
-     single-image calls, and the largest difference between their outputs.
-  3. Renderer throughput: rays/s and field samples/s of a deterministic 4-view (quick: 1-view)
-     render at the preset's render size, `debug` vs `small`.
-  4. Render memory: peak memory of one 384² (quick: 128²) `base` view with the preset's ray
-     chunking vs none. On CUDA: torch.cuda.max_memory_allocated. On the CPU: peak RSS of a fresh
-     worker process per variant, whose address space is capped (--memory-cap-gb) so a render
-     that needs more fails with an allocation error instead of waking the OOM killer.
+What it measures (sections, `--sections` picks some):
+  view       One 128² and one 256² view (quick: 64², 96²) of the release-size model (`vfusion3d`
+             preset, random weights, debug encoder) rendered by the exact path and by the fast path
+             (occupancy grid built per image and included in its time, empty-space skipping, early
+             ray termination), on an object-shaped field and on a random one: time ratio, decoder
+             queries and PSNR of the fast image against the exact one. Object-shaped: the triplanes
+             alone are fitted (Adam, model frozen) to the pybullet duck's occupancy; random weights
+             and planes fill the whole cube with surface, which no trained model does.
+  mesh       256³ and 384³ (quick: 96³, 128³) meshes with vertex colours of the object field:
+             `ImageTo3D.mesh` fast (surface-only) vs exact (dense grid): time, density queries,
+             vertex counts, Chamfer distance in voxels, and where the time goes (density, marching
+             cubes on the CPU, colours).
+  turntable  A 160-view 384² (quick: 16-view 128²) turntable of the `small` model fitted to the
+             same object, fast path, many views per renderer call; the exact path on a few views
+             extrapolated.
+  encode     `small` preset, one `encode` of 8 (quick: 4) images vs 8 (4) single-image calls.
+  render     Exact-path throughput: rays/s and samples/s of a deterministic 4-view (quick: 1-view)
+             render at the preset's render size, `debug` vs `small`, on random planes.
+  memory     Peak memory of one 384² (quick: 128²) `base` view with the preset's ray chunking vs
+             none. On CUDA: torch.cuda.max_memory_allocated. On the CPU: peak RSS of a fresh worker
+             process per variant, whose address space is capped (--memory-cap-gb) so a render that
+             needs more fails with an allocation error instead of waking the OOM killer.
 
-Machines are noisy: every timed thing is warmed up, then the things compared take turns for a
-few rounds (quick: one) and each one's median is reported; compare ratios, not absolute times.
-On a CPU shared with other busy processes ratios shift too, so read them from a quiet machine.
-Nothing here asserts a timing; targets are printed as information. The CPU memory workers read
-/proc/self/statm, so that section needs Linux.
+Machines are noisy: every timed thing is warmed up, then the things compared take turns and each
+one's median is reported (the view, mesh and turntable sections run once each: they are long);
+compare ratios, not absolute times. On a CPU shared with other busy processes ratios shift too, so
+read them from a quiet machine. Nothing here asserts a timing; targets are printed as information.
+The CPU memory workers read /proc/self/statm, so that section needs Linux.
 
 Run (from the repository root):
-  python bench/recon.py                  # full run, about 5 minutes on 2 CPU cores
-  python bench/recon.py --quick          # smoke test, about 1 minute
+  python bench/recon.py                  # full run; on 2 CPU cores the 160-view 384² turntable alone takes hours
+  python bench/recon.py --sections view,mesh,turntable --turntable-views 8 --turntable-size 256   # ~20 minutes
+  python bench/recon.py --quick          # smoke test, about 2 minutes
+  python bench/recon.py --sections view,mesh,turntable
   python bench/recon.py --device cuda --json bench-recon.json
 """
 
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -36,7 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,17 +59,26 @@ import torch.nn.functional as F
 from report import BENCH_START, Row, log, markdown_table, write_json
 
 from vf3d import cameras
-from vf3d.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig, merge, preset, to_dict
-from vf3d.mesh import QueryFn, extract_mesh
+from vf3d.config import merge, preset, to_dict
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig
+from vf3d.models.reconstructor.decoder import activate_density
+from vf3d.models.reconstructor.renderer import TriplaneRenderer
 
 SEED = 0
-INSIDE_DENSITY = 10.0
-"""Density of the analytic shape's interior (outside is ~0); the mesh iso is half of it."""
-SURFACE_WIDTH = 0.02
-"""Width of the analytic density's smooth step across the surface, in world units."""
-MESH_SPEEDUP_TARGET = 4.0
-MESH_VERTEX_TOLERANCE = 0.02
+FIT_RAW_INSIDE = 40.0
+"""Raw density the object field is fitted to inside the object: density ≈ 39, opaque (99%) within
+0.12 world units, about two triplane texels, as a trained surface is."""
+FIT_RAW_OUTSIDE = -10.0
+"""Raw density outside (density ≈ 2e-5: empty space, well under the occupancy threshold)."""
+FIT_LEARNING_RATE = 0.1
+FIT_PLANE_SCALE = 1.0
+TARGET_RESOLUTION = 96
+"""Grid of the object's soft occupancy the field is fitted to."""
+VIEW_SPEEDUP_TARGET = 6.0
+VIEW_PSNR_TARGET = 40.0
+MESH_SPEEDUP_TARGET = 8.0
+MESH_VERTEX_TOLERANCE = 0.01
 RENDER_ELEVATION_DEG = 20.0
 WORKER_RESULT_PREFIX = "MEMORY_WORKER_RESULT "
 """Marks the line of a memory worker's stdout that carries its JSON result."""
@@ -66,7 +88,11 @@ WORKER_RESULT_PREFIX = "MEMORY_WORKER_RESULT "
 class Settings:
     """What differs between the default run and --quick."""
 
-    mesh_resolution: int
+    view_sizes: tuple[int, ...]
+    mesh_resolutions: tuple[int, ...]
+    turntable_views: int
+    turntable_size: int
+    turntable_exact_views: int
     fit_steps: int
     fit_batch: int
     encode_images: int
@@ -75,8 +101,33 @@ class Settings:
     repeats: int
 
 
-DEFAULT = Settings(mesh_resolution=256, fit_steps=300, fit_batch=2**13, encode_images=8, render_views=4, memory_render_size=384, repeats=3)
-QUICK = Settings(mesh_resolution=128, fit_steps=100, fit_batch=2**13, encode_images=4, render_views=1, memory_render_size=128, repeats=1)
+DEFAULT = Settings(
+    view_sizes=(128, 256),
+    mesh_resolutions=(256, 384),
+    turntable_views=160,
+    turntable_size=384,
+    turntable_exact_views=2,
+    fit_steps=300,
+    fit_batch=2**14,
+    encode_images=8,
+    render_views=4,
+    memory_render_size=384,
+    repeats=1,
+)
+QUICK = Settings(
+    view_sizes=(64, 96),
+    mesh_resolutions=(96, 128),
+    turntable_views=16,
+    turntable_size=128,
+    turntable_exact_views=1,
+    fit_steps=100,
+    fit_batch=2**13,
+    encode_images=4,
+    render_views=1,
+    memory_render_size=128,
+    repeats=1,
+)
+SECTIONS = ("view", "mesh", "turntable", "encode", "render", "memory")
 
 
 def synchronize(device: torch.device) -> None:
@@ -142,142 +193,389 @@ def format_bytes(value: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Mesh extraction: coarse-to-fine vs dense
+# Object-shaped fields: triplanes fitted to a real mesh's occupancy
 # ---------------------------------------------------------------------------------------------
 
 
-def analytic_density(points: torch.Tensor) -> torch.Tensor:
-    """Density [P] of a torus (in the z = −0.1 plane) united with a sphere above it: about
-    INSIDE_DENSITY inside, about 0 outside, with a smooth step of SURFACE_WIDTH across the surface."""
-    x, y, z = points.unbind(-1)
-    torus = torch.sqrt((torch.sqrt(x**2 + y**2) - 0.55) ** 2 + (z + 0.1) ** 2) - 0.18
-    sphere = torch.sqrt((x - 0.1) ** 2 + y**2 + (z - 0.35) ** 2) - 0.3
-    signed_distance = torch.minimum(torus, sphere)
-    return INSIDE_DENSITY * torch.sigmoid(-signed_distance / SURFACE_WIDTH)
+@dataclass
+class ObjectTarget:
+    """A real mesh's soft occupancy on a grid over the box, and what the field is fitted to.
 
-
-def fit_triplanes(model: Reconstructor, device: torch.device, settings: Settings) -> tuple[torch.Tensor, float]:
-    """Fit triplanes and decoder by Adam so the model's density matches `analytic_density`.
-
-    Returns the fitted planes [1, 3, C, R, R] and the final MSE on fresh uniform points.
+    occupancy: [1, 1, R, R, R] in [0, 1], indexed [z, y, x] (F.grid_sample's order, align_corners);
+    surface: [S, 3] world points of grid samples near the surface (0.02 < occupancy < 0.98).
     """
-    planes = torch.nn.Parameter(0.1 * random_planes(model.config, device))
-    optimizer = torch.optim.Adam([planes, *model.decoder.parameters()], lr=1e-2)
-    for _ in range(settings.fit_steps):
-        points = torch.rand(1, settings.fit_batch, 3, device=device) * 2 - 1
-        density, _ = model.query_points(planes, points)
-        loss = F.mse_loss(density[0, :, 0], analytic_density(points[0]))
+
+    name: str
+    occupancy: torch.Tensor
+    surface: torch.Tensor
+
+    def at(self, points: torch.Tensor) -> torch.Tensor:
+        """Occupancy [P] at world points [P, 3] (trilinear)."""
+        grid = points.reshape(1, 1, 1, -1, 3).to(self.occupancy.dtype)
+        return F.grid_sample(self.occupancy, grid, mode="bilinear", align_corners=True).reshape(-1)
+
+
+def object_target(resolution: int, device: torch.device) -> ObjectTarget:
+    """The pybullet duck (vf3d.data.assets.gather_sample_assets), +Z up, centred, longest side 1.5,
+    voxelised and filled at `resolution`³ over the box and blurred by a voxel into a soft occupancy."""
+    import tempfile
+
+    import numpy as np
+    import trimesh
+    from scipy import ndimage
+
+    from vf3d.data.assets import gather_sample_assets
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = gather_sample_assets(directory, limit=1)[0]
+        mesh = trimesh.load(path, force="mesh")
+    mesh.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))  # OBJ's +Y up → +Z up
+    mesh.apply_translation(-mesh.bounds.mean(axis=0))
+    mesh.apply_scale(1.5 / mesh.extents.max())
+    pitch = 2.0 / (resolution - 1)
+    filled = mesh.voxelized(pitch=pitch).fill()
+    axis = np.linspace(-1, 1, resolution)
+    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    inside = filled.is_filled(points).reshape(resolution, resolution, resolution).astype(np.float32)  # [x, y, z]
+    soft = np.clip(ndimage.gaussian_filter(inside, sigma=1.0), 0.0, 1.0)
+    near_surface = points[((soft > 0.02) & (soft < 0.98)).reshape(-1)]
+    occupancy = torch.from_numpy(np.ascontiguousarray(soft.transpose(2, 1, 0)))[None, None].to(device)
+    return ObjectTarget(path.stem, occupancy, torch.from_numpy(near_surface).float().to(device))
+
+
+def object_colour(points: torch.Tensor) -> torch.Tensor:
+    """A smooth, varied albedo [P, 3] in [0.1, 0.9] to fit the field's colour to."""
+    return 0.5 + 0.4 * torch.sin(torch.stack([3.0 * points[:, 0] + 1.0, 4.0 * points[:, 1], 5.0 * points[:, 2] - 1.0], dim=-1))
+
+
+def fit_object_planes(
+    model: Reconstructor, target: ObjectTarget, steps: int, batch: int, device: torch.device
+) -> tuple[torch.Tensor, float]:
+    """Fit the triplanes only (the model stays frozen, random weights are fine) so that the field's
+    raw density is at least FIT_RAW_INSIDE inside the object, at most FIT_RAW_OUTSIDE outside and
+    blends between them across the blurred surface, and its colour is `object_colour` where it is
+    dense. Half of each batch lies near the surface, jittered by a voxel; Adam with a cosine decay.
+
+    Returns planes [1, 3, C, R, R] and the IoU of {density > mesh iso} with the object on fresh points.
+    """
+    triplane = model.config.triplane
+    generator = torch.Generator(device="cpu").manual_seed(SEED)
+    planes = torch.nn.Parameter(
+        0.1 * torch.randn(1, 3, triplane.channels, triplane.resolution, triplane.resolution, generator=generator).to(device)
+    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    optimizer = torch.optim.Adam([planes], lr=FIT_LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=FIT_LEARNING_RATE / 20)
+    voxel = 2.0 / (target.occupancy.shape[-1] - 1)
+    span = FIT_RAW_INSIDE - FIT_RAW_OUTSIDE
+    for _ in range(steps):
+        uniform = torch.rand(batch // 2, 3, device=device) * 2 - 1
+        near = target.surface[torch.randint(len(target.surface), (batch - batch // 2,), device=device)]
+        points = torch.cat([uniform, near + (torch.rand_like(near) - 0.5) * 2 * voxel]).clamp(-1, 1)
+        occupancy = target.at(points)
+        raw, rgb = model.query_raw(planes, points.unsqueeze(0))
+        # One-sided away from the surface: empty space only has to be empty enough, solid only solid enough.
+        error = raw[0, :, 0] - (FIT_RAW_OUTSIDE + span * occupancy)
+        error = torch.where(occupancy < 0.02, error.clamp_min(0), torch.where(occupancy > 0.98, error.clamp_max(0), error))
+        density_loss = (error**2).mean() / span**2
+        colour_loss = (occupancy.unsqueeze(-1) * (rgb[0] - object_colour(points)) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (density_loss + colour_loss).backward()
         optimizer.step()
+        schedule.step()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     with torch.no_grad():
-        points = torch.rand(1, 2**16, 3, device=device) * 2 - 1
-        density, _ = model.query_points(planes, points)
-        final_mse = F.mse_loss(density[0, :, 0], analytic_density(points[0])).item()
-    return planes.detach(), final_mse
+        points = torch.rand(2**16, 3, device=device) * 2 - 1
+        density, _ = model.query_points(planes.detach(), points.unsqueeze(0))
+        solid, inside = density[0, :, 0] > model.config.mesh_iso, target.at(points) > 0.5
+        iou = ((solid & inside).sum() / (solid | inside).sum().clamp_min(1)).item()
+    return planes.detach(), iou
 
 
-def check_iso_crossing(query: QueryFn, iso: float, device: torch.device) -> tuple[float, float, float]:
-    """(min density, max density, fraction of a 48³ grid above iso): the surface must exist."""
-    axis = torch.linspace(-1, 1, 48, device=device)
-    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+def variance_preserving_decoder(model: Reconstructor) -> Reconstructor:
+    """Redraw the decoder's random weights He-normal (std √(2/fan-in), zero biases), in place.
+
+    PyTorch's default Linear init shrinks the signal at every layer, so a random decoder's raw
+    density barely moves (std ≈ 0.02 for unit features) and no triplane a few hundred Adam steps away
+    makes a surface; a trained decoder has gain, and so do these weights. Still random, still frozen.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(SEED + 2)
     with torch.no_grad():
-        density, _ = query(grid)
-    low, high = density.min().item(), density.max().item()
-    if not low < iso < high:
-        raise RuntimeError(f"fitted field does not cross iso {iso}: densities in [{low:.3g}, {high:.3g}]")
-    return low, high, (density > iso).float().mean().item()
+        for layer in model.decoder.layers:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * math.sqrt(2.0 / layer.in_features))
+            layer.bias.zero_()
+    return model
 
 
-def bench_mesh(device: torch.device, settings: Settings) -> tuple[list[Row], dict[str, Any]]:
-    resolution, iso = settings.mesh_resolution, INSIDE_DENSITY / 2
-    model = Reconstructor(field_only_config("base")).to(device)
-    log(
-        f"mesh: fitting base-size triplanes {tuple(random_planes(model.config, device).shape)} to a torus + sphere "
-        f"({settings.fit_steps} Adam steps of {settings.fit_batch} points)"
-    )
+def random_field_planes(config: ReconstructorConfig, device: torch.device) -> torch.Tensor:
+    """Random triplanes [1, 3, C, R, R]: with random weights their surface fills the whole cube."""
+    generator = torch.Generator(device="cpu").manual_seed(SEED + 1)
+    triplane = config.triplane
+    return torch.randn(1, 3, triplane.channels, triplane.resolution, triplane.resolution, generator=generator).to(device)
+
+
+class CountingField:
+    """A renderer field that counts the points it is asked for."""
+
+    def __init__(self, field: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.field, self.points = field, 0
+
+    def __call__(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.points += points.shape[0] * points.shape[1]
+        return self.field(points)
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1] (inf when identical)."""
+    mse = (image.float().clamp(0, 1) - reference.float().clamp(0, 1)).pow(2).mean().item()
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def chamfer(a: Any, b: Any) -> float:
+    """Symmetric mean nearest-neighbour distance between two vertex sets [V, 3] (world units)."""
+    from scipy.spatial import cKDTree
+
+    return 0.5 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
+
+
+@dataclass
+class FittedField:
+    name: str
+    model: Reconstructor
+    planes: torch.Tensor
+    note: str
+
+
+def release_fields(device: torch.device, settings: Settings, target: ObjectTarget) -> list[FittedField]:
+    """The release-size model (`vfusion3d`, random variance-preserving decoder weights, debug encoder)
+    with an object-shaped field (planes fitted to `target`) and a random one (random planes)."""
+    model = variance_preserving_decoder(Reconstructor(field_only_config("vfusion3d"))).to(device)
     start = time.perf_counter()
-    planes, fit_mse = fit_triplanes(model, device, settings)
-    fit_seconds = time.perf_counter() - start
-    model.eval()
-
-    # The same query function the CLI builds (vf3d.inference.ImageTo3D.mesh), in fp32.
-    def query(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        density, rgb = model.query_points(planes, points.unsqueeze(0))
-        return density[0, :, 0], rgb[0].clamp(0, 1)
-
-    low, high, inside_fraction = check_iso_crossing(query, iso, device)
+    planes, iou = fit_object_planes(model, target, settings.fit_steps, settings.fit_batch, device)
     log(
-        f"mesh: fit took {fit_seconds:.1f}s, MSE {fit_mse:.3f}; densities in [{low:.2f}, {high:.2f}], "
-        f"{inside_fraction:.1%} of the box above iso {iso}"
+        f"fields: fitted vfusion3d-size triplanes {tuple(planes.shape)} to the {target.name} in {time.perf_counter() - start:.1f}s, IoU {iou:.3f}"
     )
-
-    methods = ("dense", "coarse_to_fine")
-    for method in methods:
-        # A small extraction first pays one-time costs (allocator, code paths) outside the timing.
-        extract_mesh(query, resolution=32, iso=iso, method=method, device=device)
-    timings = compare_timings(
-        {method: partial(extract_mesh, query, resolution=resolution, iso=iso, method=method, device=device) for method in methods},
-        device,
-        settings.repeats,
-        warmup=False,
-    )
-    results = {}
-    for method, (seconds, result) in timings.items():
-        results[method] = {
-            "seconds": seconds,
-            "density_queries": result.num_queries,
-            "color_queries": result.num_color_queries,
-            "vertices": len(result.mesh.vertices),
-            "faces": len(result.mesh.faces),
-        }
-        log(
-            f"mesh: {method} @ {resolution}: {seconds:.2f}s, {format_count(result.num_queries)} density queries, "
-            f"{len(result.mesh.vertices)} vertices"
-        )
-
-    dense, coarse = results["dense"], results["coarse_to_fine"]
-    speedup = dense["seconds"] / coarse["seconds"]
-    vertex_difference = abs(coarse["vertices"] - dense["vertices"]) / dense["vertices"]
-    speed_met = "met" if speedup >= MESH_SPEEDUP_TARGET else "NOT met"
-    vertices_met = "met" if vertex_difference <= MESH_VERTEX_TOLERANCE else "NOT met"
-    rows = [
-        Row(
-            f"mesh density queries @{resolution}³ (dense vs coarse-to-fine)",
-            format_count(dense["density_queries"]),
-            format_count(coarse["density_queries"]),
-            f"{dense['density_queries'] / coarse['density_queries']:.2f}×",
-            "—",
-        ),
-        Row(
-            f"mesh extraction seconds @{resolution}³ (dense vs coarse-to-fine)",
-            f"{dense['seconds']:.2f}",
-            f"{coarse['seconds']:.2f}",
-            f"{speedup:.2f}×",
-            f"≥{MESH_SPEEDUP_TARGET:.0f}× ({speed_met})",
-        ),
-        Row(
-            f"mesh vertices @{resolution}³ (dense vs coarse-to-fine)",
-            str(dense["vertices"]),
-            str(coarse["vertices"]),
-            f"{vertex_difference:.2%} diff",
-            f"≤{MESH_VERTEX_TOLERANCE:.0%} ({vertices_met})",
-        ),
+    model.eval()
+    return [
+        FittedField("object", model, planes, f"{target.name}, IoU {iou:.2f}"),
+        FittedField("random", model, random_field_planes(model.config, device), "random planes"),
     ]
-    details = {
-        "resolution": resolution,
-        "iso": iso,
-        "fit_seconds": fit_seconds,
-        "fit_mse": fit_mse,
-        "density_range": [low, high],
-        "inside_fraction": inside_fraction,
-        **results,
-    }
+
+
+def fast_renderer(model: Reconstructor) -> TriplaneRenderer:
+    """The inference renderer: the model's renderer config with the fast path on."""
+    return TriplaneRenderer(replace(model.config.renderer, skip_empty_space=True), density_activation=activate_density)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. One view: fast path vs exact path, release-size model
+# ---------------------------------------------------------------------------------------------
+
+
+def render_fast(renderer: TriplaneRenderer, field: CountingField, render_camera: torch.Tensor, size: int, device: torch.device) -> tuple:
+    """One fast-path view as inference renders it: the occupancy grid of the image first (timed
+    apart too), then the view. Returns (RenderOutput, grid seconds, grid)."""
+    start = time.perf_counter()
+    grid = renderer.occupancy_grid(field, 1, device)
+    synchronize(device)
+    grid_seconds = time.perf_counter() - start
+    return renderer(field, render_camera, size, deterministic=True, occupancy=grid), grid_seconds, grid
+
+
+def bench_view(device: torch.device, settings: Settings, fields: list[FittedField]) -> tuple[list[Row], dict[str, Any]]:
+    rows, details = [], {}
+    render_camera = orbit_cameras(1, device)
+    with torch.no_grad():
+        for fitted in fields:
+            model, renderer = fitted.model, fast_renderer(fitted.model)
+            # One-time costs (allocator, code paths) outside the timings.
+            model.renderer(model.field(fitted.planes), render_camera, 32, deterministic=True)
+            renderer(model.field(fitted.planes), render_camera, 32, deterministic=True)
+            for size in settings.view_sizes:
+                exact_field, fast_field = CountingField(model.field(fitted.planes)), CountingField(model.field(fitted.planes))
+
+                timings = compare_timings(
+                    {
+                        "exact": partial(model.renderer, exact_field, render_camera, size, deterministic=True),
+                        "fast": partial(render_fast, renderer, fast_field, render_camera, size, device),
+                    },
+                    device,
+                    settings.repeats,
+                    warmup=False,
+                )
+                (exact_seconds, exact), (fast_seconds, (fast, grid_seconds, grid)) = timings["exact"], timings["fast"]
+                quality = psnr(fast.rgb, exact.rgb)
+                max_error = (fast.rgb - exact.rgb).abs().max().item()
+                speedup = exact_seconds / fast_seconds
+                queries = (exact_field.points / settings.repeats, fast_field.points / settings.repeats)
+                key = f"{fitted.name}_{size}"
+                details[key] = {
+                    "field": fitted.note,
+                    "size": size,
+                    "exact_seconds": exact_seconds,
+                    "fast_seconds": fast_seconds,
+                    "grid_seconds": grid_seconds,
+                    "occupied_fraction": grid.occupied_fraction,
+                    "exact_queries": queries[0],
+                    "fast_queries": queries[1],
+                    "psnr_db": quality,
+                    "max_abs_error": max_error,
+                    "coverage": (exact.opacity > 0.5).float().mean().item(),
+                }
+                log(
+                    f"view: {fitted.name} field ({fitted.note}), {size}²: exact {exact_seconds:.2f}s vs fast {fast_seconds:.2f}s "
+                    f"(grid {grid_seconds:.2f}s, {grid.occupied_fraction:.1%} occupied) = {speedup:.1f}×; queries "
+                    f"{format_count(queries[0])} vs {format_count(queries[1])}; PSNR {quality:.1f} dB, max |diff| {max_error:.1e}"
+                )
+                target = fitted.name == "object"
+                rows.append(
+                    Row(
+                        f"vfusion3d {size}² view seconds, {fitted.name} field (exact vs fast)",
+                        f"{exact_seconds:.2f}",
+                        f"{fast_seconds:.2f}",
+                        f"{speedup:.1f}×",
+                        (
+                            f"≥{VIEW_SPEEDUP_TARGET:.0f}× ({'met' if speedup >= VIEW_SPEEDUP_TARGET else 'NOT met'})"
+                            if target
+                            else "informational"
+                        ),
+                    )
+                )
+                rows.append(
+                    Row(
+                        f"vfusion3d {size}² view PSNR fast vs exact, {fitted.name} field (queries exact vs fast)",
+                        format_count(queries[0]),
+                        format_count(queries[1]),
+                        f"{quality:.1f} dB",
+                        f"≥{VIEW_PSNR_TARGET:.0f} dB ({'met' if quality >= VIEW_PSNR_TARGET else 'NOT met'})",
+                    )
+                )
     return rows, details
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Batched triplane inference
+# 2. Mesh with colours: surface-only vs dense, release-size model
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_mesh(device: torch.device, settings: Settings, fields: list[FittedField]) -> tuple[list[Row], dict[str, Any]]:
+    from vf3d.inference import ImageTo3D
+    from vf3d.models.reconstructor.config import InferenceConfig
+
+    fitted = next(field for field in fields if field.name == "object")
+    rows, details = [], {}
+    pipelines = {
+        "dense": ImageTo3D(fitted.model, InferenceConfig(device=str(device), exact=True, mesh_method="dense")),
+        "fast": ImageTo3D(fitted.model, InferenceConfig(device=str(device))),
+    }
+    iso = fitted.model.config.mesh_iso
+    for pipeline in pipelines.values():
+        pipeline.mesh(fitted.planes, iso, resolution=32)  # one-time costs outside the timings
+    for resolution in settings.mesh_resolutions:
+        timings = compare_timings(
+            {name: partial(pipeline.mesh, fitted.planes, iso, resolution) for name, pipeline in pipelines.items()}, device, 1, warmup=False
+        )
+        (dense_seconds, dense), (fast_seconds, fast) = timings["dense"], timings["fast"]
+        voxel = 2.0 / (resolution - 1)
+        distance = chamfer(fast.mesh.vertices, dense.mesh.vertices)
+        vertex_difference = abs(len(fast.mesh.vertices) - len(dense.mesh.vertices)) / len(dense.mesh.vertices)
+        speedup = dense_seconds / fast_seconds
+        details[str(resolution)] = {
+            "dense": {"seconds": dense_seconds, "queries": dense.num_queries, "vertices": len(dense.mesh.vertices), "stages": dense.stages},
+            "fast": {"seconds": fast_seconds, "queries": fast.num_queries, "vertices": len(fast.mesh.vertices), "stages": fast.stages},
+            "chamfer": distance,
+            "voxel": voxel,
+        }
+        stages = lambda result: ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.stages.items())  # noqa: E731
+        log(
+            f"mesh @{resolution}³: dense {dense_seconds:.2f}s ({stages(dense)}; {format_count(dense.num_queries)} density queries, "
+            f"{len(dense.mesh.vertices)} vertices) vs fast {fast_seconds:.2f}s ({stages(fast)}; {format_count(fast.num_queries)} "
+            f"density queries, {len(fast.mesh.vertices)} vertices); Chamfer {distance / voxel:.3f} voxel"
+        )
+        rows += [
+            Row(
+                f"mesh+colours seconds @{resolution}³, object field (dense vs fast)",
+                f"{dense_seconds:.2f}",
+                f"{fast_seconds:.2f}",
+                f"{speedup:.1f}×",
+                f"≥{MESH_SPEEDUP_TARGET:.0f}× ({'met' if speedup >= MESH_SPEEDUP_TARGET else 'NOT met'})",
+            ),
+            Row(
+                f"mesh vertices @{resolution}³ (dense vs fast)",
+                str(len(dense.mesh.vertices)),
+                str(len(fast.mesh.vertices)),
+                f"{vertex_difference:.2%} diff",
+                f"≤{MESH_VERTEX_TOLERANCE:.0%} ({'met' if vertex_difference <= MESH_VERTEX_TOLERANCE else 'NOT met'})",
+            ),
+            Row(
+                f"mesh Chamfer @{resolution}³ fast vs dense (marching cubes seconds dense vs fast)",
+                f"{dense.stages['marching_cubes']:.2f}",
+                f"{fast.stages['marching_cubes']:.2f}",
+                f"{distance / voxel:.3f} voxel",
+                f"≤0.5 voxel ({'met' if distance <= 0.5 * voxel else 'NOT met'})",
+            ),
+        ]
+    return rows, details
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Turntable: small model, many views per call
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_turntable(device: torch.device, settings: Settings, target: ObjectTarget) -> tuple[list[Row], dict[str, Any]]:
+    from vf3d.inference import ImageTo3D
+    from vf3d.models.reconstructor.config import InferenceConfig
+
+    model = variance_preserving_decoder(Reconstructor(field_only_config("small"))).to(device)
+    planes, iou = fit_object_planes(model, target, settings.fit_steps, settings.fit_batch, device)
+    model.eval()
+    views, size = settings.turntable_views, settings.turntable_size
+    common = {"device": str(device), "turntable_views": views, "turntable_size": size}
+    fast = ImageTo3D(model, InferenceConfig(**common))
+    log(f"turntable: small model fitted to the {target.name} (IoU {iou:.2f}); {views} views of {size}², fast path")
+    start = time.perf_counter()
+    frames = fast.turntable(planes)
+    synchronize(device)
+    fast_seconds = time.perf_counter() - start
+    # The exact path on a few of the same views, extrapolated: all of them would take too long.
+    sample_views = settings.turntable_exact_views
+    poses = cameras.turntable_poses(views, radius=fast.config.turntable_radius, azimuth_deg=model.config.source_camera_azimuth_deg)
+    render_cameras = cameras.render_camera_vector(poses[:sample_views]).unsqueeze(0).to(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        reference = model.render(planes, render_cameras, render_size=size, deterministic=True)
+    synchronize(device)
+    exact_seconds = (time.perf_counter() - start) * views / sample_views
+    reference_frames = (reference.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    quality = psnr(torch.from_numpy(frames[:sample_views]).float() / 255, reference_frames.float() / 255)
+    log(
+        f"turntable: fast {fast_seconds:.1f}s ({fast_seconds / views * 1000:.0f} ms/view) vs exact ≈{exact_seconds:.0f}s "
+        f"(from {sample_views} views); PSNR of the first {sample_views} frames {quality:.1f} dB"
+    )
+    rows = [
+        Row(
+            f"small {views}-view {size}² turntable seconds (exact extrapolated from {sample_views} views vs fast)",
+            f"≈{exact_seconds:.0f}",
+            f"{fast_seconds:.1f}",
+            f"{exact_seconds / fast_seconds:.1f}×",
+            f"{device.type}; PSNR {quality:.1f} dB on {sample_views} frames",
+        )
+    ]
+    return rows, {
+        "views": views,
+        "size": size,
+        "fast_seconds": fast_seconds,
+        "exact_seconds_extrapolated": exact_seconds,
+        "psnr_db": quality,
+        "iou": iou,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Batched triplane inference
 # ---------------------------------------------------------------------------------------------
 
 
@@ -334,7 +632,7 @@ def bench_encode(device: torch.device, settings: Settings) -> tuple[list[Row], d
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Renderer throughput
+# 5. Renderer throughput (exact path)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -392,7 +690,7 @@ def bench_render(device: torch.device, settings: Settings) -> tuple[list[Row], d
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Peak memory of one base render, chunked vs unchunked
+# 6. Peak memory of one base render, chunked vs unchunked
 # ---------------------------------------------------------------------------------------------
 
 
@@ -563,6 +861,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (smoke test)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     parser.add_argument("--json", type=Path, help="also write the summary and raw numbers as JSON here")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--turntable-views", type=int, help="override the turntable's view count (default 160, quick 16)")
+    parser.add_argument("--turntable-size", type=int, help="override the turntable's frame size (default 384, quick 128)")
     parser.add_argument("--memory-cap-gb", type=float, default=14.0, help="address-space cap of the CPU memory workers")
     # Internal: how the CPU memory section re-invokes this script in a fresh process.
     parser.add_argument("--memory-worker", choices=("chunked", "unchunked"), help=argparse.SUPPRESS)
@@ -578,6 +879,11 @@ def main() -> None:
     torch.manual_seed(SEED)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     settings = QUICK if args.quick else DEFAULT
+    settings = replace(
+        settings,
+        turntable_views=args.turntable_views or settings.turntable_views,
+        turntable_size=args.turntable_size or settings.turntable_size,
+    )
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     # Other busy processes skew even ratios; the load average at both ends shows whether they ran.
     load_start = os.getloadavg()[0]
@@ -586,16 +892,27 @@ def main() -> None:
         f"torch {torch.__version__}, median of {settings.repeats} runs, 1-min load average {load_start:.2f}"
     )
 
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    target = fields = None
+    if {"view", "mesh", "turntable"} & set(chosen):
+        target = object_target(TARGET_RESOLUTION, device)
+    if {"view", "mesh"} & set(chosen):
+        fields = release_fields(device, settings, target)
     sections = {
-        "mesh": partial(bench_mesh, device, settings),
+        "view": lambda: bench_view(device, settings, fields),
+        "mesh": lambda: bench_mesh(device, settings, fields),
+        "turntable": lambda: bench_turntable(device, settings, target),
         "encode": partial(bench_encode, device, settings),
         "render": partial(bench_render, device, settings),
         "memory": partial(bench_memory, device, settings, args.memory_cap_gb),
     }
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    for section, run in sections.items():
-        section_rows, details[section] = run()
+    for section in chosen:
+        section_rows, details[section] = sections[section]()
         rows += section_rows
 
     wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]

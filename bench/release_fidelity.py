@@ -37,6 +37,7 @@ from test_release_fidelity import release_render  # noqa: E402  (the independent
 from vf3d import cameras  # noqa: E402
 from vf3d import config as config_lib
 from vf3d.models.reconstructor import Reconstructor  # noqa: E402
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
 from vf3d.models.reconstructor.renderer import intersect_box  # noqa: E402
 from vf3d.models.release_weights import export_checkpoint, import_checkpoint, load_reconstructor  # noqa: E402
 from vf3d.preprocess import prepare_image  # noqa: E402
@@ -67,9 +68,7 @@ def render_three_ways(model: Reconstructor, planes: torch.Tensor, size: int, sam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--preset", default="vfusion3d", choices=sorted(config_lib.RECONSTRUCTOR_PRESETS), help="architecture of the imported model"
-    )
+    parser.add_argument("--preset", default="vfusion3d", choices=sorted(RECONSTRUCTOR_PRESETS), help="architecture of the imported model")
     parser.add_argument("--size", type=int, default=64, help="side of the two rendered views")
     parser.add_argument("--samples", type=int, default=64, help="uniform samples per ray")
     parser.add_argument("--quick", action="store_true", help="the debug architecture (seconds)")
@@ -77,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     preset = "debug" if args.quick else args.preset
     torch.manual_seed(0)
-    config = config_lib.RECONSTRUCTOR_PRESETS[preset]()
+    config = RECONSTRUCTOR_PRESETS[preset]()
     with tempfile.TemporaryDirectory(prefix="vf3d-fidelity-") as work:
         log(f"building a random {preset!r} model and writing it in the released layout")
         source = export_checkpoint(Reconstructor(config).eval(), Path(work) / "release.safetensors")

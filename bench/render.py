@@ -53,10 +53,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private test cluster nee
 from report import BENCH_START, Row, log, markdown_table, write_json  # noqa: E402
 
 from vf3d import config as config_lib  # noqa: E402
-from vf3d.config import ActorPoolConfig, OrbitRenderConfig, RenderAssetsConfig  # noqa: E402
+from vf3d.config import RenderAssetsConfig  # noqa: E402
 from vf3d.data import shards  # noqa: E402
 from vf3d.data.assets import Asset, AssetError, asset_id, find_assets, gather_sample_assets, load_asset  # noqa: E402
+from vf3d.data.config import OrbitRenderConfig  # noqa: E402
 from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit  # noqa: E402
+from vf3d.synthesis.config import RENDER_ASSETS_PRESETS, ActorPoolConfig  # noqa: E402
 from vf3d.synthesis.render_assets import RENDER_STAGE, plan_render, render_assets  # noqa: E402
 
 WRITER_CPUS = 0.25
@@ -102,7 +104,7 @@ def pool_for(cpus: int) -> ActorPoolConfig:
 
 def job_config(settings: Settings, cpus: int) -> RenderAssetsConfig:
     """The `small` preset at the benchmark's render size, with a pool sized to this machine."""
-    small = config_lib.preset(config_lib.RENDER_ASSETS_PRESETS, "small")
+    small = config_lib.preset(RENDER_ASSETS_PRESETS, "small")
     pool = config_lib.to_dict(pool_for(cpus)) | {"batch_size": settings.batch_size}
     overrides = {
         "render": {"num_views": settings.views, "resolution": settings.resolution},

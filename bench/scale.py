@@ -122,8 +122,8 @@ def peak_rss_mb() -> float:
 def measure(out: Path, prompts: Path) -> dict[str, Any]:
     """Runs in a fresh subprocess: planning, planning again, the prepare filter and the summary."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-    from vf3d.config import LeaseConfig
     from vf3d.data import shards
+    from vf3d.synthesis.config import LeaseConfig
     from vf3d.synthesis.lease import OutputLease
     from vf3d.synthesis.synthesize import exactly_once_counts, plan_resume, read_inputs
 

@@ -166,7 +166,7 @@ def layout_overrides(layout: str, generators: int, writers: int) -> dict[str, An
 
 
 def _has_new_pools() -> bool:
-    from vf3d.config import SynthesizeConfig
+    from vf3d.synthesis.config import SynthesizeConfig
 
     return "encode_pool" in SynthesizeConfig.__dataclass_fields__
 
@@ -178,6 +178,7 @@ def run_layout(layout: str, generators: int, seconds_per_video: float, videos: i
 
     from vf3d import config as config_lib
     from vf3d.synthesis import synthesize as synthesize_module
+    from vf3d.synthesis.config import SYNTHESIZE_PRESETS
 
     os.environ["VF3D_BENCH_SECONDS_PER_VIDEO"] = str(seconds_per_video)
     first_frames, generate = stand_in_classes()
@@ -191,7 +192,7 @@ def run_layout(layout: str, generators: int, seconds_per_video: float, videos: i
     model = work / "video-model"
     model.mkdir()
     (model / "model_index.json").write_text(json.dumps({"_class_name": "OrbitVideoPipeline", "resolution": SIDE, "num_views": VIEWS}))
-    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), layout_overrides(layout, generators, writers))
+    config = config_lib.merge(config_lib.preset(SYNTHESIZE_PRESETS, "debug"), layout_overrides(layout, generators, writers))
     started = time.perf_counter()
     summary = synthesize_module.synthesize(prompts, model, work / "out", config, log=lambda line: None)
     seconds = time.perf_counter() - started

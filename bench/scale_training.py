@@ -120,8 +120,9 @@ def write_orbits(directory: Path, count: int) -> None:
 
 def _config():
     from vf3d import config as config_lib
+    from vf3d.training.config import TRAIN_RECON_PRESETS
 
-    config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
+    config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
     for stage in config.stages:
         stage.data = "synthetic"
     config.validation.num_objects = 8

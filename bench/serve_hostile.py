@@ -204,9 +204,11 @@ def main() -> None:
 
     from vf3d import config as config_lib
     from vf3d.models.reconstructor import Reconstructor
+    from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
     from vf3d.serving.app import build_application
+    from vf3d.serving.config import SERVE_PRESETS
 
-    config = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    config = config_lib.preset(SERVE_PRESETS, "debug")
     log(
         f"vf3d hostile-load benchmark ({mode_name}): {args.clients} clients, {seconds:g} s, at most {args.max_requests} requests, "
         f"40 MP PNG uploads, debug preset (max_concurrent_decodes {config.max_concurrent_decodes}, max_inflight_requests "
@@ -222,7 +224,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vf3d-bench-hostile-") as scratch:
         torch.manual_seed(SEED)
         model_dir = Path(scratch) / "debug-reconstructor"
-        Reconstructor(config_lib.preset(config_lib.RECONSTRUCTOR_PRESETS, "debug")).save_pretrained(model_dir)
+        Reconstructor(config_lib.preset(RECONSTRUCTOR_PRESETS, "debug")).save_pretrained(model_dir)
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             port = free_port()

@@ -195,20 +195,22 @@ def save_model(directory: Path, model_preset: str) -> Path:
 
     from vf3d import config as config_lib
     from vf3d.models.reconstructor import Reconstructor
+    from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
 
     torch.manual_seed(SEED)
     path = directory / f"{model_preset}-reconstructor"
-    Reconstructor(config_lib.preset(config_lib.RECONSTRUCTOR_PRESETS, model_preset)).save_pretrained(path)
+    Reconstructor(config_lib.preset(RECONSTRUCTOR_PRESETS, model_preset)).save_pretrained(path)
     return path
 
 
 def serve_configs(batch_size: int, batch_wait_s: float | None) -> dict[str, Any]:
     """The `debug` serve preset per mode, differing only in max_batch_size."""
     from vf3d import config as config_lib
+    from vf3d.serving.config import SERVE_PRESETS
 
     configs = {}
     for mode in MODES:
-        config = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+        config = config_lib.preset(SERVE_PRESETS, "debug")
         config.max_batch_size = batch_size if mode == "batched" else 1
         # The same replica limits in both: enough in flight on the model replica for a full batch.
         config.model.max_ongoing_requests = max(config.model.max_ongoing_requests, batch_size)

@@ -145,11 +145,12 @@ def write_prompts(path: Path, count: int) -> None:
 def bench_config(steps: int, generate_pool: dict[str, Any] | None = None):
     """The debug preset with `steps` generation steps (and optionally another generation pool)."""
     from vf3d import config as config_lib
+    from vf3d.synthesis.config import SYNTHESIZE_PRESETS
 
     overrides: dict[str, Any] = {"generation": {"num_inference_steps": steps}}
     if generate_pool:
         overrides["generate_pool"] = generate_pool
-    return config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), overrides).validate()
+    return config_lib.merge(config_lib.preset(SYNTHESIZE_PRESETS, "debug"), overrides).validate()
 
 
 def add_stage_traces(totals: dict[str, dict[str, float]], written: dict[str, list]) -> None:
@@ -344,10 +345,11 @@ def run_benchmarks(work_dir: Path, settings: Settings, threads: int) -> tuple[li
 
     from vf3d import config as config_lib
     from vf3d.models.video import build_video_pipeline
+    from vf3d.models.video.config import VIDEO_MODEL_PRESETS
 
     prompts, video_model = work_dir / "prompts.parquet", work_dir / "video-model"
     write_prompts(prompts, settings.prompts)
-    build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(video_model)
+    build_video_pipeline(VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(video_model)
     config = bench_config(settings.steps)
     pools = {stage: getattr(config, f"{stage}_pool") for stage in ("first_frame", "generate", "mask", "filter")}
     log(

@@ -80,7 +80,9 @@ import torch
 from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 from vf3d import config as config_lib
-from vf3d.config import RECONSTRUCTOR_PRESETS, TRAIN_RECON_PRESETS, ReconStage, TrainReconConfig
+from vf3d.data.config import OrbitRenderConfig
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
+from vf3d.training.config import TRAIN_RECON_PRESETS, ReconStage, TrainReconConfig
 
 SEED = 0
 ORBIT_RESOLUTION = 64
@@ -140,7 +142,7 @@ def duck_orbit_row() -> dict[str, Any]:
     from vf3d.data.assets import load_asset
     from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 
-    render = config_lib.OrbitRenderConfig(
+    render = OrbitRenderConfig(
         num_views=NUM_ORBIT_VIEWS, resolution=ORBIT_RESOLUTION, num_random_views=NUM_RANDOM_VIEWS, elevation_range_deg=[15.0, 15.0]
     )
     asset = load_asset(Path(pybullet_data.getDataPath()) / "duck.obj", margin=render.margin)
@@ -281,9 +283,9 @@ def deepspeed_worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vf3d import config as config_lib
-    from vf3d.config import TrainReconConfig
     from vf3d.models.reconstructor import Reconstructor
     from vf3d.training import initialize, training_config_from
+    from vf3d.training.config import TrainReconConfig
     from vf3d.training.losses import ReconstructionLoss
 
     torch.set_num_threads(config["threads"])

@@ -42,7 +42,8 @@ import torch
 from report import BENCH_START, Row, log, markdown_table, on_private_ray, write_json
 
 from vf3d import config as config_lib
-from vf3d.config import FINETUNE_VIDEO_PRESETS, TrainingConfig, VideoModelConfig
+from vf3d.models.video.config import VideoModelConfig
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TrainingConfig
 
 SEED = 0
 NUM_VIEWS = 16
@@ -130,8 +131,8 @@ def deepspeed_worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from vf3d import config as config_lib
-    from vf3d.config import VideoModelConfig
     from vf3d.models.video import OrbitVideoModel
+    from vf3d.models.video.config import VideoModelConfig
     from vf3d.training import initialize, training_config_from
 
     torch.set_num_threads(config["threads"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import re
 import signal
@@ -41,12 +43,40 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=groups.__getitem__)  # stable: the collected order within each group
 
 
+def run_vf3d(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run `vf3d ARGS` through the console script's own `main` in this process (from `cwd`), with
+    its stdout and stderr captured: → its exit status and output, like `subprocess.run`.
+
+    In this process because a fresh interpreter spends ~7 s of a 2-core machine importing torch
+    before the command even parses its arguments; the installed console script itself is run as a
+    subprocess by tests/unit/test_cli.py::test_the_console_script_runs."""
+    from vf3d.cli import main
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(argv)
+        except SystemExit as exit:  # argparse's errors and --help
+            status = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["vf3d", *argv], status, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture
+def vf3d_main():
+    """`run_vf3d`: run a `vf3d` command in this process; → CompletedProcess (returncode, stdout, stderr)."""
+    return run_vf3d
+
+
 @pytest.fixture(scope="session")
 def debug_config():
     """A fresh `debug` reconstructor config."""
     from vf3d import config
+    from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
 
-    return config.preset(config.RECONSTRUCTOR_PRESETS, "debug")
+    return config.preset(RECONSTRUCTOR_PRESETS, "debug")
 
 
 @pytest.fixture(scope="session")
@@ -93,12 +123,18 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
     """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
     API key from VF3D_API_KEY and a free port; started once per session, stopped with Ctrl-C."""
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    # The debug preset decodes one upload at a time (max_concurrent_decodes 1, a memory bound for
+    # 2 cores), so concurrent requests reach the model one decode apart: a partial batch waits
+    # 0.5 s for the rest instead of 0.05 s, or test_concurrent_requests_share_batches would depend
+    # on how fast this machine decodes a PNG.
+    overrides = log_path.with_name("serve-overrides.yaml")
+    overrides.write_text("batch_wait_timeout_s: 0.5\n")
     port = _free_port()
     env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port)],
+            [sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port), "--config", str(overrides)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 
 from vf3d import config as config_lib
+from vf3d.evaluation.config import EVALUATE_PRESETS
+from vf3d.serving.config import SERVE_PRESETS
+from vf3d.synthesis.config import RENDER_ASSETS_PRESETS, SYNTHESIZE_PRESETS
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TRAIN_RECON_PRESETS
 
 DEMO_ASSETS = 8
 """Sample meshes rendered into orbit shards (the named pybullet objects first)."""
@@ -71,7 +75,7 @@ def evaluate_held_out(model_dir: Path, data_dir: Path, held_out: list[str], asse
     weights, as the report says: no download here). Returns the stage's summary."""
     from vf3d.evaluation.evaluate import evaluate
 
-    config = config_lib.preset(config_lib.EVALUATE_PRESETS, "debug")
+    config = config_lib.preset(EVALUATE_PRESETS, "debug")
     document = evaluate([model_dir], data_dir, out_dir, config, assets_dir=assets_dir, ids=held_out or None, log=log)
     (name,) = document["aggregate"]
     means = {key: value["mean"] for key, value in document["aggregate"][name].items() if value["mean"] is not None}
@@ -97,7 +101,7 @@ def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path,
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"port": port})
+    config = config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {"port": port})
     url = start_endpoint(build_application(model_dir, config), config, log=log)
     headers = {"Authorization": f"Bearer {os.environ[API_KEY_ENV]}"} if os.environ.get(API_KEY_ENV) else {}
     try:
@@ -145,7 +149,7 @@ def run_demo(out: Path, log=print) -> dict:
 
     assets = gather_sample_assets(out / "assets", limit=DEMO_ASSETS)
     with ray_cluster(log=log):
-        rendered = render_assets(out / "assets", out / "orbits", config_lib.preset(config_lib.RENDER_ASSETS_PRESETS, "debug"), log=log)
+        rendered = render_assets(out / "assets", out / "orbits", config_lib.preset(RENDER_ASSETS_PRESETS, "debug"), log=log)
         stages["render-assets"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "orbits"),
@@ -155,7 +159,7 @@ def run_demo(out: Path, log=print) -> dict:
             "frames_per_second": rendered["frames_per_second"],
         }
         stage_start = time.perf_counter()
-        video_config = config_lib.preset(config_lib.FINETUNE_VIDEO_PRESETS, "debug")
+        video_config = config_lib.preset(FINETUNE_VIDEO_PRESETS, "debug")
         video_config.training.run.storage_path = str((out / "video-runs").resolve())
         tuned = finetune_video(out / "orbits", out / "video-model", video_config, log=log)
         stages["finetune-video"] = {
@@ -166,9 +170,7 @@ def run_demo(out: Path, log=print) -> dict:
         }
         stage_start = time.perf_counter()
         prompts = write_demo_prompts(out / "prompts.parquet")
-        synthesized = synthesize(
-            prompts, out / "video-model", out / "synthetic", config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=log
-        )
+        synthesized = synthesize(prompts, out / "video-model", out / "synthetic", config_lib.preset(SYNTHESIZE_PRESETS, "debug"), log=log)
         stages["synthesize"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "synthetic"),
@@ -184,7 +186,7 @@ def run_demo(out: Path, log=print) -> dict:
         synthetic = out / "synthetic" if synthesized["kept_total"] else out / "orbits"
         if not synthesized["kept_total"]:
             log("train-recon: no synthetic orbit passed the filter, so the synthetic stage trains on the renders too")
-        recon_config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
+        recon_config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
         recon_config.training.run.storage_path = str((out / "recon-runs").resolve())
         trained = train_recon(synthetic, out / "orbits", out / "reconstructor", recon_config, log=log)
         stages["train-recon"] = {

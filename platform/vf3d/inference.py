@@ -3,6 +3,11 @@
 The pipeline: `prepare_image` (mask, recentre to 80%, white composite, resize) → `encode` with
 the canonical source camera (batched over images) → coarse-to-fine density grid → marching cubes
 → vertex-coloured mesh; and a turntable of views rendered in bounded chunks of views.
+
+Unless `InferenceConfig.exact`, rendering uses the renderer's fast path (an occupancy grid built once
+per object and shared by all its views, empty-space skipping, early ray termination) and meshes
+query the density grid only near the surface; `exact: true` renders every sample and queries the
+dense grid, the references the fast paths are tested against.
 """
 
 from __future__ import annotations
@@ -10,22 +15,25 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vf3d import cameras
-from vf3d.config import InferenceConfig
 from vf3d.mesh import MeshResult, extract_mesh, save_mesh, write_video
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.config import InferenceConfig
+from vf3d.models.reconstructor.decoder import activate_density
+from vf3d.models.reconstructor.renderer import OccupancyGrid, RenderOutput, TriplaneRenderer
 from vf3d.preprocess import prepare_image
 
-TURNTABLE_VIEWS_PER_CALL = 8
-"""Views rendered per renderer call: bounds memory on long turntables (users of the release hit
-out-of-memory on 24 GB cards rendering all 160 views at once;
-docs/vfusion3d.md#meshes-and-turntables)."""
+EXACT_TURNTABLE_VIEWS_PER_CALL = 8
+"""Views per renderer call on the exact path: bounds the frames held at once (users of the release
+hit out-of-memory on 24 GB cards rendering all 160 views at once; docs/vfusion3d.md#meshes-and-turntables).
+The fast path takes `InferenceConfig.turntable_views_per_call`: its renderer chunks rays and packs
+only the samples it queries, so its memory is bounded by its chunk sizes, not by the views."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +108,13 @@ class ImageTo3D:
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device).eval()
         self.autocast_dtype = resolve_autocast_dtype(self.config.dtype, self.device)
+        # The model's own renderer stays exact (training needs every sample); inference renders with
+        # a copy of its settings that has the fast path on, unless `exact`.
+        self.renderer = (
+            model.renderer
+            if self.config.exact
+            else TriplaneRenderer(replace(model.config.renderer, skip_empty_space=True), density_activation=activate_density)
+        )
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, config: InferenceConfig | None = None) -> ImageTo3D:
@@ -152,9 +167,36 @@ class ImageTo3D:
                 density, rgb = self.model.query_points(planes, points.unsqueeze(0))
             return density[0, :, 0].float(), rgb[0].float().clamp(0, 1)
 
-        return extract_mesh(
-            query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=self.config.mesh_method, device=self.device
-        )
+        method = "dense" if self.config.exact else self.config.mesh_method
+        return extract_mesh(query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=method, device=self.device)
+
+    @torch.no_grad()
+    def occupancy(self, planes: torch.Tensor) -> OccupancyGrid | None:
+        """The fast renderer's occupancy grid of triplanes [N, 3, C, R, R] (None on the exact path):
+        build it once per object and pass it to every `render` of that object."""
+        if self.config.exact:
+            return None
+        with self._autocast():
+            return self.renderer.occupancy_grid(self.model.field(planes), planes.shape[0], self.device)
+
+    @torch.no_grad()
+    def render(
+        self,
+        planes: torch.Tensor,
+        render_cameras: torch.Tensor,
+        render_size: int | None = None,
+        deterministic: bool | None = None,
+        generator: torch.Generator | None = None,
+        occupancy: OccupancyGrid | None = None,
+    ) -> RenderOutput:
+        """Views of triplanes [N, 3, C, R, R] from cameras [N, V, 25] → RenderOutput (rgb [N, V, 3, h, w]),
+        by the fast path unless `exact` (the occupancy grid is built when not given)."""
+        size = render_size or self.model.config.renderer.render_size
+        deterministic = self.config.deterministic if deterministic is None else deterministic
+        with self._autocast():
+            return self.renderer(
+                self.model.field(planes), render_cameras, size, size, deterministic=deterministic, generator=generator, occupancy=occupancy
+            )
 
     @torch.no_grad()
     def turntable(self, planes: torch.Tensor, seed: int | None = None) -> np.ndarray:
@@ -173,11 +215,12 @@ class ImageTo3D:
         render_cameras = cameras.render_camera_vector(poses).to(self.device)
         generator = self._generator(seed)
         deterministic = config.deterministic and seed is None
+        occupancy = self.occupancy(planes)  # once for all the views
+        per_call = EXACT_TURNTABLE_VIEWS_PER_CALL if config.exact else config.turntable_views_per_call
         frames = []
-        for start in range(0, len(render_cameras), TURNTABLE_VIEWS_PER_CALL):
-            chunk = render_cameras[start : start + TURNTABLE_VIEWS_PER_CALL].unsqueeze(0)
-            with self._autocast():
-                views = self.model.render(planes, chunk, render_size=size, deterministic=deterministic, generator=generator)
+        for start in range(0, len(render_cameras), per_call):
+            chunk = render_cameras[start : start + per_call].unsqueeze(0)
+            views = self.render(planes, chunk, size, deterministic, generator, occupancy)
             frames.append((views.rgb[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
         return torch.cat(frames).numpy()
 

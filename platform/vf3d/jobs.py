@@ -25,7 +25,7 @@ a cluster image without vf3d still imports it), under a submission id derived fr
 its arguments and the job file's contents: submitting the same thing twice finds the first job
 instead of starting a second one.
 
-Only the standard library, vf3d.config and vf3d.specs are imported at module level (Ray lazily).
+Only the standard library, the config modules and vf3d.specs are imported at module level (Ray lazily).
 """
 
 from __future__ import annotations

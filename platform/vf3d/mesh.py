@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,16 @@ class MeshResult:
     """An extracted mesh and what it cost.
 
     ``mesh`` has world-space vertices in [-1, 1]^3 and RGBA uint8 vertex colours;
-    ``num_queries`` counts density samples, ``num_color_queries`` colour samples.
+    ``num_queries`` counts density samples, ``num_color_queries`` colour samples (one per output
+    vertex). ``stages`` splits ``seconds``: ``density`` (field queries and building the grid),
+    ``marching_cubes`` (on the CPU) and ``colors`` (colour queries and assembling the mesh).
     """
 
     mesh: trimesh.Trimesh
     num_queries: int
     num_color_queries: int
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _grid_coordinates(index: np.ndarray, resolution: int) -> np.ndarray:
@@ -231,6 +234,7 @@ def extract_mesh(
     else:
         raise ValueError(f"unknown method {method!r}; expected 'dense' or 'coarse_to_fine'")
 
+    density_done = time.perf_counter()
     # Unknown densities count as empty space rather than poisoning marching cubes.
     volume[np.isnan(volume)] = iso - 1.0
     low, high = float(volume.min()), float(volume.max())
@@ -240,13 +244,16 @@ def extract_mesh(
     # most of marching cubes' cost.
     vertex_idx, faces, _, _ = measure.marching_cubes(volume, level=iso, gradient_direction="descent", allow_degenerate=False, mask=known)
     del volume, known
+    marching_done = time.perf_counter()
     # skimage winds triangles clockwise seen from outside; trimesh and glTF expect
     # counter-clockwise, i.e. normals pointing out of the solid.
     faces = np.ascontiguousarray(faces[:, ::-1])
     vertices = _grid_coordinates(vertex_idx.astype(np.float64) + offset, resolution)
     colors = _query_colors(query_fn, vertices, chunk_size, device)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=colors, process=False)
-    return MeshResult(mesh=mesh, num_queries=int(num_queries), num_color_queries=len(vertices), seconds=time.perf_counter() - started)
+    finished = time.perf_counter()
+    stages = {"density": density_done - started, "marching_cubes": marching_done - density_done, "colors": finished - marching_done}
+    return MeshResult(mesh=mesh, num_queries=int(num_queries), num_color_queries=len(vertices), seconds=finished - started, stages=stages)
 
 
 def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:

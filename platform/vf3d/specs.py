@@ -25,7 +25,7 @@ given, so an option that sets one config field is one line here.
 validated), runs the spec's `check`, connects to Ray when the command needs it (`--address`,
 else $RAY_ADDRESS, else a private local cluster) and calls its `run`.
 
-Only the standard library and vf3d.config are imported at module level (the library lazily).
+Only the standard library and the config modules (vf3d.config and each component's `config`) are imported at module level (the library lazily).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from vf3d import config as config_lib
 from vf3d.config import ConfigError
+from vf3d.evaluation.config import EVALUATE_PRESETS
+from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS
+from vf3d.serving.config import SERVE_PRESETS
+from vf3d.synthesis.config import RENDER_ASSETS_PRESETS, SYNTHESIZE_PRESETS, TRAIN_FILTER_PRESETS
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TRAIN_RECON_PRESETS
 
 Log = Callable[[str], None]
 SpecType = TypeVar("SpecType", bound="type[Spec]")
@@ -453,7 +458,7 @@ def check_path(path: Path, flag: str | None, kind: str, directory: bool) -> None
     "image-to-3d",
     help="reconstruct a mesh (and a turntable video) from one image",
     description="Reconstruct a vertex-coloured mesh from a single image with a reconstructor directory; optionally render a turntable MP4.",
-    presets=config_lib.INFERENCE_PRESETS,
+    presets=INFERENCE_PRESETS,
     default_preset="base",
     config_kind="inference",
 )
@@ -525,7 +530,7 @@ def _number(text: str, flag: str) -> float:
     "init-model",
     help="write a randomly initialised reconstructor directory from a preset",
     description="Create a reconstructor directory with random weights (a starting point for training, or a debug model).",
-    presets=config_lib.RECONSTRUCTOR_PRESETS,
+    presets=RECONSTRUCTOR_PRESETS,
     default_preset="debug",
     config_kind="reconstructor",
 )
@@ -598,7 +603,7 @@ class ImportCheckpoint(Spec):
     help="render a folder of 3D assets into orbit shards (Ray Data)",
     description="Render every mesh under --assets (GLB/glTF/OBJ/PLY/STL/OFF) into orbit videos stored as Parquet shards, on an elastic Ray "
     "Data actor pool. Resumable: a rerun renders only what is missing.",
-    presets=config_lib.RENDER_ASSETS_PRESETS,
+    presets=RENDER_ASSETS_PRESETS,
     default_preset="small",
     uses_ray=True,
     runs_as_job=True,
@@ -631,7 +636,7 @@ class RenderAssets(Spec):
     help="fine-tune the orbit video model on orbit shards (Ray Train + DeepSpeed)",
     description="Fine-tune the multi-view video model on orbit shards with Ray Train and DeepSpeed (ZeRO 0/2/3), checkpointing every N "
     "steps; a rerun with the same --name resumes. The final model is written to --out in the diffusers save_pretrained layout.",
-    presets=config_lib.FINETUNE_VIDEO_PRESETS,
+    presets=FINETUNE_VIDEO_PRESETS,
     default_preset="debug",
     uses_ray=True,
     runs_as_job=True,
@@ -666,7 +671,7 @@ class FinetuneVideo(Spec):
     description="Prompts (or images) → first frames → orbit videos → foreground masks → quality filter → orbit shards (source=synthetic), "
     "each model stage on its own elastic Ray Data actor pool. Every input ends in exactly one table: kept orbits, _rejected/ (with scores "
     "and reasons) or _errors/ (with the reason). Resumable: a rerun with the same arguments processes only the missing ids.",
-    presets=config_lib.SYNTHESIZE_PRESETS,
+    presets=SYNTHESIZE_PRESETS,
     default_preset="node",
     uses_ray=True,
     runs_as_job=True,
@@ -712,7 +717,7 @@ class Synthesize(Spec):
     help="fit the synthetic-orbit quality probe from labelled orbits",
     description="Fit a linear probe on frozen DINOv2 features of labelled orbits (good/bad), hold out a share to measure it, and write the "
     "probe directory that `synthesize --probe` uses.",
-    presets=config_lib.TRAIN_FILTER_PRESETS,
+    presets=TRAIN_FILTER_PRESETS,
     default_preset="dinov2-base",
 )
 class TrainFilter(Spec):
@@ -749,7 +754,7 @@ class TrainFilter(Spec):
     description="Train the reconstructor with VFusion3D's recipe: a stage schedule of render resolutions and crops on synthetic orbits "
     "(LPIPS + opacity + TV, camera noise), then a fine-tune on real renders with pixel loss. Checkpoints every N steps; a rerun with the "
     "same --name resumes. Writes a reconstructor directory that image-to-3d loads, validation metrics (JSONL) and plots.",
-    presets=config_lib.TRAIN_RECON_PRESETS,
+    presets=TRAIN_RECON_PRESETS,
     default_preset="debug",
     uses_ray=True,
     runs_as_job=True,
@@ -791,7 +796,7 @@ class TrainRecon(Spec):
     "image/text similarity of the predicted views (weights from a local path), and Chamfer distance / F-score of the mesh against the "
     "source asset under --assets. Writes metrics.json, report.md and figures/ into --out; with several --model (or --compare) the report "
     "compares them with the first.",
-    presets=config_lib.EVALUATE_PRESETS,
+    presets=EVALUATE_PRESETS,
     default_preset="full",
     runs_as_job=True,
 )
@@ -869,7 +874,7 @@ class SampleAssets(Spec):
     description="Deploy the image-to-3D endpoint (POST /v1/image-to-3d, POST /v1/turntable, GET /healthz, a web page at /) for a "
     "reconstructor directory on Ray Serve, with batched model replicas and CPU mesh replicas; blocks until Ctrl-C. Set VF3D_API_KEY to "
     "require 'Authorization: Bearer <key>'.",
-    presets=config_lib.SERVE_PRESETS,
+    presets=SERVE_PRESETS,
     default_preset="debug",
     uses_ray=True,
 )

@@ -12,6 +12,9 @@ from PIL import Image
 
 from vf3d import config as config_lib
 from vf3d.data import shards
+from vf3d.data.config import OrbitRenderConfig
+from vf3d.evaluation.config import EVALUATE_PRESETS
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def evaluation_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluation")
     assets_dir = root / "assets"
     paths = gather_sample_assets(assets_dir, limit=2)
-    render = config_lib.OrbitRenderConfig(num_views=8, resolution=64, elevation_range_deg=[10.0, 30.0])
+    render = OrbitRenderConfig(num_views=8, resolution=64, elevation_range_deg=[10.0, 30.0])
     records = []
     with OrbitRenderer(64) as renderer:
         for path in paths:
@@ -73,7 +76,7 @@ def test_one_model_report_on_real_renders(evaluation_data, debug_model_dir, tmp_
     assets_dir, data_dir = evaluation_data
     lines: list[str] = []
     out = tmp_path / "report"
-    config = config_lib.preset(config_lib.EVALUATE_PRESETS, "debug")
+    config = config_lib.preset(EVALUATE_PRESETS, "debug")
     document = evaluate([debug_model_dir], data_dir, out, config, assets_dir=assets_dir, log=lines.append)
 
     def refuse(constant):
@@ -124,7 +127,7 @@ def test_two_models_are_compared_from_the_command_line(evaluation_data, debug_mo
     assets_dir, data_dir = evaluation_data
     torch.manual_seed(1)
     other = tmp_path / "other-model"
-    Reconstructor(config_lib.preset(config_lib.RECONSTRUCTOR_PRESETS, "debug")).save_pretrained(other)
+    Reconstructor(config_lib.preset(RECONSTRUCTOR_PRESETS, "debug")).save_pretrained(other)
     ids = tmp_path / "ids.txt"
     ids.write_text("# just the soccer ball\nsoccerball\n")
     out = tmp_path / "compare"

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from vf3d import config as config_lib
+from vf3d.synthesis.config import RENDER_ASSETS_PRESETS
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +19,13 @@ def duck_orbit(tmp_path_factory, ray_local):
     assets = tmp_path_factory.mktemp("duck")
     gather_sample_assets(assets, limit=1)
     out = tmp_path_factory.mktemp("duck-orbits")
-    summary = render_assets(assets, out, config_lib.preset(config_lib.RENDER_ASSETS_PRESETS, "debug"))
+    summary = render_assets(assets, out, config_lib.preset(RENDER_ASSETS_PRESETS, "debug"))
     assert summary["orbits_total"] == 1
     return out
 
 
 def debug_config(storage, max_steps, fail_at_step=None):
-    config = config_lib.preset(config_lib.FINETUNE_VIDEO_PRESETS, "debug")
+    config = config_lib.preset(FINETUNE_VIDEO_PRESETS, "debug")
     config.training.run.storage_path = str(storage)
     config.training.run.max_steps = max_steps
     config.training.fault_injection.fail_at_step = fail_at_step

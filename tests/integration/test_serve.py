@@ -85,8 +85,9 @@ def test_photo_to_glb_with_vertex_colours_matching_local_inference(serve_endpoin
     # The endpoint is the library's inference with the serve preset's settings: same mesh.
     from vf3d import config as config_lib
     from vf3d.inference import ImageTo3D
+    from vf3d.serving.config import SERVE_PRESETS
 
-    settings = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    settings = config_lib.preset(SERVE_PRESETS, "debug").inference
     local = ImageTo3D.from_pretrained(debug_model_dir, config_lib.merge(settings, {"device": "cpu"}))
     result = local.run(photos["chelsea"], tmp_path / "local.glb")
     expected = _load_glb((tmp_path / "local.glb").read_bytes())
@@ -296,8 +297,9 @@ def _webp_40mp(index: int) -> bytes:
 
 def test_concurrent_40_megapixel_uploads_keep_the_ingress_memory_bounded(serve_endpoint):
     from vf3d import config as config_lib
+    from vf3d.serving.config import SERVE_PRESETS
 
-    config = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    config = config_lib.preset(SERVE_PRESETS, "debug")
     uploads = [_webp_40mp(index) for index in range(8)]
     pid = _replica_pid(serve_endpoint, "Ingress")
     before = _status_kb(pid, "VmRSS")
@@ -322,12 +324,13 @@ import sys, ray
 from ray import serve
 from vf3d import config as config_lib
 from vf3d.serving.app import build_application
+from vf3d.serving.config import SERVE_PRESETS
 ray.init(address=sys.argv[1], log_to_driver=False)
 if sys.argv[3] == "delete":
     serve.delete("shed")
 else:
     small = {"num_cpus": 0.05, "max_ongoing_requests": 8, "target_ongoing_requests": 4.0}
-    config = config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {
+    config = config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {
         "ingress": small, "model": small, "mesh": small, "max_inflight_requests": 1, "retry_after_s": 7})
     serve.run(build_application(sys.argv[2], config), name="shed", route_prefix="/shed")
 """

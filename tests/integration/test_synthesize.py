@@ -20,6 +20,8 @@ from PIL import Image
 
 from vf3d import config as config_lib
 from vf3d.data import shards
+from vf3d.models.video.config import VIDEO_MODEL_PRESETS
+from vf3d.synthesis.config import SYNTHESIZE_PRESETS
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
 TABLES = ("orbits", "rejected", "errors")
@@ -93,7 +95,7 @@ def video_model(tmp_path_factory):
     from vf3d.models.video import build_video_pipeline
 
     directory = tmp_path_factory.mktemp("video-model")
-    build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(directory)
+    build_video_pipeline(VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(directory)
     return directory
 
 
@@ -110,7 +112,7 @@ def synthesized(ray_local, video_model, tmp_path_factory):
     prompts = root / "prompts.parquet"
     expected_errors = write_prompts(prompts)
     config = config_lib.merge(
-        config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"),
+        config_lib.preset(SYNTHESIZE_PRESETS, "debug"),
         {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}},
     )
     lines: list[str] = []
@@ -236,7 +238,7 @@ def test_rerun_processes_nothing(synthesized, video_model):
     out, _, expected_errors, _, prompts, _ = synthesized
     before = table_ids(out)
     lines: list[str] = []
-    summary = synthesize(prompts, video_model, out, config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), log=lines.append)
+    summary = synthesize(prompts, video_model, out, config_lib.preset(SYNTHESIZE_PRESETS, "debug"), log=lines.append)
     assert summary["pending_this_run"] == 0 and summary["videos_this_run"] == 0 and summary["skipped_already_done"] == 50
     assert table_ids(out) == before
     assert f"{len(expected_errors)} failed before; 0 to synthesize" in lines[0]
@@ -247,7 +249,7 @@ def test_retrying_errors_archives_the_old_error_rows(synthesized, video_model):
 
     out, _, expected_errors, _, prompts, _ = synthesized
     kept_and_rejected = {table: ids for table, ids in table_ids(out).items() if table != "errors"}
-    config = config_lib.merge(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"), {"retry_errors": True})
+    config = config_lib.merge(config_lib.preset(SYNTHESIZE_PRESETS, "debug"), {"retry_errors": True})
     summary = synthesize(prompts, video_model, out, config, log=lambda line: None)
     assert summary["pending_this_run"] == len(expected_errors) and summary["errors_this_run"] == len(expected_errors)
     ids = table_ids(out)
@@ -356,7 +358,7 @@ def infrastructure_faults(ray_local, video_model, tmp_path_factory):
     rows = [{"id": f"f{index}", "prompt": f"a toy number {index}, studio photo"} for index in range(8)]
     pq.write_table(pa.Table.from_pylist(rows), prompts)
     config = config_lib.merge(
-        config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"),
+        config_lib.preset(SYNTHESIZE_PRESETS, "debug"),
         {
             "fault": {"cuda_error_stage": "generate", "os_error_stage": "write", "error_after_batches": 0},
             "rows_per_shard": 4,

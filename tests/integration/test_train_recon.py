@@ -11,6 +11,9 @@ import pytest
 
 from vf3d import config as config_lib
 from vf3d.data import shards
+from vf3d.data.config import OrbitRenderConfig
+from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS
+from vf3d.training.config import TRAIN_RECON_PRESETS, ReconStage
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def duck_orbits(tmp_path_factory):
     from vf3d.data.assets import load_asset
     from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 
-    render = config_lib.OrbitRenderConfig(num_views=16, resolution=64, num_random_views=4, elevation_range_deg=[15.0, 15.0])
+    render = OrbitRenderConfig(num_views=16, resolution=64, num_random_views=4, elevation_range_deg=[15.0, 15.0])
     orbit = render_orbit(
         OrbitRenderer(64), load_asset(Path(pybullet_data.getDataPath()) / "duck.obj", margin=render.margin), render, "duck", 0
     )
@@ -43,7 +46,7 @@ def duck_orbits(tmp_path_factory):
 
 
 def recon_config(**run):
-    config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
+    config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
     # CPU workers: the session's cluster advertises one logical GPU (no CUDA behind it), which
     # "auto" would take and two workers could not share.
     return config_lib.merge(config, {"training": {"scaling": {"use_gpu": False}, **({"run": run} if run else {})}})
@@ -105,10 +108,10 @@ def test_the_exported_model_loads_and_reconstructs_a_photo(trained, tmp_path):
 
     out, _, _ = trained
     model = Reconstructor.from_pretrained(out)
-    assert model.config == config_lib.preset(config_lib.RECONSTRUCTOR_PRESETS, "debug")
+    assert model.config == config_lib.preset(RECONSTRUCTOR_PRESETS, "debug")
     photo = tmp_path / "rocket.png"
     Image.fromarray(skimage.data.rocket()).save(photo)
-    inference = config_lib.merge(config_lib.preset(config_lib.INFERENCE_PRESETS, "debug"), {"mesh_iso": "auto", "device": "cpu"})
+    inference = config_lib.merge(config_lib.preset(INFERENCE_PRESETS, "debug"), {"mesh_iso": "auto", "device": "cpu"})
     result = ImageTo3D.from_pretrained(out, inference).run(photo, tmp_path / "rocket.glb")
     assert len(result.mesh.mesh.vertices) > 0 and (tmp_path / "rocket.glb").stat().st_size > 0
 
@@ -139,7 +142,7 @@ def test_build_batch_crops_match_the_full_targets(duck_orbits):
 
     record = next(shards.iter_records(duck_orbits))
     config = recon_config()
-    stage = config_lib.ReconStage(render_resolution=64, crop_size=24)
+    stage = ReconStage(render_resolution=64, crop_size=24)
     batch = build_batch([record], stage, config, torch.Generator().manual_seed(0))
     assert batch["source_images"].shape == (1, 3, 64, 64) and batch["target_images"].shape == (1, 3, 3, 24, 24)
     # Redraw with the same seed and check each crop is the right window of its target view.

@@ -17,9 +17,11 @@ import ray.cloudpickle
 import ray.data
 import torch
 
-from vf3d.config import (
+from vf3d.config import ConfigError
+from vf3d.training import build_deepspeed_config, consolidate, parameter_groups, read_metadata, run_training
+from vf3d.training.checkpointing import METADATA_FILE
+from vf3d.training.config import (
     CheckpointSettings,
-    ConfigError,
     DeepSpeedConfig,
     FaultInjection,
     OptimizerConfig,
@@ -27,8 +29,6 @@ from vf3d.config import (
     ScalingSettings,
     TrainingConfig,
 )
-from vf3d.training import build_deepspeed_config, consolidate, parameter_groups, read_metadata, run_training
-from vf3d.training.checkpointing import METADATA_FILE
 from vf3d.training.deepspeed_setup import learning_rate_multiplier
 from vf3d.training.fault_injection import FAULT_MARKER_FILE
 
@@ -230,22 +230,45 @@ def test_rerunning_a_finished_run_with_more_steps_resumes_where_it_stopped(zero2
     assert max(second.return_value["losses"]) < 0.5 * first.return_value["losses"][0]
 
 
+@pytest.fixture(scope="module")
+def dataset_run(ray_local, tmp_path_factory):
+    """A 12-step ZeRO-0 run on 2 workers fed by a 64-row Ray Data dataset."""
+    rows = 64
+    generator = np.random.default_rng(0)
+    items = []
+    for index in range(rows):
+        features = generator.standard_normal(NUM_FEATURES).astype(np.float32)
+        target = float(regression_targets(torch.from_numpy(features)[None])[0, 0])
+        items.append({"id": index, "features": features, "target": target})
+    dataset = ray.data.from_items(items)
+    settings = harness_settings(tmp_path_factory.mktemp("dataset"), "dataset", zero_stage=0, max_steps=12, every_n_steps=6)
+    return rows, train(settings, datasets={"train": dataset}, rows_per_worker=rows // 2)
+
+
+@pytest.fixture(scope="module")
+def crash_run(ray_local, tmp_path_factory):
+    """A 12-step ZeRO-3 run on 2 workers (checkpoints every 4 steps) whose rank 1 dies at step 7,
+    with one restart allowed; and its storage."""
+    storage = tmp_path_factory.mktemp("crash")
+    fault = FaultInjection(fail_at_step=7, fail_rank=1)
+    settings = harness_settings(storage, "crash", zero_stage=3, max_steps=12, every_n_steps=4, keep_last=3, max_failures=1, fault=fault)
+    return storage, train(settings)
+
+
 @pytest.mark.parametrize("zero_stage", [0, 3])
-def test_zero_stages_0_and_3_train_and_consolidate(ray_local, tmp_path, zero_stage):
-    settings = harness_settings(tmp_path, f"zero{zero_stage}", zero_stage=zero_stage, max_steps=6, every_n_steps=3)
-    result = train(settings)
-    assert result.return_value["final_step"] == 6 and read_metadata(result.checkpoint.path)["zero_stage"] == zero_stage
+def test_zero_stages_0_and_3_train_and_consolidate(request, zero_stage):
+    # Each stage's run is one the module makes anyway: ZeRO-0 the Ray Data run, ZeRO-3 the crash run.
+    result = request.getfixturevalue({0: "dataset_run", 3: "crash_run"}[zero_stage])[1]
+    assert result.return_value["final_step"] == 12 and read_metadata(result.checkpoint.path)["zero_stage"] == zero_stage
     trained = torch.tensor(result.return_value["probe_predictions"])
     assert torch.allclose(consolidated_predictions(result.checkpoint), trained, atol=1e-5)
 
 
-def test_a_worker_crash_restarts_the_group_from_the_latest_checkpoint(ray_local, tmp_path):
-    fault = FaultInjection(fail_at_step=7, fail_rank=1)
-    settings = harness_settings(tmp_path, "crash", max_steps=12, every_n_steps=4, keep_last=3, max_failures=1, fault=fault)
-    result = train(settings)
+def test_a_worker_crash_restarts_the_group_from_the_latest_checkpoint(crash_run):
+    storage, result = crash_run
     # The restarted group resumed at the checkpoint of step 4 and ran steps 5..12 (the crash hit step 7).
     assert result.return_value["resumed_from"] == 4 and len(result.return_value["losses"]) == 8
-    assert (tmp_path / "crash" / FAULT_MARKER_FILE).read_text().startswith("rank 1 exited at step 7")
+    assert (storage / "crash" / FAULT_MARKER_FILE).read_text().startswith("rank 1 exited at step 7")
     reported = {metrics["step"]: metrics["resumed_from"] for _, metrics in result.best_checkpoints}
     assert reported == {4: 0, 8: 4, 12: 4}
 
@@ -259,17 +282,8 @@ def test_a_crash_without_restarts_left_fails_with_a_clear_error(ray_local, tmp_p
     assert (tmp_path / "fatal" / FAULT_MARKER_FILE).is_file()
 
 
-def test_ray_data_feeds_two_workers_on_two_cpus(ray_local, tmp_path):
-    rows = 64
-    generator = np.random.default_rng(0)
-    items = []
-    for index in range(rows):
-        features = generator.standard_normal(NUM_FEATURES).astype(np.float32)
-        target = float(regression_targets(torch.from_numpy(features)[None])[0, 0])
-        items.append({"id": index, "features": features, "target": target})
-    dataset = ray.data.from_items(items)
-    settings = harness_settings(tmp_path, "dataset", max_steps=12, every_n_steps=6)
-    result = train(settings, datasets={"train": dataset}, rows_per_worker=rows // 2)
+def test_ray_data_feeds_two_workers_on_two_cpus(dataset_run):
+    rows, result = dataset_run
     # Each worker read a disjoint half: together they saw every row exactly once in the first epoch.
     assert result.return_value["first_epoch_rows_all_workers"] == rows
     assert result.return_value["first_epoch_id_sum_all_workers"] == sum(range(rows))

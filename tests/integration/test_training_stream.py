@@ -53,6 +53,7 @@ def test_start_up_counts_and_holds_out_without_decoding(ray_local, tmp_path):
     """`prepare_inputs` on orbits whose every image is corrupt: counts from the footers, held-out
     ids from the id column, datasets left lazy (decoding any image would raise)."""
     from vf3d import config as config_lib
+    from vf3d.training.config import TRAIN_RECON_PRESETS
     from vf3d.training.recon import prepare_inputs
 
     rng = np.random.default_rng(1)
@@ -69,7 +70,7 @@ def test_start_up_counts_and_holds_out_without_decoding(ray_local, tmp_path):
     ]
     rows = [{**shards.encode_record(record), "frames": [CORRUPT] * 4, "masks": [CORRUPT] * 4} for record in records]
     shards.OrbitShardWriter(tmp_path).write(pa.Table.from_pylist(rows, schema=shards.ORBIT_SCHEMA))
-    config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
+    config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
     for stage in config.stages:
         stage.data = "synthetic"
     config.validation.num_objects = 3

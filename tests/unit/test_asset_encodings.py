@@ -104,7 +104,7 @@ def test_draco_glb_decodes_to_the_source_mesh_and_renders(tmp_path, duck):
     radius = np.linalg.norm(asset.positions, axis=1).max()
     assert abs(radius - 0.8) < 1e-5  # default margin 0.2
 
-    from vf3d.config import OrbitRenderConfig
+    from vf3d.data.config import OrbitRenderConfig
     from vf3d.data.orbit_renderer import OrbitRenderer, orbit_cameras
 
     with OrbitRenderer(64) as renderer:
@@ -220,7 +220,7 @@ def test_gltf_json_file_is_checked_too(tmp_path):
 def test_render_assets_records_each_encoding_error_and_renders_the_rest(tmp_path, duck):
     """The orbit stage turns encoding errors into error rows; the good Draco asset still renders."""
     from vf3d import config as config_lib
-    from vf3d.config import RENDER_ASSETS_PRESETS
+    from vf3d.synthesis.config import RENDER_ASSETS_PRESETS
     from vf3d.synthesis.render_assets import ERROR_COLUMN, RenderOrbits
 
     assets = tmp_path / "assets"

@@ -178,7 +178,7 @@ def test_find_assets_is_sorted_recursive_and_filtered(tmp_path):
 
 
 def test_gather_sample_assets_gives_real_renderable_assets(tmp_path):
-    from vf3d.config import OrbitRenderConfig
+    from vf3d.data.config import OrbitRenderConfig
     from vf3d.data.orbit_renderer import OrbitRenderer, orbit_cameras
 
     out_dir = tmp_path / "samples"

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from vf3d.config import DeepSpeedConfig, OptimizerConfig, RunSettings, TrainingConfig
 from vf3d.training.checkpointing import (
     CheckpointError,
     consolidate,
@@ -26,6 +25,7 @@ from vf3d.training.checkpointing import (
     restore_from_directory,
     save_to_directory,
 )
+from vf3d.training.config import DeepSpeedConfig, OptimizerConfig, RunSettings, TrainingConfig
 from vf3d.training.deepspeed_setup import initialize
 
 SAVED_STEP = 3

@@ -32,16 +32,18 @@ COMMANDS = [
 ]
 
 
-def run(*args, **kwargs):
-    return subprocess.run([VF3D, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+def test_the_console_script_runs():
+    """The installed `vf3d` script (the other tests call its `main` in-process)."""
+    result = subprocess.run([VF3D, "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "usage: vf3d" in result.stdout, result.stderr
 
 
-def test_help_lists_every_command_and_each_has_its_own_help():
-    top = run("--help")
+def test_help_lists_every_command_and_each_has_its_own_help(vf3d_main):
+    top = vf3d_main("--help")
     assert top.returncode == 0
     for command in COMMANDS:
         assert command in top.stdout
-        sub = run(command, "--help")
+        sub = vf3d_main(command, "--help")
         assert sub.returncode == 0 and f"usage: vf3d {command}" in sub.stdout
 
 
@@ -54,10 +56,10 @@ def photo(tmp_path_factory):
     return path
 
 
-def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo, debug_model_dir):
+def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo, debug_model_dir, vf3d_main):
     out = tmp_path / "nested" / "mug.glb"
     video = tmp_path / "mug.mp4"
-    result = run(
+    result = vf3d_main(
         "image-to-3d",
         photo,
         "--model",
@@ -87,12 +89,12 @@ def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo
     assert summary["vertices"] == len(mesh.vertices) and summary["config"]["mesh_resolution"] == 48
 
 
-def test_seeded_runs_are_reproducible(tmp_path, photo, debug_model_dir):
+def test_seeded_runs_are_reproducible(tmp_path, photo, debug_model_dir, vf3d_main):
     outputs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.ply"
         assert (
-            run(
+            vf3d_main(
                 "image-to-3d",
                 photo,
                 "--model",
@@ -144,11 +146,11 @@ def truncated_png():
         ("transparent.png", transparent_png(), "no foreground: the image is fully transparent"),
     ],
 )
-def test_bad_images_get_one_clear_line_and_exit_code_2(tmp_path, debug_model_dir, name, content, expected):
+def test_bad_images_get_one_clear_line_and_exit_code_2(tmp_path, debug_model_dir, name, content, expected, vf3d_main):
     image = tmp_path / name
     image.write_bytes(content)
     out = tmp_path / "out.glb"
-    result = run("image-to-3d", image, "--model", debug_model_dir, "--out", out)
+    result = vf3d_main("image-to-3d", image, "--model", debug_model_dir, "--out", out)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vf3d image-to-3d: error:") and expected in lines[0], result.stderr
@@ -164,29 +166,29 @@ def test_bad_images_get_one_clear_line_and_exit_code_2(tmp_path, debug_model_dir
         (["--out", "x.glb", "--mesh-resolution", "3"], "mesh_resolution must be between"),
     ],
 )
-def test_bad_options_get_one_clear_line_and_exit_code_2(tmp_path, photo, debug_model_dir, args, expected):
-    result = run("image-to-3d", photo, "--model", debug_model_dir, *args, cwd=tmp_path)
+def test_bad_options_get_one_clear_line_and_exit_code_2(tmp_path, photo, debug_model_dir, args, expected, vf3d_main):
+    result = vf3d_main("image-to-3d", photo, "--model", debug_model_dir, *args, cwd=tmp_path)
     assert result.returncode == 2 and expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_missing_model_and_bad_config_are_clear(tmp_path, photo):
-    result = run("image-to-3d", photo, "--model", tmp_path / "nope", "--out", tmp_path / "o.glb")
+def test_missing_model_and_bad_config_are_clear(tmp_path, photo, vf3d_main):
+    result = vf3d_main("image-to-3d", photo, "--model", tmp_path / "nope", "--out", tmp_path / "o.glb")
     assert result.returncode == 2 and "model directory not found" in result.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("mesh_resolution: 64\nturntable_speed: 3\n")
-    result = run("image-to-3d", photo, "--model", tmp_path, "--out", tmp_path / "o.glb", "--config", bad)
+    result = vf3d_main("image-to-3d", photo, "--model", tmp_path, "--out", tmp_path / "o.glb", "--config", bad)
     assert result.returncode == 2 and "turntable_speed" in result.stderr
 
 
-def test_init_model_and_show_config(tmp_path):
-    result = run("init-model", "--preset", "debug", "--out", tmp_path / "m")
+def test_init_model_and_show_config(tmp_path, vf3d_main):
+    result = vf3d_main("init-model", "--preset", "debug", "--out", tmp_path / "m")
     assert result.returncode == 0 and (tmp_path / "m" / "model.safetensors").is_file()
-    shown = run("show-config", "reconstructor", "--preset", "vfusion3d")
+    shown = vf3d_main("show-config", "reconstructor", "--preset", "vfusion3d")
     config = json.loads(shown.stdout)
     assert config["transformer"]["num_layers"] == 16 and config["encoder"]["image_size"] == 512
 
 
-def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_dir):
+def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_dir, vf3d_main):
     import torch
 
     from vf3d.models.reconstructor import Reconstructor
@@ -200,16 +202,16 @@ def test_import_checkpoint_command_maps_a_released_layout(tmp_path, debug_model_
     overrides.write_text(
         "transformer:\n  num_heads: 4\nencoder:\n  num_heads: 2\n  image_size: 64\nrenderer:\n  num_coarse_samples: 16\n  num_fine_samples: 16\n  render_size: 32\n"
     )
-    result = run("import-checkpoint", released, "--format", "vfusion3d", "--out", tmp_path / "imported", "--config", overrides)
+    result = vf3d_main("import-checkpoint", released, "--format", "vfusion3d", "--out", tmp_path / "imported", "--config", overrides)
     assert result.returncode == 0, result.stderr
     imported = Reconstructor.from_pretrained(tmp_path / "imported")
     for name, tensor in original.state_dict().items():
         assert torch.equal(tensor, imported.state_dict()[name]), name
-    wrong = run("import-checkpoint", released, "--format", "openlrm", "--out", tmp_path / "wrong")
+    wrong = vf3d_main("import-checkpoint", released, "--format", "openlrm", "--out", tmp_path / "wrong")
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "wrong").exists()
 
 
-def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(tmp_path):
+def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(tmp_path, vf3d_main):
     from skimage import data
 
     from vf3d.data import shards
@@ -237,17 +239,19 @@ def test_train_filter_fits_a_probe_from_the_command_line_and_refuses_bad_labels(
     shards.OrbitShardWriter(tmp_path / "data").write(records)
     labels = tmp_path / "labels.csv"
     labels.write_text("id,label\n" + "".join(f"good{i},good\nbad{i},bad\n" for i in range(12)))
-    result = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe", "--preset", "debug")
+    result = vf3d_main("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe", "--preset", "debug")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "probe" / "filter_report.json").read_text())
     assert (tmp_path / "probe" / "model.safetensors").is_file() and report
 
     labels.write_text("id,label\ngood0,maybe\n")
-    bad = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2", "--preset", "debug")
+    bad = vf3d_main("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2", "--preset", "debug")
     assert bad.returncode == 2 and "maybe" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    missing = run("train-filter", "--labels", labels, "--data", tmp_path / "nowhere", "--out", tmp_path / "probe2", "--preset", "debug")
+    missing = vf3d_main(
+        "train-filter", "--labels", labels, "--data", tmp_path / "nowhere", "--out", tmp_path / "probe2", "--preset", "debug"
+    )
     assert missing.returncode == 2 and "--data directories not found" in missing.stderr
-    no_encoder = run("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2")
+    no_encoder = vf3d_main("train-filter", "--labels", labels, "--data", tmp_path / "data", "--out", tmp_path / "probe2")
     assert no_encoder.returncode == 2 and "pretrained_path is required" in no_encoder.stderr
     assert not (tmp_path / "probe2").exists()
 

@@ -76,6 +76,49 @@ def check_image(image, where: str) -> None:
     )
 
 
+DOCKERFILE = CLUSTER / "Dockerfile"
+# The vf3d image every launcher node and KubeRay pod runs: one repository, tags <ray>-py311[-gpu].
+PROJECT_IMAGE_REPO = re.compile(r"^(?:[a-z0-9.-]+(?::\d+)?/)*vf3d$")
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of cluster/Dockerfile, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        current += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            lines.append(current)
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for instruction, arguments in dockerfile_instructions():
+        if instruction == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", arguments):
+                env[key] = value
+    return env
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^(\w+)=(\S+)", a)[0] for i, a in dockerfile_instructions() if i == "ARG" and "=" in a)
+
+
+def check_project_image(image: str, where: str) -> None:
+    """The vf3d image (cluster/Dockerfile), not a stock Ray image that would pip-install at boot."""
+    check_image(image, where)
+    repo = image.rsplit(":", 1)[0]
+    assert PROJECT_IMAGE_REPO.match(repo), (
+        f"{where}: image {image!r} is not the vf3d image (REGISTRY/vf3d:<ray>-py311[-gpu], cluster/Dockerfile)"
+    )
+
+
 def launcher_gpus(node_type: dict) -> int:
     return int(node_type.get("resources", {}).get("GPU", 0))
 
@@ -199,27 +242,27 @@ def test_launcher_images_are_pinned_to_the_pyproject_ray_version(name):
         )
 
 
+# Packages a launcher may pip-install at boot: the head's cloud SDK for the autoscaler, nothing else.
+BOOT_PIP_ALLOWED = {"boto3", "google-api-python-client"}
+
+
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
-def test_launcher_installs_vf3d_from_the_uploaded_tree(name):
+def test_launcher_installs_nothing_of_vf3d_at_boot(name):
+    """The image holds vf3d and torch: no node pip-installs the project, torch or the pins at boot."""
     config = load(CLUSTER / name)
     where = f"cluster/{name}"
-    mounts = config.get("file_mounts") or {}
-    remote = [r for r, local in mounts.items() if (REPO / local).resolve() == REPO]
-    assert remote, f"{where}: file_mounts must upload the repository root ('.', relative to where `ray up` runs)"
-    assert ".gitignore" in (config.get("rsync_filter") or []), (
-        f"{where}: rsync_filter must include .gitignore so .venv/ and outputs are not uploaded"
-    )
-    commands = " ".join(config.get("setup_commands") or [])
-    tree = remote[0].replace("~", "$HOME")
-    assert re.search(r"pip install .*-c \S*constraints\.txt .*-e ", commands) and (remote[0] in commands or tree in commands), (
-        f"{where}: setup_commands must `pip install -c .../constraints.txt -e` the uploaded tree at {remote[0]}"
-    )
-    # serve/config.yaml's import_path (serve.app) lives in the tree: it must be on every node's
-    # PYTHONPATH (ray start runs in a login shell, which reads ~/.bashrc). A ` #` in an unquoted
-    # YAML command starts a comment and would cut this line short.
-    assert any("PYTHONPATH" in c and c.rstrip().endswith(">> ~/.bashrc") for c in config["setup_commands"]), (
-        f"{where}: setup_commands must append the tree to PYTHONPATH in ~/.bashrc"
-    )
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "initialization_commands"):
+        for node_type, commands in [("", config.get(key) or [])] + [
+            (f"available_node_types.{t}.", n.get(key) or []) for t, n in config["available_node_types"].items()
+        ]:
+            for command in commands:
+                for install in re.findall(r"pip3? install ([^;&|]*)", command):
+                    packages = {re.split(r"[<>=\[ ]", w.strip("'\""))[0] for w in install.split() if not w.startswith("-")}
+                    assert packages <= BOOT_PIP_ALLOWED, (
+                        f"{where}: {node_type}{key} pip-installs {sorted(packages - BOOT_PIP_ALLOWED)} at boot: "
+                        "that belongs in the image (cluster/Dockerfile)"
+                    )
+    assert not config.get("file_mounts"), f"{where}: file_mounts uploads a tree at boot; the code is in the image"
 
 
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
@@ -362,7 +405,7 @@ def test_rayjob_runs_synthesis_on_the_raycluster_spec():
     )
 
 
-def test_rayjob_runtime_env_is_valid_and_fetches_the_pods_source():
+def test_rayjob_runtime_env_is_valid_and_runs_the_images_tree():
     from ray.runtime_env import RuntimeEnv
 
     where = "cluster/kuberay/rayjob-synthesize.yaml"
@@ -370,14 +413,14 @@ def test_rayjob_runtime_env_is_valid_and_fetches_the_pods_source():
     runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
     assert isinstance(runtime_env, dict), f"{where}: spec.runtimeEnvYAML must be a YAML mapping (as a string)"
     try:
-        RuntimeEnv(**runtime_env)
+        # working_dir is a path inside the image (checked below); RuntimeEnv would look for it here.
+        RuntimeEnv(**{key: value for key, value in runtime_env.items() if key != "working_dir"})
     except Exception as error:  # noqa: BLE001
         pytest.fail(f"{where}: spec.runtimeEnvYAML is not a valid Ray runtime env: {error}")
-    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    source = {e["name"]: e.get("value") for e in head.get("env", [])}.get("VF3D_SOURCE_URL")
-    assert runtime_env.get("working_dir") == source, (
-        f"{where}: spec.runtimeEnvYAML working_dir {runtime_env.get('working_dir')!r} must be the pods' "
-        f"VF3D_SOURCE_URL {source!r} (the same commit)"
+    tree = dockerfile_env()["VF3D_TREE"]
+    assert runtime_env.get("working_dir") == tree, (
+        f"{where}: spec.runtimeEnvYAML working_dir {runtime_env.get('working_dir')!r} must be the image's tree {tree!r} "
+        "(cluster/Dockerfile VF3D_TREE: the submitter pod runs the head's image)"
     )
 
 
@@ -501,3 +544,136 @@ def test_sync_script_rewrites_only_the_block(tmp_path):
         "    applications: []\n\n  # kept\n  rayClusterConfig: {x: 1}\n"
     )
     assert sync.render(out, "# comment\nproxy_location: EveryNode\n\napplications: []\n") == out
+
+
+# ---------------------------------------------------------------------------------------------
+# The image: cluster/Dockerfile, and every launcher node type and KubeRay pod running it
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_from_the_pinned_ray_image():
+    instructions = dockerfile_instructions()
+    froms = [a for i, a in instructions if i == "FROM"]
+    assert len(froms) == 1, f"cluster/Dockerfile: expected one FROM, found {froms}"
+    base = dockerfile_args().get("BASE_IMAGE")
+    assert froms[0].split()[0] == "${BASE_IMAGE}" and base, (
+        "cluster/Dockerfile: FROM ${BASE_IMAGE}, with ARG BASE_IMAGE=<Ray image> before it"
+    )
+    assert base.startswith("rayproject/ray:"), f"cluster/Dockerfile: BASE_IMAGE {base!r} is not a rayproject/ray image"
+    check_image(base, "cluster/Dockerfile: ARG BASE_IMAGE")
+    assert base.endswith("-py311-gpu"), f"cluster/Dockerfile: the default BASE_IMAGE {base!r} must be Ray's py311 CUDA image"
+
+
+def test_dockerfile_installs_the_project_with_its_pins_and_cuda_torch():
+    runs = " ".join(a for i, a in dockerfile_instructions() if i == "RUN")
+    installs = re.findall(r"pip install ([^&;]*)", runs)
+    assert any("-c constraints.txt" in c and re.search(r"""["']?\.\[assets\]""", c) for c in installs), (
+        f"cluster/Dockerfile: no `pip install -c constraints.txt .[assets]` (pip installs: {installs})"
+    )
+    torch_installs = [c for c in installs if re.search(r"\btorch\b", c)]
+    assert torch_installs and all("-c constraints.txt" in c and "TORCH_INDEX_URL" in c for c in torch_installs), (
+        f"cluster/Dockerfile: torch must come from the CUDA index (TORCH_INDEX_URL) under constraints.txt: {torch_installs}"
+    )
+    index = dockerfile_args().get("TORCH_INDEX_URL", "")
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index), (
+        f"cluster/Dockerfile: TORCH_INDEX_URL {index!r} is not a CUDA wheel index"
+    )
+
+
+def test_dockerfile_has_egl_and_the_graphics_capability():
+    runs = " ".join(a for i, a in dockerfile_instructions() if i == "RUN")
+    apt = " ".join(re.findall(r"apt-get install ([^&;]*)", runs))
+    for library in ("libegl1", "libgl1", "libgles2", "libglvnd0", "libegl-mesa0"):
+        assert re.search(rf"(^|\s){re.escape(library)}(\s|$)", apt), f"cluster/Dockerfile: apt-get install lacks {library} (headless EGL)"
+    capabilities = set(dockerfile_env().get("NVIDIA_DRIVER_CAPABILITIES", "").split(","))
+    assert {"graphics", "compute", "utility"} <= capabilities or "all" in capabilities, (
+        f"cluster/Dockerfile: NVIDIA_DRIVER_CAPABILITIES {sorted(capabilities)} must include graphics (EGL), compute, utility"
+    )
+
+
+def test_dockerfile_runs_as_the_non_root_ray_user():
+    users = [a.strip() for i, a in dockerfile_instructions() if i == "USER"]
+    assert users and users[-1] not in ("root", "0"), f"cluster/Dockerfile: the last USER is {users[-1:] or 'unset'}; run as ray (uid 1000)"
+    assert dockerfile_env().get("VF3D_TREE") and dockerfile_env().get("PYTHONPATH") == dockerfile_env()["VF3D_TREE"], (
+        "cluster/Dockerfile: PYTHONPATH must be the baked tree (VF3D_TREE), where serve.app and jobs/ live"
+    )
+
+
+def test_dockerignore_keeps_venvs_outputs_and_git_out():
+    ignored = {line.strip().rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
+    for entry in (".git", ".venv", "demo-output", "job-output", "bench-results"):
+        assert entry in ignored, f".dockerignore: {entry} would be sent to the image build"
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_node_types_run_the_project_image(name):
+    config = load(CLUSTER / name)
+    docker = config["docker"]
+    head = config["head_node_type"]
+    for type_name, node_type in config["available_node_types"].items():
+        default = docker.get("head_image" if type_name == head else "worker_image", docker["image"])
+        image = (node_type.get("docker") or {}).get("worker_image", default)
+        check_project_image(image, f"cluster/{name}: available_node_types.{type_name}")
+
+
+def test_aws_gpu_nodes_set_nccl_over_efa():
+    config = load(CLUSTER / "aws.yaml")
+    for type_name, node_type in config["available_node_types"].items():
+        if launcher_gpus(node_type) < 8:
+            continue
+        options = " ".join((node_type.get("docker") or {}).get("worker_run_options") or [])
+        for variable in ("FI_PROVIDER=efa", "FI_EFA_USE_DEVICE_RDMA=1", "NCCL_SOCKET_IFNAME="):
+            assert f"-e {variable}" in options, (
+                f"cluster/aws.yaml: available_node_types.{type_name}.docker.worker_run_options lacks -e {variable}"
+            )
+
+
+@pytest.mark.parametrize("name", list(KUBERAY_MANIFESTS))
+def test_kuberay_pods_run_the_project_image_and_gpu_pods_land_on_gpu_nodes(name):
+    for manifest_name, _, _, spec in cluster_specs():
+        if manifest_name != name:
+            continue
+        where = f"cluster/kuberay/{name}"
+        for label, group in groups(spec):
+            pod = group["template"]["spec"]
+            for container in pod["containers"]:
+                check_project_image(container["image"], f"{where}: {label}: container {container['name']}")
+                script = " ".join(container.get("command", []) + container.get("args", []))
+                assert "pip install" not in script and "urlopen" not in script, (
+                    f"{where}: {label}: the start command installs or fetches code at boot"
+                )
+            gpus = gpu_count(pod["containers"][0])
+            if gpus == 0:
+                continue
+            requests = (pod["containers"][0].get("resources") or {}).get("requests") or {}
+            assert int(requests.get("nvidia.com/gpu", 0)) == gpus, f"{where}: {label}: nvidia.com/gpu requests must equal the limits"
+            tolerations = pod.get("tolerations") or []
+            assert any(t.get("key") == "nvidia.com/gpu" and t.get("operator") in ("Exists", "Equal") for t in tolerations), (
+                f"{where}: {label}: a GPU group needs a toleration for the nvidia.com/gpu taint"
+            )
+            assert pod.get("nodeSelector") or (pod.get("affinity") or {}).get("nodeAffinity"), (
+                f"{where}: {label}: a GPU group needs a nodeSelector (or node affinity) for GPU nodes"
+            )
+
+
+def test_kuberay_multi_gpu_groups_set_nccl_over_efa():
+    for name, _, _, spec in cluster_specs():
+        for label, group in groups(spec):
+            container = group["template"]["spec"]["containers"][0]
+            if gpu_count(container) < 8:
+                continue
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            assert env.get("FI_PROVIDER") == "efa" and env.get("NCCL_SOCKET_IFNAME"), (
+                f"cluster/kuberay/{name}: {label}: an 8-GPU group (multi-node training) needs FI_PROVIDER=efa and NCCL_SOCKET_IFNAME"
+            )
+
+
+def test_rayjob_has_retry_and_deadline_limits():
+    where = "cluster/kuberay/rayjob-synthesize.yaml"
+    spec = load(KUBERAY / "rayjob-synthesize.yaml")["spec"]
+    for field in ("backoffLimit", "activeDeadlineSeconds"):
+        value = spec.get(field)
+        assert isinstance(value, int) and value >= (0 if field == "backoffLimit" else 1), f"{where}: spec.{field} must be set (an integer)"
+    submitter = (spec.get("submitterConfig") or {}).get("backoffLimit")
+    assert isinstance(submitter, int) and submitter >= 0, f"{where}: spec.submitterConfig.backoffLimit must be set"
+    assert spec.get("submissionMode") == "K8sJobMode", f"{where}: spec.submissionMode must be K8sJobMode (a submitter Job that retries)"

@@ -1,26 +1,41 @@
 """Typed configs: presets, overrides from files, and rejection of bad keys and values."""
 
+import importlib
+from pathlib import Path
+
 import pytest
 
 from vf3d import config
+from vf3d.evaluation.config import EVALUATE_PRESETS
+from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS, InferenceConfig, ReconstructorConfig
+from vf3d.serving.config import SERVE_PRESETS
+from vf3d.synthesis.config import (
+    RENDER_ASSETS_PRESETS,
+    SYNTHESIZE_PRESETS,
+    TRAIN_FILTER_PRESETS,
+    RenderAssetsConfig,
+    SynthesizeConfig,
+    TrainFilterConfig,
+)
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TRAIN_RECON_PRESETS, TrainingConfig
 
 
-@pytest.mark.parametrize("name", list(config.RECONSTRUCTOR_PRESETS))
+@pytest.mark.parametrize("name", list(RECONSTRUCTOR_PRESETS))
 def test_every_preset_validates_and_round_trips_through_a_dict(name):
-    preset = config.preset(config.RECONSTRUCTOR_PRESETS, name).validate()
-    assert config.from_dict(config.ReconstructorConfig, config.to_dict(preset)) == preset
-    assert config.preset(config.INFERENCE_PRESETS, name).validate()
+    preset = config.preset(RECONSTRUCTOR_PRESETS, name).validate()
+    assert config.from_dict(ReconstructorConfig, config.to_dict(preset)) == preset
+    assert config.preset(INFERENCE_PRESETS, name).validate()
 
 
 def test_presets_are_listed_debug_first_and_return_fresh_objects():
-    assert list(config.RECONSTRUCTOR_PRESETS)[0] == "debug"
-    first = config.preset(config.RECONSTRUCTOR_PRESETS, "debug")
+    assert list(RECONSTRUCTOR_PRESETS)[0] == "debug"
+    first = config.preset(RECONSTRUCTOR_PRESETS, "debug")
     first.transformer.width = 7
-    assert config.preset(config.RECONSTRUCTOR_PRESETS, "debug").transformer.width == 64
+    assert config.preset(RECONSTRUCTOR_PRESETS, "debug").transformer.width == 64
 
 
 def test_vfusion3d_preset_is_the_released_architecture():
-    c = config.preset(config.RECONSTRUCTOR_PRESETS, "vfusion3d")
+    c = config.preset(RECONSTRUCTOR_PRESETS, "vfusion3d")
     assert (c.encoder.hidden_size, c.encoder.num_layers, c.encoder.num_heads, c.encoder.patch_size, c.encoder.image_size) == (
         768,
         12,
@@ -39,7 +54,7 @@ def test_unknown_keys_are_rejected_with_their_path(tmp_path):
     path = tmp_path / "override.yaml"
     path.write_text("transformer:\n  width: 128\n  depth: 3\n")
     with pytest.raises(config.ConfigError, match=r"unknown key\(s\) in transformer: depth"):
-        config.resolve(config.RECONSTRUCTOR_PRESETS, "debug", path)
+        config.resolve(RECONSTRUCTOR_PRESETS, "debug", path)
 
 
 @pytest.mark.parametrize(
@@ -57,35 +72,36 @@ def test_bad_values_are_rejected_with_a_clear_message(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(config.ConfigError, match=message):
-        config.resolve(config.RECONSTRUCTOR_PRESETS, "debug", path)
+        config.resolve(RECONSTRUCTOR_PRESETS, "debug", path)
 
 
 def test_overrides_apply_on_top_of_the_preset(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("mesh_resolution: 96\nmesh_iso: auto\n")
-    resolved = config.resolve(config.INFERENCE_PRESETS, "debug", path)
+    resolved = config.resolve(INFERENCE_PRESETS, "debug", path)
     assert resolved.mesh_resolution == 96 and resolved.mesh_iso == "auto" and resolved.turntable_views == 16
 
 
 def test_unknown_preset_names_the_choices():
     with pytest.raises(config.ConfigError, match="choose one of: debug, small, base, vfusion3d"):
-        config.preset(config.RECONSTRUCTOR_PRESETS, "huge")
+        config.preset(RECONSTRUCTOR_PRESETS, "huge")
 
 
-def test_config_module_imports_nothing_heavy():
+def test_config_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = "import sys, vf3d.config, vf3d.cli; print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
+    modules = ", ".join([*CONFIG_MODULES, "vf3d.cli"])
+    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(
     "table, cls",
     [
-        (config.SYNTHESIZE_PRESETS, config.SynthesizeConfig),
-        (config.TRAIN_FILTER_PRESETS, config.TrainFilterConfig),
-        (config.RENDER_ASSETS_PRESETS, config.RenderAssetsConfig),
+        (SYNTHESIZE_PRESETS, SynthesizeConfig),
+        (TRAIN_FILTER_PRESETS, TrainFilterConfig),
+        (RENDER_ASSETS_PRESETS, RenderAssetsConfig),
     ],
 )
 def test_pipeline_presets_round_trip_through_a_dict(table, cls):
@@ -102,24 +118,49 @@ def test_the_readme_cluster_config_for_synthesize_is_valid(tmp_path):
     block = readme.split("# synthesize-cluster.yaml", 1)[1].split("\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "synthesize-cluster.yaml"
     path.write_text(block)
-    resolved = config.resolve(config.SYNTHESIZE_PRESETS, "cluster", path)
+    resolved = config.resolve(SYNTHESIZE_PRESETS, "cluster", path)
     assert resolved.generate_pool.max_actors == 128 and resolved.filter.probe_path == "/mnt/models/quality-probe"
 
 
 def test_synthesize_config_rejects_bad_pools_and_faults():
     with pytest.raises(config.ConfigError, match="min_actors <= initial_actors <= max_actors"):
-        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"generate_pool": {"min_actors": 3, "max_actors": 2}}).validate()
+        config.merge(config.preset(SYNTHESIZE_PRESETS, "debug"), {"generate_pool": {"min_actors": 3, "max_actors": 2}}).validate()
     with pytest.raises(config.ConfigError, match="fault.kill_stage"):
-        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "writer"}}).validate()
+        config.merge(config.preset(SYNTHESIZE_PRESETS, "debug"), {"fault": {"kill_stage": "writer"}}).validate()
     with pytest.raises(config.ConfigError, match="elevation_range_deg"):
-        config.merge(config.preset(config.SYNTHESIZE_PRESETS, "debug"), {"generation": {"elevation_range_deg": [40, 10]}}).validate()
+        config.merge(config.preset(SYNTHESIZE_PRESETS, "debug"), {"generation": {"elevation_range_deg": [40, 10]}}).validate()
 
 
 # ---------------------------------------------------------------------------------------------
 # Declared choices and bounds, checked by one walker over the whole config tree
 # ---------------------------------------------------------------------------------------------
 
-PRESET_TABLES = {name: table for name, table in vars(config).items() if name.endswith("_PRESETS")}
+CONFIG_MODULES = sorted(
+    ".".join(("vf3d", *path.relative_to(Path(config.__file__).parent).with_suffix("").parts))
+    for path in Path(config.__file__).parent.rglob("config.py")
+)
+"""vf3d.config and every component's config module beside it (found on disk, so a new one is included)."""
+PRESET_TABLES = {
+    name: table for module in CONFIG_MODULES for name, table in vars(importlib.import_module(module)).items() if name.endswith("_PRESETS")
+}
+
+
+def test_every_stage_has_its_preset_table():
+    assert len(CONFIG_MODULES) == 9
+    assert set(PRESET_TABLES) == {
+        "RECONSTRUCTOR_PRESETS",
+        "INFERENCE_PRESETS",
+        "VIDEO_MODEL_PRESETS",
+        "RENDER_ASSETS_PRESETS",
+        "TRAIN_FILTER_PRESETS",
+        "SYNTHESIZE_PRESETS",
+        "FINETUNE_VIDEO_PRESETS",
+        "TRAIN_RECON_PRESETS",
+        "SERVE_PRESETS",
+        "EVALUATE_PRESETS",
+    }
+
+
 NEEDS_LOCAL_WEIGHTS = {("TRAIN_FILTER_PRESETS", "dinov2-base"): {"encoder": {"encoder": {"pretrained_path": "/weights/dinov2-base"}}}}
 
 
@@ -132,7 +173,7 @@ def test_every_preset_of_every_table_validates_and_round_trips(table, name):
 
 def test_a_preset_without_its_local_weights_names_the_missing_path():
     with pytest.raises(config.ConfigError, match=r"^encoder\.encoder\.pretrained_path is required"):
-        config.preset(config.TRAIN_FILTER_PRESETS, "dinov2-base").validate()
+        config.preset(TRAIN_FILTER_PRESETS, "dinov2-base").validate()
 
 
 @pytest.mark.parametrize(
@@ -150,21 +191,21 @@ def test_a_preset_without_its_local_weights_names_the_missing_path():
     ],
 )
 def test_a_literal_field_refuses_an_unknown_choice_naming_path_value_and_choices(overrides, message):
-    debug = config.preset(config.SYNTHESIZE_PRESETS, "debug")
+    debug = config.preset(SYNTHESIZE_PRESETS, "debug")
     with pytest.raises(config.ConfigError) as error:
         config.merge(debug, overrides)
     assert str(error.value) == message
 
 
 def test_literal_choices_keep_their_type_and_are_checked_on_validate_too():
-    training = config.TrainingConfig()
+    training = TrainingConfig()
     with pytest.raises(config.ConfigError, match=r"^deepspeed\.zero_stage: expected one of 0, 2, 3, got '2'$"):
         config.merge(training, {"deepspeed": {"zero_stage": "2"}})
     with pytest.raises(config.ConfigError, match=r"^scaling\.use_gpu: expected true/false or 'auto', got 'yes'$"):
         config.merge(training, {"scaling": {"use_gpu": "yes"}})
     assert config.merge(training, {"scaling": {"use_gpu": False}}).validate().scaling.use_gpu is False
     with pytest.raises(config.ConfigError, match=r"^mesh_iso: expected a number, 'auto' or null, got 'high'$"):
-        config.merge(config.InferenceConfig(), {"mesh_iso": "high"})
+        config.merge(InferenceConfig(), {"mesh_iso": "high"})
     # A value set in code, not read from a file, is checked by validate() with the same message.
     training.optimizer.schedule = "linear"
     with pytest.raises(config.ConfigError, match=r"^optimizer\.schedule: expected one of 'cosine', 'constant', got 'linear'$"):
@@ -174,26 +215,26 @@ def test_literal_choices_keep_their_type_and_are_checked_on_validate_too():
 @pytest.mark.parametrize(
     "table, overrides, message",
     [
-        (config.TRAIN_RECON_PRESETS, {"training": {"run": {"batch_size": 0}}}, "training.run.batch_size must be >= 1, got 0"),
+        (TRAIN_RECON_PRESETS, {"training": {"run": {"batch_size": 0}}}, "training.run.batch_size must be >= 1, got 0"),
         (
-            config.TRAIN_RECON_PRESETS,
+            TRAIN_RECON_PRESETS,
             {"training": {"optimizer": {"betas": [0.9, 1.0]}}},
             "training.optimizer.betas[1] must be in [0, 1), got 1.0",
         ),
-        (config.INFERENCE_PRESETS, {"foreground_ratio": 0}, "foreground_ratio must be in (0, 1], got 0.0"),
-        (config.INFERENCE_PRESETS, {"mesh_resolution": 2000}, "mesh_resolution must be between 8 and 1024, got 2000"),
+        (INFERENCE_PRESETS, {"foreground_ratio": 0}, "foreground_ratio must be in (0, 1], got 0.0"),
+        (INFERENCE_PRESETS, {"mesh_resolution": 2000}, "mesh_resolution must be between 8 and 1024, got 2000"),
         (
-            config.SYNTHESIZE_PRESETS,
+            SYNTHESIZE_PRESETS,
             {"generation": {"elevation_range_deg": [0, 95]}},
             "generation.elevation_range_deg[1] must be in (-90, 90), got 95.0",
         ),
         (
-            config.SYNTHESIZE_PRESETS,
+            SYNTHESIZE_PRESETS,
             {"generation": {"elevation_range_deg": [10]}},
             "generation.elevation_range_deg must be a list of 2 values, got [10.0]",
         ),
-        (config.SERVE_PRESETS, {"model": {"num_gpus": -1}}, "model.num_gpus must be >= 0, got -1.0"),
-        (config.EVALUATE_PRESETS, {"limit": 0}, "limit must be >= 1, got 0"),
+        (SERVE_PRESETS, {"model": {"num_gpus": -1}}, "model.num_gpus must be >= 0, got -1.0"),
+        (EVALUATE_PRESETS, {"limit": 0}, "limit must be >= 1, got 0"),
     ],
 )
 def test_a_declared_bound_refuses_naming_the_path_and_the_value(table, overrides, message):
@@ -203,11 +244,11 @@ def test_a_declared_bound_refuses_naming_the_path_and_the_value(table, overrides
 
 
 def test_optional_bounded_fields_accept_null():
-    assert config.merge(config.preset(config.EVALUATE_PRESETS, "debug"), {"limit": None, "resolution": None}).validate().limit is None
+    assert config.merge(config.preset(EVALUATE_PRESETS, "debug"), {"limit": None, "resolution": None}).validate().limit is None
 
 
 def test_the_walker_reaches_nested_configs_and_lists_of_them():
-    recon = config.preset(config.TRAIN_RECON_PRESETS, "debug")
+    recon = config.preset(TRAIN_RECON_PRESETS, "debug")
     stage = {"name": "high", "steps": 80, "data": "3d", "render_resolution": 48, "crop_size": 32, "pixel_loss": True}
     with pytest.raises(config.ConfigError, match=r"^stages\[1\]\.data: expected one of 'synthetic', '3d', got 'real'$"):
         config.merge(recon, {"stages": [config.to_dict(recon.stages[0]), {**stage, "data": "real"}]})
@@ -220,7 +261,7 @@ def test_the_walker_reaches_nested_configs_and_lists_of_them():
         recon.validate()
 
     # Cross-field rules of a nested config name their fields from the root, and validate(path) prefixes them.
-    recon = config.preset(config.TRAIN_RECON_PRESETS, "debug")
+    recon = config.preset(TRAIN_RECON_PRESETS, "debug")
     recon.model.transformer.num_heads = 5
     divisible = r"^model\.transformer\.width must be divisible by model\.transformer\.num_heads, got 64 and 5$"
     with pytest.raises(config.ConfigError, match=divisible):
@@ -229,22 +270,22 @@ def test_the_walker_reaches_nested_configs_and_lists_of_them():
         recon.model.validate()
     with pytest.raises(config.ConfigError, match=r"^train\.model\.transformer\.width must be divisible"):
         recon.validate("train")
-    video = config.preset(config.FINETUNE_VIDEO_PRESETS, "debug")
+    video = config.preset(FINETUNE_VIDEO_PRESETS, "debug")
     video.model.architecture.patch_size = [1, 0, 2]
     with pytest.raises(config.ConfigError, match=r"^model\.architecture\.patch_size\[1\] must be >= 1, got 0$"):
         video.validate()
 
 
 def test_cross_field_rules_run_after_the_fields_they_read_are_checked():
-    serve = config.preset(config.SERVE_PRESETS, "debug")
+    serve = config.preset(SERVE_PRESETS, "debug")
     with pytest.raises(config.ConfigError, match=r"^need model\.min_replicas <= initial_replicas <= max_replicas, got 3 <= 3 <= 2$"):
         config.merge(serve, {"model": {"min_replicas": 3, "max_replicas": 2}}).validate()
     fail_rank = r"^training\.fault_injection\.fail_rank must be a rank below training\.scaling\.num_workers$"
     with pytest.raises(config.ConfigError, match=fail_rank):
-        config.merge(config.preset(config.FINETUNE_VIDEO_PRESETS, "debug"), {"training": {"fault_injection": {"fail_rank": 2}}}).validate()
+        config.merge(config.preset(FINETUNE_VIDEO_PRESETS, "debug"), {"training": {"fault_injection": {"fail_rank": 2}}}).validate()
     # A zero divisor is refused by its bound before the divisibility rule could divide by it.
     with pytest.raises(config.ConfigError, match=r"^encoder\.num_heads must be >= 1, got 0$"):
-        config.merge(config.preset(config.RECONSTRUCTOR_PRESETS, "debug"), {"encoder": {"num_heads": 0}}).validate()
+        config.merge(config.preset(RECONSTRUCTOR_PRESETS, "debug"), {"encoder": {"num_heads": 0}}).validate()
 
 
 def test_bounded_choices_and_rules_compose_on_any_config_dataclass():

@@ -13,7 +13,8 @@ import torch
 import trimesh
 
 from vf3d import cameras
-from vf3d.config import ConfigError, EvalClipConfig
+from vf3d.config import ConfigError
+from vf3d.evaluation.config import EvalClipConfig
 from vf3d.evaluation.geometry import align_bbox, chamfer_fscore, geometry_scores, sample_points, source_frame_to_world
 
 # ------------------------------------------------------------------------------ image metrics

@@ -284,11 +284,12 @@ def closed_port() -> int:
         ),
     ],
 )
-def test_submit_errors_are_one_line_with_exit_code_2(args, expected):
+def test_submit_errors_are_one_line_with_exit_code_2(args, expected, vf3d_main, monkeypatch):
     port = str(closed_port())
     args = [arg.replace("PORT", port) for arg in args]
-    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    result = subprocess.run([VF3D, "submit", *args], capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    result = vf3d_main("submit", *args, cwd=REPO)
     lines = [line for line in result.stderr.strip().splitlines() if " WARNING " not in line]  # Ray's packaging warnings
     assert (
         result.returncode == 2

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vf3d.config import ConfigError, ReconLossConfig
+from vf3d.config import ConfigError
 from vf3d.image_metrics import LpipsMetric, psnr, ssim
+from vf3d.models.config import ReconLossConfig
 from vf3d.models.lpips_network import build_lpips
 from vf3d.plots import GRID_PADDING, append_jsonl, image_grid, plot_curves, read_jsonl
 from vf3d.training.losses import ReconstructionLoss, total_variation

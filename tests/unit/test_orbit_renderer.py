@@ -18,14 +18,18 @@ import torch
 import trimesh
 
 from vf3d import cameras
-from vf3d.config import OrbitRenderConfig
 from vf3d.data.assets import Asset, load_asset
+from vf3d.data.config import OrbitRenderConfig
 from vf3d.data.orbit_renderer import (
+    EglDevice,
     OrbitRenderer,
     draw_elevation,
+    list_egl_devices,
     opengl_matrices,
     orbit_cameras,
+    parse_visible_devices,
     render_orbit,
+    select_egl_device,
 )
 
 RESOLUTION = 128
@@ -269,3 +273,98 @@ def test_a_process_that_rendered_can_still_import_triton_and_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "survived" in result.stdout, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# EGL device selection: each render actor draws on its own GPU (pure mapping, no GPU needed)
+# ---------------------------------------------------------------------------------------------
+
+# An 8-GPU node as NVIDIA's EGL shows it (EGL order = PCI order), plus Mesa's software device.
+NVIDIA_8 = [EglDevice(index=i) for i in range(8)] + [EglDevice(index=8, software=True)]
+
+
+def with_cuda(devices, ordinals):
+    """The devices with EGL_CUDA_DEVICE_NV ordinals (None where CUDA does not see the GPU)."""
+    return [dataclasses.replace(device, cuda_ordinal=ordinals.get(device.index)) for device in devices]
+
+
+def test_parse_visible_devices():
+    assert parse_visible_devices(None) is None
+    assert parse_visible_devices("") == []
+    assert parse_visible_devices("3") == ["3"]
+    assert parse_visible_devices(" 2, 5 ,") == ["2", "5"]
+
+
+@pytest.mark.parametrize("gpu", range(8))
+def test_each_assigned_gpu_gets_its_own_egl_device(gpu):
+    """Without CUDA ordinals, Ray's GPU id g is the g-th hardware EGL device (not device 0)."""
+    assert select_egl_device([gpu], NVIDIA_8, visible_devices=[str(gpu)]) == gpu
+    assert select_egl_device([str(gpu)], NVIDIA_8) == gpu
+
+
+def test_software_devices_are_skipped_when_counting_gpus():
+    devices = [EglDevice(index=0, software=True), EglDevice(index=1), EglDevice(index=2)]
+    assert select_egl_device([0], devices) == 1
+    assert select_egl_device([1], devices) == 2
+
+
+def test_cuda_ordinals_decide_when_the_driver_reports_them():
+    """NVIDIA's EGL reports the CUDA ordinal as this process numbers devices: with
+    CUDA_VISIBLE_DEVICES=5 (Ray gave GPU 5), GPU 5 is CUDA device 0 and the others have none."""
+    devices = with_cuda(NVIDIA_8, {3: 0})  # EGL order differs from Ray's numbering here
+    assert select_egl_device([5], devices, visible_devices=["5"]) == 3
+    # Two GPUs given: the renderer draws on the first.
+    devices = with_cuda(NVIDIA_8, {6: 0, 7: 1})
+    assert select_egl_device(["2", "4"], devices, visible_devices=["2", "4"]) == 6
+    # CUDA_VISIBLE_DEVICES unset: the CUDA ordinal is the id itself.
+    assert select_egl_device([1], with_cuda(NVIDIA_8, {i: 7 - i for i in range(8)}), visible_devices=None) == 6
+
+
+def test_no_gpu_assigned_uses_a_software_device():
+    assert select_egl_device([], NVIDIA_8, visible_devices=[]) == 8
+    assert select_egl_device([], NVIDIA_8[:8]) is None  # no software device: EGL's default
+    assert select_egl_device(None, NVIDIA_8) is None  # unknown assignment: EGL's default, as before
+    assert select_egl_device([0], []) is None  # nothing enumerated: leave it to glcontext
+
+
+def test_an_assigned_gpu_that_egl_does_not_see_is_an_error():
+    software_only = [EglDevice(index=0, software=True)]
+    with pytest.raises(LookupError, match="GPU 0"):
+        select_egl_device([0], software_only, visible_devices=["0"])
+    with pytest.raises(LookupError, match="GPU 9"):
+        select_egl_device([9], NVIDIA_8)
+    with pytest.raises(LookupError, match="CUDA device 0"):
+        select_egl_device([2], with_cuda(NVIDIA_8, {}) + [EglDevice(index=9, cuda_ordinal=4)], visible_devices=["2"])
+    with pytest.raises(LookupError, match="not in CUDA_VISIBLE_DEVICES"):
+        select_egl_device([2], with_cuda(NVIDIA_8, {0: 0}), visible_devices=["3"])
+
+
+def test_this_machine_lists_its_egl_devices():
+    devices = list_egl_devices()
+    assert devices, "no EGL device enumerated (the renderer needs EGL_EXT_device_enumeration)"
+    assert [device.index for device in devices] == list(range(len(devices)))
+
+
+def test_renderer_without_a_gpu_renders_on_a_software_device(monkeypatch, sphere):
+    """An actor Ray gave no GPU (CUDA_VISIBLE_DEVICES="") keeps rendering on the CPU."""
+    software = [device.index for device in list_egl_devices() if device.software]
+    if not software:
+        pytest.skip("no software EGL device here (a GPU machine without Mesa)")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with OrbitRenderer(32, gpu_ids=None) as renderer:
+        assert renderer.device_index == software[0]
+        frames = renderer.render(sphere, camera(0.0, 0.0))
+    assert (frames[..., 3] > 0).mean() > 0.1
+
+
+def test_renderer_given_a_gpu_egl_cannot_see_fails_unless_logical(monkeypatch, sphere):
+    if any(not device.software for device in list_egl_devices()):
+        pytest.skip("this machine has a hardware EGL device")
+    monkeypatch.delenv("VF3D_ALLOW_LOGICAL_GPUS", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(RuntimeError, match="graphics"):
+        OrbitRenderer(32, gpu_ids=[0])
+    # Logical GPUs (tests, simulations on CPU machines): fall back to the software device.
+    monkeypatch.setenv("VF3D_ALLOW_LOGICAL_GPUS", "1")
+    with OrbitRenderer(32, gpu_ids=[0]) as renderer:
+        assert (renderer.render(sphere, camera(0.0, 0.0))[..., 3] > 0).mean() > 0.1

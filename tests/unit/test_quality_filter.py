@@ -23,12 +23,14 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from vf3d import config as config_lib
-from vf3d.config import HeuristicsConfig, OrbitRenderConfig, QualityFilterConfig, QualityProbeConfig, TrainFilterConfig
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, gather_sample_assets, load_asset
+from vf3d.data.config import OrbitRenderConfig
 from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
+from vf3d.models.config import QualityProbeConfig
 from vf3d.models.pretrained import ModelDirectoryError
 from vf3d.models.quality_filter import OrbitFeatureEncoder, QualityProbe, evenly_spaced_views
+from vf3d.synthesis.config import TRAIN_FILTER_PRESETS, HeuristicsConfig, QualityFilterConfig, TrainFilterConfig
 from vf3d.synthesis.quality import (
     LabelsError,
     QualityFilter,
@@ -198,7 +200,7 @@ def test_identity_switched_orbits_pass_the_heuristics(real_orbits):
 
 @pytest.fixture(scope="module")
 def debug_encoder_config():
-    return config_lib.preset(config_lib.TRAIN_FILTER_PRESETS, "debug").encoder
+    return config_lib.preset(TRAIN_FILTER_PRESETS, "debug").encoder
 
 
 def test_evenly_spaced_views():
@@ -315,7 +317,7 @@ def labelled_shards(real_orbits, tmp_path_factory) -> LabelledShards:
 
 @pytest.fixture(scope="module")
 def debug_train_config() -> TrainFilterConfig:
-    return config_lib.preset(config_lib.TRAIN_FILTER_PRESETS, "debug")
+    return config_lib.preset(TRAIN_FILTER_PRESETS, "debug")
 
 
 @pytest.fixture(scope="module")

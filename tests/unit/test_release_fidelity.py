@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from vf3d import cameras
 from vf3d import config as config_lib
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS
 from vf3d.models.reconstructor.encoder import scale_factor_interpolation
 from vf3d.models.reconstructor.renderer import intersect_box
 
@@ -92,7 +93,7 @@ def release_render(model: Reconstructor, planes: torch.Tensor, origins: torch.Te
 def imported_layout_model(samples: int) -> Reconstructor:
     """A small model with the released decoder/renderer settings (uniform samples, no
     importance pass) and random weights scaled so raw densities cross the activation's bend."""
-    config = config_lib.RECONSTRUCTOR_PRESETS["debug"]()
+    config = RECONSTRUCTOR_PRESETS["debug"]()
     config.renderer.num_coarse_samples = samples
     config.renderer.num_fine_samples = 0
     torch.manual_seed(0)
@@ -190,7 +191,7 @@ def test_release_position_interpolation_pins_the_transformers_445_formula():
 
 
 def test_release_interpolation_switch_changes_the_encoder_output():
-    config = config_lib.RECONSTRUCTOR_PRESETS["debug"]()
+    config = RECONSTRUCTOR_PRESETS["debug"]()
     config.encoder.image_size, config.encoder.position_image_size = 56, 64  # 7 patches from a grid of 8
     torch.manual_seed(0)
     modern = Reconstructor(config).eval()

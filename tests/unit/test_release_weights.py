@@ -12,6 +12,16 @@ from vf3d import config as C
 from vf3d.cameras import canonical_source_camera, orbit_poses, render_camera_vector
 from vf3d.models.pretrained import ModelDirectoryError
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.config import (
+    RECONSTRUCTOR_PRESETS,
+    DecoderConfig,
+    EncoderConfig,
+    InferenceConfig,
+    ReconstructorConfig,
+    RendererConfig,
+    TransformerConfig,
+    TriplaneConfig,
+)
 from vf3d.models.reconstructor.decoder import activate_density
 from vf3d.models.release_weights import (
     CheckpointFormatError,
@@ -66,14 +76,12 @@ def _assert_same_outputs(a, b):
 
 def _tiny(**changes):
     """Differs from the release in every inferable size; head counts and the rest are not inferable."""
-    config = C.ReconstructorConfig(
-        encoder=C.EncoderConfig(
-            hidden_size=24, num_layers=3, num_heads=3, mlp_ratio=2, patch_size=4, image_size=32, position_image_size=40
-        ),
-        transformer=C.TransformerConfig(width=40, num_layers=3, num_heads=5, mlp_ratio=3.0, camera_embed_dim=20),
-        triplane=C.TriplaneConfig(token_resolution=4, upsample_factor=3, channels=6),
-        decoder=C.DecoderConfig(hidden_width=12, num_layers=3),
-        renderer=C.RendererConfig(num_coarse_samples=8, num_fine_samples=8, render_size=16, ray_chunk_size=0),
+    config = ReconstructorConfig(
+        encoder=EncoderConfig(hidden_size=24, num_layers=3, num_heads=3, mlp_ratio=2, patch_size=4, image_size=32, position_image_size=40),
+        transformer=TransformerConfig(width=40, num_layers=3, num_heads=5, mlp_ratio=3.0, camera_embed_dim=20),
+        triplane=TriplaneConfig(token_resolution=4, upsample_factor=3, channels=6),
+        decoder=DecoderConfig(hidden_width=12, num_layers=3),
+        renderer=RendererConfig(num_coarse_samples=8, num_fine_samples=8, render_size=16, ray_chunk_size=0),
     )
     return C.merge(config, changes)
 
@@ -96,7 +104,7 @@ RELEASE_ERA_ENCODER = {"encoder": {"position_interpolation": "scale_factor"}}
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
-    config = C.preset(C.RECONSTRUCTOR_PRESETS, "debug")
+    config = C.preset(RECONSTRUCTOR_PRESETS, "debug")
     model = _seeded(config)
     save_reconstructor(model, tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
@@ -110,7 +118,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 def test_load_rejects_broken_directories(tmp_path):
-    config = C.preset(C.RECONSTRUCTOR_PRESETS, "debug")
+    config = C.preset(RECONSTRUCTOR_PRESETS, "debug")
     good = save_reconstructor(_seeded(config), tmp_path / "good")
 
     no_config = tmp_path / "no_config"
@@ -138,7 +146,7 @@ def test_load_rejects_broken_directories(tmp_path):
 
 
 def test_load_rejects_weights_of_another_size(tmp_path):
-    config = C.preset(C.RECONSTRUCTOR_PRESETS, "debug")
+    config = C.preset(RECONSTRUCTOR_PRESETS, "debug")
     directory = save_reconstructor(_seeded(config), tmp_path / "model")
     bigger = C.merge(config, {"transformer": {"num_layers": 3}})
     other = save_reconstructor(_seeded(bigger), tmp_path / "bigger")
@@ -257,7 +265,7 @@ def test_imported_openlrm_model_is_conditioned_on_openlrms_source_camera(tmp_pat
     torch.testing.assert_close(model_source_camera(imported.config), openlrm, atol=1e-6, rtol=0)
     # What ImageTo3D feeds the model is OpenLRM's vector, not the +X one of VFusion3D.
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    planes = ImageTo3D(imported, C.InferenceConfig(device="cpu", dtype="fp32")).encode(images)
+    planes = ImageTo3D(imported, InferenceConfig(device="cpu", dtype="fp32")).encode(images)
     with torch.no_grad():
         assert torch.equal(planes, imported.encode(images, openlrm.expand(2, 16)))
         assert not torch.allclose(planes, imported.encode(images, canonical_source_camera(2.0).expand(2, 16)))
@@ -550,7 +558,7 @@ PER_LAYER_SHAPES = {
 
 
 def test_vfusion3d_preset_matches_the_released_layout():
-    config = C.preset(C.RECONSTRUCTOR_PRESETS, "vfusion3d")
+    config = C.preset(RECONSTRUCTOR_PRESETS, "vfusion3d")
     with torch.device("meta"):
         model = Reconstructor(config)
     assert sum(p.numel() for p in model.parameters()) == 452_135_700
@@ -571,7 +579,7 @@ def test_vfusion3d_preset_matches_the_released_layout():
 
 
 def test_vfusion3d_import_refuses_a_file_that_is_not_the_released_architecture():
-    config = C.preset(C.RECONSTRUCTOR_PRESETS, "vfusion3d")
+    config = C.preset(RECONSTRUCTOR_PRESETS, "vfusion3d")
     with torch.device("meta"):
         released = export_state_dict(Reconstructor(config), "vfusion3d")
     truncated = {name: tensor for name, tensor in released.items() if not name.startswith("transformer.layers.15.")}

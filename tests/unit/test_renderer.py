@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vf3d import cameras
-from vf3d.config import RendererConfig
+from vf3d.models.reconstructor.config import RendererConfig
 from vf3d.models.reconstructor.renderer import TriplaneRenderer, intersect_box
 
 

@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vf3d import config as config_lib
-from vf3d.config import ConfigError, LeaseConfig
+from vf3d.config import ConfigError
 from vf3d.data import manifest, shards
 from vf3d.data.manifest import IdSet
+from vf3d.synthesis.config import SYNTHESIZE_PRESETS, LeaseConfig
 from vf3d.synthesis.lease import LEASE_NAME, LeaseHeldError, OutputLease
 
 
@@ -140,7 +141,7 @@ def test_id_set_bucket_search_equals_a_binary_search():
 def test_prepare_drops_ids_in_the_finished_set():
     from vf3d.synthesis.stages import prepare_inputs
 
-    config = config_lib.to_dict(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"))
+    config = config_lib.to_dict(config_lib.preset(SYNTHESIZE_PRESETS, "debug"))
     batch = pa.table({"id": ["a", "b", "c", "d"], "prompt": ["a mug"] * 4})
     rows = prepare_inputs(batch, IdSet(["b", "d", "zz"]), config, "/nonexistent")
     assert rows.column("id").to_pylist() == ["a", "c"]
@@ -239,7 +240,7 @@ def test_a_lease_held_by_another_live_process_refuses(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom vf3d.synthesis.lease import OutputLease\nfrom vf3d.config import LeaseConfig\n"
+            "import sys, time\nfrom vf3d.synthesis.lease import OutputLease\nfrom vf3d.synthesis.config import LeaseConfig\n"
             f"lease = OutputLease({str(tmp_path)!r}, LeaseConfig(0.05, 60.0)).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
         ],
         stdout=subprocess.PIPE,

@@ -19,6 +19,8 @@ import yaml
 from PIL import Image
 
 from vf3d import config as config_lib
+from vf3d.models.reconstructor.config import InferenceConfig
+from vf3d.serving.config import SERVE_PRESETS
 from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, check_headers, decode_image, image_key, sniff_format
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +101,7 @@ def _png_bomb(width: int, height: int) -> bytes:
 def test_decode_image_prepares_photos_and_refuses_bad_ones():
     import skimage.data
 
-    inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    inference = config_lib.preset(SERVE_PRESETS, "debug").inference
     prepared = decode_image(_encoded(skimage.data.chelsea(), "PNG"), 32, inference, max_pixels=10_000_000, min_side=16)
     assert prepared.shape == (3, 32, 32) and prepared.dtype == np.float32
     assert 0.0 <= prepared.min() and prepared.max() <= 1.0 and prepared.std() > 0.05
@@ -129,18 +131,18 @@ def test_triplane_cache_is_lru_and_keys_on_bytes_and_preprocessing():
     disabled.put("a", planes[0])
     assert disabled.get("a") is None and len(disabled) == 0
 
-    inference = config_lib.InferenceConfig()
-    assert image_key(b"img", inference) == image_key(b"img", config_lib.InferenceConfig())
+    inference = InferenceConfig()
+    assert image_key(b"img", inference) == image_key(b"img", InferenceConfig())
     assert image_key(b"img", inference) != image_key(b"img2", inference)
-    assert image_key(b"img", inference) != image_key(b"img", config_lib.InferenceConfig(mask_method="none"))
+    assert image_key(b"img", inference) != image_key(b"img", InferenceConfig(mask_method="none"))
 
 
 def test_serve_presets_validate_and_bad_settings_are_named():
-    for name in config_lib.SERVE_PRESETS:
-        config = config_lib.preset(config_lib.SERVE_PRESETS, name).validate()
+    for name in SERVE_PRESETS:
+        config = config_lib.preset(SERVE_PRESETS, name).validate()
         assert config.model.max_ongoing_requests >= config.max_batch_size
-    assert config_lib.preset(config_lib.SERVE_PRESETS, "vfusion3d").model.num_gpus == 1.0
-    debug = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    assert config_lib.preset(SERVE_PRESETS, "vfusion3d").model.num_gpus == 1.0
+    debug = config_lib.preset(SERVE_PRESETS, "debug")
     for overrides, words in [
         ({"max_batch_size": 16}, "model.max_ongoing_requests must be >= max_batch_size"),
         ({"model": {"min_replicas": 3, "max_replicas": 2}}, "need model.min_replicas <= initial_replicas <= max_replicas"),
@@ -190,7 +192,7 @@ def test_model_deployment_encodes_batches_and_its_health_check_fails_on_a_broken
     from vf3d.serving.deployments import ReconstructorModel
 
     model_class = ReconstructorModel.func_or_class
-    settings = config_lib.to_dict(config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"inference": {"device": "cpu"}}))
+    settings = config_lib.to_dict(config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {"inference": {"device": "cpu"}}))
     replica = model_class(str(debug_model_dir), settings)
     size = replica.pipeline.model.config.encoder.image_size
     images = [np.random.default_rng(seed).random((3, size, size), dtype=np.float32) for seed in range(3)]
@@ -236,9 +238,7 @@ def test_ingress_turns_slow_calls_into_504_and_dead_replicas_into_503():
     from vf3d.serving.app import Ingress
 
     # The method on a stand-in holding only the config (an instance would need Serve handles).
-    holder = types.SimpleNamespace(
-        config=config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}), shed=0
-    )
+    holder = types.SimpleNamespace(config=config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {"request_timeout_s": 0.2}), shed=0)
     holder._retry_after = lambda: Ingress.func_or_class._retry_after(holder)
 
     class ingress:  # noqa: N801 - reads like the instance in the assertions below
@@ -286,7 +286,7 @@ def test_header_limits_answer_431_naming_the_limit():
 
 
 def test_decode_image_judges_the_original_size_and_decodes_large_photos_small():
-    inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    inference = config_lib.preset(SERVE_PRESETS, "debug").inference
     # 6000 x 12: shrunk to the working size while decoding, but judged by its real 12-pixel side.
     status, message = _status(
         lambda: decode_image(_encoded(np.full((12, 6000, 3), 200, np.uint8), "PNG"), 32, inference, max_pixels=10_000_000, min_side=16)
@@ -301,14 +301,14 @@ def test_decode_image_judges_the_original_size_and_decodes_large_photos_small():
 
 def test_decode_image_refuses_a_fully_transparent_image_with_422():
     # A valid image with nothing to reconstruct: no mesh of a blank canvas.
-    inference = config_lib.preset(config_lib.SERVE_PRESETS, "debug").inference
+    inference = config_lib.preset(SERVE_PRESETS, "debug").inference
     transparent = _encoded(np.zeros((64, 64, 4), np.uint8), "PNG")
     status, message = _status(lambda: decode_image(transparent, 32, inference, max_pixels=10_000_000, min_side=16))
     assert status == 422 and message.startswith("no foreground"), message
 
 
 def test_new_serve_limits_validate():
-    debug = config_lib.preset(config_lib.SERVE_PRESETS, "debug")
+    debug = config_lib.preset(SERVE_PRESETS, "debug")
     assert debug.api_docs is False and debug.max_inflight_requests < debug.ingress.max_ongoing_requests
     for overrides, words in [
         ({"max_inflight_requests": 32}, "max_inflight_requests must be >= 1 and < ingress.max_ongoing_requests"),
@@ -343,7 +343,7 @@ def test_vf3d_serve_on_a_busy_port_says_so_in_one_line_before_starting_ray(debug
 def test_model_health_check_does_not_wait_behind_a_render(debug_model_dir):
     from vf3d.serving.deployments import ReconstructorModel
 
-    settings = config_lib.to_dict(config_lib.merge(config_lib.preset(config_lib.SERVE_PRESETS, "debug"), {"inference": {"device": "cpu"}}))
+    settings = config_lib.to_dict(config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {"inference": {"device": "cpu"}}))
     replica = ReconstructorModel.func_or_class(str(debug_model_dir), settings)
 
     async def during_a_render():

@@ -14,9 +14,14 @@ from typing import Any
 
 import pytest
 
-from vf3d import config, jobs, specs
+from vf3d import jobs, specs
 from vf3d.cli import build_parser
 from vf3d.config import ConfigError
+from vf3d.evaluation.config import EVALUATE_PRESETS
+from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS
+from vf3d.serving.config import SERVE_PRESETS
+from vf3d.synthesis.config import RENDER_ASSETS_PRESETS, SYNTHESIZE_PRESETS, TRAIN_FILTER_PRESETS
+from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TRAIN_RECON_PRESETS
 
 PACKAGE = Path(specs.__file__).resolve().parent
 
@@ -101,15 +106,15 @@ def test_jobs_and_show_config_take_the_stages_from_the_spec_registry():
     assert jobs.STAGES == ("render-assets", "finetune-video", "synthesize", "train-recon", "evaluate")
     assert all(jobs.STAGE_PRESETS[stage] is specs.SPECS[stage].presets for stage in jobs.STAGES)
     assert specs.CONFIG_TABLES == {
-        "inference": config.INFERENCE_PRESETS,
-        "reconstructor": config.RECONSTRUCTOR_PRESETS,
-        "render-assets": config.RENDER_ASSETS_PRESETS,
-        "finetune-video": config.FINETUNE_VIDEO_PRESETS,
-        "synthesize": config.SYNTHESIZE_PRESETS,
-        "train-filter": config.TRAIN_FILTER_PRESETS,
-        "train-recon": config.TRAIN_RECON_PRESETS,
-        "evaluate": config.EVALUATE_PRESETS,
-        "serve": config.SERVE_PRESETS,
+        "inference": INFERENCE_PRESETS,
+        "reconstructor": RECONSTRUCTOR_PRESETS,
+        "render-assets": RENDER_ASSETS_PRESETS,
+        "finetune-video": FINETUNE_VIDEO_PRESETS,
+        "synthesize": SYNTHESIZE_PRESETS,
+        "train-filter": TRAIN_FILTER_PRESETS,
+        "train-recon": TRAIN_RECON_PRESETS,
+        "evaluate": EVALUATE_PRESETS,
+        "serve": SERVE_PRESETS,
     }
 
 

@@ -12,13 +12,17 @@ import pytest
 
 from vf3d import config as config_lib
 from vf3d.data import shards
+from vf3d.data.config import OrbitRenderConfig
+from vf3d.models.config import QualityProbeConfig
+from vf3d.models.video.config import VIDEO_MODEL_PRESETS
+from vf3d.synthesis.config import SYNTHESIZE_PRESETS, TRAIN_FILTER_PRESETS, SynthesizeConfig
 from vf3d.synthesis.failures import FAILURES_NAME, FailureTracker, InfrastructureError, is_infrastructure_error
 from vf3d.synthesis.stages import EncodeOrbits, FilterOrbits, ForegroundMasks, GenerateOrbits, derived_seed, prepare_inputs
 
 
 @pytest.fixture(scope="module")
 def debug_config() -> dict:
-    return config_lib.to_dict(config_lib.preset(config_lib.SYNTHESIZE_PRESETS, "debug"))
+    return config_lib.to_dict(config_lib.preset(SYNTHESIZE_PRESETS, "debug"))
 
 
 def _prepare(rows, debug_config, done=(), schema=None):
@@ -72,7 +76,7 @@ def test_prepare_reads_image_files_and_reports_missing_ones(debug_config, tmp_pa
 def test_a_failing_row_does_not_fail_its_batch(debug_config, tmp_path):
     from vf3d.models.video import build_video_pipeline
 
-    build_video_pipeline(config_lib.VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(tmp_path / "video")
+    build_video_pipeline(VIDEO_MODEL_PRESETS["debug"]()).save_pretrained(tmp_path / "video")
     stage = GenerateOrbits(debug_config, str(tmp_path), str(tmp_path / "video"))
     good = np.full((32, 32, 3), 200, np.uint8)
     first_frames = np.empty(3, dtype=object)
@@ -120,7 +124,7 @@ def test_filter_keeps_a_real_orbit_and_rejects_a_static_one(debug_config, tmp_pa
     from vf3d.data.assets import load_asset
     from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 
-    render = config_lib.OrbitRenderConfig(num_views=16, resolution=64)
+    render = OrbitRenderConfig(num_views=16, resolution=64)
     duck = Path(pybullet_data.getDataPath()) / "duck.obj"
     orbit = render_orbit(OrbitRenderer(64), load_asset(duck, margin=render.margin), render, "duck", 0)
     real = shards.composite_on_white(orbit.rgba)
@@ -145,12 +149,12 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
     from vf3d.models.reconstructor.encoder import ImageEncoder
     from vf3d.synthesis.quality import QualityFilter
 
-    encoder_config = config_lib.preset(config_lib.TRAIN_FILTER_PRESETS, "debug").encoder
+    encoder_config = config_lib.preset(TRAIN_FILTER_PRESETS, "debug").encoder
     torch.manual_seed(0)
     ImageEncoder(encoder_config.encoder).dinov2.save_pretrained(tmp_path / "dino-here")
     encoder_config.encoder.pretrained_path = str(tmp_path / "dino-here")
     encoder = OrbitFeatureEncoder(encoder_config)
-    probe = QualityProbe(config_lib.QualityProbeConfig(encoder=encoder_config, feature_dim=encoder.feature_dim, threshold=0.5))
+    probe = QualityProbe(QualityProbeConfig(encoder=encoder_config, feature_dim=encoder.feature_dim, threshold=0.5))
     with torch.no_grad():
         probe.feature_mean.zero_()
         probe.feature_std.fill_(1.0)
@@ -163,7 +167,7 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
     batch = _orbit_batch(frames)
     with_probe = config_lib.to_dict(
         config_lib.merge(
-            config_lib.from_dict(config_lib.SynthesizeConfig, debug_config),
+            config_lib.from_dict(SynthesizeConfig, debug_config),
             {"filter": {"probe_path": str(tmp_path / "probe"), "min_score": 1.0}},
         )
     )

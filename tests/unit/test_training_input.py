@@ -13,6 +13,7 @@ import torch
 from vf3d import config as config_lib
 from vf3d.data import shards, training_input
 from vf3d.data.shards import OrbitRecord, OrbitShardWriter, ShardFormatError
+from vf3d.training.config import TRAIN_RECON_PRESETS, ReconStage
 
 VIEWS = 8
 CORRUPT = b"\x89PNG\r\n\x1a\n but not an image"
@@ -116,8 +117,8 @@ def test_samples_turn_into_floats_on_the_worker():
 
     samples = {name: torch.from_numpy(value) for name, value in _sampled(shards.records_to_table(_records(2)), epoch=0).items()}
     assert samples["target_frames"].dtype == torch.uint8
-    config = config_lib.preset(config_lib.TRAIN_RECON_PRESETS, "debug")
-    stage = config_lib.ReconStage(render_resolution=12, crop_size=12)
+    config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
+    stage = ReconStage(render_resolution=12, crop_size=12)
     batch = batch_from_samples(samples, stage, config, torch.Generator().manual_seed(0))
     assert batch["source_images"].dtype == torch.float32 and batch["source_images"].shape == (2, 3, 64, 64)
     frames, masks = samples["target_frames"].float() / 255, samples["target_masks"].float() / 255

@@ -22,6 +22,7 @@ from vf3d.models.video import (
     orbit_video_frames,
 )
 from vf3d.models.video.conditioning import decode_latents, encode_video, vae_compression
+from vf3d.models.video.config import VIDEO_MODEL_PRESETS, VideoModelConfig
 from vf3d.models.video.pipeline import predict_velocity
 from vf3d.models.video.text import clip_tokenizer, random_clip_text_encoder
 
@@ -39,13 +40,13 @@ def single_thread():
 
 @pytest.fixture
 def video_config():
-    return config_lib.preset(config_lib.VIDEO_MODEL_PRESETS, "debug")
+    return config_lib.preset(VIDEO_MODEL_PRESETS, "debug")
 
 
 @pytest.fixture(scope="module")
 def pipeline():
     """A debug pipeline for the sampling tests (never trained, so tests may share it)."""
-    return build_video_pipeline(config_lib.preset(config_lib.VIDEO_MODEL_PRESETS, "debug"))
+    return build_video_pipeline(config_lib.preset(VIDEO_MODEL_PRESETS, "debug"))
 
 
 def sphere_orbit(num_views=16, size=32, elevation=ELEVATION):
@@ -98,10 +99,10 @@ def test_debug_pipeline_layout(pipeline):
 
 
 def test_presets_validate_and_lora_is_a_clear_error(video_config):
-    assert list(config_lib.VIDEO_MODEL_PRESETS)[0] == "debug"
-    for name in config_lib.VIDEO_MODEL_PRESETS:
-        preset = config_lib.preset(config_lib.VIDEO_MODEL_PRESETS, name).validate()
-        assert config_lib.from_dict(config_lib.VideoModelConfig, config_lib.to_dict(preset)) == preset
+    assert list(VIDEO_MODEL_PRESETS)[0] == "debug"
+    for name in VIDEO_MODEL_PRESETS:
+        preset = config_lib.preset(VIDEO_MODEL_PRESETS, name).validate()
+        assert config_lib.from_dict(VideoModelConfig, config_lib.to_dict(preset)) == preset
     video_config.trainable = "lora"
     with pytest.raises(config_lib.ConfigError, match="peft"):
         video_config.validate()
@@ -111,7 +112,7 @@ def test_presets_validate_and_lora_is_a_clear_error(video_config):
 
 
 def test_full_presets_need_a_pretrained_directory(tmp_path):
-    config = config_lib.preset(config_lib.VIDEO_MODEL_PRESETS, "wan2.1-1.3b")
+    config = config_lib.preset(VIDEO_MODEL_PRESETS, "wan2.1-1.3b")
     with pytest.raises(config_lib.ConfigError, match="pretrained_path is required"):
         build_video_pipeline(config)
     with pytest.raises(config_lib.ConfigError, match="text_to_image_path is required"):

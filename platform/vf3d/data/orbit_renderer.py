@@ -11,23 +11,35 @@ deterministically from the asset id, plus optional random views on the sphere.
 On a CPU the context is Mesa's llvmpipe, which by default uses one thread per core; callers that run
 several renderers on one machine (one per Ray actor) should set `LP_NUM_THREADS=1` in those
 processes' environment. This module sets no environment variables itself. On GPU machines the same
-code runs on the NVIDIA EGL driver.
+code runs on the NVIDIA EGL driver, on the GPU the process was given: `select_egl_device` maps the
+assigned GPU ids (Ray's `ray.get_gpu_ids()`, else CUDA_VISIBLE_DEVICES) onto the EGL devices
+`list_egl_devices` finds, so eight render actors on an 8-GPU node draw on eight GPUs, not all on
+device 0. EGL enumerates every GPU whatever CUDA_VISIBLE_DEVICES says; NVIDIA's EGL reports each
+device's CUDA ordinal (EGL_NV_device_cuda, as this process's CUDA numbers it), which is matched
+first. `GLCONTEXT_DEVICE_INDEX` in the environment overrides the choice (glcontext reads it).
 
 Pure library: numpy, torch (cameras) and moderngl; no ray.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import importlib.util
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vf3d import cameras as cameras_module
-from vf3d.config import OrbitRenderConfig
 from vf3d.data.assets import Asset, AssetPart
+from vf3d.data.config import OrbitRenderConfig
+
+logger = logging.getLogger(__name__)
 
 # Conventions: positions are world coordinates (+Z up), `view` is world → OpenGL camera (x right,
 # y up, looking down −z), `projection` is `opengl_matrices`'s. The headlight sits at the camera, so
@@ -121,7 +133,7 @@ class OrbitRenderer:
     the camera). Not thread-safe: use one renderer per thread or process.
     """
 
-    def __init__(self, resolution: int, ambient: float = 0.35, samples: int = 4):
+    def __init__(self, resolution: int, ambient: float = 0.35, samples: int = 4, gpu_ids: Sequence[int | str] | None = None):
         """Create the context, framebuffers and shader program.
 
         Args:
@@ -129,9 +141,15 @@ class OrbitRenderer:
             ambient: light that reaches every surface, in [0, 1]; the rest comes from the headlight.
             samples: multisampling samples per pixel (antialiased edges), capped at the driver's
                 maximum (4 on llvmpipe); 0 or 1 for none.
+            gpu_ids: the GPUs this process was given (a Ray actor: `ray.get_gpu_ids()`); the context
+                is created on the EGL device of the first one, and on a software (CPU) device when
+                the list is empty. None: read CUDA_VISIBLE_DEVICES; when that is unset too, EGL's
+                first device, as before.
 
         Raises:
-            RuntimeError: no EGL OpenGL 3.3 context could be created.
+            RuntimeError: no EGL OpenGL 3.3 context could be created, or `gpu_ids` names a GPU
+                that EGL does not see (e.g. a container without NVIDIA's `graphics` capability),
+                unless VF3D_ALLOW_LOGICAL_GPUS=1 (logical GPUs on a CPU machine).
         """
         import moderngl
 
@@ -140,8 +158,11 @@ class OrbitRenderer:
         self.resolution = resolution
         self.ambient = ambient
         _load_triton_first()
+        self.device_index = _choose_egl_device(gpu_ids)
+        """Index of the EGL device the context is on (eglQueryDevicesEXT order); None = EGL's first."""
         try:
-            self.ctx = moderngl.create_standalone_context(backend="egl")
+            extra = {} if self.device_index is None else {"device_index": self.device_index}
+            self.ctx = moderngl.create_standalone_context(backend="egl", **extra)
         except Exception as error:
             raise RuntimeError(
                 "cannot create a headless OpenGL context through EGL "
@@ -170,9 +191,9 @@ class OrbitRenderer:
         self.ctx.__exit__(None, None, None)
 
     @classmethod
-    def from_config(cls, config: OrbitRenderConfig, samples: int = 4) -> OrbitRenderer:
+    def from_config(cls, config: OrbitRenderConfig, samples: int = 4, gpu_ids: Sequence[int | str] | None = None) -> OrbitRenderer:
         """A renderer with the config's resolution and ambient light."""
-        return cls(config.resolution, ambient=config.ambient, samples=samples)
+        return cls(config.resolution, ambient=config.ambient, samples=samples, gpu_ids=gpu_ids)
 
     def render(self, asset: Asset, cameras: torch.Tensor | np.ndarray) -> np.ndarray:
         """Render `asset` from every camera.
@@ -241,6 +262,150 @@ class OrbitRenderer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# EGL device selection: which GPU a renderer draws on
+# ---------------------------------------------------------------------------------------------
+
+_EGL_EXTENSIONS = 0x3055
+_EGL_CUDA_DEVICE_NV = 0x323A
+_ALLOW_LOGICAL_GPUS_ENV = "VF3D_ALLOW_LOGICAL_GPUS"  # vf3d.ray_runtime.ALLOW_LOGICAL_GPUS_ENV (no ray import here)
+
+
+@dataclass(frozen=True)
+class EglDevice:
+    """One device of `eglQueryDevicesEXT`, as far as device selection needs it."""
+
+    index: int
+    """Position in EGL's device list: glcontext's `device_index`."""
+    cuda_ordinal: int | None = None
+    """EGL_CUDA_DEVICE_NV: the CUDA device number of this GPU as this process numbers CUDA devices
+    (after CUDA_VISIBLE_DEVICES); None for non-NVIDIA devices and GPUs CUDA does not see here."""
+    software: bool = False
+    """A CPU rasteriser (Mesa's llvmpipe: EGL_MESA_device_software)."""
+
+
+def parse_visible_devices(value: str | None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list of ids: None when unset, [] when empty (no GPU)."""
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def select_egl_device(
+    gpu_ids: Sequence[int | str] | None, devices: Sequence[EglDevice], visible_devices: Sequence[str] | None = None
+) -> int | None:
+    """The EGL device index a renderer given `gpu_ids` should draw on.
+
+    Args:
+        gpu_ids: the GPUs assigned to this process, as Ray numbers them (`ray.get_gpu_ids()`, the
+            values of CUDA_VISIBLE_DEVICES); only the first is used. [] = no GPU; None = unknown.
+        devices: the EGL devices, in EGL order (`list_egl_devices()`).
+        visible_devices: this process's CUDA_VISIBLE_DEVICES as a list (None when unset), which
+            turns an assigned id into the CUDA ordinal NVIDIA's EGL reports.
+
+    Returns:
+        An index into EGL's device list, or None for EGL's first device (unknown assignment, or
+        nothing enumerated). No GPU assigned: the first software device, when there is one.
+
+    Raises:
+        LookupError: a GPU is assigned but none of `devices` is that GPU.
+
+    The GPU is matched by its CUDA ordinal when the driver reports ordinals (EGL_NV_device_cuda):
+    the assigned id's position in `visible_devices`, or the id itself when CUDA_VISIBLE_DEVICES is
+    unset. Otherwise the hardware devices are taken in EGL order, which is PCI bus order, the order
+    nvidia-smi and Ray number GPUs in: id g is the g-th non-software device.
+    """
+    if gpu_ids is None or not devices:
+        return None
+    if len(gpu_ids) == 0:
+        software = [device.index for device in devices if device.software]
+        return software[0] if software else None
+    gpu = str(gpu_ids[0]).strip()
+    described = f"GPU {gpu} (EGL devices: {[device.index for device in devices]})"
+    if any(device.cuda_ordinal is not None for device in devices):
+        if visible_devices is not None:
+            if gpu not in visible_devices:
+                raise LookupError(f"{described}: GPU {gpu} is not in CUDA_VISIBLE_DEVICES={','.join(visible_devices)!r}")
+            ordinal = list(visible_devices).index(gpu)
+        elif gpu.isdigit():
+            ordinal = int(gpu)
+        else:
+            raise LookupError(f"{described}: cannot number GPU {gpu!r} without CUDA_VISIBLE_DEVICES")
+        for device in devices:
+            if device.cuda_ordinal == ordinal:
+                return device.index
+        raise LookupError(f"{described}: no EGL device reports CUDA device {ordinal}")
+    hardware = [device.index for device in devices if not device.software]
+    if gpu.isdigit() and int(gpu) < len(hardware):
+        return hardware[int(gpu)]
+    raise LookupError(f"{described}: {len(hardware)} hardware EGL device(s), none is GPU {gpu}")
+
+
+def list_egl_devices() -> list[EglDevice]:
+    """The EGL devices this process can see (EGL_EXT_device_enumeration), [] when EGL or the
+    extension is missing. Reads only device strings and attributes: no display, no context."""
+    try:
+        library = ctypes.util.find_library("EGL")
+        if library is None:
+            return []
+        egl = ctypes.CDLL(library)
+        egl.eglGetProcAddress.restype = ctypes.c_void_p
+        egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+
+        def proc(name: str, restype, *argtypes):
+            address = egl.eglGetProcAddress(name.encode())
+            return ctypes.CFUNCTYPE(restype, *argtypes)(address) if address else None
+
+        query_devices = proc(
+            "eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int)
+        )
+        query_string = proc("eglQueryDeviceStringEXT", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+        query_attrib = proc("eglQueryDeviceAttribEXT", ctypes.c_uint, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_ssize_t))
+        if query_devices is None:
+            return []
+        count = ctypes.c_int(0)
+        if not query_devices(0, None, ctypes.byref(count)) or count.value <= 0:
+            return []
+        handles = (ctypes.c_void_p * count.value)()
+        if not query_devices(count.value, handles, ctypes.byref(count)):
+            return []
+        devices = []
+        for index in range(count.value):
+            extensions = (query_string(handles[index], _EGL_EXTENSIONS) or b"").decode(errors="replace").split() if query_string else []
+            ordinal = None
+            if "EGL_NV_device_cuda" in extensions and query_attrib is not None:
+                value = ctypes.c_ssize_t(-1)
+                if query_attrib(handles[index], _EGL_CUDA_DEVICE_NV, ctypes.byref(value)) and value.value >= 0:
+                    ordinal = int(value.value)
+            devices.append(EglDevice(index=index, cuda_ordinal=ordinal, software="EGL_MESA_device_software" in extensions))
+        return devices
+    except (OSError, AttributeError, ValueError):
+        return []
+
+
+def _choose_egl_device(gpu_ids: Sequence[int | str] | None) -> int | None:
+    """`select_egl_device` for this process: explicit `gpu_ids` (strict: an assigned GPU that EGL
+    does not see is an error, so a GPU actor never silently rasterises on the CPU), else
+    CUDA_VISIBLE_DEVICES (lenient: falls back to EGL's default device with a warning)."""
+    visible = parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    strict = gpu_ids is not None and os.environ.get(_ALLOW_LOGICAL_GPUS_ENV) != "1"
+    assigned = list(gpu_ids) if gpu_ids is not None else visible
+    if assigned is None:
+        return None
+    devices = list_egl_devices()
+    try:
+        return select_egl_device(assigned, devices, visible)
+    except LookupError as error:
+        if strict:
+            raise RuntimeError(
+                f"cannot render on the assigned GPU: {error}. In a container, NVIDIA_DRIVER_CAPABILITIES must "
+                f"include `graphics` for NVIDIA's EGL (cluster/Dockerfile sets it); for logical GPUs on a CPU "
+                f"machine set {_ALLOW_LOGICAL_GPUS_ENV}=1."
+            ) from error
+        logger.warning("orbit renderer: %s; using EGL's default device", error)
+        return select_egl_device([], devices)
 
 
 def _load_triton_first() -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vf3d.config import ConfigError, EvalClipConfig
+from vf3d.config import ConfigError
+from vf3d.evaluation.config import EvalClipConfig
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

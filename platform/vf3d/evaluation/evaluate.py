@@ -37,7 +37,9 @@ import numpy as np
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic, write_text_atomic
-from vf3d.config import ConfigError, EvaluateConfig
+from vf3d.config import ConfigError
+from vf3d.data.config import OrbitRenderConfig
+from vf3d.evaluation.config import EvaluateConfig
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -125,7 +127,7 @@ def _orbit_margin(record: dict[str, Any]) -> float:
         margin = json.loads(record.get("metadata") or "{}").get("margin")
     except (ValueError, AttributeError):
         margin = None
-    return float(margin) if isinstance(margin, (int, float)) and not isinstance(margin, bool) else config_lib.OrbitRenderConfig().margin
+    return float(margin) if isinstance(margin, (int, float)) and not isinstance(margin, bool) else OrbitRenderConfig().margin
 
 
 def _safe_name(text: str) -> str:
@@ -284,8 +286,8 @@ def score_object(
 def _build_lpips(config: EvaluateConfig, device):
     import warnings
 
-    from vf3d.config import ReconLossConfig
     from vf3d.image_metrics import LpipsMetric
+    from vf3d.models.config import ReconLossConfig
     from vf3d.models.lpips_network import build_lpips
 
     settings = config.lpips

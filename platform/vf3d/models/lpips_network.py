@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vf3d.config import ConfigError, ReconLossConfig
+from vf3d.config import ConfigError
+from vf3d.models.config import ReconLossConfig
 
 _TORCHVISION_ARCH = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
 """The torchvision model whose `features` each lpips backbone slices."""

@@ -19,7 +19,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from vf3d.config import FilterEncoderConfig, QualityProbeConfig
+from vf3d.models.config import FilterEncoderConfig, QualityProbeConfig
 from vf3d.models.pretrained import PretrainedModel
 from vf3d.models.reconstructor.encoder import ImageEncoder
 

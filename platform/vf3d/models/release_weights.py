@@ -51,9 +51,9 @@ from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
 from vf3d.atomic import atomic_path
-from vf3d.config import ReconstructorConfig
 from vf3d.models.pretrained import WEIGHTS_NAME, make_readable
 from vf3d.models.reconstructor import Reconstructor
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig
 
 FORMATS = ("vfusion3d", "openlrm")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -580,7 +580,7 @@ def infer_sizes(state: dict[str, torch.Tensor], format: str = "vfusion3d") -> di
     }
 
 
-KNOWN_ARCHITECTURES = {"vfusion3d": lambda: config_lib.RECONSTRUCTOR_PRESETS["vfusion3d"]()}
+KNOWN_ARCHITECTURES = {"vfusion3d": lambda: RECONSTRUCTOR_PRESETS["vfusion3d"]()}
 """Formats released in exactly one architecture: a file whose shapes say otherwise is damaged
 (a truncated download, a partial state dict) unless the user's overrides say it is intended.
 OpenLRM was released in several sizes, so its sizes are only inferred."""

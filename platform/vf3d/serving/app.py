@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vf3d.config import ServeConfig, from_dict, to_dict
+from vf3d.config import from_dict, to_dict
+from vf3d.serving.config import ServeConfig
 from vf3d.serving.deployments import MeshBuilder, ReconstructorModel
 from vf3d.serving.http import MeshRequest, RequestError, TriplaneCache, check_api_key, check_headers, decode_image, image_bytes, image_key
 
@@ -350,8 +351,9 @@ class ServeAppArgs(BaseModel):
 def resolve_app_config(args: ServeAppArgs) -> ServeConfig:
     """Preset, then the overrides file, then the inline overrides; validated."""
     from vf3d import config as config_lib
+    from vf3d.serving.config import SERVE_PRESETS
 
-    config = config_lib.resolve(config_lib.SERVE_PRESETS, args.preset, args.config)
+    config = config_lib.resolve(SERVE_PRESETS, args.preset, args.config)
     if args.overrides:
         config = config_lib.merge(config, args.overrides)
     return config.validate()

@@ -38,7 +38,8 @@ def _replica_id() -> str | None:
 
 
 def _serve_config(config: dict):
-    from vf3d.config import ServeConfig, from_dict
+    from vf3d.config import from_dict
+    from vf3d.serving.config import ServeConfig
 
     return from_dict(ServeConfig, config).validate()
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vf3d.config import InferenceConfig
 from vf3d.mesh import MESH_CONTENT_TYPES
+from vf3d.models.reconstructor.config import InferenceConfig
 from vf3d.preprocess import ImageInputError, load_image, prepare_decoded
 
 # Formats PIL decodes that a user would upload, by their leading bytes. The request's

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from vf3d.atomic import write_json_atomic
-from vf3d.config import ConfigError, LeaseConfig
+from vf3d.config import ConfigError
+from vf3d.synthesis.config import LeaseConfig
 
 LEASE_NAME = ".vf3d-lease.json"
 LEASE_PARTIAL_SUFFIX = ".tmp"

@@ -34,10 +34,11 @@ from scipy import ndimage
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
-from vf3d.config import FilterEncoderConfig, HeuristicsConfig, QualityProbeConfig, TrainFilterConfig
 from vf3d.data import shards
+from vf3d.models.config import FilterEncoderConfig, QualityProbeConfig
 from vf3d.models.pretrained import CONFIG_NAME, ModelDirectoryError
 from vf3d.models.quality_filter import OrbitFeatureEncoder, QualityProbe
+from vf3d.synthesis.config import HeuristicsConfig, TrainFilterConfig
 
 REASONS = ("static", "empty_foreground", "full_frame_foreground", "flicker")
 """Heuristic rejection reasons, in the order `heuristic_reasons` reports them."""

@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
-from vf3d.config import RenderAssetsConfig
 from vf3d.data import shards
 from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
 from vf3d.data.manifest import IdSet
+from vf3d.synthesis.config import RenderAssetsConfig
 from vf3d.synthesis.failures import failure_summary
 from vf3d.synthesis.lease import holding_lease
 
@@ -95,6 +95,8 @@ class RenderOrbits:
     """
 
     def __init__(self, assets_dir: str, config: dict[str, Any], out_dir: str = ".") -> None:
+        import ray
+
         from vf3d.data.orbit_renderer import OrbitRenderer
         from vf3d.ray_runtime import require_usable_gpus
         from vf3d.synthesis.failures import FailureTracker, actor_name
@@ -103,7 +105,9 @@ class RenderOrbits:
         require_usable_gpus("render-assets RenderOrbits")
         self.assets_dir = Path(assets_dir)
         self.config = config_lib.from_dict(RenderAssetsConfig, config)
-        self.renderer = OrbitRenderer(self.config.render.resolution, ambient=self.config.render.ambient)
+        # Draw on this actor's own GPU (EGL device of ray.get_gpu_ids()[0]), a CPU device without one.
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else None
+        self.renderer = OrbitRenderer(self.config.render.resolution, ambient=self.config.render.ambient, gpu_ids=gpu_ids)
         self.failures = FailureTracker(RENDER_STAGE, out_dir, self.config.failures.max_consecutive_failures, actor_name())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

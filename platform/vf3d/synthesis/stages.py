@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
-from vf3d.config import SynthesizeConfig
 from vf3d.data import shards
+from vf3d.synthesis.config import ActorPoolConfig, SynthesizeConfig
 from vf3d.synthesis.failures import FailureTracker, actor_name, is_infrastructure_error, maybe_fire_fault, short_error
 
 if TYPE_CHECKING:
@@ -348,8 +348,8 @@ class FirstFrames(_ModelStage):
     def generator(self):
         """The text-to-image first-frame model, built once per actor."""
         if self._generator is None:
-            from vf3d.config import VideoModelConfig
             from vf3d.models.video import FirstFrameGenerator
+            from vf3d.models.video.config import VideoModelConfig
             from vf3d.models.video.text_to_image import tiny_text_to_image_pipeline
 
             generation = self.config.generation
@@ -713,7 +713,7 @@ class WriteSynthesized:
         }
 
 
-def stage_pools(config: SynthesizeConfig) -> dict[str, config_lib.ActorPoolConfig]:
+def stage_pools(config: SynthesizeConfig) -> dict[str, ActorPoolConfig]:
     """Every traced stage's actor pool, by stage name (PIPELINE_STAGES), for the run summary."""
     return {
         "first_frame": config.first_frame_pool,

@@ -32,10 +32,11 @@ import pyarrow.parquet as pq
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
-from vf3d.config import ConfigError, SynthesizeConfig
+from vf3d.config import ConfigError
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, caption_for, load_captions
 from vf3d.data.manifest import IdSet
+from vf3d.synthesis.config import SynthesizeConfig
 from vf3d.synthesis.failures import failure_summary
 from vf3d.synthesis.lease import LeaseHeldError, OutputLease
 from vf3d.synthesis.stages import (

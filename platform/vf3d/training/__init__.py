@@ -33,11 +33,28 @@ Submodules import ray, torch and deepspeed only inside their functions, so impor
 is cheap.
 """
 
-from vf3d.training.checkpointing import CheckpointError, consolidate, read_metadata, restore, save
-from vf3d.training.deepspeed_setup import build_deepspeed_config, initialize, parameter_groups
-from vf3d.training.fault_injection import inject_fault_if_due
-from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
-from vf3d.training.runner import TrainingRunFailed, batches_forever, run_training, training_config_from
+_SOURCE = {
+    "CheckpointError": ".checkpointing",
+    "consolidate": ".checkpointing",
+    "read_metadata": ".checkpointing",
+    "restore": ".checkpointing",
+    "save": ".checkpointing",
+    "build_deepspeed_config": ".deepspeed_setup",
+    "initialize": ".deepspeed_setup",
+    "parameter_groups": ".deepspeed_setup",
+    "inject_fault_if_due": ".fault_injection",
+    "LoopState": ".loop",
+    "TrainTask": ".loop",
+    "Window": ".loop",
+    "run_loop": ".loop",
+    "run_summary": ".loop",
+    "use_default_storage": ".loop",
+    "TrainingRunFailed": ".runner",
+    "batches_forever": ".runner",
+    "run_training": ".runner",
+    "training_config_from": ".runner",
+}
+"""Each public name → the submodule that defines it."""
 
 __all__ = [
     "CheckpointError",
@@ -60,3 +77,12 @@ __all__ = [
     "training_config_from",
     "use_default_storage",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562): importing the package, or its light `config` module, must not import torch.
+    if name not in _SOURCE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_SOURCE[name], __name__), name)

@@ -11,7 +11,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from vf3d.config import OptimizerConfig, TrainingConfig
+from vf3d.training.config import OptimizerConfig, TrainingConfig
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from vf3d.config import TrainingConfig
+from vf3d.training.config import TrainingConfig
 
 FAULT_MARKER_FILE = "vf3d_fault_injected"
 

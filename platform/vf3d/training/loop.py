@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import ray.train
     import torch
 
-    from vf3d.config import TrainingConfig
+    from vf3d.training.config import TrainingConfig
 
 RUNS_DIRNAME = "training_runs"
 """Checkpoints live under OUT/training_runs/<run name>/ unless run.storage_path says otherwise."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vf3d.config import ReconLossConfig
+from vf3d.models.config import ReconLossConfig
 from vf3d.models.lpips_network import build_lpips
 
 

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
-from vf3d.config import ReconStage, TrainReconConfig
 from vf3d.data.reconstruction_views import source_inputs, validation_views
+from vf3d.training.config import ReconStage, TrainReconConfig
 from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
 
 if TYPE_CHECKING:

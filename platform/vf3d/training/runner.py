@@ -12,7 +12,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vf3d.config import TrainingConfig, from_dict, to_dict
+from vf3d.config import from_dict, to_dict
+from vf3d.training.config import TrainingConfig
 
 if TYPE_CHECKING:
     import ray.data

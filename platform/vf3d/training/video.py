@@ -16,7 +16,8 @@ import numpy as np
 
 from vf3d import config as config_lib
 from vf3d.atomic import write_json_atomic
-from vf3d.config import FinetuneVideoConfig, VideoModelConfig
+from vf3d.models.video.config import VideoModelConfig
+from vf3d.training.config import FinetuneVideoConfig
 from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
 
 CACHE_MAX_ORBITS = 4096

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vf3d.config import DecoderConfig
+from vf3d.models.reconstructor.config import DecoderConfig
 
 # Plane axes: plane k is indexed by (first, second) world coordinates, first on the width axis
 # (the release's planes: docs/vfusion3d.md#triplane-sampling).

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vf3d.config import EncoderConfig
+from vf3d.models.reconstructor.config import EncoderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

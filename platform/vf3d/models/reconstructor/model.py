@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from vf3d.config import ReconstructorConfig
 from vf3d.models.pretrained import PretrainedModel
+from vf3d.models.reconstructor.config import ReconstructorConfig
 from vf3d.models.reconstructor.decoder import TriplaneDecoder, activate_density, sample_triplane
 from vf3d.models.reconstructor.encoder import ImageEncoder
 from vf3d.models.reconstructor.renderer import FieldFunction, RenderOutput, TriplaneRenderer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from vf3d.config import TransformerConfig, TriplaneConfig
 from vf3d.models.reconstructor.attention import CrossAttention, SelfAttention
+from vf3d.models.reconstructor.config import TransformerConfig, TriplaneConfig
 
 LAYER_NORM_EPS = 1e-6
 

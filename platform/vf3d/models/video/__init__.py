@@ -7,12 +7,20 @@ frames from prompts. Built from diffusers classes (WanTransformer3DModel, Autoen
 FlowMatchEulerDiscreteScheduler) without forking them.
 """
 
-from vf3d.models.video.build import build_video_pipeline
-from vf3d.models.video.conditioning import close_orbit, orbit_video_frames
-from vf3d.models.video.elevation import ElevationEmbedder
-from vf3d.models.video.model import TRAINABLE_MODES, OrbitVideoModel
-from vf3d.models.video.pipeline import OrbitVideoOutput, OrbitVideoPipeline, orbit_cameras
-from vf3d.models.video.text_to_image import FirstFrameGenerator, build_first_frame_generator
+_SOURCE = {
+    "build_video_pipeline": ".build",
+    "close_orbit": ".conditioning",
+    "orbit_video_frames": ".conditioning",
+    "ElevationEmbedder": ".elevation",
+    "TRAINABLE_MODES": ".model",
+    "OrbitVideoModel": ".model",
+    "OrbitVideoOutput": ".pipeline",
+    "OrbitVideoPipeline": ".pipeline",
+    "orbit_cameras": ".pipeline",
+    "FirstFrameGenerator": ".text_to_image",
+    "build_first_frame_generator": ".text_to_image",
+}
+"""Each public name → the submodule that defines it."""
 
 __all__ = [
     "TRAINABLE_MODES",
@@ -27,3 +35,12 @@ __all__ = [
     "orbit_cameras",
     "orbit_video_frames",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562): importing the package, or its light `config` module, must not import torch and diffusers.
+    if name not in _SOURCE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_SOURCE[name], __name__), name)

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-from vf3d.config import ConfigError, VideoModelConfig
+from vf3d.config import ConfigError
 from vf3d.models.video.conditioning import conditioned_in_channels, widen_patch_embedding
+from vf3d.models.video.config import VideoModelConfig
 from vf3d.models.video.elevation import ElevationEmbedder
 from vf3d.models.video.pipeline import OrbitVideoPipeline
 from vf3d.models.video.text import clip_tokenizer, random_clip_text_encoder

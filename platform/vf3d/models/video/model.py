@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from vf3d.config import VideoModelConfig
 from vf3d.models.pretrained import make_readable
 from vf3d.models.video.conditioning import check_frame_size, close_orbit, encode_video, first_frame_condition, vae_compression
+from vf3d.models.video.config import VideoModelConfig
 from vf3d.models.video.pipeline import OrbitVideoPipeline, predict_velocity
 from vf3d.models.video.text import encode_prompts
 

@@ -14,7 +14,7 @@ import gzip
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from vf3d.config import VideoArchitectureConfig
+from vf3d.models.video.config import VideoArchitectureConfig
 
 # CLIP's BPE: 256 byte symbols, the same with an end-of-word marker, 48,894 merges and the two
 # special tokens (open_clip's SimpleTokenizer and transformers' CLIPTokenizer number them alike).

@@ -14,7 +14,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
-from vf3d.config import ConfigError, VideoModelConfig
+from vf3d.config import ConfigError
+from vf3d.models.video.config import VideoModelConfig
 from vf3d.models.video.text import clip_tokenizer, random_clip_text_encoder
 
 
