@@ -3,18 +3,21 @@
 What it measures (sections, `--sections` picks some):
   view       One 128² and one 256² view (quick: 64², 96²) of the release-size model (`vfusion3d`
              preset, random weights, debug encoder) rendered by the exact path and by the fast path
-             (occupancy grid built per image and included in its time, empty-space skipping, early
-             ray termination), on an object-shaped field and on a random one: time ratio, decoder
+             as `ImageTo3D` runs it (the folded field and the occupancy grid built per image and
+             included in its time, empty-space skipping, early ray termination, importance pass
+             where there is mass), on an object-shaped field and on a random one: time ratio, decoder
              queries and PSNR of the fast image against the exact one. Object-shaped: the triplanes
              alone are fitted (Adam, model frozen) to the pybullet duck's occupancy; random weights
              and planes fill the whole cube with surface, which no trained model does.
   mesh       256³ and 384³ (quick: 96³, 128³) meshes with vertex colours of the object field:
-             `ImageTo3D.mesh` fast (surface-only) vs exact (dense grid): time, density queries,
+             `ImageTo3D.mesh` fast ("surface": seeded by the occupancy grid, whose time counts, refined
+             level by level near the surface, folded field) vs exact (dense grid): time, density queries,
              vertex counts, Chamfer distance in voxels, and where the time goes (density, marching
              cubes on the CPU, colours).
-  turntable  A 160-view 384² (quick: 16-view 128²) turntable of the `small` model fitted to the
-             same object, fast path, many views per renderer call; the exact path on a few views
-             extrapolated.
+  turntable  A 160-view 384² (quick: 16-view 128²) turntable of the `debug` model (`--turntable-model
+             small` for the small one) fitted to the same object, fast path, many views per
+             renderer call, against one view per call and the exact path, each on a few views
+             and extrapolated.
   encode     `small` preset, one `encode` of 8 (quick: 4) images vs 8 (4) single-image calls.
   render     Exact-path throughput: rays/s and samples/s of a deterministic 4-view (quick: 1-view)
              render at the preset's render size, `debug` vs `small`, on random planes.
@@ -30,10 +33,9 @@ read them from a quiet machine. Nothing here asserts a timing; targets are print
 The CPU memory workers read /proc/self/statm, so that section needs Linux.
 
 Run (from the repository root):
-  python bench/recon.py                  # full run; on 2 CPU cores the 160-view 384² turntable alone takes hours
-  python bench/recon.py --sections view,mesh,turntable --turntable-views 8 --turntable-size 256   # ~20 minutes
-  python bench/recon.py --quick          # smoke test, about 2 minutes
-  python bench/recon.py --sections view,mesh,turntable
+  python bench/recon.py                  # full run
+  python bench/recon.py --sections view,mesh,turntable --threads 1   # issue 19's evidence, one table
+  python bench/recon.py --quick --sections view,mesh,turntable --threads 1   # smoke test, a few minutes
   python bench/recon.py --device cuda --json bench-recon.json
 """
 
@@ -60,10 +62,9 @@ from report import BENCH_START, Row, log, markdown_table, write_json
 
 from vf3d import cameras
 from vf3d.config import merge, preset, to_dict
+from vf3d.inference import ImageTo3D
 from vf3d.models.reconstructor import Reconstructor
-from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS, ReconstructorConfig
-from vf3d.models.reconstructor.decoder import activate_density
-from vf3d.models.reconstructor.renderer import TriplaneRenderer
+from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS, InferenceConfig, ReconstructorConfig
 
 SEED = 0
 FIT_RAW_INSIDE = 40.0
@@ -93,6 +94,7 @@ class Settings:
     turntable_views: int
     turntable_size: int
     turntable_exact_views: int
+    turntable_single_views: int
     fit_steps: int
     fit_batch: int
     encode_images: int
@@ -107,6 +109,7 @@ DEFAULT = Settings(
     turntable_views=160,
     turntable_size=384,
     turntable_exact_views=2,
+    turntable_single_views=16,
     fit_steps=300,
     fit_batch=2**14,
     encode_images=8,
@@ -120,6 +123,7 @@ QUICK = Settings(
     turntable_views=16,
     turntable_size=128,
     turntable_exact_views=1,
+    turntable_single_views=4,
     fit_steps=100,
     fit_batch=2**13,
     encode_images=4,
@@ -319,12 +323,25 @@ def random_field_planes(config: ReconstructorConfig, device: torch.device) -> to
 class CountingField:
     """A renderer field that counts the points it is asked for."""
 
-    def __init__(self, field: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, field: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> None:
         self.field, self.points = field, 0
+
+    def reset(self, field: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> CountingField:
+        """Count `field`'s points from now on (the counts add up across resets)."""
+        self.field = field
+        return self
 
     def __call__(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.points += points.shape[0] * points.shape[1]
         return self.field(points)
+
+
+class CountingScatteredField(CountingField):
+    """A `CountingField` of a field that also takes scattered points (FoldedTriplaneField.query)."""
+
+    def query(self, points: torch.Tensor, objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.points += points.shape[0]
+        return self.field.query(points, objects)
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -348,12 +365,19 @@ class FittedField:
     note: str
 
 
-def release_fields(device: torch.device, settings: Settings, target: ObjectTarget) -> list[FittedField]:
+def release_fields(device: torch.device, settings: Settings, target: ObjectTarget, cache: Path | None = None) -> list[FittedField]:
     """The release-size model (`vfusion3d`, random variance-preserving decoder weights, debug encoder)
-    with an object-shaped field (planes fitted to `target`) and a random one (random planes)."""
+    with an object-shaped field (planes fitted to `target`, or read from `cache`, which a fit with
+    the same settings wrote) and a random one (random planes)."""
     model = variance_preserving_decoder(Reconstructor(field_only_config("vfusion3d"))).to(device)
     start = time.perf_counter()
-    planes, iou = fit_object_planes(model, target, settings.fit_steps, settings.fit_batch, device)
+    key = {"fit_steps": settings.fit_steps, "fit_batch": settings.fit_batch, "target": target.name}
+    if cache is not None and cache.exists() and (saved := torch.load(cache, map_location=device))["key"] == key:
+        planes, iou = saved["planes"], saved["iou"]
+    else:
+        planes, iou = fit_object_planes(model, target, settings.fit_steps, settings.fit_batch, device)
+        if cache is not None:
+            torch.save({"key": key, "planes": planes.cpu(), "iou": iou}, cache)
     log(
         f"fields: fitted vfusion3d-size triplanes {tuple(planes.shape)} to the {target.name} in {time.perf_counter() - start:.1f}s, IoU {iou:.3f}"
     )
@@ -364,9 +388,10 @@ def release_fields(device: torch.device, settings: Settings, target: ObjectTarge
     ]
 
 
-def fast_renderer(model: Reconstructor) -> TriplaneRenderer:
-    """The inference renderer: the model's renderer config with the fast path on."""
-    return TriplaneRenderer(replace(model.config.renderer, skip_empty_space=True), density_activation=activate_density)
+def fast_pipeline(model: Reconstructor, device: torch.device, **settings: Any) -> ImageTo3D:
+    """Inference as it runs by default (fast paths on: occupancy grid, empty-space skipping, early ray
+    termination, the folded field, surface-only meshes)."""
+    return ImageTo3D(model, InferenceConfig(device=str(device), **settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,14 +399,18 @@ def fast_renderer(model: Reconstructor) -> TriplaneRenderer:
 # ---------------------------------------------------------------------------------------------
 
 
-def render_fast(renderer: TriplaneRenderer, field: CountingField, render_camera: torch.Tensor, size: int, device: torch.device) -> tuple:
-    """One fast-path view as inference renders it: the occupancy grid of the image first (timed
-    apart too), then the view. Returns (RenderOutput, grid seconds, grid)."""
+def render_fast(
+    pipeline: ImageTo3D, counter: CountingField, planes: torch.Tensor, render_camera: torch.Tensor, size: int, device: torch.device
+) -> tuple:
+    """One fast-path view as inference renders it: the (folded) field and the occupancy grid of the
+    image first (timed apart too), then the view; `counter` counts the field's points. Returns
+    (RenderOutput, grid seconds, grid)."""
     start = time.perf_counter()
-    grid = renderer.occupancy_grid(field, 1, device)
+    field = counter.reset(pipeline.field(planes))
+    grid = pipeline.renderer.occupancy_grid(field, 1, device)
     synchronize(device)
     grid_seconds = time.perf_counter() - start
-    return renderer(field, render_camera, size, deterministic=True, occupancy=grid), grid_seconds, grid
+    return pipeline.renderer(field, render_camera, size, deterministic=True, occupancy=grid), grid_seconds, grid
 
 
 def bench_view(device: torch.device, settings: Settings, fields: list[FittedField]) -> tuple[list[Row], dict[str, Any]]:
@@ -389,17 +418,16 @@ def bench_view(device: torch.device, settings: Settings, fields: list[FittedFiel
     render_camera = orbit_cameras(1, device)
     with torch.no_grad():
         for fitted in fields:
-            model, renderer = fitted.model, fast_renderer(fitted.model)
+            model, pipeline = fitted.model, fast_pipeline(fitted.model, device)
             # One-time costs (allocator, code paths) outside the timings.
             model.renderer(model.field(fitted.planes), render_camera, 32, deterministic=True)
-            renderer(model.field(fitted.planes), render_camera, 32, deterministic=True)
+            pipeline.render(fitted.planes, render_camera, 32)
             for size in settings.view_sizes:
-                exact_field, fast_field = CountingField(model.field(fitted.planes)), CountingField(model.field(fitted.planes))
-
+                exact_field, fast_field = CountingField(model.field(fitted.planes)), CountingScatteredField(None)
                 timings = compare_timings(
                     {
                         "exact": partial(model.renderer, exact_field, render_camera, size, deterministic=True),
-                        "fast": partial(render_fast, renderer, fast_field, render_camera, size, device),
+                        "fast": partial(render_fast, pipeline, fast_field, fitted.planes, render_camera, size, device),
                     },
                     device,
                     settings.repeats,
@@ -461,9 +489,6 @@ def bench_view(device: torch.device, settings: Settings, fields: list[FittedFiel
 
 
 def bench_mesh(device: torch.device, settings: Settings, fields: list[FittedField]) -> tuple[list[Row], dict[str, Any]]:
-    from vf3d.inference import ImageTo3D
-    from vf3d.models.reconstructor.config import InferenceConfig
-
     fitted = next(field for field in fields if field.name == "object")
     rows, details = [], {}
     pipelines = {
@@ -510,36 +535,47 @@ def bench_mesh(device: torch.device, settings: Settings, fields: list[FittedFiel
                 f"≤{MESH_VERTEX_TOLERANCE:.0%} ({'met' if vertex_difference <= MESH_VERTEX_TOLERANCE else 'NOT met'})",
             ),
             Row(
-                f"mesh Chamfer @{resolution}³ fast vs dense (marching cubes seconds dense vs fast)",
-                f"{dense.stages['marching_cubes']:.2f}",
-                f"{fast.stages['marching_cubes']:.2f}",
+                f"mesh Chamfer @{resolution}³ fast vs dense (density queries dense vs fast)",
+                format_count(dense.num_queries),
+                format_count(fast.num_queries),
                 f"{distance / voxel:.3f} voxel",
                 f"≤0.5 voxel ({'met' if distance <= 0.5 * voxel else 'NOT met'})",
+            ),
+            Row(
+                f"mesh stages @{resolution}³: density / marching cubes (CPU) / colours, seconds (dense vs fast)",
+                " / ".join(f"{dense.stages[name]:.2f}" for name in ("density", "marching_cubes", "colors")),
+                " / ".join(f"{fast.stages[name]:.2f}" for name in ("density", "marching_cubes", "colors")),
+                f"{dense.stages['density'] / fast.stages['density']:.1f}× density",
+                f"{fast.num_color_queries} colour queries (one per vertex)",
             ),
         ]
     return rows, details
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Turntable: small model, many views per call
+# 3. Turntable: debug (or small) model, many views per call
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_turntable(device: torch.device, settings: Settings, target: ObjectTarget) -> tuple[list[Row], dict[str, Any]]:
-    from vf3d.inference import ImageTo3D
-    from vf3d.models.reconstructor.config import InferenceConfig
-
-    model = variance_preserving_decoder(Reconstructor(field_only_config("small"))).to(device)
+def bench_turntable(device: torch.device, settings: Settings, target: ObjectTarget, preset_name: str) -> tuple[list[Row], dict[str, Any]]:
+    model = variance_preserving_decoder(Reconstructor(field_only_config(preset_name))).to(device)
     planes, iou = fit_object_planes(model, target, settings.fit_steps, settings.fit_batch, device)
     model.eval()
     views, size = settings.turntable_views, settings.turntable_size
     common = {"device": str(device), "turntable_views": views, "turntable_size": size}
     fast = ImageTo3D(model, InferenceConfig(**common))
-    log(f"turntable: small model fitted to the {target.name} (IoU {iou:.2f}); {views} views of {size}², fast path")
+    log(f"turntable: {preset_name} model fitted to the {target.name} (IoU {iou:.2f}); {views} views of {size}², fast path")
     start = time.perf_counter()
     frames = fast.turntable(planes)
     synchronize(device)
     fast_seconds = time.perf_counter() - start
+    # One view per renderer call (and per decoder forward) on a few views, extrapolated.
+    single_views = min(settings.turntable_single_views, views)
+    single = ImageTo3D(model, InferenceConfig(**{**common, "turntable_views": single_views}, turntable_views_per_call=1))
+    start = time.perf_counter()
+    single.turntable(planes)
+    synchronize(device)
+    single_seconds = (time.perf_counter() - start) * views / single_views
     # The exact path on a few of the same views, extrapolated: all of them would take too long.
     sample_views = settings.turntable_exact_views
     poses = cameras.turntable_poses(views, radius=fast.config.turntable_radius, azimuth_deg=model.config.source_camera_azimuth_deg)
@@ -551,23 +587,35 @@ def bench_turntable(device: torch.device, settings: Settings, target: ObjectTarg
     exact_seconds = (time.perf_counter() - start) * views / sample_views
     reference_frames = (reference.rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
     quality = psnr(torch.from_numpy(frames[:sample_views]).float() / 255, reference_frames.float() / 255)
+    per_call = fast.config.turntable_views_per_call
     log(
-        f"turntable: fast {fast_seconds:.1f}s ({fast_seconds / views * 1000:.0f} ms/view) vs exact ≈{exact_seconds:.0f}s "
-        f"(from {sample_views} views); PSNR of the first {sample_views} frames {quality:.1f} dB"
+        f"turntable: fast {fast_seconds:.1f}s ({fast_seconds / views * 1000:.0f} ms/view, {per_call} views per call) vs one view per "
+        f"call ≈{single_seconds:.0f}s (from {single_views} views) vs exact ≈{exact_seconds:.0f}s (from {sample_views} views); "
+        f"PSNR of the first {sample_views} frames {quality:.1f} dB"
     )
     rows = [
         Row(
-            f"small {views}-view {size}² turntable seconds (exact extrapolated from {sample_views} views vs fast)",
+            f"{preset_name} {views}-view {size}² turntable seconds (exact, extrapolated from {sample_views} views, vs fast)",
             f"≈{exact_seconds:.0f}",
             f"{fast_seconds:.1f}",
             f"{exact_seconds / fast_seconds:.1f}×",
             f"{device.type}; PSNR {quality:.1f} dB on {sample_views} frames",
-        )
+        ),
+        Row(
+            f"{preset_name} {views}-view {size}² turntable seconds (fast, 1 view per call, extrapolated from {single_views}, vs {per_call} per call)",
+            f"≈{single_seconds:.0f}",
+            f"{fast_seconds:.1f}",
+            f"{single_seconds / fast_seconds:.2f}×",
+            f"{device.type}; informational",
+        ),
     ]
     return rows, {
+        "model": preset_name,
         "views": views,
         "size": size,
         "fast_seconds": fast_seconds,
+        "views_per_call": per_call,
+        "single_view_seconds_extrapolated": single_seconds,
         "exact_seconds_extrapolated": exact_seconds,
         "psnr_db": quality,
         "iou": iou,
@@ -864,7 +912,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--turntable-views", type=int, help="override the turntable's view count (default 160, quick 16)")
     parser.add_argument("--turntable-size", type=int, help="override the turntable's frame size (default 384, quick 128)")
+    parser.add_argument(
+        "--turntable-model",
+        default="debug",
+        choices=("debug", "small"),
+        help="preset of the turntable's model (default debug: on 2 CPU cores the small model's 160 views of 384² take hours)",
+    )
     parser.add_argument("--memory-cap-gb", type=float, default=14.0, help="address-space cap of the CPU memory workers")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
+    parser.add_argument("--view-sizes", help="override the view sizes, comma-separated (default 128,256; quick 64,96)")
+    parser.add_argument("--mesh-resolutions", help="override the mesh resolutions, comma-separated (default 256,384; quick 96,128)")
+    parser.add_argument(
+        "--fit-cache",
+        type=Path,
+        help="reuse the release-size object field fitted by an earlier run with the same settings (saved here when missing)",
+    )
     # Internal: how the CPU memory section re-invokes this script in a fresh process.
     parser.add_argument("--memory-worker", choices=("chunked", "unchunked"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-render-size", type=int, default=DEFAULT.memory_render_size, help=argparse.SUPPRESS)
@@ -877,12 +939,18 @@ def main() -> None:
         memory_worker(args.memory_worker, args.memory_render_size, args.memory_cap_gb)
         return
     torch.manual_seed(SEED)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     settings = QUICK if args.quick else DEFAULT
     settings = replace(
         settings,
         turntable_views=args.turntable_views or settings.turntable_views,
         turntable_size=args.turntable_size or settings.turntable_size,
+        view_sizes=tuple(int(size) for size in args.view_sizes.split(",")) if args.view_sizes else settings.view_sizes,
+        mesh_resolutions=tuple(int(size) for size in args.mesh_resolutions.split(","))
+        if args.mesh_resolutions
+        else settings.mesh_resolutions,
     )
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     # Other busy processes skew even ratios; the load average at both ends shows whether they ran.
@@ -900,11 +968,11 @@ def main() -> None:
     if {"view", "mesh", "turntable"} & set(chosen):
         target = object_target(TARGET_RESOLUTION, device)
     if {"view", "mesh"} & set(chosen):
-        fields = release_fields(device, settings, target)
+        fields = release_fields(device, settings, target, args.fit_cache)
     sections = {
         "view": lambda: bench_view(device, settings, fields),
         "mesh": lambda: bench_mesh(device, settings, fields),
-        "turntable": lambda: bench_turntable(device, settings, target),
+        "turntable": lambda: bench_turntable(device, settings, target, args.turntable_model),
         "encode": partial(bench_encode, device, settings),
         "render": partial(bench_render, device, settings),
         "memory": partial(bench_memory, device, settings, args.memory_cap_gb),

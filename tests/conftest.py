@@ -24,6 +24,25 @@ INTEGRATION_DIRS = ("integration", "e2e")
 """Folders whose every test gets the `integration` marker (`make test-fast` runs neither)."""
 
 
+LONGEST_MODULES_FIRST = (
+    "test_serve.py",
+    "test_web_page.py",
+    "test_synthesize.py",
+    "test_object_storage.py",
+    "test_autoscaling.py",
+    "test_train_recon.py",
+    "test_metrics.py",
+    "test_training_harness.py",
+    "test_finetune_video.py",
+    "test_render_assets.py",
+    "test_submit.py",
+    "test_quiet_logs.py",
+    "test_checkpoint_safety.py",
+)
+"""Modules by how long they took (slowest first, measured with --durations): the order in which
+pytest-xdist hands them to workers (see pytest_collection_modifyitems)."""
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     """Mark everything under tests/integration and tests/e2e `integration`, by path, and run the
@@ -40,7 +59,21 @@ def pytest_collection_modifyitems(config, items):
         if folder in INTEGRATION_DIRS:
             item.add_marker(pytest.mark.integration)
         groups[item] = 2 if item.path in serve_modules else 1 if folder in INTEGRATION_DIRS else 0
-    items.sort(key=groups.__getitem__)  # stable: the collected order within each group
+        # Under pytest-xdist (`-n 2 --dist loadgroup`, what `make test` runs) a module's tests stay
+        # on one worker, so module fixtures (a training, a synthesis run) are built once; the
+        # modules sharing the session's `vf3d serve` endpoint form one group for the same reason.
+        item.add_marker(pytest.mark.xdist_group("serve" if item.path in serve_modules else str(item.path.relative_to(TESTS_DIR))))
+    if getattr(config.option, "numprocesses", None):
+        # xdist hands out groups in this order (with --no-loadscope-reorder), each to the next free
+        # worker: the longest first, unit tests last to fill in, so that the workers finish
+        # together. A module missing from LONGEST_MODULES_FIRST only runs later; nothing else changes.
+        def rank(item):
+            name = item.path.name
+            return (-groups[item], LONGEST_MODULES_FIRST.index(name) if name in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST))
+
+        items.sort(key=rank)
+    else:
+        items.sort(key=groups.__getitem__)  # stable: the collected order within each group
 
 
 def run_vf3d(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:

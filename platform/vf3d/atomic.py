@@ -20,7 +20,12 @@ offer it, small reports do not need it).
 `atomic_path` hands out the partial path itself, for libraries that insist on writing to a file
 name (pyarrow, safetensors, imageio, matplotlib); `atomic_write` opens it as a file object;
 `write_bytes_atomic`, `write_text_atomic` and `write_json_atomic` cover the one-call cases.
-This module imports nothing from vf3d, so every layer may use it.
+
+Every function here also takes an object-store URI (`s3://bucket/key`, `gs://bucket/key`; see
+`vf3d.storage`). There the same promise is kept with the means object stores have: the content is
+written to a local staging file, uploaded to a hidden partial key beside the target and copied
+server-side onto the final key, which is atomic (`storage.publish_file`). `fsync` has no meaning
+there (an upload is durable once it completes). This module imports only `vf3d.storage` (core).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from vf3d import storage
 
 PARTIAL_SUFFIX = ".partial"
 """What partial files end with (after `.{name}.{8 hex}`), and what `remove_partials` looks for."""
@@ -65,7 +72,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, partial_suffix:
     """Yield a partial path to write `path`'s new content to, by any means; rename it onto `path`
     when the block ends normally, delete it when the block raises.
 
-    The parent directory must exist. Nothing needs to have been written to the partial path when
+    For an object-store URI the yielded path is a local staging file with the target's name,
+    published by `storage.publish_file` when the block ends normally.
+
+    The parent directory must exist (locally). Nothing needs to have been written to the partial path when
     the block raises; when it ends normally the partial file must exist.
 
     Args:
@@ -76,6 +86,10 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False, partial_suffix:
             writer that picks its format from the file name (imageio) needs the real suffix at the
             end, e.g. ".partial.mp4".
     """
+    if storage.is_uri(path):
+        with storage.staged_file(str(path), partial_suffix) as staged:
+            yield staged
+        return
     path = Path(path)
     partial = partial_path(path, partial_suffix)
     try:
@@ -114,8 +128,12 @@ def atomic_write(
             yield file
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False, partial_suffix: str = PARTIAL_SUFFIX) -> Path:
-    """Write `data` as `path` atomically (see `atomic_write`); returns `path`."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False, partial_suffix: str = PARTIAL_SUFFIX) -> Path | str:
+    """Write `data` as `path` atomically (see `atomic_write`); returns `path` (a Path, or the URI
+    string for an object store)."""
+    if storage.is_uri(path):
+        storage.publish_bytes(data, str(path), partial_suffix)
+        return str(path)
     with atomic_write(path, "wb", fsync=fsync, partial_suffix=partial_suffix) as file:
         file.write(data)
     return Path(path)
@@ -123,11 +141,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = Fa
 
 def write_text_atomic(
     path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = False, partial_suffix: str = PARTIAL_SUFFIX
-) -> Path:
+) -> Path | str:
     """Write `text` as `path` atomically (see `atomic_write`); returns `path`."""
-    with atomic_write(path, "w", encoding=encoding, fsync=fsync, partial_suffix=partial_suffix) as file:
-        file.write(text)
-    return Path(path)
+    return write_bytes_atomic(path, text.encode(encoding), fsync=fsync, partial_suffix=partial_suffix)
 
 
 def write_json_atomic(
@@ -138,7 +154,7 @@ def write_json_atomic(
     fsync: bool = False,
     partial_suffix: str = PARTIAL_SUFFIX,
     **dumps_options: Any,
-) -> Path:
+) -> Path | str:
     """Write `document` as JSON (`indent`ed, newline-terminated) as `path` atomically; returns `path`.
 
     The document is serialised before the partial file is opened, so a value json cannot encode
@@ -155,6 +171,8 @@ def remove_partials(directory: str | os.PathLike, partial_suffix: str = PARTIAL_
     Only call it when no writer can be active there (e.g. at the start of a stage that holds the
     directory's lease): a live writer's partial file looks exactly like a dead one's.
     """
+    if storage.is_uri(directory):
+        return storage.remove_partials(directory, partial_suffix)
     folder = Path(directory)
     removed = 0
     if folder.is_dir():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vf3d import __version__, specs
+from vf3d.ray_runtime import VERBOSE_ENV
 from vf3d.specs import UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -160,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `vf3d` argument parser: one sub-command per spec in vf3d.specs, and submit."""
     parser = argparse.ArgumentParser(prog="vf3d", description="vf3d: an open, scalable VFusion3D platform (image → 3D on Ray).")
     parser.add_argument("--version", action="version", version=f"vf3d {__version__}")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show Ray's own INFO logs (start-up, Ray Data progress lines, Train and Serve messages); same as {VERBOSE_ENV}=1",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for spec in specs.SPECS.values():
         if spec is specs.Demo:  # `vf3d --help` has always listed submit here, after the stages
@@ -171,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vf3d` console script."""
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read where each local cluster is started (vf3d.ray_runtime)
     if args.command != "submit":
         return specs.run_command(specs.from_namespace(args), log=_print)
     try:

@@ -5,9 +5,11 @@ the canonical source camera (batched over images) → coarse-to-fine density gri
 → vertex-coloured mesh; and a turntable of views rendered in bounded chunks of views.
 
 Unless `InferenceConfig.exact`, rendering uses the renderer's fast path (an occupancy grid built once
-per object and shared by all its views, empty-space skipping, early ray termination) and meshes
-query the density grid only near the surface; `exact: true` renders every sample and queries the
-dense grid, the references the fast paths are tested against.
+per object and shared by all its views, empty-space skipping, early ray termination), meshes query
+the density grid only near the surface, and both query the field with the decoder's first layer
+folded into the planes (FoldedTriplaneField, the same field up to float rounding, several times
+cheaper per point); `exact: true` renders every sample and queries the dense grid through the
+model's own `query_raw`, the references the fast paths are tested against.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from vf3d.mesh import MeshResult, extract_mesh, save_mesh, write_video
 from vf3d.models.reconstructor import Reconstructor
 from vf3d.models.reconstructor.config import InferenceConfig
 from vf3d.models.reconstructor.decoder import activate_density
-from vf3d.models.reconstructor.renderer import OccupancyGrid, RenderOutput, TriplaneRenderer
+from vf3d.models.reconstructor.folded_field import FoldedTriplaneField, folding_pays_off
+from vf3d.models.reconstructor.renderer import FieldFunction, OccupancyGrid, RenderOutput, TriplaneRenderer
 from vf3d.preprocess import prepare_image
 
 EXACT_TURNTABLE_VIEWS_PER_CALL = 8
@@ -154,21 +157,44 @@ class ImageTo3D:
         iso = self.config.mesh_iso if self.config.mesh_iso is not None else self.model.config.mesh_iso
         return otsu_iso(self.model, planes) if iso == "auto" else float(iso)
 
+    def field(self, planes: torch.Tensor) -> FieldFunction:
+        """The renderer's field of triplanes [N, 3, C, R, R] (raw densities): the model's own on the exact
+        path and for decoders too narrow for folding to pay off, else the folded one (built here, once
+        per call: a few milliseconds)."""
+        if self.config.exact or not folding_pays_off(self.model.decoder):
+            return self.model.field(planes)
+        return FoldedTriplaneField(planes, self.model.decoder, self.model.config.renderer.box_half_size)
+
     @torch.no_grad()
-    def mesh(self, planes: torch.Tensor, iso: float | None = None, resolution: int | None = None) -> MeshResult:
+    def mesh(
+        self, planes: torch.Tensor, iso: float | None = None, resolution: int | None = None, occupancy: OccupancyGrid | None = None
+    ) -> MeshResult:
         """One object's triplanes [1, 3, C, R, R] → vertex-coloured mesh in world coordinates.
 
         `resolution` (grid samples per axis) overrides the config's `mesh_resolution` for this call.
+        The "surface" method is seeded by the renderer's occupancy grid (`occupancy`, built here when
+        not given and the iso level lies above the grid's threshold; its time counts in the "density" stage).
         """
+        started = time.perf_counter()
         iso = self.iso_level(planes) if iso is None else iso
+        field = self.field(planes)
 
         def query(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with self._autocast():
-                density, rgb = self.model.query_points(planes, points.unsqueeze(0))
-            return density[0, :, 0].float(), rgb[0].float().clamp(0, 1)
+                raw_density, rgb = field(points.unsqueeze(0))
+            return activate_density(raw_density[0, :, 0]), rgb[0].float().clamp(0, 1)
 
         method = "dense" if self.config.exact else self.config.mesh_method
-        return extract_mesh(query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=method, device=self.device)
+        occupied = None
+        if method == "surface" and iso > self.renderer.config.occupancy_threshold:
+            occupied = (occupancy if occupancy is not None else self.occupancy(planes)).occupied[0]
+        grid_seconds = time.perf_counter() - started
+        result = extract_mesh(
+            query, resolution=resolution or self.config.mesh_resolution, iso=iso, method=method, device=self.device, occupied=occupied
+        )
+        result.stages["density"] += grid_seconds
+        result.seconds += grid_seconds
+        return result
 
     @torch.no_grad()
     def occupancy(self, planes: torch.Tensor) -> OccupancyGrid | None:
@@ -177,7 +203,7 @@ class ImageTo3D:
         if self.config.exact:
             return None
         with self._autocast():
-            return self.renderer.occupancy_grid(self.model.field(planes), planes.shape[0], self.device)
+            return self.renderer.occupancy_grid(self.field(planes), planes.shape[0], self.device)
 
     @torch.no_grad()
     def render(
@@ -195,14 +221,15 @@ class ImageTo3D:
         deterministic = self.config.deterministic if deterministic is None else deterministic
         with self._autocast():
             return self.renderer(
-                self.model.field(planes), render_cameras, size, size, deterministic=deterministic, generator=generator, occupancy=occupancy
+                self.field(planes), render_cameras, size, size, deterministic=deterministic, generator=generator, occupancy=occupancy
             )
 
     @torch.no_grad()
-    def turntable(self, planes: torch.Tensor, seed: int | None = None) -> np.ndarray:
+    def turntable(self, planes: torch.Tensor, seed: int | None = None, occupancy: OccupancyGrid | None = None) -> np.ndarray:
         """One object's triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of a full revolution.
 
-        With `seed`, rays are sampled randomly from that seed; without, per the config.
+        With `seed`, rays are sampled randomly from that seed; without, per the config. `occupancy`: the
+        object's grid when already built (`occupancy`), else built here once for all the views.
         """
         config = self.config
         size = config.turntable_size or self.model.config.renderer.render_size
@@ -215,7 +242,7 @@ class ImageTo3D:
         render_cameras = cameras.render_camera_vector(poses).to(self.device)
         generator = self._generator(seed)
         deterministic = config.deterministic and seed is None
-        occupancy = self.occupancy(planes)  # once for all the views
+        occupancy = occupancy if occupancy is not None else self.occupancy(planes)  # once for all the views
         per_call = EXACT_TURNTABLE_VIEWS_PER_CALL if config.exact else config.turntable_views_per_call
         frames = []
         for start in range(0, len(render_cameras), per_call):
@@ -235,12 +262,13 @@ class ImageTo3D:
         timings["triplanes"] = time.perf_counter() - start
         start = time.perf_counter()
         iso = self.iso_level(planes)
-        mesh = self.mesh(planes, iso)
+        occupancy = self.occupancy(planes)  # shared by the mesh and the turntable
+        mesh = self.mesh(planes, iso, occupancy=occupancy)
         save_mesh(mesh.mesh, mesh_path)
         timings["mesh"] = time.perf_counter() - start
         if video_path is not None:
             start = time.perf_counter()
-            write_video(self.turntable(planes), video_path, fps=self.config.turntable_fps)
+            write_video(self.turntable(planes, occupancy=occupancy), video_path, fps=self.config.turntable_fps)
             timings["video"] = time.perf_counter() - start
         return ImageTo3DResult(
             mesh=mesh, mesh_path=Path(mesh_path), video_path=Path(video_path) if video_path else None, iso=iso, timings=timings

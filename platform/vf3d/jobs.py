@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vf3d import config as config_lib
-from vf3d import specs
+from vf3d import specs, storage
 from vf3d.config import ConfigError
 
 STAGES = specs.JOB_STAGES
@@ -296,6 +296,8 @@ def build_invocation(job: JobSpec, extra_args: list[str], root: Path, config_fil
     options = {option.name: option for option in specs.options(specs.SPECS[job.stage])}
 
     def typed(option: specs.Option, item: Any) -> Any:
+        if option.kind is specs.Location:  # a URI is already absolute; a local path resolves like a Path
+            return item if storage.is_uri(str(item)) else specs.Location(absolute(item))
         return absolute(item) if option.kind is Path else item
 
     for name, value in args.items():

@@ -9,6 +9,7 @@ the solid is where density > iso.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ from skimage import measure
 from vf3d.atomic import PARTIAL_SUFFIX, atomic_path, write_bytes_atomic
 
 QueryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+SURFACE_BASE_CELLS = 48
+"""Fewest cells per axis of the "surface" method's base grid (whose corners are all queried, or those
+in occupied cells): features thinner than a base cell that touch no base corner may be missed, as with
+"coarse_to_fine"."""
 
 MESH_CONTENT_TYPES = {"glb": "model/gltf-binary", "obj": "model/obj", "ply": "application/ply"}
 
@@ -40,7 +46,8 @@ class MeshResult:
 
     ``mesh`` has world-space vertices in [-1, 1]^3 and RGBA uint8 vertex colours;
     ``num_queries`` counts density samples, ``num_color_queries`` colour samples (one per output
-    vertex). ``stages`` splits ``seconds``: ``density`` (field queries and building the grid),
+    vertex). ``stages`` splits ``seconds``: ``density`` (field queries and building the grid, on the
+    query device for "surface", then copied to the CPU),
     ``marching_cubes`` (on the CPU) and ``colors`` (colour queries and assembling the mesh).
     """
 
@@ -190,6 +197,136 @@ def _coarse_to_fine_volume(
     return volume, known, offset, num_queries
 
 
+def _cell_extremes(corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corner values [n+1, n+1, n+1] → the smallest and largest of each cell's 8 corners, [n, n, n] each."""
+    largest = torch.nn.functional.max_pool3d(corners[None, None], 2, stride=1)[0, 0]
+    smallest = -torch.nn.functional.max_pool3d(-corners[None, None], 2, stride=1)[0, 0]
+    return smallest, largest
+
+
+def _dilate_cells(cells: torch.Tensor) -> torch.Tensor:
+    """bool [n, n, n] → bool [n, n, n]: set within one cell (a 3×3×3 cube) of a set cell."""
+    return torch.nn.functional.max_pool3d(cells[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+
+
+def _corners_of_children(cells: torch.Tensor) -> torch.Tensor:
+    """bool [n, n, n] cells → bool [2n+1, 2n+1, 2n+1]: the corners of the set cells' 8 children.
+
+    A point of the finer grid lies in the closed box of a cell exactly when it does along every axis,
+    so the test separates: along one axis, odd point 2c+1 is inside cell c only, even point 2c is on
+    the faces of cells c−1 and c.
+    """
+    for dim in range(3):
+        count = cells.shape[dim]
+        shape = list(cells.shape)
+        shape[dim] = 2 * count + 1
+        finer = cells.new_zeros(shape)
+        finer.narrow(dim, 1, 2 * count - 1)[(slice(None),) * dim + (slice(None, None, 2),)] = cells  # odd points
+        even = finer[(slice(None),) * dim + (slice(None, None, 2),)]  # a view: points 0, 2, …, 2n
+        even.narrow(dim, 0, count).copy_(cells)
+        even.narrow(dim, 1, count).logical_or_(cells)
+        cells = finer
+    return cells
+
+
+def _base_cells_meeting(occupied: torch.Tensor, count: int, stride: int, cells: int) -> torch.Tensor:
+    """The base cells (``count`` per axis, ``stride`` fine cells each, the fine grid having ``cells``)
+    whose closed box meets an occupied cell of ``occupied`` bool [G, G, G] (cells of the box [−1, 1]³):
+    bool [count, count, count].
+
+    "Meets any cell of a box of cells" separates by axis, so it is a difference of prefix sums per axis.
+    """
+    size = occupied.shape[0]
+    edges = torch.arange(count + 1, device=occupied.device, dtype=torch.float64) * (stride / cells)  # fractions of the box
+    edges = edges.clamp(max=1.0) * size
+    first = (edges[:-1] - 1e-6).floor().long().clamp(0, size - 1)  # occupancy cells touching each base cell
+    last = (edges[1:] + 1e-6).floor().long().clamp(0, size - 1)
+    meets = occupied.to(torch.int32)
+    for dim in range(3):
+        prefix = torch.cat([torch.zeros_like(meets.narrow(dim, 0, 1)), meets.cumsum(dim)], dim=dim)
+        meets = ((prefix.index_select(dim, last + 1) - prefix.index_select(dim, first)) > 0).to(torch.int32)
+    return meets.bool()
+
+
+@torch.no_grad()
+def _surface_volume(
+    query_fn: QueryFn,
+    resolution: int,
+    iso: float,
+    coarse_resolution: int,
+    chunk_size: int,
+    device: str | torch.device,
+    occupied: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Densities near the surface, refined level by level on ``device``.
+
+    The grid's ``resolution - 1`` cells are covered by a base grid of power-of-two cells of ``stride``
+    fine cells (at least ``coarse_resolution`` of them per axis), whose corners are queried (only those
+    of base cells meeting an ``occupied`` cell when given: elsewhere the density is below ``iso``). At
+    each level the cells whose corners straddle ``iso`` (or hold NaN), dilated by a cell, are split in
+    8 and only their new corners queried; every other point takes the trilinear interpolation of its
+    parent cell's corners, which lie on one side of ``iso``, so no surface can appear there. Sample
+    indices past the last (when the cells do not divide evenly) read the box's face (clamped), so
+    cropping to the grid changes nothing. Only the final volume leaves the device (for marching cubes).
+
+    Returns the fine grid float32[R, R, R], the bool[R, R, R] mask of points holding field values, and
+    the number of density queries.
+    """
+    cells = resolution - 1
+    stride = 1
+    while math.ceil(cells / (2 * stride)) >= coarse_resolution:
+        stride *= 2
+    count = math.ceil(cells / stride)  # cells per axis of the current level
+
+    def densities(index: torch.Tensor, level_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Densities [K] (NaN replaced below iso) and NaN flags [K] at level corners int[K, 3]."""
+        fine = (index * level_stride).clamp_(max=cells).to(torch.float32) * (2.0 / cells) - 1.0
+        parts = [query_fn(fine[start : start + chunk_size])[0].reshape(-1).float() for start in range(0, len(fine), chunk_size)]
+        values = torch.cat(parts) if parts else fine.new_zeros(0)
+        unknown = values.isnan()
+        return values.masked_fill(unknown, iso - 1.0), unknown
+
+    side = count + 1
+    if occupied is None:
+        known = torch.ones(side, side, side, dtype=torch.bool, device=device)
+    else:  # the corners of the base cells that may hold density above iso
+        candidates = _base_cells_meeting(occupied.to(device), count, stride, cells)
+        known = torch.nn.functional.max_pool3d(candidates[None, None].float(), 2, stride=1, padding=1)[0, 0] > 0
+    index = known.nonzero()
+    values, flags = densities(index, stride)
+    density = torch.full((side, side, side), iso - 1.0, device=device)
+    unknown = torch.zeros_like(known)
+    density[known], unknown[known] = values, flags
+    num_queries = index.shape[0]
+    while stride > 1:
+        smallest, largest = _cell_extremes(density)
+        straddling = ((smallest <= iso) & (largest > iso)) | (_cell_extremes(unknown.float())[1] > 0)
+        if not straddling.any():
+            raise EmptyMeshError(
+                f"no surface at iso={iso}: the {side}^3 level-{stride} grid saw densities in "
+                f"[{density.min().item():.4g}, {density.max().item():.4g}]"
+                " (use method='dense' or a larger coarse_resolution for features thinner than a coarse cell)"
+            )
+        # Surfaces can bulge through a cell face without touching a corner of that cell.
+        refine = _dilate_cells(straddling)
+        stride, count, side = stride // 2, 2 * count, 2 * count + 1
+        density = torch.nn.functional.interpolate(density[None, None], size=(side,) * 3, mode="trilinear", align_corners=True)[0, 0]
+        # The children's corners; the even ones are the previous level's corners, known or not.
+        needed = _corners_of_children(refine)
+        needed[::2, ::2, ::2] = False
+        coarser_known, coarser_unknown = known, unknown
+        known = needed.clone()
+        known[::2, ::2, ::2] = coarser_known
+        unknown = torch.zeros_like(needed)
+        unknown[::2, ::2, ::2] = coarser_unknown
+        index = needed.nonzero()
+        values, flags = densities(index, stride)
+        density[needed], unknown[needed] = values, flags
+        num_queries += index.shape[0]
+    crop = (slice(0, resolution),) * 3
+    return density[crop].cpu().numpy(), known[crop].cpu().numpy(), num_queries
+
+
 def extract_mesh(
     query_fn: QueryFn,
     resolution: int = 256,
@@ -198,6 +335,7 @@ def extract_mesh(
     coarse_resolution: int | None = None,
     chunk_size: int = 2**18,
     device: str | torch.device = "cpu",
+    occupied: torch.Tensor | None = None,
 ) -> MeshResult:
     """Marching-cubes mesh of ``{p : density(p) > iso}`` with vertex colours from the field.
 
@@ -206,13 +344,20 @@ def extract_mesh(
             called under ``torch.no_grad()`` with at most ``chunk_size`` points on ``device``.
         resolution: grid samples per axis R; vertex ``i`` along an axis sits at ``-1 + 2i/(R-1)``.
         iso: density level of the surface.
-        method: ``"dense"`` queries all R^3 points; ``"coarse_to_fine"`` queries a coarse
-            grid (about ``coarse_resolution`` per axis, default ``max(R // 4, 16)``) and the
-            fine grid only in coarse cells within one cell of the surface, giving the dense
-            surface except for features that fit between coarse samples without touching any.
-        coarse_resolution: target coarse samples per axis (see ``_coarse_indices``).
+        method: ``"dense"`` queries all R^3 points; ``"surface"`` queries a base grid of at least
+            ``coarse_resolution`` (default 48) power-of-two cells per axis and then, level by level on
+            ``device``, only the corners of cells within one cell of the surface (``_surface_volume``);
+            ``"coarse_to_fine"`` queries a coarse grid (about ``coarse_resolution`` per axis, default
+            ``max(R // 4, 16)``) and the fine grid in coarse cells within one cell of the surface. Both
+            give the dense surface except for features that fit between coarse samples without
+            touching any; "surface" queries a thinner band (a few voxels rather than a coarse cell).
+        coarse_resolution: base cells ("surface") or coarse samples ("coarse_to_fine", see
+            ``_coarse_indices``) per axis.
         chunk_size: most points per ``query_fn`` call.
         device: device the query points are created on.
+        occupied: bool [G, G, G] cells of the box [−1, 1]³ (indexed [x, y, z]) outside which the density
+            is below ``iso`` (the renderer's occupancy grid when ``iso`` exceeds its threshold); seeds the
+            "surface" method, whose base grid is then queried only in cells meeting occupied ones.
 
     Returns:
         MeshResult whose mesh has outward-facing triangles and RGBA uint8 vertex colours.
@@ -227,12 +372,17 @@ def extract_mesh(
         volume = np.empty((resolution,) * 3, dtype=np.float32)
         known, offset = None, np.zeros(3, dtype=np.int64)
         num_queries = _query_grid(query_fn, volume, None, offset, resolution, chunk_size, device)
+    elif method == "surface":
+        volume, known, num_queries = _surface_volume(
+            query_fn, resolution, iso, coarse_resolution or SURFACE_BASE_CELLS, chunk_size, device, occupied
+        )
+        offset = np.zeros(3, dtype=np.int64)
     elif method == "coarse_to_fine":
         volume, known, offset, num_queries = _coarse_to_fine_volume(
             query_fn, resolution, iso, coarse_resolution or max(resolution // 4, 16), chunk_size, device
         )
     else:
-        raise ValueError(f"unknown method {method!r}; expected 'dense' or 'coarse_to_fine'")
+        raise ValueError(f"unknown method {method!r}; expected 'surface', 'coarse_to_fine' or 'dense'")
 
     density_done = time.perf_counter()
     # Unknown densities count as empty space rather than poisoning marching cubes.

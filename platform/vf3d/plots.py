@@ -3,7 +3,7 @@
 Shared by train-recon (its logs, curves and validation grids) and `vf3d evaluate` (its figures),
 so it sits below both. Training loops append one JSON object per logged step (`append_jsonl`), e.g.
 `{"step": 100, "loss": 0.41, "lpips": 0.38, "stage": "128px"}`; `plot_curves` draws every numeric
-key against "step". `image_grid` lays out e.g. input | predicted views | true views, one row per
+key against "step" and marks where "stage" changes. `image_grid` lays out e.g. input | predicted views | true views, one row per
 held-out object; `plot_bars` draws grouped per-object metric bars, one panel per metric. PNGs are
 written atomically (`vf3d.atomic`), so a reader never sees half an image. matplotlib (Agg backend)
 is imported inside the functions.
@@ -23,6 +23,13 @@ import numpy as np
 from vf3d.atomic import atomic_write
 
 STEP_KEY = "step"
+STAGE_KEY = "stage"
+"""A record's training stage (e.g. "32px"); `plot_curves` marks where it changes."""
+METRIC_DIRECTIONS = {
+    **dict.fromkeys(("psnr", "ssim", "fscore", "clip_similarity"), "↑"),
+    **dict.fromkeys(("lpips", "chamfer", "loss", "mse", "opacity", "tv", "total"), "↓"),
+}
+"""Which way is better for each metric a report or curve shows (titles carry the arrow)."""
 GRID_PADDING = 2
 """Pixels of background between grid cells and around the grid."""
 _BACKGROUND = (255, 255, 255)
@@ -72,8 +79,32 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
+def metric_title(key: str) -> str:
+    """`key` with the arrow saying which way is better ("psnr ↑", "loss_lpips ↓"), when known:
+    by its name, or for a loss term (a name starting with "loss"), lower."""
+    arrow = METRIC_DIRECTIONS.get(key) or ("↓" if key.startswith("loss") else None)
+    return f"{key} {arrow}" if arrow else key
+
+
+def stage_switches(records: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """[(step, stage)] where each stage after the first begins: the first step logged with a new
+    "stage" value, in step order. Records without a stage are ignored."""
+    staged = sorted(
+        (float(record[STEP_KEY]), str(record[STAGE_KEY]))
+        for record in records
+        if _is_number(record.get(STEP_KEY)) and record.get(STAGE_KEY)
+    )
+    switches = []
+    for (_, previous), (step, stage) in zip(staged, staged[1:]):
+        if stage != previous:
+            switches.append((step, stage))
+    return switches
+
+
 def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys: list[str] | None = None) -> Path:
-    """Plot each key against "step", one subplot per key, into `out_png`.
+    """Plot each key against "step", one subplot per key, into `out_png`; a dashed line, labelled
+    with the stage's name, marks each step where the records' "stage" changes, and each title
+    carries the arrow of the better direction (`metric_title`).
 
     Args:
         records: dicts with a numeric "step" (records without one are ignored); a key missing from
@@ -103,9 +134,10 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
     if not keys:
         axes[0].set_axis_on()
         axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes)
+    switches = stage_switches(stepped)
     for ax, key in zip(axes, keys):
         points = sorted((float(record[STEP_KEY]), float(record[key])) for record in stepped if _is_number(record.get(key)))
-        ax.set_title(key)
+        ax.set_title(metric_title(key))
         ax.set_xlabel(STEP_KEY)
         ax.grid(True, alpha=0.3)
         if not points:
@@ -113,6 +145,10 @@ def plot_curves(records: list[dict[str, Any]], out_png: str | os.PathLike, keys:
             continue
         steps, values = zip(*points)
         ax.plot(steps, values, marker="." if len(points) < 50 else None, linewidth=1.2)
+        for step, stage in switches:
+            ax.axvline(step, color="tab:gray", linestyle="--", linewidth=1.0)
+            # At the top of the panel whatever its values: x in data, y in axes coordinates.
+            ax.text(step, 0.98, f" {stage}", color="tab:gray", fontsize=8, va="top", ha="left", transform=ax.get_xaxis_transform())
     out_png.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out_png) as file:
         figure.savefig(file, format="png")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -10,6 +11,100 @@ MIN_LOCAL_CPUS = 4
 """Logical CPUs a private local cluster advertises at least. Ray Train workers fed by Ray Data
 deadlock when the workers' CPU reservations leave no whole CPU for the read and map tasks (seen on
 2 cores); over-advertising on one machine only lets the OS share the cores (docs/runtime.md#ray)."""
+
+
+VERBOSE_ENV = "VF3D_VERBOSE"
+"""Set to 1 (or pass `vf3d --verbose`) to see Ray's own INFO logs: Ray Data's progress log lines,
+Ray Train's controller reports, Serve's deployment messages, Ray's start-up notes."""
+
+QUIET_WORKER_LOGGERS = {
+    "ray.serve": logging.WARNING,
+    # Ray 2.60's Train V2 placement-group cleaner asks the state API (which needs the dashboard,
+    # off on our local clusters) once a second whether the controller lives, and warns each time
+    # it cannot: a line per second of every training. It only matters if the controller dies.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+"""Loggers each worker process of a quiet local cluster turns down (`quiet_worker_logging`)."""
+
+RAY_DATA_LOGGING_CONFIG_ENV = "RAY_DATA_LOGGING_CONFIG"
+"""Ray Data reads its logging config (YAML) from the file this variable names, when imported."""
+
+TRAIN_REPORT_LOGGER_MODULE = "train/v2/_internal/execution/context.py"
+"""Ray Train logs each worker's `TrainingReport(...)` at INFO on a logger named after this file's
+path (`logging.getLogger(__file__)`), outside the "ray.train" hierarchy its LoggingConfig sets."""
+
+
+def verbose_ray_logs() -> bool:
+    """Whether Ray's own INFO-level output is wanted (VF3D_VERBOSE=1 / `vf3d --verbose`)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
+
+
+def quiet_worker_logging() -> None:
+    """Ray `worker_process_setup_hook` of quiet local clusters: runs once in every worker process
+    (tasks, actors, Ray Train's controller and its helpers) before any of its work."""
+    import ray
+
+    for name, level in QUIET_WORKER_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger(os.path.join(os.path.dirname(ray.__file__), TRAIN_REPORT_LOGGER_MODULE)).setLevel(logging.WARNING)
+
+
+def quiet_ray_data_logging() -> dict[str, str]:
+    """Ray Data's console output down to warnings, in this process and (through the returned
+    environment variables, for the cluster's runtime_env) in every worker.
+
+    Ray Data configures its "ray.data" logger when it is imported, from the YAML file named by
+    RAY_DATA_LOGGING_CONFIG (default: its own config, console at INFO, where its progress is
+    logged line by line whenever stdout is not a terminal). Ours is that default with the console
+    handler at WARNING; its log file (ray-data.log in the session's logs) keeps everything.
+    """
+    import copy
+    import tempfile
+
+    import yaml
+    from ray.data._internal import logging as ray_data_logging  # also configures "ray.data" once
+
+    config = copy.deepcopy(ray_data_logging.DEFAULT_CONFIG)
+    config["handlers"]["console"]["level"] = "WARNING"
+    path = os.path.join(tempfile.gettempdir(), f"vf3d-ray-data-logging-{os.getpid()}.yaml")
+    with open(path, "w") as file:
+        yaml.safe_dump(config, file)
+    os.environ[RAY_DATA_LOGGING_CONFIG_ENV] = path
+    ray_data_logging.configure_logging()
+    # Progress inside workers (Ray Train's dataset shards) goes through that logger instead of
+    # Ray's distributed tqdm bars, which no logger level reaches.
+    import ray.data
+
+    ray.data.DataContext.get_current().use_ray_tqdm = False
+    return {RAY_DATA_LOGGING_CONFIG_ENV: path}
+
+
+LOCAL_START_ATTEMPTS = 3
+"""Tries at starting a local cluster (see `start_local_ray`)."""
+
+
+def start_local_ray(log=print, attempts: int = LOCAL_START_ATTEMPTS, **init_kwargs) -> None:
+    """`ray.init(address="local", **init_kwargs)`, tried again when the node misses Ray's start-up
+    deadline.
+
+    Ray 2.60 gives a new node a fixed 30 s to register with its GCS and then raises a plain
+    Exception ("The current node timed out during startup"). A busy machine (other clusters, a
+    compile, a laptop on battery) can miss it once without anything being wrong, so a start that
+    timed out is shut down and retried; any other error, and the last attempt's, propagates.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", **init_kwargs)
+            return
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == attempts:
+                raise
+            ray.shutdown()
+            log(
+                f"the local Ray cluster missed Ray's 30 s start-up deadline (a busy machine?); starting it again ({attempt + 1}/{attempts})"
+            )
 
 
 @contextlib.contextmanager
@@ -22,6 +117,11 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
             this process alone (`address="local"`), never a stray one already on the machine.
         num_cpus: logical CPUs of that local cluster (ignored when attaching); default: the
             machine's cores, at least MIN_LOCAL_CPUS.
+
+    Unless `verbose_ray_logs()`, a local cluster is started quiet: Ray's own INFO output (start-up
+    notes, Ray Data's progress log lines, Serve's deployment messages) is left to its log files
+    under /tmp/ray, and our stages' own progress lines are what a person reads. Warnings and
+    errors still print. On an existing cluster (a job) its settings are left alone.
     """
     import ray
 
@@ -33,8 +133,17 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
         ray.init(address=target, log_to_driver=True)
         log(f"connected to the Ray cluster at {target}")
     else:
-        ray.init(
-            address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS), include_dashboard=False, log_to_driver=True
+        quiet = not verbose_ray_logs()
+        runtime_env = None
+        if quiet:
+            runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_worker_logging", "env_vars": quiet_ray_data_logging()}
+        start_local_ray(
+            log=log,
+            num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING if quiet else logging.INFO,
+            runtime_env=runtime_env,
         )
         log(f"started a local Ray cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
     try:

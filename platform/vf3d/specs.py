@@ -15,7 +15,8 @@ A spec is a dataclass whose fields are the command's options. The same class is
     resolve_config(spec).training.run.seed  # 3: the config the run will use
     execute(spec)  # what `vf3d train-recon --data orbits --out reconstructor --preset debug --seed 3` runs
 
-Field types say how an option is given: `Path`, `int | None`, `float | None`, `str | None` (one
+Field types say how an option is given: `Path`, `Location` (a local path or an object-store URI
+such as s3://bucket/prefix, kept as text: `Path` would turn it into the local `s3:/bucket/prefix`), `int | None`, `float | None`, `str | None` (one
 value), `bool` (a flag without a value), `Literal[...]` (one of these), `list[Path]` (a flag given
 once per item) and `tuple[float, float]` (a flag taking two values). A field without a default is
 required. `option(..., sets="training.run.seed")` makes the option override that config field when
@@ -25,7 +26,8 @@ given, so an option that sets one config field is one line here.
 validated), runs the spec's `check`, connects to Ray when the command needs it (`--address`,
 else $RAY_ADDRESS, else a private local cluster) and calls its `run`.
 
-Only the standard library and the config modules (vf3d.config and each component's `config`) are imported at module level (the library lazily).
+Only the standard library, the config modules (vf3d.config and each component's `config`) and
+`vf3d.storage` (standard library only until a URI is used) are imported at module level (the library lazily).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from vf3d.config import ConfigError
 from vf3d.evaluation.config import EVALUATE_PRESETS
 from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS
 from vf3d.serving.config import SERVE_PRESETS
+from vf3d.storage import Location
 from vf3d.synthesis.config import RENDER_ASSETS_PRESETS, SYNTHESIZE_PRESETS, TRAIN_FILTER_PRESETS
 from vf3d.training.config import FINETUNE_VIDEO_PRESETS, TRAIN_RECON_PRESETS
 
@@ -55,7 +58,7 @@ SpecType = TypeVar("SpecType", bound="type[Spec]")
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 """What `image-to-3d --out` may end in."""
-SCALAR_TYPES = (Path, int, float, str, bool)
+SCALAR_TYPES = (Path, Location, int, float, str, bool)
 """What one value of an option may be."""
 _OPTION_KEY = "vf3d.option"
 """Where `option` keeps an option's settings in a dataclass field's metadata."""
@@ -117,6 +120,15 @@ class Spec:
     """Has a Ray job entrypoint, jobs/<command>.py, and job config files."""
     config_kind: ClassVar[str | None] = None
     """Name of its preset table in `vf3d show-config` (the command's name unless set)."""
+
+    def __post_init__(self) -> None:
+        # A `Location` option given a Path through the Python API holds it as text, as the
+        # command line does, so both build equal specs.
+        for item in options(type(self)):
+            value = getattr(self, item.name)
+            if item.kind is Location and value is not None:
+                normalised = [Location(element) for element in value] if item.repeated else Location(value)
+                object.__setattr__(self, item.name, normalised)
 
     def config_overrides(self) -> dict[str, Any]:
         """Config overrides from the options given (nested by the dotted `sets` paths): a value
@@ -437,13 +449,25 @@ def check_config_file(path: Path | None) -> None:
         raise UsageError(f"--config: {path} is a directory, not a YAML/JSON file")
 
 
-def check_path(path: Path, flag: str | None, kind: str, directory: bool) -> None:
-    """UsageError unless `path` is an existing directory (or file): a path of the wrong kind is
-    named as such, not reported as missing ("X is a file, not a model directory")."""
-    if path.is_dir() if directory else path.is_file():
+def check_path(path: Path | Location, flag: str | None, kind: str, directory: bool) -> None:
+    """UsageError unless `path` (a local path or an object-store URI) is an existing directory (or
+    file): a path of the wrong kind is named as such, not reported as missing ("X is a file, not a
+    model directory")."""
+    from vf3d import storage
+
+    if storage.is_uri(path):
+        try:
+            found = storage.is_dir(path) if directory else storage.is_file(path)
+            present = found or storage.exists(path)
+        except (storage.StorageError, OSError) as error:
+            raise UsageError(f"{flag + ': ' if flag else ''}{error}") from None
+    else:
+        path = Path(path)
+        found, present = (path.is_dir() if directory else path.is_file()), path.exists()
+    if found:
         return
     prefix = f"{flag}: " if flag else ""
-    if not path.exists():
+    if not present:
         raise UsageError(f"{prefix}{kind} not found: {path}")
     article = "an" if kind[0] in "aeiou" else "a"
     raise UsageError(f"{prefix}{path} is a {'file' if directory else 'directory'}, not {article} {kind}")
@@ -611,8 +635,10 @@ class ImportCheckpoint(Spec):
 class RenderAssets(Spec):
     """A folder of meshes → orbit shards."""
 
-    assets: Path = option("directory of meshes (searched recursively; optional captions.json/jsonl maps relative paths to prompts)")
-    out: Path = option("shard directory (orbits-*.parquet, _errors/, render_summary.json)")
+    assets: Location = option(
+        "directory of meshes (searched recursively; optional captions.json/jsonl maps relative paths to prompts); a path or URI"
+    )
+    out: Location = option("shard directory (orbits-*.parquet, _errors/, render_summary.json); a path or URI")
     views: int | None = option("orbit views per asset (preset: 16)", default=None, sets="render.num_views")
     resolution: int | None = option("frame side in pixels", default=None, sets="render.resolution")
     elevation_range: tuple[float, float] | None = option(
@@ -644,12 +670,14 @@ class RenderAssets(Spec):
 class FinetuneVideo(Spec):
     """Orbit shards → a fine-tuned orbit video model."""
 
-    data: Path = option("orbit shard directory (from render-assets or synthesize)")
-    out: Path = option("directory for the exported model (diffusers layout), the resolved config and the run summary")
+    data: Location = option("orbit shard directory (from render-assets or synthesize); a path or s3://, gs:// URI")
+    out: Location = option("directory for the exported model (diffusers layout), the resolved config and the run summary; a path or URI")
     name: str | None = option(
         "run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None, sets="training.run.name"
     )
-    storage_path: Path | None = option("where checkpoints go (default: OUT/training_runs)", default=None, sets="training.run.storage_path")
+    storage_path: Location | None = option(
+        "where checkpoints go, a path or s3://, gs:// URI (default: OUT/training_runs)", default=None, sets="training.run.storage_path"
+    )
     max_steps: int | None = option("total optimizer steps", default=None, sets="training.run.max_steps")
 
     def check(self, config: Any) -> None:
@@ -679,18 +707,18 @@ class FinetuneVideo(Spec):
 class Synthesize(Spec):
     """Prompts or images → filtered synthetic orbit shards."""
 
-    prompts: Path = option(
+    prompts: Location = option(
         "Parquet/CSV/JSONL with columns id, prompt and optional image (bytes or a path relative to the file) and "
-        "elevation (degrees); or a folder of images"
+        "elevation (degrees); or a folder of images (a path or s3://, gs:// URI)"
     )
-    video_model: Path = option("fine-tuned orbit video model directory (from finetune-video)")
-    out: Path = option("shard directory (synthetic-*.parquet, _rejected/, _errors/, synthesize_summary.json)")
-    text_to_image: Path | None = option(
+    video_model: Location = option("fine-tuned orbit video model directory (from finetune-video; a path or URI)")
+    out: Location = option("shard directory (synthetic-*.parquet, _rejected/, _errors/, synthesize_summary.json); a path or URI")
+    text_to_image: Location | None = option(
         "local diffusers text-to-image pipeline drawing first frames for inputs without an image (sets generation.text_to_image_path)",
         default=None,
         sets="generation.text_to_image_path",
     )
-    probe: Path | None = option(
+    probe: Location | None = option(
         "quality probe directory from train-filter (sets filter.probe_path; default: heuristics only)",
         default=None,
         sets="filter.probe_path",
@@ -762,14 +790,20 @@ class TrainFilter(Spec):
 class TrainRecon(Spec):
     """Orbit shards → a trained reconstructor directory."""
 
-    data: Path | None = option("synthetic orbit shards (from synthesize) for the synthetic stages", default=None)
-    data_3d: Path | None = option("orbit shards rendered from 3D assets (from render-assets) for the 3D fine-tune stage", default=None)
-    out: Path = option("reconstructor directory to write (plus train_log.jsonl, validation.jsonl, plots, checkpoints)")
-    init: Path | None = option("reconstructor directory to start from (e.g. imported released weights)", default=None, sets="init_path")
+    data: Location | None = option("synthetic orbit shards (from synthesize) for the synthetic stages; a path or URI", default=None)
+    data_3d: Location | None = option(
+        "orbit shards rendered from 3D assets (from render-assets) for the 3D fine-tune stage; a path or URI", default=None
+    )
+    out: Location = option("reconstructor directory to write (plus train_log.jsonl, validation.jsonl, plots, checkpoints); a path or URI")
+    init: Location | None = option(
+        "reconstructor directory to start from (e.g. imported released weights); a path or URI", default=None, sets="init_path"
+    )
     name: str | None = option(
         "run name; rerunning with the same name and storage resumes from its latest checkpoint", default=None, sets="training.run.name"
     )
-    storage_path: Path | None = option("where checkpoints go (default: OUT/training_runs)", default=None, sets="training.run.storage_path")
+    storage_path: Location | None = option(
+        "where checkpoints go, a path or s3://, gs:// URI (default: OUT/training_runs)", default=None, sets="training.run.storage_path"
+    )
     seed: int | None = option("seed of model initialisation and data order (default: the preset's)", default=None, sets="training.run.seed")
 
     def check(self, config: Any) -> None:
@@ -803,15 +837,19 @@ class TrainRecon(Spec):
 class Evaluate(Spec):
     """Reconstructors + held-out orbits → metrics.json, report.md and figures (on this process: no Ray)."""
 
-    model: list[Path] = option("reconstructor directory; repeat to compare models (the first is the baseline)", metavar="DIR")
-    compare: list[Path] | None = option("another reconstructor directory to compare with the first --model", default=None, metavar="DIR")
-    data: Path = option("orbit shards of held-out objects (from render-assets or synthesize)", metavar="DIR")
-    out: Path = option("report directory (metrics.json, report.md, figures/, evaluate_config.json)", metavar="DIR")
-    assets: Path | None = option(
+    model: list[Location] = option(
+        "reconstructor directory (a path or URI); repeat to compare models (the first is the baseline)", metavar="DIR"
+    )
+    compare: list[Location] | None = option(
+        "another reconstructor directory to compare with the first --model", default=None, metavar="DIR"
+    )
+    data: Location = option("orbit shards of held-out objects (from render-assets or synthesize); a path or URI", metavar="DIR")
+    out: Location = option("report directory (metrics.json, report.md, figures/, evaluate_config.json); a path or URI", metavar="DIR")
+    assets: Location | None = option(
         "root the shards' asset paths are relative to (the --assets of render-assets): enables Chamfer/F-score", default=None, metavar="DIR"
     )
     limit: int | None = option("evaluate at most N orbits (the first by id, or by --ids order)", default=None, metavar="N", sets="limit")
-    ids: Path | None = option("text file of orbit ids to evaluate, one per line", default=None, metavar="FILE")
+    ids: Location | None = option("text file of orbit ids to evaluate, one per line", default=None, metavar="FILE")
     clip: Path | None = option(
         "local open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json (sets clip.weights_path)",
         default=None,
@@ -827,16 +865,18 @@ class Evaluate(Spec):
     device: str | None = option("auto (default), cpu or cuda[:N]", default=None, sets="inference.device")
 
     @property
-    def models(self) -> list[Path]:
+    def models(self) -> list[Location]:
         """Every --model, then every --compare: the first is the baseline."""
         return [*self.model, *(self.compare or [])]
 
     def check(self, config: Any) -> None:
+        from vf3d import storage
+
         for flag, path in [("--data", self.data), ("--assets", self.assets)] + [("--model", model) for model in self.models]:
-            if path is not None and not path.is_dir():
+            if path is not None and not storage.is_dir(path):
                 raise UsageError(f"{flag}: not a directory: {path}")
         for flag, path in [("--ids", self.ids), ("--lpips-backbone", self.lpips_backbone)]:
-            if path is not None and path.is_dir():  # a missing one is reported by its loader
+            if path is not None and storage.is_dir(path):  # a missing one is reported by its loader
                 raise UsageError(f"{flag}: {path} is a directory, not a file")
         from vf3d.inference import resolve_device
 
@@ -881,7 +921,7 @@ class SampleAssets(Spec):
 class Serve(Spec):
     """A reconstructor directory → the image-to-3D endpoint on Ray Serve (until Ctrl-C)."""
 
-    model: Path = option("reconstructor directory (config.json + model.safetensors)")
+    model: Location = option("reconstructor directory (config.json + model.safetensors); a path or URI")
     port: int | None = option("HTTP port (preset: 8000)", default=None, sets="port")
     host: str | None = option("HTTP host (debug preset: 127.0.0.1; 0.0.0.0 listens on every interface)", default=None, sets="host")
 

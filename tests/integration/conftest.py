@@ -32,11 +32,11 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from vf3d.ray_runtime import MIN_LOCAL_CPUS
+    from vf3d.ray_runtime import MIN_LOCAL_CPUS, start_local_ray
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         # As `vf3d` does for local runs: trainers fed by Ray Data need CPUs left for the data tasks.
-        ray.init(address="local", num_cpus=MIN_LOCAL_CPUS, include_dashboard=False)
+        start_local_ray(num_cpus=MIN_LOCAL_CPUS, include_dashboard=False)
         yield
         ray.shutdown()

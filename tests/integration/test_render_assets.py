@@ -68,10 +68,11 @@ def test_shards_hold_valid_orbits_with_prompts_and_cameras(rendered):
     assert (coverage > 0.02).all()
 
 
-def test_rerun_renders_nothing_new(sample_assets, rendered):
+def test_rerun_renders_nothing_new(sample_assets, rendered, ray_local, vf3d_main):
     out, _ = rendered
     files_before = sorted(p.name for p in out.glob("*.parquet"))
-    result = render(sample_assets, out)
+    # In this process, on the session's cluster: the first run already went through the console script.
+    result = vf3d_main("render-assets", "--assets", sample_assets, "--out", out, "--preset", "debug")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "10 already rendered, 3 failed before, 0 to render" in result.stdout
     assert sorted(p.name for p in out.glob("*.parquet")) == files_before
@@ -86,11 +87,14 @@ def test_shards_stream_through_ray_data(rendered, ray_local):
     assert batches[0]["frames"].shape[1:] == (16, 3, 64, 64) and batches[0]["frames"].dtype == np.float32
 
 
-def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):
+def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path, ray_local, vf3d_main):
+    """The first run (its own process and local cluster) is killed mid-run with SIGKILL; the rerun
+    (the same command, in this process on the session's cluster) renders exactly the rest."""
     from vf3d.data.assets import gather_sample_assets
 
     assets = tmp_path / "assets"
-    gather_sample_assets(assets, limit=40)
+    total = 16
+    gather_sample_assets(assets, limit=total)
     out = tmp_path / "shards"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -110,17 +114,11 @@ def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
     process.wait(timeout=60)
     finished_before = shards.read_ids(out)
-    assert 0 < len(finished_before) < 40, "the kill should land mid-run"
+    assert 0 < len(finished_before) < total, "the kill should land mid-run"
 
-    result = subprocess.run(
-        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    result = vf3d_main("render-assets", "--assets", assets, "--out", out, "--preset", "debug", "--config", config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"{len(finished_before)} already rendered" in result.stdout
     ids = [value for file in shards.list_shard_files(out) for value in pq.read_table(file, columns=["id"])["id"].to_pylist()]
-    assert len(ids) == len(set(ids)) == 40
+    assert len(ids) == len(set(ids)) == total
     assert not list(out.glob(".*.partial"))

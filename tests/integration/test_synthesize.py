@@ -258,9 +258,12 @@ def test_retrying_errors_archives_the_old_error_rows(synthesized, video_model):
     assert archived and summary["missing"] == 0 and summary["ids_in_two_tables"] == 0
 
 
-def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(video_model, tmp_path):
+def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(ray_local, video_model, tmp_path, vf3d_main):
+    """The first run (its own process and local cluster) is killed mid-run with SIGKILL; the rerun
+    (the same command, in this process on the session's cluster) finishes exactly the rest."""
     prompts = tmp_path / "prompts.parquet"
-    write_prompts(prompts, good=30)
+    write_prompts(prompts, good=12)
+    inputs = 12 + 10
     out = tmp_path / "out"
     config = tmp_path / "small_shards.yaml"
     config.write_text("rows_per_shard: 2\n")
@@ -287,18 +290,17 @@ def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(video_model, tm
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     process.wait(timeout=60)
     finished = sum(len(ids) for ids in table_ids(out).values())
-    assert 0 < finished < 40, "the kill should land mid-run"
+    assert 0 < finished < inputs, "the kill should land mid-run"
 
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    result = vf3d_main(*command[1:])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert f"{40 - finished} to synthesize" in result.stdout
+    assert f"{inputs - finished} to synthesize" in result.stdout
     every = [value for ids in table_ids(out).values() for value in ids]
-    assert len(every) == len(set(every)) == 40
+    assert len(every) == len(set(every)) == inputs
     assert not list(out.rglob(".*.partial"))
 
 
-def test_input_errors_exit_2_with_one_line(video_model, tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def test_input_errors_exit_2_with_one_line(video_model, tmp_path, vf3d_main):
     duplicated = tmp_path / "duplicated.parquet"
     pq.write_table(pa.table({"id": ["a", "b", "a"], "prompt": ["x", "y", "z"]}), duplicated)
     no_id = tmp_path / "no_id.parquet"
@@ -310,24 +312,7 @@ def test_input_errors_exit_2_with_one_line(video_model, tmp_path):
         (duplicated, tmp_path, "not a diffusers pipeline directory"),
     ]
     for prompts, model, message in cases:
-        result = subprocess.run(
-            [
-                VF3D,
-                "synthesize",
-                "--prompts",
-                str(prompts),
-                "--video-model",
-                str(model),
-                "--out",
-                str(tmp_path / "out"),
-                "--preset",
-                "debug",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        result = vf3d_main("synthesize", "--prompts", prompts, "--video-model", model, "--out", tmp_path / "out", "--preset", "debug")
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()
 

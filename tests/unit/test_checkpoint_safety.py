@@ -131,6 +131,17 @@ def test_our_checkpoints_restore_and_consolidate_weights_only(saved_checkpoints,
     assert all(torch.equal(consolidated[name], weights[name]) for name in weights)
 
 
+@pytest.mark.heavy  # a DeepSpeed engine
+def test_cpu_engines_reduce_through_gloo_without_compiling_the_shared_memory_op(saved_checkpoints):
+    """DeepSpeed's CPU backend would compile a C++ shared-memory all-reduce (minutes) on first use;
+    `deepspeed.cpu_shared_memory_comm` is off by default, so the engine's backend holds no such op."""
+    import deepspeed.comm.comm
+
+    saved_checkpoints(0)
+    assert deepspeed.comm.comm.cdb is not None
+    assert deepspeed.comm.comm.cdb.shm_comm_op is None
+
+
 class Payload:
     """What an attacker plants: unpickling it runs code (here: it creates `marker`)."""
 

@@ -119,11 +119,11 @@ def test_command_line_arguments_override_the_file_and_paths_resolve_against_the_
     invocation = jobs.build_invocation(spec, ["--model", "other", "--limit", "2", "--preset", "full"], tmp_path, tmp_path / "c.json")
     args = build_parser().parse_args(invocation.argv)
     assert specs.from_namespace(args) == invocation.spec()
-    assert args.model == [tmp_path / "other"], "a repeatable option given again replaces the file's list"
+    assert [Path(model) for model in args.model] == [tmp_path / "other"], "a repeatable option given again replaces the file's list"
     assert args.limit == 2 and args.preset == "full" and args.device == "cpu" and args.config == tmp_path / "c.json"
-    assert args.data == tmp_path / "orbits" and args.out == tmp_path / "report"
+    assert Path(args.data) == tmp_path / "orbits" and Path(args.out) == tmp_path / "report"
     file_only = build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path, None).argv)
-    assert file_only.model == [tmp_path / "m1", Path("/abs/m2")] and file_only.preset == "debug"
+    assert [Path(model) for model in file_only.model] == [tmp_path / "m1", Path("/abs/m2")] and file_only.preset == "debug"
 
     flags = jobs.validate_job({"stage": "synthesize", "args": {"prompts": "p.jsonl", "video_model": "v", "out": "o", "retry_errors": True}})
     assert "--retry-errors" in jobs.build_invocation(flags, [], tmp_path, None).argv
@@ -154,14 +154,16 @@ def test_inputs_shipped_in_the_repository_resolve_in_the_job_working_directory(t
         }
     )
     args = build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv)
-    assert args.prompts == shipped / "jobs" / "prompts" / "debug.jsonl"
+    # Location options (which may be URIs) hold text: compare them as paths.
+    assert Path(args.prompts) == shipped / "jobs" / "prompts" / "debug.jsonl"
     assert (
-        args.video_model == tmp_path / "data" / "job-output" / "video-model" and args.out == tmp_path / "data" / "job-output" / "synthetic"
+        Path(args.video_model) == tmp_path / "data" / "job-output" / "video-model"
+        and Path(args.out) == tmp_path / "data" / "job-output" / "synthetic"
     )
     (tmp_path / "data" / "jobs" / "prompts").mkdir(parents=True)
     (tmp_path / "data" / "jobs" / "prompts" / "debug.jsonl").write_text("{}\n")  # the data root's own copy wins
     assert (
-        build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv).prompts
+        Path(build_parser().parse_args(jobs.build_invocation(spec, [], tmp_path / "data", None, shipped=shipped).argv).prompts)
         == tmp_path / "data" / "jobs" / "prompts" / "debug.jsonl"
     )
 
@@ -171,9 +173,9 @@ def test_sample_assets_are_gathered_next_to_the_output(tmp_path):
     invocation = jobs.build_invocation(spec, [], tmp_path, None)
     assert invocation.sample_assets_dir == tmp_path / "job-output" / "sample-assets"
     args = build_parser().parse_args(invocation.argv)
-    assert args.assets == invocation.sample_assets_dir and args.out == tmp_path / "job-output" / "orbits"
+    assert Path(args.assets) == invocation.sample_assets_dir and Path(args.out) == tmp_path / "job-output" / "orbits"
     explicit = jobs.build_invocation(spec, ["--assets", "meshes"], tmp_path, None)
-    assert explicit.sample_assets_dir is None and build_parser().parse_args(explicit.argv).assets == tmp_path / "meshes"
+    assert explicit.sample_assets_dir is None and Path(build_parser().parse_args(explicit.argv).assets) == tmp_path / "meshes"
 
 
 def test_submission_ids_are_deterministic_and_differ_for_different_jobs(tmp_path):

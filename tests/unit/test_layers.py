@@ -49,9 +49,11 @@ LAYER_OF = {
     "config": "core",
     "image_metrics": "core",
     "mesh": "core",
+    "metrics": "core",
     "plots": "core",
     "preprocess": "core",
     "ray_runtime": "core",
+    "storage": "core",
     # models
     "models": "models",
     # data

@@ -14,7 +14,7 @@ from vf3d.config import ConfigError
 from vf3d.image_metrics import LpipsMetric, psnr, ssim
 from vf3d.models.config import ReconLossConfig
 from vf3d.models.lpips_network import build_lpips
-from vf3d.plots import GRID_PADDING, append_jsonl, image_grid, plot_curves, read_jsonl
+from vf3d.plots import GRID_PADDING, append_jsonl, image_grid, metric_title, plot_curves, read_jsonl, stage_switches
 from vf3d.training.losses import ReconstructionLoss, total_variation
 
 
@@ -318,6 +318,30 @@ def test_plot_curves_draws_one_panel_per_key(tmp_path):
     assert default[0] == 3 * one[0] and default[1] == one[1]  # three panels side by side
     assert four[0] == default[0] and four[1] == 2 * one[1]  # a second row
     assert not [path for path in tmp_path.rglob("*") if path.name.startswith(".")]  # written atomically
+
+
+def test_stage_switches_are_marked_and_titles_say_which_way_is_better(tmp_path):
+    records = [{"step": step, "loss": 1.0 / step, "stage": "32px" if step <= 40 else "48px"} for step in range(10, 130, 10)]
+    records.insert(0, {"step": 0, "psnr": 12.0})  # no stage: ignored
+    assert stage_switches(list(reversed(records))) == [(50.0, "48px")]
+    assert stage_switches([{"step": 1, "stage": "a"}, {"step": 2, "stage": "a"}]) == []
+    assert (metric_title("psnr"), metric_title("lpips"), metric_title("loss_rgb"), metric_title("lr")) == (
+        "psnr ↑",
+        "lpips ↓",
+        "loss_rgb ↓",
+        "lr",
+    )
+
+    def pixels(path):
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB")).astype(int)
+
+    marked = pixels(plot_curves(records, tmp_path / "marked.png", keys=["loss"]))
+    unmarked = pixels(plot_curves([{k: v for k, v in r.items() if k != "stage"} for r in records], tmp_path / "plain.png", keys=["loss"]))
+    assert marked.shape == unmarked.shape
+    changed_columns = np.flatnonzero((np.abs(marked - unmarked).sum(axis=-1) > 0).any(axis=0))
+    # The dashed line (and its label beside it) is drawn in one place, right of the first stage.
+    assert 0 < changed_columns.size and changed_columns.min() > marked.shape[1] // 3
 
 
 def test_image_grid_lays_out_labelled_rows(tmp_path):

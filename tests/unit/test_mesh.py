@@ -14,6 +14,8 @@ from scipy.spatial import cKDTree
 from vf3d.mesh import (
     MESH_CONTENT_TYPES,
     EmptyMeshError,
+    _base_cells_meeting,
+    _corners_of_children,
     export_mesh,
     extract_mesh,
     save_mesh,
@@ -54,7 +56,10 @@ def sorted_rows(array):
 
 @pytest.fixture(scope="module")
 def sphere_meshes():
-    return {method: extract_mesh(sphere_field, resolution=64, method=method) for method in ("dense", "coarse_to_fine")}
+    meshes = {method: extract_mesh(sphere_field, resolution=64, method=method) for method in ("dense", "coarse_to_fine")}
+    # 8 base cells of 8 fine cells: three levels of refinement, and a base grid one cell past the 63 fine cells.
+    meshes["surface"] = extract_mesh(sphere_field, resolution=64, method="surface", coarse_resolution=8)
+    return meshes
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,15 @@ def test_coarse_to_fine_matches_dense_on_sphere_with_fewer_queries(sphere_meshes
     assert_same_surface(coarse, dense, 64, exact=True)
 
 
-@pytest.mark.parametrize("method", ["dense", "coarse_to_fine"])
+def test_surface_method_matches_dense_on_sphere_with_a_thin_band_of_queries(sphere_meshes):
+    dense, coarse, surface = sphere_meshes["dense"], sphere_meshes["coarse_to_fine"], sphere_meshes["surface"]
+    assert_same_surface(surface, dense, 64, exact=True)
+    assert surface.num_queries < coarse.num_queries < dense.num_queries
+    assert surface.num_color_queries == len(surface.mesh.vertices)
+    assert set(surface.stages) == {"density", "marching_cubes", "colors"}
+
+
+@pytest.mark.parametrize("method", ["dense", "coarse_to_fine", "surface"])
 def test_sphere_geometry_colours_and_orientation(sphere_meshes, method):
     mesh = sphere_meshes[method].mesh
     radius = np.linalg.norm(mesh.vertices, axis=1)
@@ -86,9 +99,10 @@ def test_sphere_geometry_colours_and_orientation(sphere_meshes, method):
     assert np.abs(colours[:, :3].astype(float) - expected).max() <= 2.0
 
 
-def test_coarse_to_fine_finds_two_separate_blobs():
+@pytest.mark.parametrize("method", ["coarse_to_fine", "surface"])
+def test_coarse_to_fine_finds_two_separate_blobs(method):
     dense = extract_mesh(two_blobs_field, resolution=96, method="dense")
-    coarse = extract_mesh(two_blobs_field, resolution=96, method="coarse_to_fine")
+    coarse = extract_mesh(two_blobs_field, resolution=96, method=method, coarse_resolution=12 if method == "surface" else None)
     bodies = coarse.mesh.split(only_watertight=False)
     assert len(bodies) == 2
     assert sorted(np.sign(body.centroid[0]) for body in bodies) == [-1.0, 1.0]
@@ -96,7 +110,8 @@ def test_coarse_to_fine_finds_two_separate_blobs():
     assert coarse.num_queries < dense.num_queries / 4
 
 
-def test_surface_reaching_past_the_straddling_cells_is_kept():
+@pytest.mark.parametrize("method", ["coarse_to_fine", "surface"])
+def test_surface_reaching_past_the_straddling_cells_is_kept(method):
     # Resolution 64 with coarse_resolution 8 puts coarse samples every 9 fine voxels. A
     # ball around one coarse sample sprouts a thin capsule that ends 1.5 coarse cells away
     # without containing any other coarse sample: only refining the neighbours of the
@@ -112,7 +127,7 @@ def test_surface_reaching_past_the_straddling_cells_is_kept():
         return 1.0 - 20.0 * torch.minimum(ball, capsule), (points + 1.0) / 2.0
 
     dense = extract_mesh(ball_with_capsule, resolution=64, method="dense")
-    coarse = extract_mesh(ball_with_capsule, resolution=64, coarse_resolution=8)
+    coarse = extract_mesh(ball_with_capsule, resolution=64, method=method, coarse_resolution=8)
     assert coarse.mesh.is_watertight
     assert_same_surface(coarse, dense, 64, exact=True)
     assert coarse.mesh.vertices[:, 0].max() > centre[0].item() + 1.5 * spacing
@@ -135,6 +150,7 @@ def test_queries_are_chunked_on_the_requested_device():
 
     extract_mesh(recording_field, resolution=32, method="dense", chunk_size=1000, device="cpu")
     extract_mesh(recording_field, resolution=32, method="coarse_to_fine", chunk_size=1000, device="cpu")
+    extract_mesh(recording_field, resolution=32, method="surface", coarse_resolution=4, chunk_size=1000, device="cpu")
     assert max(size for size, *_ in seen) <= 1000
     assert {(device, dtype, grad) for _, device, dtype, grad in seen} == {("cpu", torch.float32, False)}
 
@@ -144,12 +160,45 @@ def test_nan_densities_are_treated_as_empty_space():
         density, rgb = sphere_field(points)
         return torch.where(points.norm(dim=-1) > 0.9, torch.nan, density), rgb
 
-    mesh = extract_mesh(field_with_nans, resolution=48).mesh
-    assert mesh.is_watertight
-    assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - RADIUS).max() < 2.0 / 47
+    for method in ("coarse_to_fine", "surface"):
+        mesh = extract_mesh(field_with_nans, resolution=48, method=method, coarse_resolution=12).mesh
+        assert mesh.is_watertight
+        assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - RADIUS).max() < 2.0 / 47
 
 
-@pytest.mark.parametrize("method", ["dense", "coarse_to_fine"])
+def test_corners_of_children_are_the_corners_of_the_split_cells():
+    cells = torch.rand(5, 4, 3, generator=torch.Generator().manual_seed(0)) > 0.6
+    children = cells.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    expected = torch.nn.functional.max_pool3d(children[None, None].float(), 2, stride=1, padding=1)[0, 0] > 0
+    assert torch.equal(_corners_of_children(cells), expected)
+
+
+def test_base_cells_meeting_occupied_cells_match_a_brute_force_overlap_test():
+    occupied = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.97
+    count, stride, cells = 6, 4, 21  # 6 base cells of 4 fine cells cover 21 fine cells and a bit past the box
+    result = _base_cells_meeting(occupied, count, stride, cells)
+    low = np.minimum(np.arange(count) * stride / cells, 1.0)
+    high = np.minimum((np.arange(count) + 1) * stride / cells, 1.0)
+    expected = np.zeros((count,) * 3, dtype=bool)
+    for x, y, z in occupied.nonzero().tolist():  # closed boxes in fractions of the box
+        cell = [(x / 16, (x + 1) / 16), (y / 16, (y + 1) / 16), (z / 16, (z + 1) / 16)]
+        meets = [(low <= b) & (high >= a) for a, b in cell]
+        expected |= meets[0][:, None, None] & meets[1][None, :, None] & meets[2][None, None, :]
+    assert np.array_equal(result.numpy(), expected)
+
+
+def test_surface_method_seeded_by_occupied_cells_gives_the_same_mesh_with_fewer_queries():
+    axis = (torch.arange(32) + 0.5) / 16 - 1  # centres of 32³ cells over the box
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    # Cells that may hold density above the iso level: within a cell's diagonal of the sphere.
+    occupied = centres.norm(dim=-1) < RADIUS + 3**0.5 / 16
+    unseeded = extract_mesh(sphere_field, resolution=96, method="surface", coarse_resolution=12)
+    seeded = extract_mesh(sphere_field, resolution=96, method="surface", coarse_resolution=12, occupied=occupied)
+    assert_same_surface(seeded, unseeded, 96, exact=True)
+    assert seeded.num_queries < unseeded.num_queries
+
+
+@pytest.mark.parametrize("method", ["dense", "coarse_to_fine", "surface"])
 @pytest.mark.parametrize("value", [0.0, 5.0])
 def test_field_without_surface_raises(method, value):
     def constant_field(points):

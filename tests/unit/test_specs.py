@@ -76,7 +76,14 @@ def sample(option: specs.Option) -> tuple[list[str], Any, Any]:
     if option.choices is not None:
         text, value = str(option.choices[-1]), option.choices[-1]
     else:
-        text, value = {Path: ("some/dir", Path("some/dir")), int: ("7", 7), float: ("0.5", 0.5), str: ("text", "text")}[option.kind]
+        text, value = {
+            Path: ("some/dir", Path("some/dir")),
+            # A URI must come through the command line, to_argv and job files untouched.
+            specs.Location: ("s3://bucket/some/dir", specs.Location("s3://bucket/some/dir")),
+            int: ("7", 7),
+            float: ("0.5", 0.5),
+            str: ("text", "text"),
+        }[option.kind]
     job_value = value if option.kind is not Path else text
     if option.repeated:
         return [option.flag, text], [job_value], [value]

@@ -291,6 +291,35 @@ def test_save_and_load_round_trip(pipeline, tmp_path):
     assert CLIPTokenizer.from_pretrained(tmp_path / "tokenizer")(["a ball"]).input_ids == pipeline.tokenizer(["a ball"]).input_ids
 
 
+def test_diffusers_generic_loader_loads_the_export_only_when_trusted(pipeline, tmp_path):
+    """`DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`, what a diffusers user tries
+    first, gives our pipeline through the directory's pipeline.py (diffusers' custom-pipeline
+    convention); without the flag diffusers refuses to import it; our own class loads either way
+    without running that file, and an export whose index names the class plainly still loads."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "OrbitVideoPipeline"]
+    assert "from vf3d.models.video.pipeline import OrbitVideoPipeline" in (tmp_path / "pipeline.py").read_text()
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(loaded).__name__ == "OrbitVideoPipeline" and isinstance(loaded, OrbitVideoPipeline)
+    arguments = ([first_frame_image(0)], ["a ball"], [ELEVATION])
+    assert np.array_equal(generate(loaded, *arguments, seed=1).frames, generate(pipeline, *arguments, seed=1).frames)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+
+    # Our class never imports pipeline.py: replace it with code that would fail if it ran.
+    (tmp_path / "pipeline.py").write_text("raise RuntimeError('pipeline.py was executed')\n")
+    assert isinstance(OrbitVideoPipeline.from_pretrained(tmp_path), OrbitVideoPipeline)
+    index["_class_name"] = "OrbitVideoPipeline"  # as exports before pipeline.py were written
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert isinstance(OrbitVideoPipeline.from_pretrained(tmp_path), OrbitVideoPipeline)
+
+
 # --- first frames from prompts ---------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
+from vf3d import storage
 from vf3d.atomic import write_bytes_atomic, write_json_atomic
 
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
@@ -324,19 +325,18 @@ def asset_id(relative_path: str | os.PathLike) -> str:
 def load_captions(root: str | os.PathLike) -> dict[str, str]:
     """Captions of the assets under `root`, keyed by POSIX path relative to `root`.
 
-    Read from `root/captions.json` (an object {relative path: caption}) and/or `root/captions.jsonl`
+    Read (from a local folder or an object-store prefix) from `root/captions.json` (an object {relative path: caption}) and/or `root/captions.jsonl`
     (one {"path": ..., "caption": ...} object per line; later entries win). Empty when neither exists.
     """
-    root = Path(root)
     captions: dict[str, str] = {}
-    json_file, jsonl_file = (root / name for name in CAPTIONS_FILES)
-    if json_file.is_file():
-        mapping = json.loads(json_file.read_text(encoding="utf-8"))
+    json_file, jsonl_file = (storage.join(root, name) for name in CAPTIONS_FILES)
+    if storage.is_file(json_file):
+        mapping = json.loads(storage.read_text(json_file))
         if not isinstance(mapping, dict):
             raise ValueError(f"{json_file} must hold one JSON object mapping relative paths to captions")
         captions.update({PurePath(key).as_posix(): str(value) for key, value in mapping.items()})
-    if jsonl_file.is_file():
-        for number, line in enumerate(jsonl_file.read_text(encoding="utf-8").splitlines(), start=1):
+    if storage.is_file(jsonl_file):
+        for number, line in enumerate(storage.read_text(jsonl_file).splitlines(), start=1):
             if not line.strip():
                 continue
             record = json.loads(line)
@@ -344,6 +344,23 @@ def load_captions(root: str | os.PathLike) -> dict[str, str]:
                 raise ValueError(f'{jsonl_file}:{number}: each line must be {{"path": ..., "caption": ...}}')
             captions[PurePath(record["path"]).as_posix()] = str(record["caption"])
     return captions
+
+
+def local_asset_copy(root: str, relative: str, directory: str | os.PathLike) -> Path:
+    """Download the asset `relative` under the object-store folder `root` into the local
+    `directory`, with the files it may refer to (an OBJ's materials and textures, a glTF's buffers
+    and images: every file under the asset's own folder that is not another 3D model), keeping
+    their relative layout; returns the local path of the asset for `load_asset`."""
+    folder = str(PurePath(relative).parent) if PurePath(relative).parent != PurePath(".") else ""
+    base = storage.join(root, folder) if folder else root
+    target = Path(directory) / relative
+    storage.download(str(storage.join(root, relative)), target)
+    if PurePath(relative).suffix.lower() in (".obj", ".gltf"):
+        models = {*SUPPORTED_SUFFIXES, *UNSUPPORTED_3D_SUFFIXES}
+        for name in storage.walk_files(base):
+            if PurePath(name).suffix.lower() not in models:
+                storage.download(str(storage.join(base, name)), target.parent / name)
+    return target
 
 
 def caption_for(path: str | os.PathLike, root: str | os.PathLike, captions: Mapping[str, str] | None = None) -> str:
@@ -367,11 +384,16 @@ def caption_for(path: str | os.PathLike, root: str | os.PathLike, captions: Mapp
 
 def find_assets(root: str | os.PathLike, extensions: Iterable[str] = SUPPORTED_SUFFIXES) -> list[Path]:
     """All files under `root` (recursively) whose suffix is in `extensions` (case-insensitive,
-    with or without the dot), sorted by their POSIX path relative to `root`."""
+    with or without the dot), sorted by their POSIX path relative to `root`. `root` may be an
+    object-store URI: then the files are URI strings (one recursive listing of the prefix)."""
+    wanted = {("." + extension.lstrip(".")).lower() for extension in extensions}
+    if storage.is_uri(root):
+        if not storage.is_dir(root):
+            raise FileNotFoundError(f"assets folder not found: {root}")
+        return [storage.join(root, name) for name in storage.walk_files(root) if PurePath(name).suffix.lower() in wanted]
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"assets folder not found: {root}")
-    wanted = {("." + extension.lstrip(".")).lower() for extension in extensions}
     found = [path for path in root.rglob("*") if path.suffix.lower() in wanted and path.is_file()]
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 

@@ -24,6 +24,11 @@ in between leaves a published shard with no entry (the reader then reads that sh
 correct, just slower); an entry whose file is no longer listed (moved to `_errors/_retried/`) is
 ignored; a log whose last batch was cut short by a kill yields the batches before it. This module
 imports neither ray nor the shard format (`vf3d.data.shards` builds on it).
+
+On an object store (`s3://`, `gs://` directories; see vf3d.storage) nothing can be appended to: a
+writer's log is a series of segment objects `log-<32 hex>.arrows`, each rewritten whole (an atomic
+publish) after every entry until it holds `SEGMENT_ENTRIES` entries, then a new segment starts. A
+kill loses at most the entry being written, as locally, and the rewriting stays bounded.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vf3d import atomic
+from vf3d import atomic, storage
 
 MANIFEST_DIRNAME = "_ids"
 """Sub-directory of a shard directory holding the id logs and the folded index."""
@@ -51,6 +56,9 @@ MANIFEST_SCHEMA = pa.schema(
 """One row per published shard file: its table, its file name and the ids it holds."""
 _LOG_PREFIX, _LOG_SUFFIX = "log-", ".arrows"
 _INDEX_PREFIX, _INDEX_SUFFIX = "index-", ".arrow"
+SEGMENT_ENTRIES = 64
+"""Entries per log segment on an object store (each append rewrites its segment: at most this many
+entries' ids are uploaded again per append)."""
 
 
 class ManifestLog:
@@ -58,29 +66,46 @@ class ManifestLog:
     publishes nothing leaves no file.
 
     Args:
-        directory: the shard directory (the log goes into its `_ids/`).
+        directory: the shard directory, a local path or a URI (the log goes into its `_ids/`).
         fsync: flush each appended entry to disk before returning (with a writer that fsyncs).
     """
 
     def __init__(self, directory: str | os.PathLike, fsync: bool = False):
-        self.directory = Path(directory) / MANIFEST_DIRNAME
+        self.directory = storage.join(directory, MANIFEST_DIRNAME)
+        self.remote = storage.is_uri(directory)
         self.fsync = fsync
         self._file: BinaryIO | None = None
         self._stream: Any = None
+        self._segment: list[pa.RecordBatch] = []
+        self._segment_name = ""
 
     def append(self, table: str, file: str, ids: pa.Array | list[str]) -> None:
         """Record that `file` of `table` (already published) holds `ids` (string [n])."""
-        if self._stream is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.directory / f"{_LOG_PREFIX}{uuid.uuid4().hex}{_LOG_SUFFIX}", "wb")
-            self._stream = pa.ipc.new_stream(self._file, MANIFEST_SCHEMA)
         ids = pa.array(ids, pa.string()) if not isinstance(ids, pa.Array) else ids.cast(pa.string())
         offsets = pa.array([0, len(ids)], pa.int32())
         entry = pa.record_batch([pa.array([table]), pa.array([file]), pa.ListArray.from_arrays(offsets, ids)], schema=MANIFEST_SCHEMA)
+        if self.remote:
+            self._append_remote(entry)
+            return
+        if self._stream is None:
+            Path(self.directory).mkdir(parents=True, exist_ok=True)
+            self._file = open(Path(self.directory) / f"{_LOG_PREFIX}{uuid.uuid4().hex}{_LOG_SUFFIX}", "wb")
+            self._stream = pa.ipc.new_stream(self._file, MANIFEST_SCHEMA)
         self._stream.write_batch(entry)
         self._file.flush()  # a killed process loses at most the entry being written
         if self.fsync:
             os.fsync(self._file.fileno())
+
+    def _append_remote(self, entry: pa.RecordBatch) -> None:
+        """Rewrite this writer's current segment object with `entry` added (see the module docstring)."""
+        if not self._segment or len(self._segment) >= SEGMENT_ENTRIES:
+            self._segment, self._segment_name = [], f"{_LOG_PREFIX}{uuid.uuid4().hex}{_LOG_SUFFIX}"
+        self._segment.append(entry)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, MANIFEST_SCHEMA) as stream:
+            for batch in self._segment:
+                stream.write_batch(batch)
+        atomic.write_bytes_atomic(storage.join(self.directory, self._segment_name), sink.getvalue().to_pybytes())
 
     def close(self) -> None:
         """End the stream (readers also accept a log that was never closed)."""
@@ -96,39 +121,44 @@ class ManifestLog:
         self.close()
 
 
-def manifest_files(directory: str | os.PathLike) -> list[Path]:
-    """The logs and folded indexes under `directory/_ids/`, sorted (partial files excluded)."""
-    folder = Path(directory) / MANIFEST_DIRNAME
-    if not folder.is_dir():
-        return []
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file()
+def manifest_files(directory: str | os.PathLike) -> list[Path | str]:
+    """The logs and folded indexes under `directory/_ids/` (Paths, or URIs on an object store),
+    sorted (partial files excluded)."""
+    folder = storage.join(directory, MANIFEST_DIRNAME)
+    return [
+        storage.join(folder, name)
+        for name, is_file in storage.list_dir(folder)
+        if is_file
         and (
-            (path.name.startswith(_LOG_PREFIX) and path.name.endswith(_LOG_SUFFIX))
-            or (path.name.startswith(_INDEX_PREFIX) and path.name.endswith(_INDEX_SUFFIX))
+            (name.startswith(_LOG_PREFIX) and name.endswith(_LOG_SUFFIX))
+            or (name.startswith(_INDEX_PREFIX) and name.endswith(_INDEX_SUFFIX))
         )
-    )
+    ]
 
 
-def read_manifest(path: Path) -> pa.Table:
+def read_manifest(path: Path | str) -> pa.Table:
     """Entries of one log or index file (`MANIFEST_SCHEMA`); a log cut short by a kill yields the
     entries before the cut, an unreadable file none (the shards are then read directly)."""
     batches: list[pa.RecordBatch] = []
+    remote = storage.is_uri(path)
+
+    def source():
+        # An object is read whole (a few MB of ids at most); a local file is mapped or streamed.
+        return pa.BufferReader(storage.read_bytes(path)) if remote else pa.OSFile(str(path))
+
     try:
-        if path.name.endswith(_INDEX_SUFFIX):
-            with pa.memory_map(str(path)) as source:
-                return pa.ipc.open_file(source).read_all().cast(MANIFEST_SCHEMA)
-        with pa.OSFile(str(path)) as source:
+        if storage.name(path).endswith(_INDEX_SUFFIX):
+            with source() if remote else pa.memory_map(str(path)) as reader:
+                return pa.ipc.open_file(reader).read_all().cast(MANIFEST_SCHEMA)
+        with source() as reader:
             try:
-                return pa.ipc.open_stream(source).read_all().cast(MANIFEST_SCHEMA).combine_chunks()
+                return pa.ipc.open_stream(reader).read_all().cast(MANIFEST_SCHEMA).combine_chunks()
             except (pa.ArrowInvalid, OSError, EOFError):
                 pass  # a torn tail: read again batch by batch, keeping the whole ones
-        with pa.OSFile(str(path)) as source:
-            reader = pa.ipc.open_stream(source)
+        with source() as reader:
+            stream = pa.ipc.open_stream(reader)
             while True:
-                batches.append(reader.read_next_batch())
+                batches.append(stream.read_next_batch())
     except StopIteration:
         pass
     except (pa.ArrowInvalid, OSError, EOFError):
@@ -145,33 +175,34 @@ def read_manifest(path: Path) -> pa.Table:
 
 def read_manifests(directory: str | os.PathLike, skip: frozenset[str] | set[str] = frozenset()) -> tuple[pa.Table, list[str]]:
     """All entries under `directory/_ids/` except files named in `skip`, and the names read."""
-    paths = [path for path in manifest_files(directory) if path.name not in skip]
+    paths = [path for path in manifest_files(directory) if storage.name(path) not in skip]
     tables = [read_manifest(path) for path in paths]
-    return (pa.concat_tables(tables).combine_chunks() if tables else MANIFEST_SCHEMA.empty_table()), [path.name for path in paths]
+    return (pa.concat_tables(tables).combine_chunks() if tables else MANIFEST_SCHEMA.empty_table()), [storage.name(path) for path in paths]
 
 
 def write_index(directory: str | os.PathLike, entries: pa.Table, folded: list[str]) -> str:
-    """Write `entries` as one index file (partial file, then rename), then remove the manifest
-    files in `folded` (their entries are in the index now). Returns the index's file name.
+    """Write `entries` as one index file (partial file, then rename; an atomic publish on an object
+    store), then remove the manifest files in `folded` (their entries are in the index now).
+    Returns the index's file name.
 
     Only call this while holding the directory's lease: a writer of another run could still be
     appending to a log in `folded`.
     """
-    folder = Path(directory) / MANIFEST_DIRNAME
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = storage.join(directory, MANIFEST_DIRNAME)
+    storage.makedirs(folder)
     name = f"{_INDEX_PREFIX}{uuid.uuid4().hex}{_INDEX_SUFFIX}"
-    with atomic.atomic_path(folder / name) as partial:
+    with atomic.atomic_path(storage.join(folder, name)) as partial:
         with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, MANIFEST_SCHEMA) as writer:
             writer.write_table(entries.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA))
     for old in folded:
         if old != name:
-            (folder / old).unlink(missing_ok=True)
+            storage.remove(storage.join(folder, old))
     return name
 
 
 def remove_partials(directory: str | os.PathLike) -> int:
     """Delete index files a killed planner left half-written; returns how many."""
-    return atomic.remove_partials(Path(directory) / MANIFEST_DIRNAME)
+    return atomic.remove_partials(storage.join(directory, MANIFEST_DIRNAME))
 
 
 # ---------------------------------------------------------------------------------------------

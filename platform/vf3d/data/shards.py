@@ -68,6 +68,10 @@ Decoding turns a row into float or uint8 tensors, all views or only chosen ones 
 a Ray Data numpy batch into stacked arrays (`decode_batch`); `ViewSampler` picks one training
 sample (source view + k targets on random backgrounds, as OpenLRM's released trainer does), and its `choose` decides
 the views before anything is decoded. This module imports neither ray nor deepspeed.
+
+A shard directory may be a local path or an object-store URI (`s3://bucket/prefix`, `gs://...`;
+vf3d.storage): the layout is the same, files are published atomically either way (vf3d.atomic),
+and listings read one level of the directory (a delimiter listing on an object store).
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vf3d import atomic
+from vf3d import atomic, storage
 from vf3d.data import manifest as id_manifest
 
 if TYPE_CHECKING:  # torch is imported where it is used: a planning driver needs none of it
@@ -465,10 +469,10 @@ class OrbitShardWriter:
     def __init__(self, out_dir: str | os.PathLike, prefix: str = "orbits", fsync: bool = False, manifest: bool = True):
         if not _PREFIX_PATTERN.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_PATTERN.pattern}, got {prefix!r}")
-        self.out_dir = Path(out_dir)
+        self.out_dir = storage.local_or_uri(out_dir)
         self.prefix = prefix
         self.fsync = fsync
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(self.out_dir)
         self._log = id_manifest.ManifestLog(self.out_dir, fsync=fsync) if manifest else None
 
     def close(self) -> None:
@@ -476,14 +480,15 @@ class OrbitShardWriter:
         if self._log is not None:
             self._log.close()
 
-    def write(self, data: pa.Table | Iterable[OrbitRecord | Mapping[str, Any]]) -> Path | None:
+    def write(self, data: pa.Table | Iterable[OrbitRecord | Mapping[str, Any]]) -> Path | str | None:
         """Validate and write one shard.
 
         Args:
             data: an `ORBIT_SCHEMA` table, or records (`OrbitRecord`, encoded as PNG) and/or
                 encoded rows (dicts from `encode_record`).
         Returns:
-            the path of the shard, or None when there was nothing to write (no file is created).
+            the path of the shard (a URI string on an object store), or None when there was
+            nothing to write (no file is created).
         Raises:
             ShardFormatError when the rows are not valid orbits.
         """
@@ -498,7 +503,7 @@ class OrbitShardWriter:
         table = table.select(ORBIT_SCHEMA.names).cast(ORBIT_SCHEMA).sort_by("id")
         return _write_atomically(table, self.out_dir, self.prefix, self.fsync, self._log, "orbits")
 
-    def write_errors(self, rows: Iterable[Mapping[str, Any]]) -> Path | None:
+    def write_errors(self, rows: Iterable[Mapping[str, Any]]) -> Path | str | None:
         """Write error rows {id, asset (optional), stage, reason} to `_errors/` (same naming and
         atomic rename as `write`). Returns the path, or None for no rows."""
         rows = [{"asset": None, **row, "format_version": FORMAT_VERSION} for row in rows]
@@ -506,11 +511,11 @@ class OrbitShardWriter:
             return None
         table = _rows_to_table(rows, ERROR_SCHEMA)
         _check_schema(table, ERROR_SCHEMA)
-        directory = self.out_dir / ERRORS_DIRNAME
-        directory.mkdir(exist_ok=True)
+        directory = storage.join(self.out_dir, ERRORS_DIRNAME)
+        storage.makedirs(directory)
         return _write_atomically(table.sort_by("id"), directory, self.prefix, self.fsync, self._log, "errors")
 
-    def write_rejected(self, table: pa.Table) -> Path | None:
+    def write_rejected(self, table: pa.Table) -> Path | str | None:
         """Write rejected orbits (`REJECTED_SCHEMA`: orbit columns + `reasons`) to `_rejected/`,
         validated like `write` and with the same naming and atomic rename. None for no rows."""
         if table.num_rows == 0:
@@ -519,22 +524,24 @@ class OrbitShardWriter:
         if any(not reasons for reasons in table.column("reasons").to_pylist()):
             raise ShardFormatError("every rejected orbit needs at least one reason")
         validate_table(table.drop_columns(["reasons"]))
-        directory = self.out_dir / REJECTED_DIRNAME
-        directory.mkdir(exist_ok=True)
+        directory = storage.join(self.out_dir, REJECTED_DIRNAME)
+        storage.makedirs(directory)
         table = table.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA).sort_by("id")
         return _write_atomically(table, directory, self.prefix, self.fsync, self._log, "rejected")
 
 
 def _write_atomically(
-    table: pa.Table, directory: Path, prefix: str, fsync: bool, log: id_manifest.ManifestLog | None = None, table_name: str = "orbits"
-) -> Path:
+    table: pa.Table, directory: Path | str, prefix: str, fsync: bool, log: id_manifest.ManifestLog | None = None, table_name: str = "orbits"
+) -> Path | str:
     """Write `table` as `directory/<shard_file_name>` via a partial file and a rename
     (`vf3d.atomic`: `.{name}.{8 hex}.partial`, which `remove_partials` deletes), then record its
     ids in `log`. The log entry comes after the rename: a kill in between leaves a shard
     without an entry, which readers handle by reading its id column; the other order could leave
-    an entry for a file that never appeared, and that would claim ids nobody wrote."""
+    an entry for a file that never appeared, and that would claim ids nobody wrote. On an object
+    store the partial file is a local staging file and the publish is an upload to a hidden
+    partial key copied onto the final key (vf3d.storage.publish_file), so the same holds."""
     name = shard_file_name(table.column("id").to_pylist(), prefix)
-    final_path = directory / name
+    final_path = storage.join(directory, name)
     # Dictionaries and min/max statistics help scalar columns only: encoded images are unique
     # and incompressible, so both would be wasted work on frames and masks.
     scalar_columns = [f.name for f in table.schema if not (pa.types.is_list(f.type) or pa.types.is_binary(f.type))]
@@ -557,25 +564,28 @@ def _write_atomically(
 # ---------------------------------------------------------------------------------------------
 
 
-def _table_directory(directory: str | os.PathLike, table: str) -> Path:
+def _table_directory(directory: str | os.PathLike, table: str) -> Path | str:
     if table not in _SCHEMAS:
         raise ValueError(f"table must be one of {sorted(_SCHEMAS)}, got {table!r}")
     subdirectory = _TABLE_DIRNAMES[table]
-    return Path(directory) / subdirectory if subdirectory else Path(directory)
+    return storage.join(directory, subdirectory) if subdirectory else storage.local_or_uri(directory)
 
 
-def list_shard_files(directory: str | os.PathLike, table: str = "orbits") -> list[Path]:
+def list_shard_files(directory: str | os.PathLike, table: str = "orbits") -> list[Path | str]:
     """Sorted shard files of `table` ("orbits", "errors" or "rejected") in a shard directory.
 
     Only complete shards count: `.partial` files and anything not named `{prefix}-{16 hex}.parquet`
-    are ignored. A missing directory has no shards.
+    are ignored. A missing directory has no shards. Paths for a local directory, URI strings for
+    an object store's.
     """
     folder = _table_directory(directory, table)
-    return [folder / name for name in _shard_names(folder)]
+    return [storage.join(folder, name) for name in _shard_names(folder)]
 
 
-def _shard_names(folder: Path) -> list[str]:
+def _shard_names(folder: Path | str) -> list[str]:
     """Sorted names of the complete shard files in `folder` (none when it does not exist)."""
+    if storage.is_uri(folder):
+        return [name for name, is_file in storage.list_dir(folder) if is_file and _SHARD_NAME_PATTERN.fullmatch(name)]
     if not folder.is_dir():
         return []
     # scandir's entries know their type without a stat per file on most filesystems, and names sort
@@ -663,11 +673,12 @@ def index_shards(
     if not keep.all():
         entries, keys = entries.filter(pa.array(keep)), keys.filter(pa.array(keep))
     covered = set(keys.to_pylist())
-    missing = [(table, name, folders[table] / name) for table, name in listed if f"{table}/{name}" not in covered]
+    missing = [(table, name, storage.join(folders[table], name)) for table, name in listed if f"{table}/{name}" not in covered]
 
-    def read_one(item: tuple[str, str, Path]) -> tuple[str, str, pa.Array]:
+    def read_one(item: tuple[str, str, Path | str]) -> tuple[str, str, pa.Array]:
         table, name, path = item
-        return table, name, pq.read_table(path, columns=["id"]).column("id").combine_chunks().cast(pa.string())
+        source, filesystem = storage.arrow_source(path)
+        return table, name, pq.read_table(source, columns=["id"], filesystem=filesystem).column("id").combine_chunks().cast(pa.string())
 
     if missing:
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(missing)))) as pool:
@@ -712,7 +723,8 @@ def read_table(
     """Read shards into one table (still encoded; use `decode_row`/`decode_batch` for tensors).
 
     Args:
-        source: a shard directory (its `table` shards are read), one shard file, or shard files.
+        source: a shard directory (its `table` shards are read), one shard file, or shard files
+            (local paths or URIs, all on one filesystem).
         columns: the columns to read (all when None); images are the bulk, so leave them out
             when only ids, prompts or cameras are needed.
         table: "orbits", "errors" or "rejected" (selects the directory's files and the schema).
@@ -724,21 +736,21 @@ def read_table(
         raise ValueError(f"table must be one of {sorted(_SCHEMAS)}, got {table!r}")
     schema = _SCHEMAS[table]
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        files = list_shard_files(path, table) if path.is_dir() else [path]
+        files = list_shard_files(source, table) if storage.is_dir(source) else [storage.local_or_uri(source)]
     else:
-        files = [Path(path) for path in source]
+        files = [storage.local_or_uri(path) for path in source]
     if not files:
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns is not None else empty
-    dataset = pads.dataset([str(path) for path in files], format="parquet", schema=schema)
+    located = [storage.arrow_source(path) for path in files]
+    dataset = pads.dataset([path for path, _ in located], format="parquet", schema=schema, filesystem=located[0][1])
     return dataset.to_table(columns=list(columns) if columns is not None else None)
 
 
 def iter_records(directory: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Decoded orbits (`decode_row`) of every shard in a directory, streamed row group by row group."""
     for path in list_shard_files(directory):
-        with pq.ParquetFile(path) as shard:
+        with storage.open_input(path) as file, pq.ParquetFile(file) as shard:
             for batch in shard.iter_batches(batch_size=ROWS_PER_ROW_GROUP):
                 for row in batch.to_pylist():
                     yield decode_row(row)

@@ -33,6 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from vf3d import storage
 from vf3d.data import shards
 
 if TYPE_CHECKING:
@@ -61,8 +62,13 @@ SAMPLE_FIELDS = (
 
 
 def count_rows(files: Iterable[str | os.PathLike]) -> int:
-    """Rows in Parquet files, from their footers only (no page, let alone an image, is read)."""
-    return sum(pq.read_metadata(str(path)).num_rows for path in files)
+    """Rows in Parquet files (local paths or URIs), from their footers only (no page, let alone an
+    image, is read)."""
+    total = 0
+    for path in files:
+        with storage.open_input(path) as file:
+            total += pq.read_metadata(file).num_rows
+    return total
 
 
 def read_orbits_by_id(directory: str | os.PathLike, ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -70,10 +76,10 @@ def read_orbits_by_id(directory: str | os.PathLike, ids: Sequence[str]) -> list[
     order of `ids` (missing ids are skipped). The filter on `id` is applied while reading: row
     groups whose id statistics exclude every wanted id are skipped and other rows are never
     decoded, so this costs a few orbits however large the dataset is."""
-    files = [str(path) for path in shards.list_shard_files(directory)]
-    if not files or not ids:
+    located = [storage.arrow_source(path) for path in shards.list_shard_files(directory)]
+    if not located or not ids:
         return []
-    dataset = pads.dataset(files, format="parquet", schema=shards.ORBIT_SCHEMA)
+    dataset = pads.dataset([path for path, _ in located], format="parquet", schema=shards.ORBIT_SCHEMA, filesystem=located[0][1])
     table = dataset.to_table(filter=pc.field("id").isin(list(ids)))
     by_id = {row["id"]: row for row in table.to_pylist()}
     return [shards.decode_row(by_id[identifier]) for identifier in ids if identifier in by_id]
@@ -210,7 +216,7 @@ def read_and_sample(paths: pa.Table, *, exclude_ids: Sequence[str] = (), **sampl
             for index in np.random.default_rng([sampling.get("seed", 0), epoch, zlib.crc32(files[0].encode())]).permutation(len(files))
         ]
     for path in files:
-        with pq.ParquetFile(path) as shard:
+        with storage.open_input(path) as file, pq.ParquetFile(file) as shard:
             for batch in shard.iter_batches(batch_size=shards.ROWS_PER_ROW_GROUP, columns=SAMPLE_COLUMNS):
                 table = pa.Table.from_batches([batch])
                 if len(excluded):

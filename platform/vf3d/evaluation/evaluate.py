@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import write_json_atomic, write_text_atomic
 from vf3d.config import ConfigError
 from vf3d.data.config import OrbitRenderConfig
@@ -56,11 +57,12 @@ RANDOM_LPIPS_WARNING = "random LPIPS backbone: LPIPS values are not perceptual"
 
 
 def read_ids_file(path: str | os.PathLike) -> list[str]:
-    """Orbit ids from a text file: one per line; blank lines and lines starting with # skipped."""
-    path = Path(path)
-    if not path.is_file():
+    """Orbit ids from a text file (a path or a URI): one per line; blank lines and lines starting
+    with # skipped."""
+    path = storage.local_or_uri(path)
+    if not storage.is_file(path):
         raise ConfigError(f"--ids: no such file: {path}")
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.strip().startswith("#")]
+    ids = [line.strip() for line in storage.read_text(path).splitlines() if line.strip() and not line.strip().startswith("#")]
     if not ids:
         raise ConfigError(f"--ids: {path} lists no ids")
     return list(dict.fromkeys(ids))
@@ -75,8 +77,8 @@ def select_orbits(data_dir: str | os.PathLike, ids: list[str] | None = None, lim
     """
     from vf3d.data import shards
 
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    data_dir = storage.local_or_uri(data_dir)
+    if not storage.is_dir(data_dir):
         raise ConfigError(f"--data: not a directory: {data_dir}")
     if not shards.list_shard_files(data_dir):
         raise ConfigError(f"--data holds no orbit shards: {data_dir} (make some with `vf3d render-assets` or `vf3d synthesize`)")
@@ -103,19 +105,24 @@ def stream_records(data_dir: str | os.PathLike, wanted: set[str]) -> Iterator[di
     from vf3d.data import shards
 
     for path in shards.list_shard_files(data_dir):
-        with pq.ParquetFile(path) as shard:
+        with storage.open_input(path) as file, pq.ParquetFile(file) as shard:
             for batch in shard.iter_batches(batch_size=shards.ROWS_PER_ROW_GROUP):
                 for row in batch.to_pylist():
                     if row["id"] in wanted:
                         yield shards.decode_row(row)
 
 
-def model_names(model_dirs: list[Path]) -> list[str]:
+def _absolute(location: str | os.PathLike) -> str:
+    """A location as the report records it: a URI as it is, a local path resolved."""
+    return str(location) if storage.is_uri(location) else str(Path(location).resolve())
+
+
+def model_names(model_dirs: list[Path | str]) -> list[str]:
     """Short unique names for the models: their directory names (with the parent, then an index,
     added where two would clash)."""
-    names = [Path(directory).resolve().name or str(directory) for directory in model_dirs]
+    names = [storage.name(_absolute(directory)) or str(directory) for directory in model_dirs]
     if len(set(names)) < len(names):
-        names = [f"{Path(directory).resolve().parent.name}/{Path(directory).resolve().name}" for directory in model_dirs]
+        names = [f"{storage.name(storage.parent(_absolute(directory)))}/{storage.name(_absolute(directory))}" for directory in model_dirs]
     if len(set(names)) < len(names):
         names = [f"{name}#{index + 1}" for index, name in enumerate(names)]
     return names
@@ -192,7 +199,7 @@ def reconstruct_views(pipeline, record: dict[str, Any], num_views: int, resoluti
 class _TruthSurface:
     """The true mesh of one orbit (loaded lazily, once for all models) and points on it."""
 
-    def __init__(self, record: dict[str, Any], assets_dir: Path | None, config: EvaluateConfig) -> None:
+    def __init__(self, record: dict[str, Any], assets_dir: Path | str | None, config: EvaluateConfig) -> None:
         self.record, self.assets_dir, self.config = record, assets_dir, config
         self._loaded: tuple[Any, np.ndarray] | None = None
         self.skip_reason: str | None = None
@@ -203,8 +210,8 @@ class _TruthSurface:
             self.skip_reason = "the orbit names no source asset (synthetic?)"
         elif assets_dir is None:
             self.skip_reason = "no --assets given"
-        elif not (assets_dir / asset).is_file():
-            self.skip_reason = f"true mesh not found: {assets_dir / asset}"
+        elif not storage.is_file(storage.join(assets_dir, asset)):
+            self.skip_reason = f"true mesh not found: {storage.join(assets_dir, asset)}"
 
     def get(self) -> tuple[Any, np.ndarray]:
         """(trimesh, points [num_points, 3]) in the asset's normalised frame; AssetError if unreadable."""
@@ -212,7 +219,16 @@ class _TruthSurface:
             from vf3d.data.assets import load_asset
             from vf3d.evaluation.geometry import asset_mesh, sample_points
 
-            mesh = asset_mesh(load_asset(self.assets_dir / self.record["asset"], margin=_orbit_margin(self.record)))
+            if storage.is_uri(self.assets_dir):  # a temporary local copy of the asset and the files it refers to
+                import tempfile
+
+                from vf3d.data.assets import local_asset_copy
+
+                with tempfile.TemporaryDirectory(prefix="vf3d-asset-") as scratch:
+                    local = local_asset_copy(str(self.assets_dir), self.record["asset"], scratch)
+                    mesh = asset_mesh(load_asset(local, margin=_orbit_margin(self.record)))
+            else:
+                mesh = asset_mesh(load_asset(self.assets_dir / self.record["asset"], margin=_orbit_margin(self.record)))
             # Its own seed stream, so the truth and a prediction never share sample positions by design.
             self._loaded = (mesh, sample_points(mesh, self.config.geometry.num_points, seed=self.config.seed + 1))
         return self._loaded
@@ -346,6 +362,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate one or more reconstructors on the orbits of `data_dir`; write the report into `out_dir`.
 
+    Every location may be a local path or an object-store URI (vf3d.storage). An object-store
+    `out_dir` gets the report once it is complete: it is written to a local staging directory
+    (matplotlib and the report writers need local files) and every file is then published,
+    metrics.json last.
+
     Args:
         model_dirs: reconstructor directories; with two or more, the report compares them with the
             first (Δ columns).
@@ -367,13 +388,21 @@ def evaluate(
     from vf3d.inference import ImageTo3D, resolve_device
     from vf3d.models.reconstructor import Reconstructor
 
+    if storage.is_uri(out_dir):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vf3d-evaluate-") as staging:
+            document = evaluate(model_dirs, data_dir, staging, config, assets_dir, ids, log)
+            storage.upload_tree(staging, str(out_dir), last=(METRICS_FILE,))
+        log(f"report published to {out_dir}")
+        return document
     started = time.perf_counter()
     config = config.validate()
     if not model_dirs:
         raise ConfigError("give at least one --model directory")
-    model_dirs = [Path(directory) for directory in model_dirs]
-    assets_dir = Path(assets_dir) if assets_dir is not None else None
-    if assets_dir is not None and not assets_dir.is_dir():
+    model_dirs = [storage.local_or_uri(directory) for directory in model_dirs]
+    assets_dir = storage.local_or_uri(assets_dir) if assets_dir is not None else None
+    if assets_dir is not None and not storage.is_dir(assets_dir):
         raise ConfigError(f"--assets: not a directory: {assets_dir}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -474,10 +503,10 @@ def evaluate(
         "format": FORMAT,
         "vf3d_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": str(Path(data_dir).resolve()),
-        "assets": str(assets_dir.resolve()) if assets_dir is not None else None,
+        "data": _absolute(data_dir),
+        "assets": _absolute(assets_dir) if assets_dir is not None else None,
         "models": [
-            {"name": name, "dir": str(directory.resolve()), "parameters": sum(p.numel() for p in pipelines[name].model.parameters())}
+            {"name": name, "dir": _absolute(directory), "parameters": sum(p.numel() for p in pipelines[name].model.parameters())}
             for name, directory in zip(names, model_dirs)
         ],
         "device": str(device),

@@ -184,7 +184,11 @@ def markdown_report(document: dict[str, Any]) -> str:
         ]
         row += [_mean_std(document["deltas"][name][metric.key], metric.digits, signed=True) for name in names[1:]]
         rows.append(row)
-    lines += _table(header, rows, text_columns=2) + ["", "mean ± std over objects (population std); Δ is per object, then averaged.", ""]
+    lines += _table(header, rows, text_columns=2) + [
+        "",
+        "mean ± std over objects (population std); Δ is per object, then averaged. ↑: higher is better; ↓: lower is better.",
+        "",
+    ]
 
     lines += ["## Per object", ""]
     if len(names) > 1:

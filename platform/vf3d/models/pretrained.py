@@ -2,7 +2,9 @@
 
 Diffusers' pattern: a model is built from one typed config, and a directory holding that config
 and its weights is all it takes to rebuild it. Weights are safetensors only, so loading never
-unpickles anything.
+unpickles anything. A model directory may be a local path or an object-store URI (`s3://`,
+`gs://`; vf3d.storage): saving publishes each file atomically, weights before config.json, and
+loading downloads the weights to a temporary file first.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import atomic_path, atomic_write
 
 CONFIG_NAME = "config.json"
@@ -52,17 +55,18 @@ class PretrainedModel(torch.nn.Module):
         super().__init__()
         self.config = config
 
-    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path | str:
         """Write config.json + model.safetensors into `directory`, atomically.
 
         Both files are written as partial files (`vf3d.atomic`) and renamed into place only when
         both are complete, weights first and config.json last, so an interrupted save never leaves
         a half-written model where a good one was, and a new directory that has a config.json has
-        its weights too. A failed first save removes the directory it created.
+        its weights too. A failed first save removes the directory it created. On an object store
+        (a URI) both files are published the same way, in the same order.
         """
-        directory = Path(directory)
-        created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = storage.local_or_uri(directory)
+        created = not storage.exists(directory)
+        storage.makedirs(directory)
         document = {
             "model_type": self.model_type,
             "format_version": FORMAT_VERSION,
@@ -71,14 +75,17 @@ class PretrainedModel(torch.nn.Module):
         }
         try:
             # Nested: the inner block (weights) is renamed first, the outer (config) after it.
-            with atomic_write(directory / CONFIG_NAME, "w") as config_file, atomic_path(directory / WEIGHTS_NAME) as weights_file:
+            with (
+                atomic_write(storage.join(directory, CONFIG_NAME), "w") as config_file,
+                atomic_path(storage.join(directory, WEIGHTS_NAME)) as weights_file,
+            ):
                 config_file.write(json.dumps(document, indent=2) + "\n")
                 # safetensors refuses shared or non-contiguous storage; clone keeps the module intact.
                 state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in self.state_dict().items()}
                 save_file(state, str(weights_file), metadata={"model_type": self.model_type})
                 make_readable(weights_file)
         except BaseException:
-            if created:
+            if created and not storage.is_uri(directory):
                 with contextlib.suppress(OSError):  # rmdir only removes it empty: our partial files are gone already
                     directory.rmdir()
             raise
@@ -86,17 +93,17 @@ class PretrainedModel(torch.nn.Module):
 
     @classmethod
     def load_config(cls, directory: str | os.PathLike) -> Any:
-        """Read and validate the config of a model directory without loading weights."""
-        directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if directory.is_file():
+        """Read and validate the config of a model directory (a path or a URI) without loading weights."""
+        directory = storage.local_or_uri(directory)
+        config_path = storage.join(directory, CONFIG_NAME)
+        if storage.is_file(directory):
             raise ModelDirectoryError(f"{directory} is a file, not a model directory (config.json + model.safetensors)")
-        if not directory.is_dir():
+        if not storage.is_dir(directory):
             raise ModelDirectoryError(f"model directory not found: {directory}")
-        if not config_path.is_file():
+        if not storage.is_file(config_path):
             raise ModelDirectoryError(f"{directory} is not a vf3d model directory: {CONFIG_NAME} is missing")
         try:
-            document = json.loads(config_path.read_text())
+            document = json.loads(storage.read_text(config_path))
         except json.JSONDecodeError as error:
             raise ModelDirectoryError(f"{config_path} is not valid JSON: {error}") from None
         if document.get("model_type") != cls.model_type:
@@ -111,15 +118,17 @@ class PretrainedModel(torch.nn.Module):
     def from_pretrained(
         cls: type[M], directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> M:
-        """Rebuild the model from `directory` and load its weights (strict: every key must match)."""
-        directory = Path(directory)
+        """Rebuild the model from `directory` (a path or a URI) and load its weights (strict: every
+        key must match)."""
+        directory = storage.local_or_uri(directory)
         config = cls.load_config(directory)
-        weights_path = directory / WEIGHTS_NAME
-        if not weights_path.is_file():
+        weights_path = storage.join(directory, WEIGHTS_NAME)
+        if not storage.is_file(weights_path):
             raise ModelDirectoryError(f"{directory} has no {WEIGHTS_NAME}")
         with torch.device("meta"):
             model = cls(config)
-        state = load_file(str(weights_path), device=str(device))
+        with storage.local_copy(weights_path) as local_weights:  # the file itself when local
+            state = load_file(str(local_weights), device=str(device))
         try:
             missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         except RuntimeError as error:  # shape mismatches: the weights belong to another config

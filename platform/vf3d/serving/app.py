@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vf3d import storage
 from vf3d.config import from_dict, to_dict
 from vf3d.serving.config import ServeConfig
 from vf3d.serving.deployments import MeshBuilder, ReconstructorModel
@@ -323,7 +324,8 @@ def build_application(model_dir: str | os.PathLike, config: ServeConfig) -> serv
     from vf3d.models.reconstructor import Reconstructor
 
     config = config.validate()
-    model_dir = Path(model_dir).expanduser().resolve()
+    # A local directory is resolved (replicas may run elsewhere); an object-store URI is kept as it is.
+    model_dir = str(model_dir) if storage.is_uri(model_dir) else Path(model_dir).expanduser().resolve()
     model_config = Reconstructor.load_config(model_dir)
     settings = to_dict(config)
     model = ReconstructorModel.options(

@@ -19,10 +19,11 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from ray import serve
+
+from vf3d import storage
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,7 +63,7 @@ class ReconstructorModel:
         require_usable_gpus("ReconstructorModel")  # a GPU replica must never serve from the CPU
         self.config = _serve_config(config)
         self.pipeline = _load_pipeline(model_dir, self.config)
-        self.model_name = Path(model_dir).name
+        self.model_name = storage.name(model_dir)  # a local directory or an object-store URI
         self.encode_batch.set_max_batch_size(self.config.max_batch_size)
         self.encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         # One model call at a time: concurrent calls would only contend for the same device,

@@ -28,7 +28,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+from vf3d import storage
+
 FAILURES_NAME = ".stage-failures.jsonl"
+REMOTE_FAILURES_DIRNAME = ".stage-failures"
+"""On an object store, where nothing can be appended to: one small JSON object per failure in this
+folder of the output directory, instead of a line of `FAILURES_NAME`."""
 """File in the output directory with one JSON line per infrastructure failure of a stage:
 {"time", "stage", "actor", "error", "consecutive", "actor_exit"}."""
 _INFRASTRUCTURE_MESSAGE = re.compile(r"CUDA|cuDNN|CUDNN|cuBLAS|CUBLAS|NCCL|\bECC\b|device-side assert")
@@ -91,7 +96,7 @@ class FailureTracker:
     """
 
     def __init__(self, stage: str, out_dir: str | os.PathLike, max_consecutive: int, actor: str) -> None:
-        self.stage, self.out_dir, self.max_consecutive, self.actor = stage, Path(out_dir), max_consecutive, actor
+        self.stage, self.out_dir, self.max_consecutive, self.actor = stage, storage.local_or_uri(out_dir), max_consecutive, actor
         self.consecutive = 0
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -119,8 +124,7 @@ class FailureTracker:
             "actor_exit": exiting,
         }
         with contextlib.suppress(OSError):  # a full or failing disk must not hide the real error
-            with open(self.out_dir / FAILURES_NAME, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            _record_failure(self.out_dir, record)
         if exiting:
             # A GPU that failed K batches in a row is likely sick (an ECC fault, a broken context):
             # leave instead of failing every batch faster than healthy actors work; Ray restarts
@@ -133,15 +137,24 @@ class FailureTracker:
         raise InfrastructureError(f"{self.stage}: {record['error']}") from error
 
 
+def _record_failure(out_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one failure record: a line of `FAILURES_NAME` locally, an object of
+    `REMOTE_FAILURES_DIRNAME` on an object store."""
+    if storage.is_uri(out_dir):
+        from vf3d.atomic import write_json_atomic
+
+        name = f"{record['time']:.6f}-{record['stage']}-{os.urandom(4).hex()}.json"
+        write_json_atomic(storage.join(out_dir, REMOTE_FAILURES_DIRNAME, name), record, indent=None)
+        return
+    with open(Path(out_dir) / FAILURES_NAME, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def maybe_fire_fault(out_dir: str | os.PathLike, stage: str, kind: str) -> None:
     """Raise the injected error `kind` ("cuda" or "oserror") once per output directory (tests and
     fire drills): a marker file created exclusively makes exactly one actor fire it."""
-    marker = Path(out_dir) / f".fault-{stage}-{kind}.fired"
-    try:
-        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    if not storage.create_exclusive(storage.join(out_dir, f".fault-{stage}-{kind}.fired")):
         return
-    os.close(descriptor)
     print(f"[fault injection] {stage} raises an injected {kind} error", flush=True)
     if kind == "cuda":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
@@ -229,14 +242,24 @@ def failure_summary(out_dir: str | os.PathLike, since: float, pending: int, fini
          "actor_exits": actors that left after K failures in a row, "ids_dropped": ids of blocks
          Ray Data gave up on (a rerun retries them), "max_errored_blocks": the budget}.
     """
+    lines: list[str] = []
+    if storage.is_uri(out_dir):
+        folder = storage.join(out_dir, REMOTE_FAILURES_DIRNAME)
+        for name, is_file in storage.list_dir(folder):
+            # Names start with the failure's time: older runs' records are skipped unread.
+            with contextlib.suppress(ValueError, OSError):
+                if is_file and name.endswith(".json") and float(name.split("-", 1)[0]) >= since:
+                    lines.append(storage.read_text(storage.join(folder, name)))
+    else:
+        path = Path(out_dir) / FAILURES_NAME
+        if path.is_file():
+            lines = path.read_text().splitlines()
     records = []
-    path = Path(out_dir) / FAILURES_NAME
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("time", 0) >= since:
-                    records.append(record)
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("time", 0) >= since:
+                records.append(record)
     by_stage: dict[str, int] = {}
     for record in records:
         by_stage[record["stage"]] = by_stage.get(record["stage"], 0) + 1

@@ -16,6 +16,15 @@ takes `out_dir/.vf3d-lease.json` (dot-prefixed: shard readers skip it):
   refuse with `LeaseHeldError` naming the holder.
 - Release on exit removes the file if it is still ours.
 
+On an object store (`--out s3://...`, `gs://...`) there are no hard links, and pyarrow cannot send
+a conditional write, so taking the lease is "check, write, verify": the run checks that no lease
+exists, publishes its own (an atomic single-object write), waits `REMOTE_SETTLE_SECONDS` and reads
+it back. S3 and GCS are strongly consistent (a read after a write sees the last write), so when
+two runs race, the later write wins and the earlier run, reading back a token that is not its
+own, refuses. Two runs that both check before either writes and write more than
+`REMOTE_SETTLE_SECONDS` apart could both pass; that needs a start-up stalled for seconds between
+two requests. Staleness, heartbeats and release work as they do locally.
+
 This module imports no ray.
 """
 
@@ -33,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.config import ConfigError
 from vf3d.synthesis.config import LeaseConfig
@@ -41,6 +51,9 @@ LEASE_NAME = ".vf3d-lease.json"
 LEASE_PARTIAL_SUFFIX = ".tmp"
 """Suffix of the lease's own partial files, which must not look like the partial files that
 `vf3d.data.shards.remove_partials` deletes from the same directory while the lease is held."""
+REMOTE_SETTLE_SECONDS = 2.0
+"""On an object store: how long a run waits between writing its lease and reading it back (see
+the module docstring)."""
 
 
 class LeaseHeldError(ConfigError):
@@ -75,7 +88,9 @@ class OutputLease:
     """
 
     def __init__(self, out_dir: str | os.PathLike, config: LeaseConfig, command: str = "vf3d", log: Callable[[str], None] = print):
-        self.path = Path(out_dir) / LEASE_NAME
+        self.out_dir = storage.local_or_uri(out_dir)
+        self.remote = storage.is_uri(out_dir)
+        self.path = storage.join(out_dir, LEASE_NAME)
         self.config = config
         self.command = command
         self.log = log
@@ -111,13 +126,11 @@ class OutputLease:
             reason = self._stale_reason(holder)
             if reason is None:
                 raise LeaseHeldError(
-                    f"{self.path.parent} is in use by another run ({describe(holder)}); wait for it to finish or stop it (a lease whose run is gone is taken over automatically)"
+                    f"{self.out_dir} is in use by another run ({describe(holder)}); wait for it to finish or stop it (a lease whose run is gone is taken over automatically)"
                 )
             if self._take_over(holder):
-                self.log(f"taking over a stale lease on {self.path.parent}: {describe(holder)}, {reason}")
-        raise LeaseHeldError(
-            f"{self.path.parent}: could not take the lease {self.path.name} (it keeps changing hands); is another run starting?"
-        )
+                self.log(f"taking over a stale lease on {self.out_dir}: {describe(holder)}, {reason}")
+        raise LeaseHeldError(f"{self.out_dir}: could not take the lease {LEASE_NAME} (it keeps changing hands); is another run starting?")
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lease if it is still ours."""
@@ -126,7 +139,7 @@ class OutputLease:
             self._thread.join(timeout=10)
         holder = self._read()
         if holder is not None and holder.get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+            storage.remove(self.path)
 
     def __enter__(self) -> OutputLease:
         return self.acquire()
@@ -140,11 +153,13 @@ class OutputLease:
         """Write `content` to a private file for `_create` to hard-link as the lease. Not
         `vf3d.atomic`: that renames over an existing file, and taking a lease must fail when one
         exists; the link does, atomically."""
-        private = self.path.parent / f".{LEASE_NAME}.{self.token}.{uuid.uuid4().hex[:8]}{LEASE_PARTIAL_SUFFIX}"
+        private = self.out_dir / f".{LEASE_NAME}.{self.token}.{uuid.uuid4().hex[:8]}{LEASE_PARTIAL_SUFFIX}"
         private.write_text(json.dumps(content) + "\n")
         return private
 
     def _create(self) -> bool:
+        if self.remote:
+            return self._create_remote()
         private = self._write_private(self._content)
         try:
             os.link(private, self.path)
@@ -154,7 +169,25 @@ class OutputLease:
         finally:
             private.unlink(missing_ok=True)
 
+    def _create_remote(self) -> bool:
+        """Check, write, verify (see the module docstring)."""
+        if storage.exists(self.path):
+            return False
+        write_json_atomic(self.path, self._content, indent=None, partial_suffix=LEASE_PARTIAL_SUFFIX)
+        time.sleep(REMOTE_SETTLE_SECONDS)
+        holder = self._read()
+        return holder is not None and holder.get("token") == self.token
+
     def _read(self) -> dict[str, Any] | None:
+        if self.remote:
+            try:
+                return json.loads(storage.read_text(self.path))
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                # Writes are atomic there, so this is not a lease being written but something
+                # else under its name: treated as held by a silent host, hence stale after the timeout.
+                return {"host": "?", "pid": -1, "started": "?", "heartbeat": 0.0, "token": None, "unreadable": True}
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -183,7 +216,13 @@ class OutputLease:
 
     def _take_over(self, holder: dict[str, Any]) -> bool:
         """Move the stale lease aside and create ours; False when someone else got there first."""
-        aside = self.path.parent / f".{LEASE_NAME}.stale-{self.token}"
+        if self.remote:
+            current = self._read()
+            if current is None or current.get("token") != holder.get("token"):
+                return False  # it changed hands since we judged it stale
+            storage.remove(self.path)
+            return True
+        aside = self.out_dir / f".{LEASE_NAME}.stale-{self.token}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
@@ -216,7 +255,7 @@ class OutputLease:
             holder = self._read()
             if holder is None or holder.get("token") != self.token:
                 self.lost = True
-                self.log(f"lost the lease on {self.path.parent}: " + (describe(holder) if holder else "its file is gone") + "; stopping")
+                self.log(f"lost the lease on {self.out_dir}: " + (describe(holder) if holder else "its file is gone") + "; stopping")
                 return
             self._content["heartbeat"] = time.time()
             # Not the default ".partial" suffix: the run that holds this lease deletes leftover
@@ -244,8 +283,8 @@ def holding_lease(command: str) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            out_dir, config = Path(bound.arguments["out_dir"]), bound.arguments["config"]
-            out_dir.mkdir(parents=True, exist_ok=True)
+            out_dir, config = storage.local_or_uri(bound.arguments["out_dir"]), bound.arguments["config"]
+            storage.makedirs(out_dir)
             with OutputLease(out_dir, config.lease.validate(), command=command, log=bound.arguments.get("log") or print):
                 return function(*args, **kwargs)
 

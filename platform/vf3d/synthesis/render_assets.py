@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
+from vf3d import metrics, storage
 from vf3d.atomic import write_json_atomic
 from vf3d.data import shards
 from vf3d.data.assets import UNSUPPORTED_3D_SUFFIXES, asset_id, caption_for, find_assets, load_captions
@@ -56,19 +57,19 @@ def plan_render(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> 
     The finished ids come from the id manifests (vf3d.data.manifest; shards without one are read),
     folded into one manifest file for the next resume: call it holding `out_dir`'s lease."""
     # Known 3D formats we cannot read are listed too, so each gets an error row with its reason.
-    paths = find_assets(assets_dir, [*config.extensions, *UNSUPPORTED_3D_SUFFIXES])
+    paths = find_assets(assets_dir, [*config.extensions, *UNSUPPORTED_3D_SUFFIXES])  # Paths, or URIs under an object-store folder
     captions = load_captions(assets_dir)
     shards.remove_partials(out_dir)
     index = shards.compact_index(out_dir, shards.index_shards(out_dir, tables=("orbits", "errors")))
     rendered = IdSet(index.ids("orbits"))
     failed = IdSet(None if config.retry_errors else index.ids("errors"))
-    relatives = [path.relative_to(assets_dir).as_posix() for path in paths]
+    relatives = [storage.relative_to(path, assets_dir) for path in paths]
     identifiers = [asset_id(relative) for relative in relatives]
     is_rendered = rendered.contains(identifiers)
     is_failed = failed.contains(identifiers)
     pending, seen, duplicates = [], set(), []
     already_rendered = already_failed = 0
-    for path, relative, identifier, done, fail in zip(paths, relatives, identifiers, is_rendered, is_failed):
+    for relative, identifier, done, fail in zip(relatives, identifiers, is_rendered, is_failed):
         if identifier in seen:  # two paths hashing alike would break exactly-once; refuse loudly
             duplicates.append(relative)
             continue
@@ -77,7 +78,7 @@ def plan_render(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig) -> 
         already_failed += int(fail and not done)
         if done or fail:
             continue
-        pending.append({"id": identifier, "asset": relative, "prompt": caption_for(path, assets_dir, captions)})
+        pending.append({"id": identifier, "asset": relative, "prompt": caption_for(relative, ".", captions)})
     return RenderPlan(
         pending=pending, total=len(seen), already_rendered=already_rendered, already_failed=already_failed, duplicate_ids=duplicates
     )
@@ -103,15 +104,31 @@ class RenderOrbits:
 
         # EGL renders on the GPU when the pool assigns one: fail at start when CUDA cannot use it.
         require_usable_gpus("render-assets RenderOrbits")
-        self.assets_dir = Path(assets_dir)
+        self.assets_dir = storage.local_or_uri(assets_dir)
         self.config = config_lib.from_dict(RenderAssetsConfig, config)
         # Draw on this actor's own GPU (EGL device of ray.get_gpu_ids()[0]), a CPU device without one.
         gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else None
         self.renderer = OrbitRenderer(self.config.render.resolution, ambient=self.config.render.ambient, gpu_ids=gpu_ids)
         self.failures = FailureTracker(RENDER_STAGE, out_dir, self.config.failures.max_consecutive_failures, actor_name())
+        self.meter = metrics.StageMeter("render-assets", RENDER_STAGE, gpus=self.config.pool.num_gpus if gpu_ids else 0.0)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return self.failures.call(self._call, batch)
+        started = time.perf_counter()
+        table = self.failures.call(self._call, batch)
+        self.meter.batch(len(table), time.perf_counter() - started)
+        return table
+
+    def _load(self, relative: str, load_asset):
+        """Load one asset: from the assets folder itself, or from a temporary local copy of it (and
+        the files it refers to) when the folder is on an object store."""
+        if not storage.is_uri(self.assets_dir):
+            return load_asset(self.assets_dir / relative, margin=self.config.render.margin)
+        import tempfile
+
+        from vf3d.data.assets import local_asset_copy
+
+        with tempfile.TemporaryDirectory(prefix="vf3d-asset-") as scratch:
+            return load_asset(local_asset_copy(str(self.assets_dir), relative, scratch), margin=self.config.render.margin)
 
     def _call(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from vf3d.data.assets import AssetError, load_asset
@@ -122,7 +139,7 @@ class RenderOrbits:
             identifier, relative, prompt = str(identifier), str(relative), str(prompt)
             started = time.perf_counter()
             try:
-                asset = load_asset(self.assets_dir / relative, margin=self.config.render.margin)
+                asset = self._load(relative, load_asset)
                 orbit = render_orbit(self.renderer, asset, self.config.render, identifier, self.config.seed)
             except AssetError as error:
                 failures.append(self._failure_row(identifier, relative, prompt, str(error)))
@@ -178,9 +195,15 @@ class WriteShards:
         failures = config_lib.from_dict(RenderAssetsConfig, config or {}).failures
         self.writer = shards.OrbitShardWriter(out_dir)
         self.failures = FailureTracker("write", out_dir, failures.max_consecutive_failures, actor_name())
+        self.meter = metrics.StageMeter("render-assets", "write")
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
-        return self.failures.call(self._call, batch)
+        started = time.perf_counter()
+        counts = self.failures.call(self._call, batch)
+        self.meter.batch(batch.num_rows, time.perf_counter() - started)
+        metrics.count("vf3d_rows_written", counts["orbits"][0], pipeline="render-assets", outcome="rendered")
+        metrics.count("vf3d_rows_written", counts["errors"][0], pipeline="render-assets", outcome="error")
+        return counts
 
     def _call(self, batch: pa.Table) -> dict[str, list]:
         failed = batch[ERROR_COLUMN].is_valid()
@@ -204,11 +227,12 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
     import ray
 
     config = config.validate()
-    assets_dir, out_dir = Path(assets_dir), Path(out_dir)
-    if not assets_dir.is_dir():
+    # Each may be a local path or an object-store URI (vf3d.storage).
+    assets_dir, out_dir = storage.local_or_uri(assets_dir), storage.local_or_uri(out_dir)
+    if not storage.is_dir(assets_dir):
         raise config_lib.ConfigError(f"assets directory not found: {assets_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save_json(config, out_dir / "render_config.json")
+    storage.makedirs(out_dir)
+    config_lib.save_json(config, storage.join(out_dir, "render_config.json"))
     plan = plan_render(assets_dir, out_dir, config)
     if plan.duplicate_ids:
         raise config_lib.ConfigError(f"asset ids collide for {plan.duplicate_ids[:3]}: rename those files")
@@ -263,7 +287,7 @@ def render_assets(assets_dir: Path, out_dir: Path, config: RenderAssetsConfig, l
             out_dir, started_at, len(plan.pending), totals["orbits"] + totals["errors"], config.failures.max_errored_blocks
         ),
     }
-    write_json_atomic(out_dir / "render_summary.json", summary)
+    write_json_atomic(storage.join(out_dir, "render_summary.json"), summary)
     log(
         f"render-assets: {summary['orbits_total']} orbits and {summary['errors_total']} errors in {out_dir} "
         f"({summary['rendered_this_run']} rendered now, {summary['frames']} frames at {summary['frames_per_second']} frames/s)"

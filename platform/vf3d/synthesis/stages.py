@@ -30,7 +30,6 @@ import math
 import os
 import time
 import unicodedata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
+from vf3d import metrics, storage
 from vf3d.data import shards
 from vf3d.synthesis.config import ActorPoolConfig, SynthesizeConfig
 from vf3d.synthesis.failures import FailureTracker, actor_name, is_infrastructure_error, maybe_fire_fault, short_error
@@ -99,9 +99,9 @@ def _read_image(value: Any, images_root: str) -> tuple[bytes, str]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         return (data, "") if data else (b"", "image is empty (0 bytes)")
-    path = Path(images_root, str(value))
+    path = storage.join(images_root, str(value))  # a local folder or an object-store prefix
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except OSError as error:
         return b"", f"image file cannot be read: {path} ({error.strerror or error})"
     return (data, "") if data else (b"", f"image is empty (0 bytes): {path}")
@@ -217,7 +217,7 @@ class _ModelStage:
         from vf3d.ray_runtime import require_usable_gpus
 
         self.config = config_lib.from_dict(SynthesizeConfig, config)
-        self.out_dir = Path(out_dir)
+        self.out_dir = storage.local_or_uri(out_dir)
         self.batches_done = 0
         # Any stage may be given GPUs by its pool's config; one that CUDA cannot use fails here,
         # at start, instead of running at CPU speed on a GPU's reservation.
@@ -230,6 +230,7 @@ class _ModelStage:
         precision = self.config.generation.precision
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision in ("auto", "bf16") else None
         self.failures = FailureTracker(self.stage, self.out_dir, self.config.failures.max_consecutive_failures, self.actor)
+        self.meter = metrics.StageMeter("synthesize", self.stage, gpus=stage_pools(self.config)[self.stage].num_gpus if in_ray else 0.0)
 
     def autocast(self):
         """bf16 autocast on GPUs (weights stay fp32), nothing on the CPU."""
@@ -250,12 +251,8 @@ class _ModelStage:
                 maybe_fire_fault(self.out_dir, self.stage, "oserror")
         if fault.kill_stage != self.stage or self.batches_done != fault.after_batches:
             return
-        marker = self.out_dir / FAULT_MARKER.format(stage=self.stage)
-        try:
-            descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # exactly one actor fires
-        except FileExistsError:
-            return
-        os.close(descriptor)
+        if not storage.create_exclusive(storage.join(self.out_dir, FAULT_MARKER.format(stage=self.stage))):
+            return  # another actor fired it (exactly one does, on a local disk)
         print(f"[fault injection] {self.stage} actor {self.actor} exits mid-batch", flush=True)
         os._exit(1)
 
@@ -288,12 +285,14 @@ class _ModelStage:
         for index, trace in enumerate(batch["trace"]):
             record = json.loads(str(trace))
             if index in healthy:
-                record[self.stage] = {"actor": self.actor, "seconds": round(seconds, 6)}
+                # alive: seconds since this actor started (model loading and waits included), for billed GPU-hours.
+                record[self.stage] = {"actor": self.actor, "seconds": round(seconds, 6), "alive": round(self.meter.alive_seconds(), 3)}
             traces.append(json.dumps(record))
         output.update(
             error=np.array(errors, dtype=object), error_stage=np.array(stages, dtype=object), trace=np.array(traces, dtype=object)
         )
         self.batches_done += 1
+        self.meter.batch(len(healthy), time.perf_counter() - started)
         return output
 
     drop_columns: tuple[str, ...] = ()
@@ -355,7 +354,10 @@ class FirstFrames(_ModelStage):
             generation = self.config.generation
             if generation.text_to_image_path is not None:
                 self._generator = FirstFrameGenerator.from_pretrained(
-                    generation.text_to_image_path, self.resolution, generation.text_to_image_steps, generation.text_to_image_guidance
+                    storage.cached_local_copy(generation.text_to_image_path),
+                    self.resolution,
+                    generation.text_to_image_steps,
+                    generation.text_to_image_guidance,
                 )
             else:
                 tiny = VideoModelConfig(random_init=True, resolution=self.resolution, max_text_tokens=77, seed=self.config.seed)
@@ -416,7 +418,8 @@ class GenerateOrbits(_ModelStage):
         _quiet_model_loading()
         from vf3d.models.video import OrbitVideoPipeline
 
-        self.pipeline = OrbitVideoPipeline.from_pretrained(video_model, local_files_only=True).to(self.device)
+        # A model on an object store is downloaded once per actor (diffusers loads from a local directory).
+        self.pipeline = OrbitVideoPipeline.from_pretrained(storage.cached_local_copy(video_model), local_files_only=True).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.num_views = int(self.pipeline.config.num_views)
         self.resolution = int(self.pipeline.config.resolution)
@@ -443,6 +446,7 @@ class GenerateOrbits(_ModelStage):
             return list(zip(output.frames, output.cameras))
 
         results, failures = self.per_row(rows, generate)
+        metrics.count("vf3d_videos_generated", len(rows) - len(failures), pipeline="synthesize")
         return {
             "frames": [None if result is None else result[0] for result in results],
             "cameras": [None if result is None else result[1] for result in results],
@@ -465,7 +469,7 @@ class ForegroundMasks(_ModelStage):
         if probe_path:
             from vf3d.models.quality_filter import QualityProbe
 
-            self.probe_views = int(QualityProbe.load_config(probe_path).encoder.num_views)
+            self.probe_views = int(QualityProbe.load_config(storage.cached_local_copy(probe_path)).encoder.num_views)
 
     def placeholders(self, batch):
         frames = batch["frames"]
@@ -508,6 +512,7 @@ class FilterOrbits(_ModelStage):
         probe_path = self.config.filter.probe_path
         if not probe_path:
             raise config_lib.ConfigError("FilterOrbits needs filter.probe_path (without a probe the pipeline leaves the stage out)")
+        probe_path = storage.cached_local_copy(probe_path)
         self.probe = QualityFilter.from_pretrained(probe_path, device=self.device, encoder=self._encoder_here(probe_path))
 
     def _encoder_here(self, probe_path: str):
@@ -541,7 +546,7 @@ def probe_threshold(config: SynthesizeConfig) -> float | None:
         return None
     from vf3d.models.quality_filter import QualityProbe
 
-    return float(QualityProbe.load_config(config.filter.probe_path).threshold)
+    return float(QualityProbe.load_config(storage.cached_local_copy(config.filter.probe_path)).threshold)
 
 
 class EncodeOrbits:
@@ -556,12 +561,13 @@ class EncodeOrbits:
 
     def __init__(self, config: dict[str, Any], out_dir: str, video_model: str) -> None:
         self.config = config_lib.from_dict(SynthesizeConfig, config)
-        self.out_dir = Path(out_dir)
+        self.out_dir = storage.local_or_uri(out_dir)
         self.video_model = video_model
         self.min_score = probe_threshold(self.config)
         self.actor = actor_name()
         self.batches_done = 0
         self.failures = FailureTracker(self.stage, self.out_dir, self.config.failures.max_consecutive_failures, self.actor)
+        self.meter = metrics.StageMeter("synthesize", self.stage)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         return self.failures.call(self._call, batch)
@@ -570,6 +576,7 @@ class EncodeOrbits:
         fault = self.config.fault
         if fault.os_error_stage == self.stage and self.batches_done == fault.error_after_batches:
             maybe_fire_fault(self.out_dir, self.stage, "oserror")
+        batch_started = time.perf_counter()
         rows = []
         for index, identifier in enumerate(batch["id"]):
             started = time.perf_counter()
@@ -618,6 +625,7 @@ class EncodeOrbits:
             trace[self.stage] = {"actor": self.actor, "seconds": round(time.perf_counter() - started, 6)}
             rows.append({**row, **encoded, "reasons": reasons, "outcome": "rejected" if reasons else "kept", "trace": json.dumps(trace)})
         self.batches_done += 1
+        self.meter.batch(len(rows), time.perf_counter() - batch_started)
         return _filtered_table(rows)
 
 
@@ -667,6 +675,7 @@ class WriteSynthesized:
         self.writer = shards.OrbitShardWriter(out_dir, prefix="synthetic")
         self.batches_done = 0
         self.failures = FailureTracker(self.stage, out_dir, self.config.failures.max_consecutive_failures, actor_name())
+        self.meter = metrics.StageMeter("synthesize", self.stage)
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
         return self.failures.call(self._call, batch)
@@ -675,6 +684,7 @@ class WriteSynthesized:
         fault = self.config.fault
         if fault.os_error_stage == self.stage and self.batches_done == fault.error_after_batches:
             maybe_fire_fault(self.out_dir, self.stage, "oserror")
+        started = time.perf_counter()
         outcome = batch.column("outcome")
         kept = batch.filter(pc.equal(outcome, "kept"))
         rejected = batch.filter(pc.equal(outcome, "rejected"))
@@ -688,14 +698,19 @@ class WriteSynthesized:
             ]
         )
         self.batches_done += 1
+        self.meter.batch(batch.num_rows, time.perf_counter() - started)
+        for name, table in (("kept", kept), ("rejected", rejected), ("error", errors)):
+            metrics.count("vf3d_rows_written", table.num_rows, pipeline="synthesize", outcome=name)
         stages: dict[str, dict[str, Any]] = {}
         for trace in batch.column("trace").to_pylist():
             for stage, entry in json.loads(trace).items():
-                totals = stages.setdefault(stage, {"items": 0, "seconds": 0.0, "actors": []})
+                totals = stages.setdefault(stage, {"items": 0, "seconds": 0.0, "actors": [], "alive": {}})
                 totals["items"] += 1
                 totals["seconds"] += entry["seconds"]
                 if entry["actor"] not in totals["actors"]:
                     totals["actors"].append(entry["actor"])
+                if "alive" in entry:  # the longest an actor had lived at any of its batches
+                    totals["alive"][entry["actor"]] = max(totals["alive"].get(entry["actor"], 0.0), entry["alive"])
         reasons: dict[str, int] = {}
         for row_reasons in rejected.column("reasons").to_pylist():
             for reason in row_reasons:

@@ -31,11 +31,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.config import ConfigError
 from vf3d.data import shards
 from vf3d.data.assets import asset_id, caption_for, load_captions
 from vf3d.data.manifest import IdSet
+from vf3d.models.video.config import is_orbit_video_index
 from vf3d.synthesis.config import SynthesizeConfig
 from vf3d.synthesis.failures import failure_summary
 from vf3d.synthesis.lease import LeaseHeldError, OutputLease
@@ -72,8 +74,9 @@ class SynthesisInputs:
     """string [n], unique and non-empty."""
     needs_text_to_image: bool
     images_root: str
-    path: Path | None = None
-    """The --prompts table (Parquet, CSV or JSONL), read by Ray Data; None for a folder."""
+    path: Path | str | None = None
+    """The --prompts table (Parquet, CSV or JSONL; a local path or a URI), read by Ray Data; None
+    for a folder."""
     format: str = "parquet"
     """"parquet", "csv" or "jsonl" (with `path`)."""
     table: pa.Table | None = None
@@ -93,13 +96,18 @@ class SynthesisInputs:
 
         if self.table is not None:
             return ray.data.from_arrow(self.table)
+        path, filesystem = storage.arrow_source(self.path)
         if self.format == "csv":
             import pyarrow.csv as pacsv
 
-            return ray.data.read_csv(str(self.path), convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES))
+            return ray.data.read_csv(path, filesystem=filesystem, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES))
         if self.format == "jsonl":
-            return ray.data.read_json(str(self.path), lines=True, file_extensions=None)
-        return ray.data.read_parquet(str(self.path))
+            if filesystem is None:
+                return ray.data.read_json(path, lines=True, file_extensions=None)
+            # Ray Data refuses `filesystem=` with lines=True (its pandas reader); pyarrow's JSON
+            # reader, which it uses otherwise, reads JSON Lines itself (as `read_inputs` does).
+            return ray.data.read_json(path, filesystem=filesystem, file_extensions=None)
+        return ray.data.read_parquet(path, filesystem=filesystem)
 
 
 CSV_COLUMN_TYPES = {"id": pa.string(), "prompt": pa.string(), "image": pa.string()}
@@ -108,45 +116,45 @@ INPUT_BLOCK_BYTES = 16 << 20
 """CSV/JSONL inputs are parsed in blocks of this size; only the ids of each block are kept."""
 
 
-def read_inputs(prompts: Path) -> SynthesisInputs:
+def read_inputs(prompts: Path | str) -> SynthesisInputs:
     """Index --prompts: a Parquet/CSV/JSONL table (`id`, `prompt`, optional `image`, `elevation`)
-    or a folder of images (ids from their relative paths, prompts from captions or file names).
+    or a folder of images (ids from their relative paths, prompts from captions or file names);
+    a local path or an object-store URI.
 
     Tables are streamed: the driver keeps the `id` column only (and whether any `image` is null),
     whatever the size of the rows."""
-    prompts = Path(prompts)
-    if prompts.is_dir():
-        paths = sorted(
-            (path for path in prompts.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()),
-            key=lambda path: path.relative_to(prompts).as_posix(),
-        )
-        if not paths:
+    prompts = storage.local_or_uri(prompts)
+    if storage.is_dir(prompts):
+        # Relative POSIX paths, sorted; on an object store one recursive listing of the folder.
+        relative = [name for name in storage.walk_files(prompts) if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+        if not relative:
             raise InputError(f"--prompts folder holds no images ({', '.join(IMAGE_SUFFIXES)}): {prompts}")
         captions = load_captions(prompts)
-        relative = [path.relative_to(prompts).as_posix() for path in paths]
         table = pa.table(
             {
                 "id": [asset_id(name) for name in relative],
-                "prompt": [caption_for(path, prompts, captions) for path in paths],
+                "prompt": [caption_for(name, ".", captions) for name in relative],
                 "image": relative,
             }
         )
         ids, id_set = _checked_ids(table.column("id"), prompts)
         return SynthesisInputs(ids=ids, needs_text_to_image=False, images_root=str(prompts), table=table, _id_set=id_set)
-    if not prompts.is_file():
+    if not storage.is_file(prompts):
         raise InputError(f"--prompts not found: {prompts}")
-    suffix = prompts.suffix.lower()
+    prompts_name = storage.name(prompts)
+    suffix = Path(prompts_name).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise InputError(f"--prompts must be a folder of images or a {'/'.join(TABLE_SUFFIXES)} file, got {prompts.name!r}")
+        raise InputError(f"--prompts must be a folder of images or a {'/'.join(TABLE_SUFFIXES)} file, got {prompts_name!r}")
+    source, filesystem = storage.arrow_source(prompts)
     try:
         if suffix in (".parquet", ".pq"):
-            schema = pq.read_schema(prompts)
+            schema = pq.read_schema(source, filesystem=filesystem)
             _check_columns(schema.names, prompts)
-            ids, id_set = _checked_ids(pq.read_table(prompts, columns=["id"]).column("id"), prompts)
+            ids, id_set = _checked_ids(pq.read_table(source, columns=["id"], filesystem=filesystem).column("id"), prompts)
             return SynthesisInputs(
                 ids=ids,
                 needs_text_to_image=_parquet_needs_text_to_image(prompts, schema.names),
-                images_root=str(prompts.parent),
+                images_root=str(storage.parent(prompts)),
                 path=prompts,
                 _id_set=id_set,
             )
@@ -155,13 +163,15 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
 
             read_options = pacsv.ReadOptions(block_size=INPUT_BLOCK_BYTES)
             with pacsv.open_csv(
-                prompts, read_options=read_options, convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=[])
+                storage.open_input(prompts),
+                read_options=read_options,
+                convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=[]),
             ) as reader:
                 names = reader.schema.names  # the header (with include_columns=[], no cell is converted)
             _check_columns(names, prompts)
             wanted = [name for name in ("id", "image") if name in names]
             batches = pacsv.open_csv(
-                prompts,
+                storage.open_input(prompts),
                 read_options=read_options,
                 convert_options=pacsv.ConvertOptions(column_types=CSV_COLUMN_TYPES, include_columns=wanted),
             )
@@ -169,7 +179,7 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
         else:
             import pyarrow.json as pajson
 
-            batches = pajson.open_json(prompts, read_options=pajson.ReadOptions(block_size=INPUT_BLOCK_BYTES))
+            batches = pajson.open_json(storage.open_input(prompts), read_options=pajson.ReadOptions(block_size=INPUT_BLOCK_BYTES))
             names = None
             fmt = "jsonl"
         chunks, needs, seen_names = [], "image" not in (names or ["image"]), set()
@@ -186,7 +196,9 @@ def read_inputs(prompts: Path) -> SynthesisInputs:
     _check_columns(names if names is not None else sorted(seen_names), prompts)
     ids_column = pa.chunked_array(chunks, pa.string()) if chunks else pa.chunked_array([], pa.string())
     ids, id_set = _checked_ids(ids_column, prompts)
-    return SynthesisInputs(ids=ids, needs_text_to_image=needs, images_root=str(prompts.parent), path=prompts, format=fmt, _id_set=id_set)
+    return SynthesisInputs(
+        ids=ids, needs_text_to_image=needs, images_root=str(storage.parent(prompts)), path=prompts, format=fmt, _id_set=id_set
+    )
 
 
 def _check_columns(names: list[str], path: Path) -> None:
@@ -217,11 +229,12 @@ def _checked_ids(column: pa.ChunkedArray | pa.Array, path: Path) -> tuple[pa.Arr
     return ids, id_set
 
 
-def _parquet_needs_text_to_image(path: Path, names: list[str]) -> bool:
+def _parquet_needs_text_to_image(path: Path | str, names: list[str]) -> bool:
     """Whether any row has no image, from the Parquet footer's null counts (no image is read)."""
     if "image" not in names:
         return True
-    metadata = pq.ParquetFile(path).metadata
+    with storage.open_input(path) as file:
+        metadata = pq.ParquetFile(file).metadata
     column = names.index("image")
     for group in range(metadata.num_row_groups):
         statistics = metadata.row_group(group).column(column).statistics
@@ -247,7 +260,7 @@ class ResumePlan:
     """Error files moved to `_errors/_retried/` because their ids are retried."""
 
 
-def plan_resume(inputs: SynthesisInputs, out_dir: Path, retry_errors: bool) -> ResumePlan:
+def plan_resume(inputs: SynthesisInputs, out_dir: Path | str, retry_errors: bool) -> ResumePlan:
     """Index the output directory once (manifests, plus the id column of shards without one),
     fold the index into one manifest file, and work out what this run has left to do.
 
@@ -282,48 +295,50 @@ def _marks(inputs_set: IdSet, ids: pa.Array) -> np.ndarray:
     return marks
 
 
-def finished_ids(out_dir: Path, retry_errors: bool) -> tuple[set[str], set[str], set[str]]:
+def finished_ids(out_dir: Path | str, retry_errors: bool) -> tuple[set[str], set[str], set[str]]:
     """(kept, rejected, failed) ids already in `out_dir`; failed is empty when errors are retried."""
     index = shards.index_shards(out_dir)
     as_set = lambda table: set(index.ids(table).to_pylist())  # noqa: E731
     return as_set("orbits"), as_set("rejected"), set() if retry_errors else as_set("errors")
 
 
-def _archive_retried_errors(out_dir: Path, files: list[str]) -> int:
+def _archive_retried_errors(out_dir: Path | str, files: list[str]) -> int:
     """Move the error files `files` (they hold ids about to be retried) into `_errors/_retried/`
     (nothing is deleted; readers skip the folder), so a retried id cannot end up in two tables.
     Returns files moved."""
-    folder = out_dir / shards.ERRORS_DIRNAME
+    folder = storage.join(out_dir, shards.ERRORS_DIRNAME)
+    archive = storage.join(folder, RETRIED_DIRNAME)
+    storage.makedirs(archive)
     for name in files:
-        archive = folder / RETRIED_DIRNAME
-        archive.mkdir(exist_ok=True)
-        (folder / name).replace(archive / f"{time.strftime('%Y%m%dT%H%M%S')}-{name}")
+        storage.move(storage.join(folder, name), storage.join(archive, f"{time.strftime('%Y%m%dT%H%M%S')}-{name}"))
     return len(files)
 
 
-def video_model_settings(video_model: Path) -> dict[str, Any]:
+def video_model_settings(video_model: Path | str) -> dict[str, Any]:
     """model_index.json of a fine-tuned orbit video model (resolution, num_views); clear errors for
     anything else (a missing folder, a base Wan model not yet fine-tuned)."""
-    index = Path(video_model) / "model_index.json"
-    if not index.is_file():
+    index = storage.join(video_model, "model_index.json")
+    if not storage.is_file(index):
         raise ConfigError(
             f"--video-model {video_model} is not a diffusers pipeline directory (no model_index.json); make one with `vf3d finetune-video`"
         )
-    settings = json.loads(index.read_text())
-    if settings.get("_class_name") != "OrbitVideoPipeline":
+    settings = json.loads(storage.read_text(index))
+    if not is_orbit_video_index(settings):
         raise ConfigError(
             f"--video-model {video_model} holds a {settings.get('_class_name')} pipeline, not a fine-tuned orbit video model; run `vf3d finetune-video` on it first"
         )
     return settings
 
 
-def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: SynthesizeConfig, log=print) -> dict[str, Any]:
+def synthesize(prompts: Path | str, video_model: Path | str, out_dir: Path | str, config: SynthesizeConfig, log=print) -> dict[str, Any]:
     """Run the synthesis pipeline on the connected Ray cluster; returns (and writes) the summary.
 
-    Holds `out_dir`'s lease (vf3d.synthesis.lease) from planning to the summary: a second run on
-    the same directory refuses with the holder's host, pid and start time."""
+    Every location may be a local path or an object-store URI (vf3d.storage). Holds `out_dir`'s
+    lease (vf3d.synthesis.lease) from planning to the summary: a second run on the same directory
+    refuses with the holder's host, pid and start time."""
     config = config.validate()
-    out_dir, video_model = Path(out_dir), Path(video_model).resolve()
+    out_dir = storage.local_or_uri(out_dir)
+    video_model = video_model if storage.is_uri(video_model) else Path(video_model).resolve()
     settings = video_model_settings(video_model)
     inputs = read_inputs(prompts)
     if inputs.needs_text_to_image and config.generation.text_to_image_path is None and not config.generation.random_text_to_image:
@@ -333,10 +348,10 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
     if config.filter.probe_path is not None:
         from vf3d.models.quality_filter import QualityProbe
 
-        QualityProbe.load_config(config.filter.probe_path)  # a wrong directory fails now, not in every actor
-    out_dir.mkdir(parents=True, exist_ok=True)
+        QualityProbe.load_config(storage.cached_local_copy(config.filter.probe_path))  # a wrong directory fails now, not in every actor
+    storage.makedirs(out_dir)
     with OutputLease(out_dir, config.lease, command="synthesize", log=log) as lease:
-        config_lib.save_json(config, out_dir / "synthesize_config.json")
+        config_lib.save_json(config, storage.join(out_dir, "synthesize_config.json"))
         plan = plan_resume(inputs, out_dir, config.retry_errors)
         if plan.retried_files:
             log(f"retrying inputs that failed before ({plan.retried_files} error files moved to _errors/{RETRIED_DIRNAME}/)")
@@ -371,7 +386,7 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
         summary["failures"] = failure_summary(
             out_dir, since=started_at, pending=plan.pending, finished=finished, max_errored_blocks=config.failures.max_errored_blocks
         )
-        write_json_atomic(out_dir / SUMMARY_NAME, summary)
+        write_json_atomic(storage.join(out_dir, SUMMARY_NAME), summary)
     log(
         f"synthesize: {summary['kept_total']} kept, {summary['rejected_total']} rejected, {summary['errors_total']} errors of {summary['inputs']} inputs in {out_dir} "
         f"({summary['videos_this_run']} videos in {summary['seconds']} s, {summary['videos_per_second']} videos/s, pass rate {summary['pass_rate']})"
@@ -379,7 +394,9 @@ def synthesize(prompts: Path, video_model: Path, out_dir: Path, config: Synthesi
     return summary
 
 
-def _build_pipeline(inputs: SynthesisInputs, done: IdSet, video_model: Path, resolution: int, out_dir: Path, config: SynthesizeConfig):
+def _build_pipeline(
+    inputs: SynthesisInputs, done: IdSet, video_model: Path | str, resolution: int, out_dir: Path | str, config: SynthesizeConfig
+):
     """The Ray Data chain: prepare → FirstFrames → GenerateOrbits (GPU pools) → ForegroundMasks
     (CPU: masks, heuristics, probe views) → FilterOrbits (GPU, only with a probe) → EncodeOrbits
     (CPU: PNG shard rows) → WriteSynthesized (writer pool). Returns the dataset of per-batch counts.
@@ -432,10 +449,12 @@ def _accumulate(totals: dict[str, Any], row: dict[str, Any]) -> None:
     for key in ("kept", "rejected", "errors"):
         totals[key] += int(row[key])
     for stage, entry in json.loads(row["stages"]).items():
-        stage_totals = totals["stages"].setdefault(stage, {"items": 0, "seconds": 0.0, "actors": []})
+        stage_totals = totals["stages"].setdefault(stage, {"items": 0, "seconds": 0.0, "actors": [], "alive": {}})
         stage_totals["items"] += entry["items"]
         stage_totals["seconds"] += entry["seconds"]
         stage_totals["actors"].extend(actor for actor in entry["actors"] if actor not in stage_totals["actors"])
+        for actor, alive in entry.get("alive", {}).items():
+            stage_totals["alive"][actor] = max(stage_totals["alive"].get(actor, 0.0), alive)
     for key in ("reasons", "error_stages"):
         for name, count in json.loads(row[key]).items():
             totals[key][name] = totals[key].get(name, 0) + count
@@ -513,6 +532,9 @@ def _summary(
                 "batch_size": pool.batch_size,
             },
             "gpu_hours": round(entry["seconds"] * pool.num_gpus / 3600, 6),
+            # Billed: each actor's GPUs from its start to its last batch, busy or not (model loading,
+            # waiting for inputs); the tail until Ray Data ends the actor is not seen here.
+            "gpu_hours_billed": round(sum(entry.get("alive", {}).values()) * pool.num_gpus / 3600, 6),
         }
     kept_total, rejected_total = checks["kept_total"], checks["rejected_total"]
     return {
@@ -528,6 +550,8 @@ def _summary(
         "seconds": round(seconds, 2),
         "videos_per_second": round(videos / seconds, 4) if seconds > 0 and videos else 0.0,
         "gpu_hours": round(sum(stage["gpu_hours"] for stage in stages.values()), 6),
+        "gpu_hours_busy": round(sum(stage["gpu_hours"] for stage in stages.values()), 6),
+        "gpu_hours_billed": round(sum(stage["gpu_hours_billed"] for stage in stages.values()), 6),
         "stages": stages,
         "reject_reasons": totals["reasons"],
         "errors_by_stage": totals["error_stages"],

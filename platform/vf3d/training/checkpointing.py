@@ -16,7 +16,10 @@ checkpoint in the run's storage therefore looks like:
             zero_pp_rank_<r>_mp_rank_00_model_states.pt   ZeRO 3: rank r's parameter shard
 
 `restore` loads it back on every rank (each rank reading its own shard); `consolidate` turns it
-into one full fp32 state dict for export, without DeepSpeed or a process group.
+into one full fp32 state dict for export, without DeepSpeed or a process group. When the run's
+storage is an object store (`run.storage_path` s3://, gs://), each rank downloads only the files
+it loads: the shared ones and its own `zero_pp_rank_<r>_` shards, not every rank's (DeepSpeed,
+with `elastic_checkpoint` off, reads only its own rank's shard files).
 
 Checkpoints live in shared storage that every worker resumes from, and a `.pt` file is a pickle: a
 crafted one would run its payload on each worker that loads it. Both `restore` and `consolidate`
@@ -145,8 +148,43 @@ def restore(engine: DeepSpeedEngine) -> int:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
-    with checkpoint.as_directory() as directory:
+    import pyarrow.fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        with checkpoint.as_directory() as directory:
+            return restore_from_directory(engine, directory, label=checkpoint.path)
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory(prefix=f"vf3d-restore-rank{rank}-") as directory:
+        fetch_rank_files(checkpoint.filesystem, checkpoint.path, directory, rank)
         return restore_from_directory(engine, directory, label=checkpoint.path)
+
+
+_RANK_SHARD = re.compile(r"zero_pp_rank_(\d+)_")
+
+
+def fetch_rank_files(filesystem, root: str, directory: str | os.PathLike, rank: int) -> list[str]:
+    """Download the files of the checkpoint at `root` (on `filesystem`, a pyarrow filesystem) that
+    rank `rank` loads into the local `directory`: every file except other ranks' ZeRO shards
+    (`zero_pp_rank_<r>_...` with r ≠ rank). Returns the relative paths fetched, sorted."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    root = root.rstrip("/")
+    fetched = []
+    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path[len(root) + 1 :]
+        shard = _RANK_SHARD.search(Path(relative).name)
+        if shard is not None and int(shard.group(1)) != rank:
+            continue
+        target = Path(directory, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with filesystem.open_input_stream(info.path) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, 8 << 20)
+        fetched.append(relative)
+    return sorted(fetched)
 
 
 def restore_from_directory(engine: DeepSpeedEngine, directory: str | os.PathLike, label: str | None = None) -> int:
@@ -185,6 +223,18 @@ def restore_from_directory(engine: DeepSpeedEngine, directory: str | os.PathLike
     return int(metadata["step"])
 
 
+@contextlib.contextmanager
+def _prints_silenced(module):
+    """`print` inside `module` does nothing while the body runs (a module global shadows the
+    builtin). DeepSpeed's zero_to_fp32 prints a line per step of its merge, and in a Ray Train
+    worker print goes to the logger, so redirecting stdout would not quiet it."""
+    module.print = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del module.print
+
+
 def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[str, torch.Tensor]:
     """One full fp32 state dict (CPU tensors, the module's own keys) from a checkpoint of any stage.
 
@@ -198,7 +248,7 @@ def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[st
     if hasattr(checkpoint, "as_directory"):
         with checkpoint.as_directory() as directory:
             return consolidate(directory)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils import zero_to_fp32
 
     metadata = read_metadata(checkpoint)
     tag_dir = Path(checkpoint, metadata["tag"])
@@ -209,8 +259,8 @@ def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[st
         # would run whatever the checkpoint's author wrote). Its own torch.load asks for
         # weights_only=False, which the scope overrides.
         try:
-            with weights_only_loads():
-                state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=metadata["tag"])
+            with weights_only_loads(), _prints_silenced(zero_to_fp32):
+                state_dict = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=metadata["tag"])
         except pickle.UnpicklingError as error:
             # Say which file it was (DeepSpeed's error does not): reread them, on this path only.
             for path in sorted(tag_dir.glob("*.pt")):

@@ -52,6 +52,10 @@ class DeepSpeedConfig(ConfigBase):
     offload_optimizer: bool = False
     """Keep the optimizer state in host memory (ZeRO-Offload; stages 2 and 3, GPU runs only: on the
     CPU it already lives there)."""
+    cpu_shared_memory_comm: bool = False
+    """On the CPU, let DeepSpeed reduce gradients through its shared-memory op instead of gloo.
+    The op is C++ compiled on first use (minutes on a small machine, once per environment), so it
+    is off by default: CPU training here is for debug-size runs, where gloo is fast enough."""
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [(not self.offload_optimizer or self.zero_stage >= 2, f"{at.offload_optimizer} needs {at.zero_stage} 2 or 3")]
@@ -119,6 +123,24 @@ class RunSettings(ConfigBase):
 
 
 @dataclass
+class TrackingSettings(ConfigBase):
+    """Where rank 0 logs the training scalars (loss terms, learning rate, throughput) every
+    `run.log_every_n_steps` steps (vf3d.training.tracking)."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files (read them with `tensorboard --logdir DIR`; no server runs
+    during training)."""
+    tensorboard_dir: str | None = None
+    """Directory of the event files; None: `tensorboard/` in the command's output directory."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server or store (`http://host:5000`, `file:///path/mlruns`); None: the
+    MLFLOW_TRACKING_URI environment variable; with neither, nothing is logged to MLflow. Needs
+    the `mlflow` extra (`pip install mlflow-skinny` is enough for a client)."""
+    mlflow_experiment: str = "vf3d"
+    """MLflow experiment the runs are logged under (a run is named after `run.name`)."""
+
+
+@dataclass
 class TrainingConfig(ConfigBase):
     """Everything the shared training harness needs, apart from the model and its data."""
 
@@ -128,6 +150,7 @@ class TrainingConfig(ConfigBase):
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     fault_injection: FaultInjection = field(default_factory=FaultInjection)
     run: RunSettings = field(default_factory=RunSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         fault = self.fault_injection

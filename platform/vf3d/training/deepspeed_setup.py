@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from vf3d.training.config import OptimizerConfig, TrainingConfig
@@ -89,6 +90,21 @@ def learning_rate_multiplier(step: int, optimizer: OptimizerConfig, max_steps: i
     return optimizer.min_lr_ratio + (1.0 - optimizer.min_lr_ratio) * cosine
 
 
+def _skip_shared_memory_comm(deepspeed) -> None:
+    """Make DeepSpeed's CPU communication backend use gloo instead of building its shared-memory op.
+
+    DeepSpeed builds that C++ op the first time a CPU process group starts, if its compatibility
+    probe says the op can be built; marking it incompatible in the probe's table (a module-level
+    dict DeepSpeed consults, per process) is the one switch it offers. Nothing else changes:
+    torch.distributed's gloo all-reduce is what runs instead.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def initialize(model: torch.nn.Module, config: TrainingConfig) -> DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine with our AdamW and warm-up/cosine schedule.
 
@@ -106,6 +122,11 @@ def initialize(model: torch.nn.Module, config: TrainingConfig) -> DeepSpeedEngin
         os.environ["DS_ACCELERATOR"] = "cpu"
     import deepspeed
 
+    # DeepSpeed's ZeRO gathers call a torch.distributed function that torch deprecated: one
+    # FutureWarning per call from every rank, about code that is not ours to change.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated", category=FutureWarning)
+    if not use_cuda and not config.deepspeed.cpu_shared_memory_comm:
+        _skip_shared_memory_comm(deepspeed)
     settings = config.optimizer
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay),

@@ -10,21 +10,26 @@ model-specific parts (torchtitan style), and the driver-side helpers around `run
     while step < training.run.max_steps:
         task.begin_step(step); inject_fault_if_due(training, step + 1)
         terms = task.train_step(engine, step); step += 1          # forward, backward, optimizer step
+        every rank: Ray metrics of the step (vf3d.metrics); rank 0 every run.log_every_n_steps:
+        scalars to TensorBoard / MLflow (vf3d.training.tracking)
         log (rank 0) / validate / checkpoint when step % every_n == 0, at the last step, and (validate,
         checkpoint) where task.stage_ends(step)
-    result = task.finish(engine, state); rank 0: task.export(ray.train.get_checkpoint())
+    result = task.finish(engine, state) + {"gpu_time": ...}; rank 0: task.export(ray.train.get_checkpoint())
 
 Imports of ray and torch stay inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from vf3d import storage
 
 if TYPE_CHECKING:
     import ray.train
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 RUNS_DIRNAME = "training_runs"
 """Checkpoints live under OUT/training_runs/<run name>/ unless run.storage_path says otherwise."""
+TENSORBOARD_DIRNAME = "tensorboard"
+"""TensorBoard event files live under OUT/tensorboard/ unless tracking.tensorboard_dir says otherwise."""
 
 
 class Window:
@@ -58,6 +65,24 @@ class Window:
 
     def steps_per_second(self) -> float:
         return len(self.terms) / (time.perf_counter() - self.started)
+
+
+def progress_line(label: str, step: int, max_steps: int, window: Window) -> str:
+    """ "[label] step 40/120 (33%, 1.52 steps/s, ETA 53 s)": where a run stands, its speed over
+    `window` (the steps since the last line) and the time the rest takes at that speed."""
+    rate = window.steps_per_second() if len(window) else 0.0
+    remaining = (max_steps - step) / rate if rate > 0 else float("nan")
+    eta = "?" if remaining != remaining else f"{remaining:.0f} s" if remaining < 120 else f"{remaining / 60:.1f} min"
+    return f"[{label}] step {step}/{max_steps} ({100 * step / max(max_steps, 1):.0f}%, {rate:.2f} steps/s, ETA {eta})"
+
+
+def worker_print(line: str) -> None:
+    """Print one line from a training worker, once.
+
+    Ray Train routes a worker's `print` to its logger as well as to the worker's (replaced)
+    sys.stdout, so each line reached the driver twice; the process's own stdout (what Ray
+    streams to the driver) takes it once."""
+    print(line, file=sys.__stdout__, flush=True)
 
 
 @dataclass
@@ -111,7 +136,10 @@ class TrainTask:
         return False
 
     def log(self, step: int, window: Window) -> None:
-        """Rank 0: report the steps in `window` (those since the last log)."""
+        """Rank 0: report the steps in `window` (those since the last log); by default one
+        progress line with the mean loss terms."""
+        terms = ", ".join(f"{key} {value:.4f}" for key, value in window.means().items())
+        worker_print(progress_line(self.label, step, self.training.run.max_steps, window) + f": {terms}")
 
     def validate(self, engine, step: int) -> dict[str, Any] | None:
         """Validation metrics after `step` steps (None where this rank does not validate)."""
@@ -141,8 +169,10 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
     import ray.train
     import torch
 
+    from vf3d import metrics
     from vf3d.ray_runtime import require_usable_gpus
     from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.training.tracking import ScalarTracker, learning_rate
 
     require_usable_gpus(f"{task_class.label} worker")
     training = training_config_from(config)
@@ -156,13 +186,32 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
     if task.validate_every_n_steps and state.step == 0:
         state.first_validation = task.validate(engine, 0)
     max_steps = training.run.max_steps
-    since_log, since_checkpoint = Window(), Window()
+    since_log, since_checkpoint, since_track = Window(), Window(), Window()
+    # Rank 0 logs scalars (TensorBoard, MLflow when configured); every rank reports its steps,
+    # busy time and GPUs to the Ray metrics (vf3d.metrics), and its busy seconds for the summary.
+    tracker = ScalarTracker(training, task_class.label, resumed_from=state.start) if rank == 0 else None
+    gpus = metrics.assigned_gpus()
+    meter = metrics.StageMeter(task_class.label, "train_step", gpus=gpus)
+    samples_per_step = training.run.batch_size * training.deepspeed.gradient_accumulation_steps
+    world_size = ray.train.get_context().get_world_size()
+    loop_started, busy_seconds = time.perf_counter(), 0.0
     while state.step < max_steps:
         task.begin_step(state.step)
         inject_fault_if_due(training, state.step + 1)
+        step_started = time.perf_counter()
         terms = task.train_step(engine, state.step)
+        step_seconds = time.perf_counter() - step_started
+        busy_seconds += step_seconds
+        meter.batch(samples_per_step, step_seconds)
         state.step += 1
         step = state.step
+        if tracker is not None:
+            metrics.count("vf3d_train_steps", 1, pipeline=task_class.label)
+            since_track.add(terms)
+            if step % training.run.log_every_n_steps == 0 or step == max_steps:
+                rate = since_track.steps_per_second()
+                tracker.log(step, since_track.means(), learning_rate(engine), rate, rate * samples_per_step * world_size)
+                since_track = Window()
         if task.log_every_n_steps:
             since_log.add(terms)
         since_checkpoint.add(terms)
@@ -178,19 +227,56 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
             save(engine, step, task.checkpoint_metrics(step, since_checkpoint, state), extra=task.checkpoint_extra())
             since_checkpoint = Window()
     result = task.finish(engine, state)
+    # What the summary's GPU-hours are computed from (this worker group's; ranks run in lockstep).
+    result["gpu_time"] = {
+        "gpus_per_worker": gpus,
+        "world_size": world_size,
+        "busy_seconds": round(busy_seconds, 3),
+        "loop_seconds": round(time.perf_counter() - loop_started, 3),
+    }
+    if tracker is not None:
+        tracker.close({key: value for key, value in result.items() if isinstance(value, (int, float))})
     if rank == 0:
         task.export(ray.train.get_checkpoint())
     return result
 
 
 def use_default_storage(training: TrainingConfig, out_dir: Path) -> None:
-    """Checkpoints under `out_dir`/training_runs unless `training.run.storage_path` is set."""
+    """Checkpoints under `out_dir`/training_runs unless `training.run.storage_path` is set, and
+    TensorBoard event files under `out_dir`/tensorboard unless `training.tracking.tensorboard_dir` is."""
+    if storage.is_uri(out_dir):
+        # Checkpoints go beside the model on the object store (Ray Train uploads them); the
+        # TensorBoard writer needs a local directory, so its files stay on the rank-0 node.
+        if training.run.storage_path is None:
+            training.run.storage_path = str(storage.join(out_dir, RUNS_DIRNAME))
+        if training.tracking.tensorboard_dir is None:
+            import tempfile
+
+            training.tracking.tensorboard_dir = str(Path(tempfile.gettempdir(), "vf3d-tensorboard", training.run.name))
+        return
     if training.run.storage_path is None:
         training.run.storage_path = str((Path(out_dir) / RUNS_DIRNAME).resolve())
+    if training.tracking.tensorboard_dir is None:
+        training.tracking.tensorboard_dir = str((Path(out_dir) / TENSORBOARD_DIRNAME).resolve())
 
 
 def run_summary(outcome: dict[str, Any], result: ray.train.Result, started: float, out_dir: Path, **fields: Any) -> dict[str, Any]:
     """A driver's summary: rank 0's `outcome`, the driver's `fields`, time taken (since the
-    `time.perf_counter()` value `started`), the model directory and the latest checkpoint."""
+    `time.perf_counter()` value `started`), the model directory, the latest checkpoint, and GPU-hours:
+    `gpu_hours_billed` (GPUs the worker group held × the run's wall time, start-up and restarts
+    included) beside `gpu_hours_busy` (GPUs × the time the steps ran; the last worker group's)."""
     checkpoint = str(result.checkpoint.path) if result.checkpoint else None
-    return {**outcome, **fields, "seconds": round(time.perf_counter() - started, 1), "model_dir": str(out_dir), "checkpoint": checkpoint}
+    seconds = time.perf_counter() - started
+    gpu_time = outcome.pop("gpu_time", None) or {}
+    gpus = gpu_time.get("gpus_per_worker", 0.0) * gpu_time.get("world_size", 0)
+    return {
+        **outcome,
+        **fields,
+        "seconds": round(seconds, 1),
+        "gpus": gpus,
+        "gpu_hours_billed": round(gpus * seconds / 3600, 6),
+        "gpu_hours_busy": round(gpus * gpu_time.get("busy_seconds", 0.0) / 3600, 6),
+        "step_seconds": gpu_time.get("busy_seconds"),
+        "model_dir": str(out_dir),
+        "checkpoint": checkpoint,
+    }

@@ -17,6 +17,7 @@ data and pixel loss at fixed steps; a resumed run continues in the stage its ste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import time
@@ -27,10 +28,11 @@ import numpy as np
 import pyarrow.compute as pc
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.data.reconstruction_views import source_inputs, validation_views
 from vf3d.training.config import ReconStage, TrainReconConfig
-from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
+from vf3d.training.loop import LoopState, TrainTask, Window, progress_line, run_loop, run_summary, use_default_storage, worker_print
 
 if TYPE_CHECKING:
     import torch
@@ -217,6 +219,10 @@ class ReconTask(TrainTask):
 
     `config` holds "recon" (TrainReconConfig as a dict), "out_dir", "validation_records" (paths
     and ids of held-out orbits) and the harness's "training" settings.
+
+    When "out_dir" is an object-store URI, rank 0 keeps the logs and plots in a local mirror
+    directory (what appending and matplotlib need) and publishes each file to the URI after every
+    change; the model is exported to the URI itself.
     """
 
     label = "train-recon"
@@ -224,7 +230,8 @@ class ReconTask(TrainTask):
     def __init__(self, config: dict[str, Any], training, rank: int) -> None:
         super().__init__(config, training, rank)
         self.recon = config_lib.from_dict(TrainReconConfig, config["recon"])
-        self.out_dir = Path(config["out_dir"])
+        self.out_uri = config["out_dir"] if storage.is_uri(config["out_dir"]) else None
+        self.out_dir = _local_mirror(self.out_uri) if self.out_uri else Path(config["out_dir"])
         self.log_every_n_steps = training.run.log_every_n_steps
         self.validate_every_n_steps = self.recon.validation.every_n_steps
         self.iterators: dict[str, Any] = {}
@@ -282,10 +289,9 @@ class ReconTask(TrainTask):
             self.announced = stage.name
             if self.rank == 0:
                 pixel_loss = "on" if stage.pixel_loss else "off"
-                print(
+                worker_print(
                     f"[train-recon] step {step}: stage {stage_index + 1}/{len(stages)} {stage.name!r} ({stage.data} data, "
-                    f"{stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {pixel_loss})",
-                    flush=True,
+                    f"{stage.render_resolution}px renders, {stage.crop_size}px crops, pixel loss {pixel_loss})"
                 )
 
     def train_step(self, engine, step: int) -> dict[str, float]:
@@ -308,8 +314,8 @@ class ReconTask(TrainTask):
         loss, terms = self.loss_fn(rgb, opacity, batch["target_images"], batch["target_masks"], planes.float(), pixel_loss=stage.pixel_loss)
         engine.backward(loss)
         engine.step()
-        self.loss = float(loss)
-        return {"loss": float(loss), **terms}
+        self.loss = loss.item()
+        return {"loss": self.loss, **terms}
 
     def stage_ends(self, step: int) -> bool:
         return stage_at(self.recon.stages, step)[1].name != self.stage.name
@@ -321,8 +327,9 @@ class ReconTask(TrainTask):
         record = {"step": step, "stage": stage, **window.means(), "steps_per_second": window.steps_per_second()}
         append_jsonl(self.out_dir / TRAIN_LOG, record)
         plot_curves(read_jsonl(self.out_dir / TRAIN_LOG), self.out_dir / "loss_curves.png")
-        values = ", ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("step", "stage"))
-        print(f"[train-recon] step {step}/{self.training.run.max_steps} {stage}: " + values, flush=True)
+        self._publish(TRAIN_LOG, "loss_curves.png")
+        values = ", ".join(f"{key} {value:.4f}" for key, value in record.items() if key not in ("step", "stage", "steps_per_second"))
+        worker_print(f"{progress_line(self.label, step, self.training.run.max_steps, window)} {stage}: {values}")
 
     def validate(self, engine, step: int) -> dict[str, Any] | None:
         from vf3d.plots import append_jsonl, plot_curves, read_jsonl
@@ -332,7 +339,16 @@ class ReconTask(TrainTask):
         metrics = self.validator(engine.module, step, self.stage.name, self.device)
         append_jsonl(self.out_dir / VALIDATION_LOG, metrics)
         plot_curves(read_jsonl(self.out_dir / VALIDATION_LOG), self.out_dir / "validation_curves.png", keys=["psnr", "ssim", "lpips"])
+        self._publish(VALIDATION_LOG, "validation_curves.png", "validation_grid.png")
         return metrics
+
+    def _publish(self, *names: str) -> None:
+        """With an object-store output: upload the mirror's files `names` (each whole, atomically)."""
+        if self.out_uri is None:
+            return
+        for name in names:
+            if (self.out_dir / name).is_file():
+                storage.publish_file(self.out_dir / name, str(storage.join(self.out_uri, name)))
 
     def checkpoint_metrics(self, step: int, window: Window, state: LoopState) -> dict[str, Any]:
         last = state.last_validation or {}
@@ -347,7 +363,22 @@ class ReconTask(TrainTask):
         return {**validations, "resumed_from": state.start, "steps": state.step}
 
     def export(self, checkpoint) -> None:
-        export_reconstructor(checkpoint, self.recon, self.out_dir)
+        export_reconstructor(checkpoint, self.recon, self.out_uri or self.out_dir)
+
+
+def _local_mirror(uri: str) -> Path:
+    """Rank 0's local directory for the logs of an object-store output `uri` (one per URI on a
+    node), seeded with the logs already there, so a resumed run appends to them."""
+    import tempfile
+
+    mirror = Path(tempfile.gettempdir(), "vf3d-train-recon", hashlib.sha1(uri.encode()).hexdigest()[:16])
+    mirror.mkdir(parents=True, exist_ok=True)
+    for name in (TRAIN_LOG, VALIDATION_LOG):
+        if storage.is_file(storage.join(uri, name)):
+            (mirror / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+        else:
+            (mirror / name).unlink(missing_ok=True)
+    return mirror
 
 
 def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -357,7 +388,7 @@ def train_recon_loop(config: dict[str, Any]) -> dict[str, Any]:
     return run_loop(ReconTask, config)
 
 
-def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path) -> Path:
+def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path | str) -> Path | str:
     """Consolidate a (ZeRO-sharded) checkpoint into a reconstructor directory at `out_dir`."""
     from vf3d.models.reconstructor import Reconstructor
     from vf3d.training import consolidate
@@ -385,7 +416,8 @@ def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, lo
     needed = sorted({stage.data for stage in config.stages})
     indexes = {name: shards.index_shards(sources[name], tables=("orbits",)) for name in needed}
     # Held-out objects come from the first stage's data and are never trained on.
-    validation_source = Path(sources[config.stages[0].data])
+    # Shard directories may be local paths or object-store URIs (vf3d.storage); never Path() a URI.
+    validation_source = storage.local_or_uri(sources[config.stages[0].data])
     ids = pc.unique(indexes[config.stages[0].data].ids("orbits")).to_pylist()
     held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
     if not held_out:
@@ -398,8 +430,8 @@ def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, lo
     counts = {}
     workers, batch_size = training.scaling.num_workers, training.run.batch_size
     for name in needed:
-        folder = Path(sources[name])
-        files = [folder / file for file in sorted(indexes[name].files("orbits"))]
+        folder = storage.local_or_uri(sources[name])
+        files = [storage.join(folder, file) for file in sorted(indexes[name].files("orbits"))]
         skip = excluded if folder == validation_source else set()
         count = len(indexes[name].ids("orbits")) - len(skip)
         # Every worker needs a full batch per epoch; tiny datasets also repeat to a useful epoch size.
@@ -435,11 +467,12 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
             )
     if config.init_path:
         config.model = Reconstructor.load_config(config.init_path)  # the weights decide the architecture
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # A local directory, or an object-store URI (then rank 0 mirrors its logs locally; see ReconTask).
+    out_dir = str(out_dir) if storage.is_uri(out_dir) else Path(out_dir).resolve()
+    storage.makedirs(out_dir)
     training = config.training
     use_default_storage(training, out_dir)
-    config_lib.save_json(config, out_dir / "train_recon_config.json")
+    config_lib.save_json(config, storage.join(out_dir, "train_recon_config.json"))
 
     inputs = prepare_inputs(sources, config, log)
     datasets, counts, held_out, excluded, validation_source = (
@@ -461,7 +494,10 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     loop_config = {
         "recon": config_lib.to_dict(config),
         "out_dir": str(out_dir),
-        "validation_records": [{"dir": str(validation_source.resolve()), "id": identifier} for identifier in held_out],
+        "validation_records": [
+            {"dir": str(validation_source if storage.is_uri(validation_source) else validation_source.resolve()), "id": identifier}
+            for identifier in held_out
+        ],
     }
     result = run_training(train_recon_loop, loop_config, training, datasets=datasets)
     outcome = result.return_value or {}
@@ -469,11 +505,13 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     # validation history from the log every group appended to.
     from vf3d.plots import read_jsonl
 
-    history = read_jsonl(out_dir / VALIDATION_LOG) if (out_dir / VALIDATION_LOG).is_file() else []
+    validation_log = storage.join(out_dir, VALIDATION_LOG)
+    with storage.local_copy(validation_log) if storage.is_file(validation_log) else contextlib.nullcontext() as local_log:
+        history = read_jsonl(local_log) if local_log is not None else []
     outcome["first_validation"] = history[0] if history and history[0]["step"] == 0 else outcome.get("first_validation")
     outcome["last_validation"] = history[-1] if history else outcome.get("last_validation")
     summary = run_summary(outcome, result, started, out_dir, orbits=counts, held_out=held_out)
-    write_json_atomic(out_dir / "train_recon_summary.json", summary)
+    write_json_atomic(storage.join(out_dir, "train_recon_summary.json"), summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
     log(
         f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "

@@ -12,7 +12,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vf3d import storage
 from vf3d.config import from_dict, to_dict
+from vf3d.ray_runtime import verbose_ray_logs
 from vf3d.training.config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -36,10 +38,21 @@ def training_config_from(loop_config: dict[str, Any]) -> TrainingConfig:
 
 def _storage_uri(storage_path: str | None) -> str | None:
     # Ray Train workers run in their own working directories, so a relative local path would
-    # point somewhere else in every process; URIs (s3://, gs://, ...) pass through untouched.
-    if storage_path is None or "://" in storage_path:
+    # point somewhere else in every process; URIs (s3://, gs://) pass through untouched.
+    if storage_path is None or storage.is_uri(storage_path):
         return storage_path
     return os.path.abspath(os.path.expanduser(storage_path))
+
+
+def _ray_storage(storage_uri: str | None) -> dict[str, Any]:
+    """RunConfig's storage arguments. For an object-store URI: the filesystem vf3d.storage builds
+    (endpoint, region and credentials from the standard variables, read in one place) and the
+    `bucket/prefix` path inside it; Ray Train then uploads every rank's checkpoint files there
+    itself and fetches them back on restore."""
+    if storage_uri is None or not storage.is_uri(storage_uri):
+        return {"storage_path": storage_uri}
+    filesystem, path = storage.filesystem_for(storage_uri)
+    return {"storage_path": path, "storage_filesystem": filesystem}
 
 
 def _wants_gpu(use_gpu: bool | str) -> bool:
@@ -70,7 +83,7 @@ def run_training(
     ones with their metrics, `return_value`: what rank 0's loop returned). Raises
     `TrainingRunFailed` when the run fails for good.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     settings.validate()
@@ -90,9 +103,12 @@ def run_training(
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run.name,
-            storage_path=storage_uri,
+            **_ray_storage(storage_uri),
             failure_config=FailureConfig(max_failures=run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpoint.keep_last),
+            # Ray Train's INFO lines (each report's TrainingReport(...), restarts) repeat what the
+            # loop prints itself; `vf3d --verbose` / VF3D_VERBOSE=1 brings them back.
+            logging_config=LoggingConfig(log_level="INFO" if verbose_ray_logs() else "WARNING"),
         ),
         datasets=datasets,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.models.video.config import VideoModelConfig
 from vf3d.training.config import FinetuneVideoConfig
@@ -67,6 +68,7 @@ class VideoTask(TrainTask):
     def __init__(self, config: dict[str, Any], training, rank: int) -> None:
         super().__init__(config, training, rank)
         self.model_config = config_lib.from_dict(VideoModelConfig, config["model"])
+        self.log_every_n_steps = training.run.log_every_n_steps  # the default progress line
 
     def build_model(self):
         from vf3d.models.video import OrbitVideoModel
@@ -89,7 +91,8 @@ class VideoTask(TrainTask):
         import torch
 
         device = self.engine.device
-        frames, elevation = torch.from_numpy(batch["frames"]).to(device), torch.from_numpy(batch["elevation"]).to(device)
+        # Copies: Ray Data hands out read-only arrays, which from_numpy would share (and warn about).
+        frames, elevation = torch.tensor(batch["frames"], device=device), torch.tensor(batch["elevation"], device=device)
         return frames, [str(p) for p in batch["prompt"]], elevation
 
     def evaluation_loss(self) -> float:
@@ -106,7 +109,7 @@ class VideoTask(TrainTask):
         loss = engine(*self.inputs(next(self.batches)), generator=self.generator)
         engine.backward(loss)
         engine.step()
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
     def checkpoint_metrics(self, step: int, window: Window, state: LoopState) -> dict[str, Any]:
         return {
@@ -127,7 +130,7 @@ class VideoTask(TrainTask):
 
     def export(self, checkpoint) -> None:
         if self.config.get("export_dir"):
-            export_video_model(checkpoint, self.model_config, Path(self.config["export_dir"]), self.training.run.seed)
+            export_video_model(checkpoint, self.model_config, storage.local_or_uri(self.config["export_dir"]), self.training.run.seed)
 
 
 def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -136,8 +139,10 @@ def finetune_video_loop(config: dict[str, Any]) -> dict[str, Any]:
     return run_loop(VideoTask, config)
 
 
-def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path, seed: int) -> Path:
-    """Consolidate a (ZeRO-sharded) checkpoint and write the diffusers pipeline layout to `out_dir`.
+def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path | str, seed: int) -> Path | str:
+    """Consolidate a (ZeRO-sharded) checkpoint and write the diffusers pipeline layout to `out_dir`
+    (a local directory, or an object-store URI: saved to a local temporary directory, then every
+    file published with model_index.json last, the file readers check first).
 
     Frozen parts (VAE, text encoder) are not in the optimizer's checkpoint: they are rebuilt
     exactly as training built them (same config and seed) and every trained tensor is loaded.
@@ -156,21 +161,28 @@ def export_video_model(checkpoint, model_config: VideoModelConfig, out_dir: Path
         raise RuntimeError(
             f"checkpoint does not match the model: missing trained {sorted(trained & set(missing))[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    if storage.is_uri(out_dir):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vf3d-export-") as local:
+            model.save_pretrained(local)
+            storage.upload_tree(local, str(out_dir), last=("model_index.json",))
+        return out_dir
     model.save_pretrained(out_dir)
     return out_dir
 
 
-def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, log=print) -> dict[str, Any]:
+def finetune_video(data_dir: Path | str, out_dir: Path | str, config: FinetuneVideoConfig, log=print) -> dict[str, Any]:
     """Driver: fine-tune on the orbit shards in `data_dir`, export to `out_dir`; returns a summary."""
     from vf3d.synthesis.datasets import read_orbit_dataset
     from vf3d.training import run_training
 
     config = config.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.local_or_uri(out_dir)  # a local directory or an object-store URI
+    storage.makedirs(out_dir)
     training = config.training
     use_default_storage(training, out_dir)
-    config_lib.save_json(config, out_dir / "finetune_config.json")
+    config_lib.save_json(config, storage.join(out_dir, "finetune_config.json"))
 
     orbits = read_orbit_dataset(data_dir)
     count = orbits.count()
@@ -188,11 +200,12 @@ def finetune_video(data_dir: Path, out_dir: Path, config: FinetuneVideoConfig, l
         f"fine-tuning the video model on {count} orbits from {data_dir}: {training.scaling.num_workers} workers, ZeRO-{training.deepspeed.zero_stage}, {training.run.max_steps} steps; checkpoints in {training.run.storage_path}/{training.run.name}"
     )
     started = time.perf_counter()
-    loop_config = {"model": config_lib.to_dict(config.model), "eval_seed": config.eval_seed, "export_dir": str(out_dir.resolve())}
+    export_dir = str(out_dir) if storage.is_uri(out_dir) else str(out_dir.resolve())
+    loop_config = {"model": config_lib.to_dict(config.model), "eval_seed": config.eval_seed, "export_dir": export_dir}
     result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
     outcome = result.return_value or {}
     summary = run_summary(outcome, result, started, out_dir, orbits=count)
-    write_json_atomic(out_dir / "finetune_summary.json", summary)
+    write_json_atomic(storage.join(out_dir, "finetune_summary.json"), summary)
     log(
         f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}"
     )

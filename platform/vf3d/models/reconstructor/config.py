@@ -232,8 +232,10 @@ class InferenceConfig(ConfigBase):
     see vf3d.preprocess.release_framing and docs/vfusion3d.md#preprocessing)."""
     mesh_resolution: int = bounded(256, ge=8, le=1024)
     """Density grid samples per axis for marching cubes."""
-    mesh_method: Literal["coarse_to_fine", "dense"] = "coarse_to_fine"
-    """"coarse_to_fine" (query the full grid only near the surface) or "dense"."""
+    mesh_method: Literal["surface", "coarse_to_fine", "dense"] = "surface"
+    """"surface" (seeded by the renderer's occupancy grid, refined level by level on the model's device,
+    querying only cells near the surface), "coarse_to_fine" (a coarse grid, then the full grid within a
+    coarse cell of the surface) or "dense" (every grid point; what `exact` uses)."""
     mesh_iso: float | Literal["auto"] | None = None
     """Surface density level; None uses the model's `mesh_iso`; "auto" uses Otsu's threshold of
     the density (for untrained models or fields of unknown scale)."""

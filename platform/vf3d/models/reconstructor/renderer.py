@@ -14,7 +14,10 @@ exactly the exact path's depths but queries the field only where it can matter: 
 `OccupancyGrid` built from the field once per object (and reused across views), on rays whose
 transmittance has not yet fallen below `termination_transmittance` (samples are decoded front to
 back, `march_segment` at a time), and for the importance pass only on rays whose coarse pass found
-mass. Samples it skips take `empty_raw_density`, whose activated density is 0.
+mass. Samples it skips take `empty_raw_density`, whose activated density is 0. Each march packs the
+samples it may query into dense per-ray rows once, steps through them on the rays still alive, and
+scatters the results back once; a field with a `query(points, objects)` method (inference's
+FoldedTriplaneField) gets the scattered points as they are.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ IMPORTANCE_WEIGHT_FLOOR = 0.01
 
 OCCUPANCY_BASE_RESOLUTION = 16
 """Cells per axis of the occupancy grid's coarsest level, whose every corner is queried."""
+
+CPU_QUERY_CHUNK = 2**15
+"""Most points per object per field call of the fast path's marches on the CPU: `grid_sample` and the
+decoder's layers run memory-bound, and markedly slower per point, on larger calls."""
 
 EMPTY_RAW_DENSITY = -1e4
 """Raw density the fast path gives skipped samples when the renderer has a density activation
@@ -188,17 +195,26 @@ class OccupancyGrid:
 def query_sparse(
     field: FieldFunction, batch: int, objects: torch.Tensor, points: torch.Tensor, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The field at scattered points of N objects, packed into dense per-object rows for the field.
+    """The field at scattered points of N objects.
+
+    A field with a `query(points [K, 3], objects [K])` method (FoldedTriplaneField) takes them as
+    they are; any other is called on dense per-object rows (objects with fewer points padded to the
+    largest count).
 
     Args:
         objects: [K] object index of each point, ascending; points: [K, 3].
         chunk_size: most points per object per field call (bounds memory).
     Returns:
         raw density [K, 1] and rgb [K, 3] (float32) in the points' order, and the number of points the
-        field saw (objects with fewer points are padded to the largest count, so N · largest count).
+        field saw (K, or N · largest count when padded).
     """
     if objects.shape[0] == 0:
         return points.new_zeros(0, 1), points.new_zeros(0, 3), 0
+    scattered = getattr(field, "query", None)
+    if callable(scattered):
+        step = chunk_size * batch
+        parts = [scattered(points[start : start + step], objects[start : start + step]) for start in range(0, points.shape[0], step)]
+        return torch.cat([raw for raw, _ in parts]).float(), torch.cat([rgb for _, rgb in parts]).float(), points.shape[0]
     counts = torch.bincount(objects, minlength=batch)
     slot = torch.arange(objects.shape[0], device=points.device) - (torch.cumsum(counts, 0) - counts)[objects]
     width = int(counts.max())
@@ -389,12 +405,14 @@ class TriplaneRenderer(torch.nn.Module):
             config.occupancy_threshold,
             self.density_activation,
             device,
-            self._query_chunk_size(),
+            self._query_chunk_size(torch.device(device)),
         )
 
-    def _query_chunk_size(self) -> int:
-        """Most points per object per field call on the fast path: what one exact coarse pass sees."""
-        return max(self.config.ray_chunk_size, 1024) * self.config.num_coarse_samples
+    def _query_chunk_size(self, device: torch.device | None = None) -> int:
+        """Most points per object per field call on the fast path: what one exact coarse pass sees, and
+        on the CPU at most CPU_QUERY_CHUNK (the field's activations then stay in cache)."""
+        chunk = max(self.config.ray_chunk_size, 1024) * self.config.num_coarse_samples
+        return min(chunk, CPU_QUERY_CHUNK) if device is not None and device.type == "cpu" else chunk
 
     def _march(
         self,
@@ -416,47 +434,70 @@ class TriplaneRenderer(torch.nn.Module):
         ray's object, ascending). Fills raw_density [R, S, 1], rgb [R, S, 3] and evaluated [R, S] in place.
         """
         segment, threshold = self.config.march_segment, self.config.termination_transmittance
-        counts = needed.sum(dim=1)
-        rows = (counts > 0).nonzero()[:, 0]  # rays with needed samples
-        if rows.numel() == 0:
+        where = needed.nonzero()  # [M, 2] (ray, sample), row-major: each ray's samples front to back
+        if where.shape[0] == 0:
             return
-        # Each ray's needed samples, compacted front to back: step k handles columns [k·segment,
-        # (k+1)·segment), so a ray is checked after every `segment` samples it needs, wherever its
-        # surface lies, and a step costs O(rays · segment) rather than O(rays · samples).
+        # Pack each ray's needed samples into a dense row, front to back: step k handles packed columns
+        # [k·segment, (k+1)·segment) of the rays still alive, so a ray is checked after every `segment`
+        # samples it needs, wherever its surface lies, and a step touches only [alive rays, segment]
+        # slices rather than the [R, S] arrays (all gathers and scatters happen once, here and at the end).
+        rays, line = torch.unique_consecutive(where[:, 0], return_inverse=True)  # rays with needed samples [L]; row of each in [L]
+        counts = torch.bincount(line, minlength=rays.shape[0])
+        slot = torch.arange(where.shape[0], device=depths.device) - (torch.cumsum(counts, 0) - counts)[line]
         width = int(counts.max())
-        position = torch.sort((~needed[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # [L, K]
-        present = torch.arange(width, device=depths.device) < counts[rows].unsqueeze(1)  # [L, K]
-        # Consecutive needed samples bound an interval only when adjacent; any other interval has an
-        # end away from occupied cells, hence both, and a density under the threshold.
-        adjacent = (position[:, 1:] == position[:, :-1] + 1) & present[:, 1:]  # [L, K−1]
-        transmittance = torch.ones(rows.shape[0], device=depths.device)
-        alive = torch.ones(rows.shape[0], dtype=torch.bool, device=depths.device)
+        packed_shape = (rays.shape[0], width)
+        present = torch.zeros(packed_shape, dtype=torch.bool, device=depths.device)
+        present[line, slot] = True
+        ray, sample = where[:, 0], where[:, 1]
+        packed_points = points.new_zeros((*packed_shape, 3))
+        packed_points[line, slot] = points[ray, sample]
+        packed_raw = raw_density.new_zeros((*packed_shape, 1))
+        packed_raw[line, slot] = raw_density[ray, sample]
+        packed_rgb = rgb.new_zeros((*packed_shape, 3))
+        packed_rgb[line, slot] = rgb[ray, sample]
+        todo = torch.zeros_like(present)
+        todo[line, slot] = ~evaluated[ray, sample]
+        if threshold > 0:
+            packed_depth = depths.new_zeros(packed_shape)
+            packed_depth[line, slot] = depths[ray, sample]
+            # An interval between consecutive packed samples counts only when they are adjacent samples of
+            # the ray and both valid; any other interval has an end away from occupied cells, hence both,
+            # and a density under the threshold. `opens[:, j]` says so of the interval ending at column j.
+            sample_valid = valid[ray, sample]
+            follows = (ray[1:] == ray[:-1]) & (sample[1:] == sample[:-1] + 1) & sample_valid[1:] & sample_valid[:-1]
+            opens = torch.zeros_like(present)
+            opens[line[1:], slot[1:]] = follows
+        alive = torch.arange(rays.shape[0], device=depths.device)  # packed rows still marching
+        transmittance = torch.ones(rays.shape[0], device=depths.device)  # of the alive rows
         for start in range(0, width, segment):
             end = min(start + segment, width)
-            columns = position[:, start:end]
-            todo = present[:, start:end] & alive.unsqueeze(1) & ~evaluated[rows.unsqueeze(1), columns]
-            where = todo.nonzero()
-            if where.shape[0] > 0:
-                ray, sample = rows[where[:, 0]], columns[where[:, 0], where[:, 1]]
-                raw, color, _ = query_sparse(field, batch, objects[ray], points[ray, sample], self._query_chunk_size())
-                raw_density[ray, sample] = raw
-                rgb[ray, sample] = color
-                evaluated[ray, sample] = True
+            step = todo[alive, start:end].nonzero()
+            if step.shape[0] > 0:
+                row, column = alive[step[:, 0]], step[:, 1] + start
+                raw, color, _ = query_sparse(
+                    field, batch, objects[rays[row]], packed_points[row, column], self._query_chunk_size(depths.device)
+                )
+                packed_raw[row, column] = raw
+                packed_rgb[row, column] = color
+                todo[row, column] = False
             if threshold > 0 and end < width:
-                # Intervals between the needed samples up to column end − 1 are final now.
-                first = max(start - 1, 0)
-                index = position[:, first:end]
-                left, right = index[:, :-1], index[:, 1:]
-                line = rows.unsqueeze(1)
-                mid = 0.5 * (raw_density[line, left] + raw_density[line, right])
-                if self.density_activation is not None:
-                    mid = self.density_activation(mid)
-                density = mid[..., 0] * (valid[line, left] & valid[line, right] & adjacent[:, first : end - 1])
-                alpha = 1.0 - torch.exp(-density * (depths[line, right] - depths[line, left]))
-                transmittance = transmittance * (1.0 - alpha).prod(dim=1)
-                alive = transmittance > threshold
-                if not alive.any():
+                # The intervals ending at columns [max(start, 1), end) are final now.
+                first = max(start, 1)
+                raw = packed_raw[alive, first - 1 : end, 0]
+                mid = 0.5 * (raw[:, 1:] + raw[:, :-1])
+                density = mid if self.density_activation is None else self.density_activation(mid)
+                span = packed_depth[alive, first - 1 : end]
+                optical_depth = (density * opens[alive, first:end] * (span[:, 1:] - span[:, :-1])).sum(dim=1)
+                transmittance = transmittance * torch.exp(-optical_depth)
+                keep = transmittance > threshold
+                alive, transmittance = alive[keep], transmittance[keep]
+                if alive.shape[0] == 0:
                     break
+        queried = ~todo[line, slot] & ~evaluated[ray, sample]
+        ray, sample, line, slot = ray[queried], sample[queried], line[queried], slot[queried]
+        raw_density[ray, sample] = packed_raw[line, slot]
+        rgb[ray, sample] = packed_rgb[line, slot]
+        evaluated[ray, sample] = True
 
     def _render_chunk_fast(
         self,

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscret
 
 from vf3d.config import ConfigError
 from vf3d.models.video.conditioning import conditioned_in_channels, widen_patch_embedding
-from vf3d.models.video.config import VideoModelConfig
+from vf3d.models.video.config import VideoModelConfig, is_orbit_video_index
 from vf3d.models.video.elevation import ElevationEmbedder
 from vf3d.models.video.pipeline import OrbitVideoPipeline
 from vf3d.models.video.text import clip_tokenizer, random_clip_text_encoder
@@ -40,7 +40,7 @@ def build_video_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
     if not index_path.is_file():
         raise ConfigError(f"video model: {path} is not a diffusers pipeline directory (no model_index.json)")
     component_dtypes = {"vae": DTYPES[config.frozen_dtype], "text_encoder": DTYPES[config.frozen_dtype], "default": torch.float32}
-    if json.loads(index_path.read_text()).get("_class_name") == OrbitVideoPipeline.__name__:
+    if is_orbit_video_index(json.loads(index_path.read_text())):
         return OrbitVideoPipeline.from_pretrained(path, local_files_only=True, dtype=component_dtypes)
     source = DiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=component_dtypes)
     return _add_orbit_conditioning(source, config)

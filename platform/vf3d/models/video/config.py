@@ -131,3 +131,10 @@ VIDEO_MODEL_PRESETS = {
     # Wan 2.2 TI2V 5B: 48-channel VAE with 16× spatial compression, so 512² frames are 32×32 latents.
     "wan2.2-5b": lambda: VideoModelConfig(frozen_dtype="bf16", gradient_checkpointing=True, flow_shift=5.0),
 }
+
+
+def is_orbit_video_index(index: dict) -> bool:
+    """Whether a model_index.json dict describes an `OrbitVideoPipeline` (either spelling: the class
+    name, as older exports wrote it, or diffusers' custom-pipeline `[module, class]`)."""
+    name = index.get("_class_name")
+    return name == "OrbitVideoPipeline" or (isinstance(name, list) and name[-1:] == ["OrbitVideoPipeline"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +16,7 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vf3d import cameras
+from vf3d.atomic import write_text_atomic
 from vf3d.models.video.conditioning import (
     check_frame_size,
     decode_latents,
@@ -22,6 +26,7 @@ from vf3d.models.video.conditioning import (
     orbit_video_frames,
     vae_compression,
 )
+from vf3d.models.video.config import is_orbit_video_index
 from vf3d.models.video.elevation import ElevationEmbedder, added_to_timestep_embedding
 from vf3d.models.video.text import encode_prompts
 
@@ -89,6 +94,26 @@ def orbit_cameras(num_views: int, elevation_deg: float) -> torch.Tensor:
     return cameras.render_camera_vector(cameras.orbit_poses(num_views, elevation_deg=elevation_deg, radius=cameras.RENDER_RADIUS))
 
 
+DIFFUSERS_ENTRY_MODULE = "pipeline"
+"""The module beside model_index.json through which diffusers' generic loader finds this class.
+
+diffusers' convention for pipelines it does not ship: model_index.json names `[module, class]` and
+`module.py` lies in the directory, so `DiffusionPipeline.from_pretrained(directory,
+trust_remote_code=True)` imports it (diffusers refuses code from a model directory without that
+flag). Ours holds one import of the installed vf3d class, nothing else to trust."""
+
+DIFFUSERS_ENTRY_SOURCE = '''"""Entry point for diffusers: `DiffusionPipeline.from_pretrained(this_directory, trust_remote_code=True)`.
+
+The pipeline's code is the installed `vf3d` package (pip install vf3d); this file only imports it.
+`vf3d.models.video.OrbitVideoPipeline.from_pretrained(this_directory)` loads without running it.
+"""
+
+from vf3d.models.video.pipeline import OrbitVideoPipeline
+
+__all__ = ["OrbitVideoPipeline"]
+'''
+
+
 class OrbitVideoPipeline(DiffusionPipeline):
     """Wan-style DiT + Wan VAE + text encoder + elevation embedder, sampled with flow-matching Euler.
 
@@ -99,6 +124,27 @@ class OrbitVideoPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->elevation_embedder->transformer->vae"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' layout, plus `pipeline.py` and `_class_name: ["pipeline", "OrbitVideoPipeline"]`
+        in model_index.json, so that diffusers' generic `DiffusionPipeline` loads it too."""
+        super().save_pretrained(save_directory, **kwargs)
+        directory = Path(save_directory)
+        write_text_atomic(directory / f"{DIFFUSERS_ENTRY_MODULE}.py", DIFFUSERS_ENTRY_SOURCE)
+        index_path = directory / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = [DIFFUSERS_ENTRY_MODULE, type(self).__name__]
+        write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """model_index.json as diffusers reads it, with our own `[module, class]` entry read as this
+        class: `OrbitVideoPipeline.from_pretrained` never imports (runs) the directory's pipeline.py."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if is_orbit_video_index(config):
+            config["_class_name"] = cls.__name__
+        return loaded
 
     def __init__(
         self,

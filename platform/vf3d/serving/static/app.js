@@ -1,8 +1,10 @@
 /*
- * The upload page: posts the chosen image to the vf3d endpoint and shows the result.
+ * The upload page: posts the chosen image to the vf3d endpoint and shows the result in the
+ * vendored <model-viewer> (orbit controls, lighting, AR on phones).
  *
  * document.body.dataset.state is "idle", then "working" while a request runs, then "done" or
- * "error" (the message in #error); tests wait on it.
+ * "error" (the message in #error); tests wait on it. document.body.dataset.shown is set once a
+ * model has been loaded into the viewer.
  */
 "use strict";
 (function () {
@@ -13,12 +15,8 @@
   const download = $("download"), video = $("turntable-video"), videoDownload = $("turntable-download");
   const objectUrls = {};
 
-  let viewer = null;
-  try {
-    viewer = new window.vf3d.Viewer($("viewer"));
-  } catch (problem) {
-    $("viewer").setAttribute("aria-label", `3D view unavailable: ${problem.message}`);
-  }
+  const viewer = $("viewer");
+  const apiKeyInput = $("api-key");
 
   function setState(state, message) {
     document.body.dataset.state = state;
@@ -27,9 +25,32 @@
     if (state !== "error") error.textContent = "";
   }
 
-  function fail(message) {
+  function fail(message, status) {
     error.textContent = message;
     setState("error", "Failed.");
+    if (status === 401 || status === 403) {
+      // The key lives under Options: open them and put the cursor in the field.
+      apiKeyInput.closest("details").open = true;
+      apiKeyInput.focus();
+      statusHint(apiKeyInput.value.trim() ? "Check the API key under Options." : "Enter the API key under Options.");
+    }
+  }
+
+  function statusHint(text) {
+    status.textContent = text;
+  }
+
+  /* Load `url` (a GLB) into the viewer; resolves when it is shown, rejects if it cannot be. */
+  function show(url) {
+    return new Promise((resolve, reject) => {
+      const loaded = () => { cleanup(); resolve(); };
+      const failed = (event) => { cleanup(); reject(new Error(`The viewer could not show the model (${event.detail?.type || "error"}).`)); };
+      const cleanup = () => { viewer.removeEventListener("load", loaded); viewer.removeEventListener("error", failed); };
+      viewer.addEventListener("load", loaded);
+      viewer.addEventListener("error", failed);
+      viewer.hidden = false;
+      viewer.src = url;
+    });
   }
 
   /* Replace the blob URL kept under `name`, revoking the old one. */
@@ -74,8 +95,17 @@
     } catch (problem) {
       throw new Error(`Could not reach the server (${problem.message}).`);
     }
-    if (!response.ok) throw new Error(await errorMessage(response));
-    return response.blob();
+    if (!response.ok) {
+      const problem = new Error(await errorMessage(response));
+      problem.status = response.status;
+      throw problem;
+    }
+    return { blob: await response.blob(), headers: response.headers };
+  }
+
+  function count(headers, name) {
+    const value = Number(headers.get(name));
+    return Number.isFinite(value) && headers.has(name) ? value.toLocaleString("en") : "?";
   }
 
   async function makeModel() {
@@ -84,19 +114,19 @@
     download.hidden = true;
     stats.textContent = "";
     try {
-      const blob = await post("/v1/image-to-3d", { format: "glb" },
+      const { blob, headers } = await post("/v1/image-to-3d", { format: "glb" },
         { mesh_resolution: "mesh-resolution", seed: "seed" });
       const seconds = (performance.now() - started) / 1000;
-      const geometry = window.vf3d.buildGeometry(window.vf3d.parseGlb(await blob.arrayBuffer()));
-      if (viewer) viewer.show(geometry);
       download.href = objectUrl("glb", blob);
       download.textContent = `Download GLB (${formatBytes(blob.size)})`;
       download.hidden = false;
-      stats.textContent = `${geometry.vertexCount.toLocaleString("en")} vertices · ` +
-        `${geometry.faceCount.toLocaleString("en")} faces · ${seconds.toFixed(1)} s`;
-      setState("done", viewer ? "Done: drag the model to turn it." : "Done (this browser cannot show 3D).");
+      stats.textContent = `${count(headers, "X-VF3D-Vertices")} vertices · ` +
+        `${count(headers, "X-VF3D-Faces")} faces · ${seconds.toFixed(1)} s`;
+      await show(download.href);
+      document.body.dataset.shown = "";
+      setState("done", "Done: drag the model to turn it, scroll to zoom.");
     } catch (problem) {
-      fail(problem.message);
+      fail(problem.message, problem.status);
     }
   }
 
@@ -104,13 +134,13 @@
     const started = performance.now();
     setState("working", "Rendering a turntable video");
     try {
-      const blob = await post("/v1/turntable", {}, { seed: "seed" });
+      const { blob } = await post("/v1/turntable", {}, { seed: "seed" });
       video.src = videoDownload.href = objectUrl("mp4", blob);
       video.hidden = videoDownload.hidden = false;
       const seconds = (performance.now() - started) / 1000;
       setState("done", `Turntable video ready (${formatBytes(blob.size)}, ${seconds.toFixed(1)} s).`);
     } catch (problem) {
-      fail(problem.message);
+      fail(problem.message, problem.status);
     }
   }
 
