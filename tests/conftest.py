@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import interrupt
 
 # Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -186,9 +187,4 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
         time.sleep(0.5)
     endpoint.ray_address = ready.group(1)
     yield endpoint
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    interrupt(process)

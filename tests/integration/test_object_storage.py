@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import s3_fixtures
+from processes import interrupt, kill_when, start_vf3d
 from test_synthesize import write_prompts
 
 from vf3d import storage
@@ -98,15 +98,8 @@ def test_killed_synthesis_on_s3_rerun_ends_exactly_once(bucket, video_model_uri,
         "--config",
         str(config),
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([VF3D, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) < 2:
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-    process.wait(timeout=60)
+    process = start_vf3d(*command)
+    kill_when(process, lambda: sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) >= 2, timeout_s=400)
     finished = sum(len(ids) for ids in table_ids(out).values())
     assert 0 < finished < inputs, "the kill should land mid-run"
     assert storage.is_file(f"{out}/.vf3d-lease.json"), "a killed run leaves its lease, which the rerun takes over"
@@ -242,12 +235,7 @@ def test_every_stage_runs_with_every_path_on_s3(bucket, tmp_path):
             body, vertices = response.read(), int(response.headers["X-VF3D-Vertices"])
         assert body[:4] == b"glTF" and vertices > 0
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        interrupt(process)
     seconds["serve"] = round(time.monotonic() - started, 1)
     objects = listing(root)
     assert not [name for name in objects if ".partial" in name]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import kill_when, start_vf3d
 
 from vf3d.data import shards
 
@@ -96,23 +95,11 @@ def test_killed_run_resumes_with_exactly_one_row_per_asset(tmp_path, ray_local, 
     total = 16
     gather_sample_assets(assets, limit=total)
     out = tmp_path / "shards"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
     # Small shards so some are finished while others are still rendering when the kill lands.
     config = tmp_path / "small_shards.yaml"
     config.write_text("rows_per_shard: 2\npool:\n  batch_size: 1\n")
-    process = subprocess.Popen(
-        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(shards.list_shard_files(out)) < 2:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-    process.wait(timeout=60)
+    process = start_vf3d("render-assets", "--assets", assets, "--out", out, "--preset", "debug", "--config", config)
+    kill_when(process, lambda: len(shards.list_shard_files(out)) >= 2, timeout_s=300)
     finished_before = shards.read_ids(out)
     assert 0 < len(finished_before) < total, "the kill should land mid-run"
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from processes import kill_when, start_vf3d
 
 from vf3d import config as config_lib
 from vf3d.data import shards
@@ -281,14 +278,8 @@ def test_killed_driver_rerun_ends_with_no_duplicates_and_no_gaps(ray_local, vide
         "--config",
         str(config),
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) < 2:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-    process.wait(timeout=60)
+    process = start_vf3d(*command[1:])
+    kill_when(process, lambda: sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) >= 2, timeout_s=300)
     finished = sum(len(ids) for ids in table_ids(out).values())
     assert 0 < finished < inputs, "the kill should land mid-run"
 
