@@ -37,7 +37,7 @@ browser:
 # stay on one worker (tests/conftest.py), which hands out the longest first. TEST_WORKERS=0 runs
 # everything in this process, one test at a time.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: setup browser
 	$(PYTEST)

@@ -18,6 +18,10 @@ What it measures (sections, `--sections` picks some):
              small` for the small one) fitted to the same object, fast path, many views per
              renderer call, against one view per call and the exact path, each on a few views
              and extrapolated.
+  default_turntable
+             The turntable `image-to-3d --video` makes by default with the release-size model on
+             this device (on the CPU 48 views of 192², InferenceConfig.for_model), object field, fast
+             path, against 160 views of 384² on the same path (extrapolated from 4 views).
   encode     `small` preset, one `encode` of 8 (quick: 4) images vs 8 (4) single-image calls.
   render     Exact-path throughput: rays/s and samples/s of a deterministic 4-view (quick: 1-view)
              render at the preset's render size, `debug` vs `small`, on random planes.
@@ -64,7 +68,7 @@ from vf3d import cameras
 from vf3d.config import merge, preset, to_dict
 from vf3d.inference import ImageTo3D
 from vf3d.models.reconstructor import Reconstructor
-from vf3d.models.reconstructor.config import RECONSTRUCTOR_PRESETS, InferenceConfig, ReconstructorConfig
+from vf3d.models.reconstructor.config import GPU_TURNTABLE_VIEWS, RECONSTRUCTOR_PRESETS, InferenceConfig, ReconstructorConfig
 
 SEED = 0
 FIT_RAW_INSIDE = 40.0
@@ -131,7 +135,7 @@ QUICK = Settings(
     memory_render_size=128,
     repeats=1,
 )
-SECTIONS = ("view", "mesh", "turntable", "encode", "render", "memory")
+SECTIONS = ("view", "mesh", "turntable", "default_turntable", "encode", "render", "memory")
 
 
 def synchronize(device: torch.device) -> None:
@@ -392,6 +396,40 @@ def fast_pipeline(model: Reconstructor, device: torch.device, **settings: Any) -
     """Inference as it runs by default (fast paths on: occupancy grid, empty-space skipping, early ray
     termination, the folded field, surface-only meshes)."""
     return ImageTo3D(model, InferenceConfig(device=str(device), **settings))
+
+
+def bench_default_turntable(
+    device: torch.device, fields: list[FittedField], release_sample_views: int = 4
+) -> tuple[list[Row], dict[str, Any]]:
+    """The turntable `vf3d image-to-3d --video` makes by default with the release-size model on this
+    device (views and size follow the device: InferenceConfig.for_model), against the release's
+    160 views at 384² on the same fast path (extrapolated from a few views)."""
+    fitted = fields[0]  # the object-shaped field
+    pipeline = fast_pipeline(fitted.model, device)
+    views, size = pipeline.config.turntable_views, pipeline.config.turntable_size
+    start = time.perf_counter()
+    pipeline.turntable(fitted.planes)
+    synchronize(device)
+    default_seconds = time.perf_counter() - start
+    release = fast_pipeline(fitted.model, device, turntable_views=release_sample_views, turntable_size=384)
+    start = time.perf_counter()
+    release.turntable(fitted.planes)
+    synchronize(device)
+    release_seconds = (time.perf_counter() - start) * GPU_TURNTABLE_VIEWS / release_sample_views
+    log(
+        f"default turntable: {views} views of {size}² in {default_seconds:.1f}s on {device.type} vs {GPU_TURNTABLE_VIEWS} views of 384² "
+        f"≈{release_seconds:.0f}s (from {release_sample_views} views), both on the fast path"
+    )
+    rows = [
+        Row(
+            f"vfusion3d default turntable seconds on {device.type} ({views}×{size}², vs {GPU_TURNTABLE_VIEWS}×384² extrapolated)",
+            f"≈{release_seconds:.0f}",
+            f"{default_seconds:.1f}",
+            f"{release_seconds / default_seconds:.1f}×",
+            f"{fitted.note}; informational",
+        )
+    ]
+    return rows, {"views": views, "size": size, "seconds": default_seconds, "release_size_seconds_extrapolated": release_seconds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,14 +1003,15 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     target = fields = None
-    if {"view", "mesh", "turntable"} & set(chosen):
+    if {"view", "mesh", "turntable", "default_turntable"} & set(chosen):
         target = object_target(TARGET_RESOLUTION, device)
-    if {"view", "mesh"} & set(chosen):
+    if {"view", "mesh", "default_turntable"} & set(chosen):
         fields = release_fields(device, settings, target, args.fit_cache)
     sections = {
         "view": lambda: bench_view(device, settings, fields),
         "mesh": lambda: bench_mesh(device, settings, fields),
         "turntable": lambda: bench_turntable(device, settings, target, args.turntable_model),
+        "default_turntable": lambda: bench_default_turntable(device, fields),
         "encode": partial(bench_encode, device, settings),
         "render": partial(bench_render, device, settings),
         "memory": partial(bench_memory, device, settings, args.memory_cap_gb),

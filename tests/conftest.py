@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -28,14 +29,14 @@ INTEGRATION_DIRS = ("integration", "e2e")
 LONGEST_MODULES_FIRST = (
     "test_serve.py",
     "test_web_page.py",
-    "test_synthesize.py",
     "test_object_storage.py",
-    "test_autoscaling.py",
     "test_train_recon.py",
-    "test_metrics.py",
+    "test_synthesize.py",
     "test_training_harness.py",
-    "test_finetune_video.py",
     "test_render_assets.py",
+    "test_metrics.py",
+    "test_finetune_video.py",
+    "test_autoscaling.py",
     "test_submit.py",
     "test_quiet_logs.py",
     "test_checkpoint_safety.py",
@@ -43,14 +44,30 @@ LONGEST_MODULES_FIRST = (
 """Modules by how long they took (slowest first, measured with --durations): the order in which
 pytest-xdist hands them to workers (see pytest_collection_modifyitems)."""
 
+SERVE_GROUP = "serve"
+"""The scheduling unit of the modules that use the session's `serve_endpoint`."""
+
+
+@functools.cache
+def uses_serve_endpoint(module_path: Path) -> bool:
+    """Whether a test module uses the `serve_endpoint` fixture (read from its source, once, so the
+    xdist controller, which collects nothing, can tell too)."""
+    try:
+        return "serve_endpoint" in Path(module_path).read_text(encoding="utf-8")
+    except OSError:
+        return False
+
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """Mark everything under tests/integration and tests/e2e `integration`, by path, and run the
-    tests in three groups, each in its collected order: unit tests, then integration tests, then
-    the modules that use `serve_endpoint` (a `vf3d serve` cluster that lives until the session
-    ends, so it is started last instead of idling, health checks included, through the rest)."""
-    serve_modules = {item.path for item in items if "serve_endpoint" in getattr(item, "fixturenames", ())}
+    """Mark everything under tests/integration and tests/e2e `integration`, by path, and order the
+    tests in three groups: the modules that use `serve_endpoint` (a `vf3d serve` cluster that lives
+    until the session ends), then the other integration tests, then unit tests. Under pytest-xdist
+    (on a worker, whose collection order is the order the controller hands tests out in) the
+    modules of each group go longest first (LONGEST_MODULES_FIRST), so that the workers finish
+    together; in one process the serve modules go last, so the endpoint does not idle (health
+    checks included) through the rest."""
+    serve_modules = {item.path for item in items if uses_serve_endpoint(item.path)}
     groups = {}
     for item in items:
         try:
@@ -60,21 +77,36 @@ def pytest_collection_modifyitems(config, items):
         if folder in INTEGRATION_DIRS:
             item.add_marker(pytest.mark.integration)
         groups[item] = 2 if item.path in serve_modules else 1 if folder in INTEGRATION_DIRS else 0
-        # Under pytest-xdist (`-n 2 --dist loadgroup`, what `make test` runs) a module's tests stay
-        # on one worker, so module fixtures (a training, a synthesis run) are built once; the
-        # modules sharing the session's `vf3d serve` endpoint form one group for the same reason.
-        item.add_marker(pytest.mark.xdist_group("serve" if item.path in serve_modules else str(item.path.relative_to(TESTS_DIR))))
-    if getattr(config.option, "numprocesses", None):
-        # xdist hands out groups in this order (with --no-loadscope-reorder), each to the next free
-        # worker: the longest first, unit tests last to fill in, so that the workers finish
-        # together. A module missing from LONGEST_MODULES_FIRST only runs later; nothing else changes.
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker
+
         def rank(item):
             name = item.path.name
             return (-groups[item], LONGEST_MODULES_FIRST.index(name) if name in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST))
 
-        items.sort(key=rank)
+        items.sort(key=rank)  # stable: a module's tests stay together, in their order
     else:
-        items.sort(key=groups.__getitem__)  # stable: the collected order within each group
+        items.sort(key=groups.__getitem__)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Hand tests out a module at a time, and the serve modules as one unit (see ModuleScheduling)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """pytest-xdist's scope scheduling with a test module as the unit (its module fixtures, a
+        training or a synthesis run, are built once) and the modules sharing the session's
+        `vf3d serve` endpoint as one unit (one endpoint per session). The units go out in the
+        workers' collection order (`--no-loadscope-reorder`; see pytest_collection_modifyitems),
+        each to the next worker running low.
+
+        Not `--dist loadgroup` with xdist_group markers: xdist 3.8 groups by rewriting a private
+        node-id attribute that pytest 9 no longer reads, so the groups silently fall apart."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SERVE_GROUP if uses_serve_endpoint(Path(config.rootpath) / module) else module
+
+    return ModuleScheduling(config, log)
 
 
 def run_vf3d(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,8 +98,9 @@ class ImageTo3DResult:
     """What `ImageTo3D.run` produced: the mesh result, output paths and timings in seconds."""
 
     mesh: MeshResult
-    mesh_path: Path
-    video_path: Path | None
+    mesh_path: Path | str
+    """Where the mesh went: a Path, or the object-store URI."""
+    video_path: Path | str | None
     iso: float
     timings: dict[str, float]
 
@@ -107,8 +109,10 @@ class ImageTo3D:
     """A loaded reconstructor with the inference settings that turn images into meshes/videos."""
 
     def __init__(self, model: Reconstructor, config: InferenceConfig | None = None) -> None:
-        self.config = (config or InferenceConfig()).validate()
-        self.device = resolve_device(self.config.device)
+        config = (config or InferenceConfig()).validate()
+        self.device = resolve_device(config.device)
+        # Unset mesh and turntable sizes follow the model's recommendation and this device.
+        self.config = config.for_model(model.config, self.device.type)
         self.model = model.to(self.device).eval()
         self.autocast_dtype = resolve_autocast_dtype(self.config.dtype, self.device)
         # The model's own renderer stays exact (training needs every sample); inference renders with
@@ -225,14 +229,21 @@ class ImageTo3D:
             )
 
     @torch.no_grad()
-    def turntable(self, planes: torch.Tensor, seed: int | None = None, occupancy: OccupancyGrid | None = None) -> np.ndarray:
+    def turntable(
+        self,
+        planes: torch.Tensor,
+        seed: int | None = None,
+        occupancy: OccupancyGrid | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
         """One object's triplanes [1, 3, C, R, R] → uint8 frames [M, H, W, 3] of a full revolution.
 
         With `seed`, rays are sampled randomly from that seed; without, per the config. `occupancy`: the
         object's grid when already built (`occupancy`), else built here once for all the views.
+        `progress` is called with the number of views each renderer call finished (a tqdm's `update`).
         """
         config = self.config
-        size = config.turntable_size or self.model.config.renderer.render_size
+        size = config.turntable_size
         poses = cameras.turntable_poses(
             config.turntable_views,
             radius=config.turntable_radius,
@@ -249,10 +260,19 @@ class ImageTo3D:
             chunk = render_cameras[start : start + per_call].unsqueeze(0)
             views = self.render(planes, chunk, size, deterministic, generator, occupancy)
             frames.append((views.rgb[0].float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+            if progress is not None:
+                progress(chunk.shape[1])
         return torch.cat(frames).numpy()
 
-    def run(self, image, mesh_path: str | os.PathLike, video_path: str | os.PathLike | None = None) -> ImageTo3DResult:
-        """Image → mesh file (format from the suffix) and optionally a turntable MP4."""
+    def run(
+        self,
+        image,
+        mesh_path: str | os.PathLike,
+        video_path: str | os.PathLike | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> ImageTo3DResult:
+        """Image → mesh file (format from the suffix) and optionally a turntable MP4; each output a local
+        path or an object-store URI (`progress`: see `turntable`)."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
         prepared = self.prepare(image)
@@ -264,12 +284,11 @@ class ImageTo3D:
         iso = self.iso_level(planes)
         occupancy = self.occupancy(planes)  # shared by the mesh and the turntable
         mesh = self.mesh(planes, iso, occupancy=occupancy)
-        save_mesh(mesh.mesh, mesh_path)
+        mesh_path = save_mesh(mesh.mesh, mesh_path)
         timings["mesh"] = time.perf_counter() - start
         if video_path is not None:
             start = time.perf_counter()
-            write_video(self.turntable(planes, occupancy=occupancy), video_path, fps=self.config.turntable_fps)
+            frames = self.turntable(planes, occupancy=occupancy, progress=progress)
+            video_path = write_video(frames, video_path, fps=self.config.turntable_fps)
             timings["video"] = time.perf_counter() - start
-        return ImageTo3DResult(
-            mesh=mesh, mesh_path=Path(mesh_path), video_path=Path(video_path) if video_path else None, iso=iso, timings=timings
-        )
+        return ImageTo3DResult(mesh=mesh, mesh_path=mesh_path, video_path=video_path, iso=iso, timings=timings)

@@ -21,6 +21,7 @@ import trimesh
 from scipy import ndimage
 from skimage import measure
 
+from vf3d import storage
 from vf3d.atomic import PARTIAL_SUFFIX, atomic_path, write_bytes_atomic
 
 QueryFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -422,15 +423,17 @@ def export_mesh(mesh: trimesh.Trimesh, fmt: str, y_up: bool = True) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
-def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
-    """Write ``mesh`` to ``path`` in the format named by its suffix (.glb, .obj, .ply)."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
+def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path | str:
+    """Write ``mesh`` to ``path`` (a local path or an object-store URI) in the format named by its
+    suffix (.glb, .obj, .ply); returns it as written (a Path, or the URI)."""
+    path = storage.local_or_uri(path)
+    name = storage.name(path)
+    fmt = Path(name).suffix.lower().lstrip(".")
     if fmt not in MESH_CONTENT_TYPES:
         allowed = ", ".join(f".{name}" for name in sorted(MESH_CONTENT_TYPES))
-        raise ValueError(f"cannot tell the mesh format from {path.name!r}; use one of {allowed}")
+        raise ValueError(f"cannot tell the mesh format from {name!r}; use one of {allowed}")
     data = export_mesh(mesh, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(storage.parent(path))
     return write_bytes_atomic(path, data)
 
 
@@ -451,9 +454,10 @@ def _video_frames(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray]) -> n
     return frames
 
 
-def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: str | Path, fps: int = 30) -> Path:
+def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: str | Path, fps: int = 30) -> Path | str:
     """Write frames (uint8[M, H, W, 3], a list of uint8[H, W, 3], or float torch[M, 3, H, W]
-    in [0, 1]) as an H.264 MP4, creating parent directories.
+    in [0, 1]) as an H.264 MP4 at `path` (a local path or an object-store URI), creating parent
+    directories.
 
     H.264 in yuv420p needs even sizes, so an odd height or width gains one edge-copied row
     or column.
@@ -461,12 +465,13 @@ def write_video(frames: np.ndarray | torch.Tensor | Sequence[np.ndarray], path: 
     frames = _video_frames(frames)
     _, height, width, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-    path = Path(path)
+    path = storage.local_or_uri(path)
     import imageio.v2 as imageio  # the ffmpeg plugin is only needed when writing videos
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ffmpeg picks the container from the file name, so the partial file keeps the real suffix last.
-    with atomic_path(path, partial_suffix=f"{PARTIAL_SUFFIX}{path.suffix}") as partial:
+    storage.makedirs(storage.parent(path))
+    # ffmpeg picks the container from the file name, so the partial file keeps the real suffix last
+    # (on object storage the staged local file does too, then it is published to the URI).
+    with atomic_path(path, partial_suffix=f"{PARTIAL_SUFFIX}{Path(storage.name(path)).suffix}") as partial:
         with imageio.get_writer(partial, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
             for frame in frames:
                 writer.append_data(frame)

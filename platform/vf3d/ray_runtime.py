@@ -59,6 +59,7 @@ def quiet_ray_data_logging() -> dict[str, str]:
     handler at WARNING; its log file (ray-data.log in the session's logs) keeps everything.
     """
     import copy
+    import hashlib
     import tempfile
 
     import yaml
@@ -66,9 +67,15 @@ def quiet_ray_data_logging() -> dict[str, str]:
 
     config = copy.deepcopy(ray_data_logging.DEFAULT_CONFIG)
     config["handlers"]["console"]["level"] = "WARNING"
-    path = os.path.join(tempfile.gettempdir(), f"vf3d-ray-data-logging-{os.getpid()}.yaml")
-    with open(path, "w") as file:
-        yaml.safe_dump(config, file)
+    text = yaml.safe_dump(config)
+    # Named by its content, so every process (and every test) shares one file instead of leaving
+    # one per process behind.
+    path = os.path.join(tempfile.gettempdir(), f"vf3d-ray-data-logging-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml")
+    if not os.path.exists(path):
+        from vf3d.atomic import atomic_write
+
+        with atomic_write(path, "w") as file:
+            file.write(text)
     os.environ[RAY_DATA_LOGGING_CONFIG_ENV] = path
     ray_data_logging.configure_logging()
     # Progress inside workers (Ray Train's dataset shards) goes through that logger instead of

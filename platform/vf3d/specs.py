@@ -483,17 +483,19 @@ def check_path(path: Path | Location, flag: str | None, kind: str, directory: bo
     help="reconstruct a mesh (and a turntable video) from one image",
     description="Reconstruct a vertex-coloured mesh from a single image with a reconstructor directory; optionally render a turntable MP4.",
     presets=INFERENCE_PRESETS,
-    default_preset="base",
+    default_preset="auto",
     config_kind="inference",
 )
 class ImageTo3D(Spec):
     """One image → a mesh, optionally a turntable video, and a JSON summary next to the mesh."""
 
-    image: Path = option("input image (PNG/JPEG/WebP...; an alpha channel is used as the foreground mask)", positional=True)
-    model: Path = option("reconstructor directory (config.json + model.safetensors)")
-    out: Path = option("output mesh: .glb (default viewer format), .obj or .ply")
-    video: Path | None = option("also write a turntable video to this .mp4", default=None)
-    mesh_resolution: int | None = option("marching-cubes grid size per axis (preset: base 256)", default=None, sets="mesh_resolution")
+    image: Location = option(
+        "input image (PNG/JPEG/WebP...; an alpha channel is used as the foreground mask); a path or URI", positional=True
+    )
+    model: Location = option("reconstructor directory (config.json + model.safetensors); a path or URI")
+    out: Location = option("output mesh: .glb (default viewer format), .obj or .ply; a path or URI")
+    video: Location | None = option("also write a turntable video to this .mp4 (a path or URI)", default=None)
+    mesh_resolution: int | None = option("marching-cubes grid size per axis (default: the model's)", default=None, sets="mesh_resolution")
     mesh_iso: str | None = option("density level of the surface, or 'auto' (Otsu); default: the model's", default=None)
     seed: int | None = option("use seeded random ray sampling instead of the default deterministic sampling", default=None, sets="seed")
     device: str | None = option("auto (default), cpu or cuda[:N]", default=None, sets="device")
@@ -507,23 +509,38 @@ class ImageTo3D(Spec):
         return overrides
 
     def check(self, config: Any) -> None:
-        if self.out.suffix.lower() not in MESH_SUFFIXES:
-            raise UsageError(f"--out must end in one of {', '.join(MESH_SUFFIXES)}, got {self.out.name!r}")
-        if self.video is not None and self.video.suffix.lower() != ".mp4":
-            raise UsageError(f"--video must end in .mp4, got {self.video.name!r}")
+        from vf3d import storage
+
+        out_name, video_name = storage.name(self.out), None if self.video is None else storage.name(self.video)
+        if Path(out_name).suffix.lower() not in MESH_SUFFIXES:
+            raise UsageError(f"--out must end in one of {', '.join(MESH_SUFFIXES)}, got {out_name!r}")
+        if video_name is not None and Path(video_name).suffix.lower() != ".mp4":
+            raise UsageError(f"--video must end in .mp4, got {video_name!r}")
         check_path(self.image, None, "image file", directory=False)
         check_path(self.model, "--model", "model directory", directory=True)
 
     def run(self, config: Any, log: Log = print_flushed) -> None:
+        from tqdm import tqdm
+
+        from vf3d import storage
+        from vf3d.atomic import write_bytes_atomic
         from vf3d.inference import ImageTo3D as ImageTo3DPipeline
         from vf3d.preprocess import load_image
 
-        load_image(self.image)  # fail fast on a bad image, before loading the model
+        image = storage.read_bytes(self.image) if storage.is_uri(self.image) else Path(self.image)
+        load_image(image)  # fail fast on a bad image, before loading the model
         started = time.perf_counter()
         pipeline = ImageTo3DPipeline.from_pretrained(self.model, config)
+        config = pipeline.config  # with the model's and the device's defaults filled in
         log(f"loaded {self.model} on {pipeline.device} in {time.perf_counter() - started:.1f}s")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        result = pipeline.run(self.image, self.out, self.video)
+        log(
+            f"mesh {config.mesh_resolution}³"
+            + (f", turntable {config.turntable_views} views at {config.turntable_size}²" if self.video is not None else "")
+            + f" ({'exact' if config.exact else 'fast'} path)"
+        )
+        # The turntable is the long step (a minute on the CPU): a bar with an ETA, on stderr.
+        with tqdm(total=config.turntable_views, desc="turntable", unit="view", disable=self.video is None, leave=False) as bar:
+            result = pipeline.run(image, self.out, self.video, progress=bar.update)
         summary = {
             "image": str(self.image),
             "model": str(self.model),
@@ -535,8 +552,7 @@ class ImageTo3D(Spec):
             "timings_s": {key: round(value, 3) for key, value in result.timings.items()},
             "config": config_lib.to_dict(config),
         }
-        summary_path = self.out.with_name(self.out.name + ".json")
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path = write_bytes_atomic(f"{self.out}.json", (json.dumps(summary, indent=2) + "\n").encode())
         log(f"mesh: {result.mesh_path} ({summary['vertices']} vertices, {summary['faces']} faces, iso {result.iso:.3g})")
         if result.video_path is not None:
             log(f"video: {result.video_path} ({config.turntable_views} frames)")
@@ -561,7 +577,7 @@ def _number(text: str, flag: str) -> float:
 class InitModel(Spec):
     """A reconstructor directory with random weights."""
 
-    out: Path = option("directory to write config.json + model.safetensors into")
+    out: Location = option("directory to write config.json + model.safetensors into; a path or URI")
     seed: int = option("weight initialisation seed (default: %(default)s)", default=0)
 
     def run(self, config: Any, log: Log = print_flushed) -> None:
@@ -587,7 +603,7 @@ class ImportCheckpoint(Spec):
 
     src: Path = option("released checkpoint file (.safetensors, .pt, .pth, .bin) or a directory holding model.safetensors", positional=True)
     format: Literal["vfusion3d", "openlrm"] = option("layout of the source checkpoint")
-    out: Path = option("reconstructor directory to write")
+    out: Location = option("reconstructor directory to write; a path or URI")
     config: Path | None = option(
         "YAML/JSON overrides for what shapes cannot tell (e.g. transformer.num_heads, encoder.image_size)", default=None
     )

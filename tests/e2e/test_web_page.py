@@ -46,6 +46,10 @@ CHROMIUM_FLAGS = [
 ]
 MODEL_TIMEOUT_S = 150  # one image-to-3D request with the CPU model
 PAGE_TIMEOUT_S = 20
+# How long one script may wait for the page's main thread. Drawing the first frames of a model in
+# SwiftShader (shader compilation on the CPU) can hold that thread for tens of seconds on a loaded
+# 2-core machine, and a page poll made meanwhile must wait, not fail.
+SCRIPT_TIMEOUT_S = MODEL_TIMEOUT_S
 # A pixel "differs" when a channel is this far (of 255) from the other image's.
 PIXEL_TOLERANCE = 12
 
@@ -62,7 +66,7 @@ def browser(tmp_path):
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_script_timeout(PAGE_TIMEOUT_S)
+    driver.set_script_timeout(SCRIPT_TIMEOUT_S)
     yield driver
     driver.quit()
 

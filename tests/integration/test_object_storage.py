@@ -129,16 +129,16 @@ def test_killed_synthesis_on_s3_rerun_ends_exactly_once(bucket, video_model_uri,
 
 TRAIN_RECON_OVERRIDES = """\
 stages:
-  - {name: low, steps: 6, data: synthetic, render_resolution: 32, crop_size: 32, pixel_loss: false}
-  - {name: high, steps: 6, data: 3d, render_resolution: 32, crop_size: 32, pixel_loss: true}
+  - {name: low, steps: 3, data: synthetic, render_resolution: 32, crop_size: 32, pixel_loss: false}
+  - {name: high, steps: 3, data: 3d, render_resolution: 32, crop_size: 32, pixel_loss: true}
 validation: {every_n_steps: 6}
 training:
-  run: {max_steps: 12, log_every_n_steps: 3}
-  checkpoint: {every_n_steps: 6}
-  fault_injection: {fail_at_step: 9, fail_rank: 1}
+  run: {max_steps: 6, log_every_n_steps: 3}
+  checkpoint: {every_n_steps: 3}
+  fault_injection: {fail_at_step: 5, fail_rank: 1}
 """
-"""A tiny two-stage train-recon whose rank 1 dies once at step 9: the restarted worker group
-resumes from the step-6 checkpoint on S3 (each rank fetching its own shards)."""
+"""A tiny two-stage train-recon whose rank 1 dies once at step 5: the restarted worker group
+resumes from the step-3 checkpoint on S3 (each rank fetching its own shards)."""
 
 
 @pytest.mark.timeout(3600)  # six commands, each starting its own local cluster, two of them trainings
@@ -172,7 +172,7 @@ def test_every_stage_runs_with_every_path_on_s3(bucket, tmp_path):
     stage(
         "finetune-video",
         *("--data", f"{root}/orbits", "--out", f"{root}/video-model", "--storage-path", f"{root}/runs", "--name", "video"),
-        *("--max-steps", "4", "--preset", "debug"),
+        *("--max-steps", "2", "--preset", "debug"),
     )
     assert storage.is_file(f"{root}/video-model/model_index.json") and storage.list_dir(f"{root}/runs/video")
     stage(
@@ -191,8 +191,10 @@ def test_every_stage_runs_with_every_path_on_s3(bucket, tmp_path):
         *("--storage-path", f"{root}/runs", "--name", "recon", "--preset", "debug", "--config", str(recon_overrides)),
     )
     trained = storage.read_json(f"{root}/reconstructor/train_recon_summary.json")
-    assert trained["steps"] == 12 and trained["resumed_from"] == 6, out[-2000:]
-    assert {"config.json", "model.safetensors", "train_log.jsonl", "validation.jsonl"} <= set(storage.walk_files(f"{root}/reconstructor"))
+    assert trained["steps"] == 6 and trained["resumed_from"] == 3, out[-2000:]
+    written = storage.walk_files(f"{root}/reconstructor")
+    assert {"config.json", "model.safetensors", "train_log.jsonl", "validation.jsonl"} <= set(written)
+    assert any(name.startswith("tensorboard/events.out.tfevents.") for name in written), "TensorBoard's files beside the model"
     stage(
         "evaluate",
         *("--model", f"{root}/reconstructor", "--data", f"{root}/orbits", "--assets", f"{root}/assets"),

@@ -137,7 +137,7 @@ def test_turntable_after_mesh_reuses_cached_triplanes(serve_endpoint):
     import imageio.v3 as iio
 
     frames = iio.imread(video.content, extension=".mp4")
-    assert frames.shape[0] == 16 and frames.std() > 0
+    assert frames.shape[:3] == (16, 64, 64) and frames.std() > 0  # the debug preset's turntable
 
 
 def test_concurrent_requests_share_batches(serve_endpoint):

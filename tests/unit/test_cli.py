@@ -89,6 +89,24 @@ def test_image_to_3d_writes_a_coloured_glb_a_video_and_a_summary(tmp_path, photo
     assert summary["vertices"] == len(mesh.vertices) and summary["config"]["mesh_resolution"] == 48
 
 
+def test_without_a_preset_sizes_follow_the_model_and_the_cpu(tmp_path, photo, debug_model_dir, vf3d_main):
+    """No --preset: the mesh at the model's recommended resolution, a turntable of the CPU's default
+    length at the model's render size; the summary records what was used."""
+    from vf3d.models.reconstructor.config import InferenceConfig
+
+    out, video = tmp_path / "mug.glb", tmp_path / "mug.mp4"
+    result = vf3d_main("image-to-3d", photo, "--model", debug_model_dir, "--out", out, "--video", video, "--mesh-iso", "auto")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((debug_model_dir / "config.json").read_text())["config"]
+    views, size = InferenceConfig().cpu_turntable_views, saved["renderer"]["render_size"]
+    assert f"mesh {saved['mesh_resolution']}³, turntable {views} views at {size}²" in result.stdout, result.stdout
+    summary = json.loads(out.with_name("mug.glb.json").read_text())["config"]
+    assert (summary["mesh_resolution"], summary["turntable_views"], summary["turntable_size"]) == (saved["mesh_resolution"], views, size)
+    import imageio.v3 as iio
+
+    assert iio.imread(video).shape[:3] == (views, size, size)
+
+
 def test_seeded_runs_are_reproducible(tmp_path, photo, debug_model_dir, vf3d_main):
     outputs = []
     for name in ("a", "b"):

@@ -315,3 +315,33 @@ def test_bounded_choices_and_rules_compose_on_any_config_dataclass():
         config.from_dict(Job, {"pools": [{"mode": "slow"}]})
     with pytest.raises(config.ConfigError, match=r"^share must be in \(0, 1\], got 1\.5$"):
         Job(share=1.5).validate()
+
+
+def test_inference_defaults_follow_the_model_and_the_device():
+    """Unset mesh and turntable sizes come from the model directory's config and, on the CPU, stay
+    small enough for a turntable of about a minute; a preset's numbers win over both."""
+    release = config.preset(RECONSTRUCTOR_PRESETS, "vfusion3d")
+    debug = config.preset(RECONSTRUCTOR_PRESETS, "debug")
+    auto = config.preset(INFERENCE_PRESETS, "auto")
+
+    on_gpu = auto.for_model(release, "cuda")
+    assert (on_gpu.mesh_resolution, on_gpu.turntable_views, on_gpu.turntable_size) == (384, 160, 384)
+    on_cpu = auto.for_model(release, "cpu")
+    assert (on_cpu.mesh_resolution, on_cpu.turntable_views, on_cpu.turntable_size) == (
+        384,
+        auto.cpu_turntable_views,
+        auto.cpu_turntable_size,
+    )
+    small_model = auto.for_model(debug, "cpu")
+    assert (small_model.mesh_resolution, small_model.turntable_size) == (debug.mesh_resolution, debug.renderer.render_size)
+
+    assert on_gpu.turntable_fps == 40 and on_cpu.turntable_fps == round(auto.cpu_turntable_views / 4), "a 4-s revolution"
+    preset = config.preset(INFERENCE_PRESETS, "debug").for_model(release, "cpu")
+    assert (preset.mesh_resolution, preset.turntable_views, preset.turntable_fps) == (64, 16, 8)
+    assert auto.mesh_resolution is None, "for_model returns a copy"
+
+
+def test_a_model_config_written_before_mesh_resolution_existed_loads_with_the_release_value():
+    written = config.to_dict(config.preset(RECONSTRUCTOR_PRESETS, "vfusion3d"))
+    del written["mesh_resolution"]
+    assert config.from_dict(ReconstructorConfig, written).mesh_resolution == 384

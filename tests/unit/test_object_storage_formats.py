@@ -4,6 +4,7 @@ real S3 API (moto's server over HTTP): the same contracts as on local disks."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -129,3 +130,59 @@ def test_model_directories_save_to_and_load_from_s3(s3_bucket):
 
     with pytest.raises(ModelDirectoryError, match="model directory not found"):
         Reconstructor.load_config(f"{s3_bucket}/models/missing")
+
+
+def test_image_to_3d_reads_and_writes_object_storage(s3_bucket, tmp_path):
+    """`vf3d init-model` and `vf3d image-to-3d` (their Python API: the same specs) with the photo,
+    the model directory, the mesh, the turntable and the summary all on s3://."""
+    import imageio.v3 as iio
+    import skimage.data
+    import trimesh
+    from PIL import Image
+
+    from vf3d.specs import ImageTo3D, InitModel, execute
+
+    model = f"{s3_bucket}/models/debug"
+    execute(InitModel(out=model, preset="debug", seed=0), log=lambda line: None)  # `vf3d init-model --out s3://...`
+    assert storage.walk_files(model) == ["config.json", "model.safetensors"]
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.png")
+    storage.upload_tree(tmp_path, f"{s3_bucket}/photos")
+    out = f"{s3_bucket}/results/mug.glb"
+    spec = ImageTo3D(
+        image=f"{s3_bucket}/photos/coffee.png", model=model, out=out, video=f"{s3_bucket}/results/mug.mp4", preset="debug", mesh_iso="auto"
+    )
+    execute(spec, log=lambda line: None)
+
+    assert sorted(storage.walk_files(f"{s3_bucket}/results")) == ["mug.glb", "mug.glb.json", "mug.mp4"]
+    mesh = trimesh.load(trimesh.util.wrap_as_stream(storage.read_bytes(out)), file_type="glb", force="mesh")
+    summary = storage.read_json(f"{out}.json")
+    assert len(mesh.vertices) == summary["vertices"] > 0 and summary["mesh"] == out
+    assert iio.imread(storage.read_bytes(f"{s3_bucket}/results/mug.mp4"), extension=".mp4").shape[0] == 16
+
+
+def test_tensorboard_event_files_are_published_to_an_object_store_directory(s3_bucket, tmp_path, monkeypatch):
+    """Rank 0's tracker with an s3:// `tensorboard_dir` writes locally and publishes the event files
+    there while training (every upload interval) and on close; TensorBoard reads them back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vf3d.training import tracking
+    from vf3d.training.config import TrainingConfig
+
+    training = TrainingConfig()
+    training.tracking.tensorboard_dir = f"{s3_bucket}/run/tensorboard"
+    monkeypatch.setattr(tracking, "TENSORBOARD_UPLOAD_INTERVAL_S", 0.0)  # publish at every log call
+    tracker = tracking.ScalarTracker(training, "regression")
+    tracker.log(4, {"loss": 0.5}, 1e-3, steps_per_second=2.0, samples_per_second=16.0)
+    published = storage.walk_files(training.tracking.tensorboard_dir)
+    assert len(published) == 1 and published[0].startswith("events.out.tfevents."), "published while the run goes on"
+    tracker.log(8, {"loss": 0.25}, 1e-3, steps_per_second=2.0, samples_per_second=16.0)
+    scratch = tracker.writer.log_dir
+    tracker.close()
+    assert not os.path.exists(scratch), "the local scratch directory is removed on close"
+
+    local = tmp_path / "tensorboard"
+    local.mkdir()
+    (local / published[0]).write_bytes(storage.read_bytes(f"{training.tracking.tensorboard_dir}/{published[0]}"))
+    events = EventAccumulator(str(local))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("loss/loss")] == [(4, 0.5), (8, 0.25)]

@@ -497,7 +497,7 @@ def evaluate(
             f"{config.geometry.num_points:,} surface points each; τ = {config.geometry.fscore_threshold:g} world units "
             f"(objects fit in a sphere of radius 0.8 inside the [-1, 1]³ box); compared in the asset's frame "
             f"(predicted mesh moved by S·C⁻¹ out of the source-canonical frame){'; bbox-aligned first' if config.geometry.alignment == 'bbox' else ', no alignment'}; "
-            f"mesh: {config.inference.mesh_resolution}³ grid, iso {config.inference.mesh_iso if config.inference.mesh_iso is not None else 'of the model'}"
+            f"mesh: {f'{config.inference.mesh_resolution}³' if config.inference.mesh_resolution else 'the model’s'} grid, iso {config.inference.mesh_iso if config.inference.mesh_iso is not None else 'of the model'}"
         )
     document = {
         "format": FORMAT,

@@ -122,7 +122,7 @@ class ServeConfig(ConfigBase):
                 f"{at.max_inflight_requests} must be >= 1 and < {at.ingress.max_ongoing_requests}",
             ),
             (
-                self.inference.mesh_resolution <= self.max_mesh_resolution,
+                self.inference.mesh_resolution is None or self.inference.mesh_resolution <= self.max_mesh_resolution,
                 f"{at.inference.mesh_resolution} must be <= {at.max_mesh_resolution}",
             ),
         ]
@@ -131,7 +131,10 @@ class ServeConfig(ConfigBase):
 def _serve_debug() -> ServeConfig:
     # One small replica of each deployment on a laptop's CPU; fractional CPUs so all three fit
     # on 2 cores next to Serve's controller and proxy. "auto" iso: debug models are often random.
-    inference = InferenceConfig(mesh_resolution=64, mesh_iso="auto", turntable_views=16, turntable_fps=8, mask_method="estimate")
+    # A 64² turntable: a debug model renders at 32², too small to see anything in a video player.
+    inference = InferenceConfig(
+        mesh_resolution=64, mesh_iso="auto", turntable_views=16, turntable_size=64, turntable_fps=8, mask_method="estimate"
+    )
     return ServeConfig(
         inference=inference,
         ingress=ReplicaConfig(num_cpus=0.25, max_ongoing_requests=32, target_ongoing_requests=16.0, max_queued_requests=64),

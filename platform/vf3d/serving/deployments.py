@@ -46,9 +46,15 @@ def _serve_config(config: dict):
 
 
 def _load_pipeline(model_dir: str, config):
+    from dataclasses import replace
+
     from vf3d.inference import ImageTo3D
 
-    return ImageTo3D.from_pretrained(model_dir, config.inference)
+    pipeline = ImageTo3D.from_pretrained(model_dir, config.inference)
+    # A mesh resolution taken from the model stays within what requests may ask for.
+    if pipeline.config.mesh_resolution > config.max_mesh_resolution:
+        pipeline.config = replace(pipeline.config, mesh_resolution=config.max_mesh_resolution)
+    return pipeline
 
 
 @serve.deployment
@@ -189,9 +195,13 @@ class MeshBuilder:
 
     def _video(self, frames: np.ndarray) -> bytes:
         from vf3d.mesh import write_video
+        from vf3d.models.reconstructor.config import TURNTABLE_SECONDS
 
+        # Unset, the frame rate makes one revolution last TURNTABLE_SECONDS whatever the frame count
+        # the model replica's device chose.
+        fps = self.config.inference.turntable_fps or max(1, round(len(frames) / TURNTABLE_SECONDS))
         with tempfile.TemporaryDirectory() as directory:
-            path = write_video(frames, os.path.join(directory, "turntable.mp4"), fps=self.config.inference.turntable_fps)
+            path = write_video(frames, os.path.join(directory, "turntable.mp4"), fps=fps)
             return path.read_bytes()
 
     async def video(self, frames: np.ndarray) -> bytes:

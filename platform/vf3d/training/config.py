@@ -131,7 +131,9 @@ class TrackingSettings(ConfigBase):
     """Write TensorBoard event files (read them with `tensorboard --logdir DIR`; no server runs
     during training)."""
     tensorboard_dir: str | None = None
-    """Directory of the event files; None: `tensorboard/` in the command's output directory."""
+    """Directory of the event files, a local path or an object-store URI (written locally on rank 0
+    and published there every minute and at the end); None: `tensorboard/` in the command's output
+    directory."""
     mlflow_tracking_uri: str | None = None
     """MLflow tracking server or store (`http://host:5000`, `file:///path/mlruns`); None: the
     MLFLOW_TRACKING_URI environment variable; with neither, nothing is logged to MLflow. Needs

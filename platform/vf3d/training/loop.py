@@ -245,14 +245,12 @@ def use_default_storage(training: TrainingConfig, out_dir: Path) -> None:
     """Checkpoints under `out_dir`/training_runs unless `training.run.storage_path` is set, and
     TensorBoard event files under `out_dir`/tensorboard unless `training.tracking.tensorboard_dir` is."""
     if storage.is_uri(out_dir):
-        # Checkpoints go beside the model on the object store (Ray Train uploads them); the
-        # TensorBoard writer needs a local directory, so its files stay on the rank-0 node.
+        # Checkpoints go beside the model on the object store (Ray Train uploads them), and so do
+        # the TensorBoard event files (written locally on rank 0, published by its ScalarTracker).
         if training.run.storage_path is None:
             training.run.storage_path = str(storage.join(out_dir, RUNS_DIRNAME))
         if training.tracking.tensorboard_dir is None:
-            import tempfile
-
-            training.tracking.tensorboard_dir = str(Path(tempfile.gettempdir(), "vf3d-tensorboard", training.run.name))
+            training.tracking.tensorboard_dir = str(storage.join(out_dir, TENSORBOARD_DIRNAME))
         return
     if training.run.storage_path is None:
         training.run.storage_path = str((Path(out_dir) / RUNS_DIRNAME).resolve())

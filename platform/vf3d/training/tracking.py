@@ -12,12 +12,18 @@ imported only when a URI is set; without the package that is a clear error, not 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
-from vf3d import metrics
+from vf3d import metrics, storage
 from vf3d.training.config import TrainingConfig
 
 MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+TENSORBOARD_UPLOAD_INTERVAL_S = 60.0
+"""How often event files written for an object-store `tensorboard_dir` are published while training."""
 
 
 class ScalarTracker:
@@ -33,10 +39,18 @@ class ScalarTracker:
         tracking = training.tracking
         self.pipeline = pipeline
         self.writer = None
+        # TensorBoard's writer needs a local directory: for an object-store `tensorboard_dir` it
+        # writes to a scratch directory whose event files are published to the URI (whole, each
+        # time: they hold a few kB per thousand steps) every `upload_interval_s` and on close.
+        self.upload_to = None
+        self.last_upload = time.monotonic()
         if tracking.tensorboard and tracking.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=tracking.tensorboard_dir)
+            log_dir = tracking.tensorboard_dir
+            if storage.is_uri(log_dir):
+                self.upload_to, log_dir = log_dir, tempfile.mkdtemp(prefix="vf3d-tensorboard-")
+            self.writer = SummaryWriter(log_dir=log_dir)
         self.mlflow = None
         uri = tracking.mlflow_tracking_uri or os.environ.get(MLFLOW_URI_ENV)
         if uri:
@@ -66,6 +80,8 @@ class ScalarTracker:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, global_step=step)
             self.writer.flush()  # readable while the run goes on
+            if self.upload_to is not None and time.monotonic() - self.last_upload >= TENSORBOARD_UPLOAD_INTERVAL_S:
+                self._upload()
         if self.mlflow is not None:
             # MLflow metric names may not hold "/" on every store; use "." instead.
             self.mlflow.log_metrics({name.replace("/", "."): value for name, value in scalars.items()}, step=step)
@@ -78,10 +94,20 @@ class ScalarTracker:
         """Flush and close; `summary` (numbers only are kept) is logged to MLflow as the run's last metrics."""
         if self.writer is not None:
             self.writer.close()
+            if self.upload_to is not None:
+                self._upload()
+                shutil.rmtree(self.writer.log_dir, ignore_errors=True)
         if self.mlflow is not None:
             if summary:
                 self.mlflow.log_metrics({key: float(value) for key, value in summary.items() if isinstance(value, (int, float))})
             self.mlflow.end_run()
+
+    def _upload(self) -> None:
+        """Publish every event file of the scratch directory to `upload_to`, keeping relative paths."""
+        root = Path(self.writer.log_dir)
+        for local in sorted(path for path in root.rglob("*") if path.is_file()):
+            storage.publish_file(local, str(storage.join(self.upload_to, *local.relative_to(root).parts)))
+        self.last_upload = time.monotonic()
 
 
 def learning_rate(engine: Any) -> float | None:

@@ -7,7 +7,7 @@ job driver or a Serve ingress replica can read them without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from vf3d.config import ConfigBase, FieldPath, bounded
@@ -167,6 +167,10 @@ class ReconstructorConfig(ConfigBase):
     mesh_iso: float = 1.0
     """Density level of the extracted surface (1.0 for VFusion3D, 3.0 for OpenLRM;
     docs/vfusion3d.md#meshes-and-turntables)."""
+    mesh_resolution: int = bounded(384, ge=8, le=1024)
+    """Marching-cubes grid per axis this model's meshes are made at unless told otherwise (the
+    inference config's `mesh_resolution: null`): finer than the triplanes resolve gains nothing.
+    The turntable's recommended size is `renderer.render_size`."""
 
 
 def _reconstructor_debug() -> ReconstructorConfig:
@@ -176,6 +180,7 @@ def _reconstructor_debug() -> ReconstructorConfig:
         triplane=TriplaneConfig(token_resolution=8, channels=16),
         decoder=DecoderConfig(hidden_width=32),
         renderer=RendererConfig(num_coarse_samples=16, num_fine_samples=16, render_size=32, ray_chunk_size=4096),
+        mesh_resolution=64,
     )
 
 
@@ -186,6 +191,7 @@ def _reconstructor_small() -> ReconstructorConfig:
         triplane=TriplaneConfig(token_resolution=16, channels=40),
         decoder=DecoderConfig(hidden_width=64),
         renderer=RendererConfig(num_coarse_samples=48, num_fine_samples=48, render_size=128),
+        mesh_resolution=128,
     )
 
 
@@ -196,6 +202,7 @@ def _reconstructor_base() -> ReconstructorConfig:
         triplane=TriplaneConfig(token_resolution=32, channels=48),
         decoder=DecoderConfig(hidden_width=64),
         renderer=RendererConfig(num_coarse_samples=64, num_fine_samples=64, render_size=384),
+        mesh_resolution=256,
     )
 
 
@@ -230,8 +237,8 @@ class InferenceConfig(ConfigBase):
     """How the photo is framed: "vf3d" (mask box at `foreground_ratio`, antialiased resize) or
     "release" (the released VFusion3D code's framing and rembg model, for comparing with it;
     see vf3d.preprocess.release_framing and docs/vfusion3d.md#preprocessing)."""
-    mesh_resolution: int = bounded(256, ge=8, le=1024)
-    """Density grid samples per axis for marching cubes."""
+    mesh_resolution: int | None = bounded(None, ge=8, le=1024)
+    """Density grid samples per axis for marching cubes; None: the model's (ReconstructorConfig.mesh_resolution)."""
     mesh_method: Literal["surface", "coarse_to_fine", "dense"] = "surface"
     """"surface" (seeded by the renderer's occupancy grid, refined level by level on the model's device,
     querying only cells near the surface), "coarse_to_fine" (a coarse grid, then the full grid within a
@@ -239,12 +246,21 @@ class InferenceConfig(ConfigBase):
     mesh_iso: float | Literal["auto"] | None = None
     """Surface density level; None uses the model's `mesh_iso`; "auto" uses Otsu's threshold of
     the density (for untrained models or fields of unknown scale)."""
-    turntable_views: int = bounded(160, ge=1)
-    """Frames in the turntable video (one full revolution)."""
+    turntable_views: int | None = bounded(None, ge=1)
+    """Frames in the turntable video (one full revolution); None: 160 (the release's) on a GPU,
+    `cpu_turntable_views` on the CPU."""
     turntable_size: int | None = bounded(None, ge=1)
-    """Side of turntable frames; None uses the model's render size."""
-    turntable_fps: int = bounded(40, ge=1)
-    """Frames per second of the turntable MP4."""
+    """Side of turntable frames; None: the model's render size (`renderer.render_size`), on the CPU at
+    most `cpu_turntable_size`."""
+    cpu_turntable_views: int = bounded(40, ge=1)
+    """Turntable frames on the CPU when `turntable_views` is None."""
+    cpu_turntable_size: int = bounded(160, ge=1)
+    """Largest turntable side on the CPU when `turntable_size` is None: with these two defaults the
+    release-size model's turntable takes about a minute on a 2-core CPU, a twentieth of what 160
+    views at 384² take (bench/recon.py --sections default_turntable)."""
+    turntable_fps: int | None = bounded(None, ge=1)
+    """Frames per second of the turntable MP4; None: one revolution in `TURNTABLE_SECONDS` (the
+    release's 160 frames at 40 fps)."""
     turntable_radius: float = bounded(1.5, gt=0)
     """Distance of the turntable cameras from the origin."""
     turntable_elevation_deg: float = 0.0
@@ -264,10 +280,38 @@ class InferenceConfig(ConfigBase):
     turntable_views_per_call: int = bounded(32, ge=1)
     """Turntable views rendered per renderer call; the renderer's ray chunks bound memory within it."""
 
+    def for_model(self, model: ReconstructorConfig, device_type: str) -> InferenceConfig:
+        """This config with every "follow the model and the device" field (None) filled in: the
+        model's recommended mesh resolution and render size, and on the CPU ("cpu") a turntable
+        that finishes in about a minute (see `cpu_turntable_views`, `cpu_turntable_size`)."""
+        on_cpu = device_type == "cpu"
+        size = self.turntable_size
+        if size is None:
+            size = min(model.renderer.render_size, self.cpu_turntable_size) if on_cpu else model.renderer.render_size
+        views = self.turntable_views
+        if views is None:
+            views = self.cpu_turntable_views if on_cpu else GPU_TURNTABLE_VIEWS
+        fps = self.turntable_fps or max(1, round(views / TURNTABLE_SECONDS))
+        return replace(
+            self,
+            mesh_resolution=self.mesh_resolution or model.mesh_resolution,
+            turntable_views=views,
+            turntable_size=size,
+            turntable_fps=fps,
+        ).validate()
+
+
+GPU_TURNTABLE_VIEWS = 160
+"""Turntable frames on a GPU when not set: the released code's video (docs/vfusion3d.md#meshes-and-turntables)."""
+TURNTABLE_SECONDS = 4.0
+"""Length of one revolution when the frame rate is not set (the release's 160 frames at 40 fps)."""
+
 
 INFERENCE_PRESETS = {
+    # The model's recommended mesh resolution and render size; on the CPU a shorter, smaller turntable.
+    "auto": lambda: InferenceConfig(),
     "debug": lambda: InferenceConfig(mesh_resolution=64, turntable_views=16, turntable_fps=8),
     "small": lambda: InferenceConfig(mesh_resolution=128, turntable_views=60, turntable_fps=20),
-    "base": lambda: InferenceConfig(),
-    "vfusion3d": lambda: InferenceConfig(mesh_resolution=384),
+    "base": lambda: InferenceConfig(mesh_resolution=256, turntable_views=GPU_TURNTABLE_VIEWS),
+    "vfusion3d": lambda: InferenceConfig(mesh_resolution=384, turntable_views=GPU_TURNTABLE_VIEWS),
 }
