@@ -539,10 +539,18 @@ class SubmitOutcome:
     status: str
 
 
-def submit(client, submission: Submission, log=print) -> SubmitOutcome:
-    """Submit unless a job with the same submission id exists (then report it)."""
-    info = _job_info(client, submission.submission_id)
-    if info is None:
+AGENT_NOT_READY = "No available agent to submit job"
+"""Ray's job server answers this (HTTP 500) until a node's dashboard agent has registered: right
+after the head starts, or while a busy head is slow to bring its agent up."""
+AGENT_WAIT_S = 120.0
+"""How long `submit` retries while the job server has no agent yet."""
+
+
+def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) -> None:
+    """`client.submit_job`, retried every 2 s for up to AGENT_WAIT_S while the job server has no
+    agent to run it (the same submission id each time, so a retry never starts a second job)."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
         try:
             client.submit_job(
                 entrypoint=submission.entrypoint,
@@ -552,6 +560,25 @@ def submit(client, submission: Submission, log=print) -> SubmitOutcome:
                 entrypoint_num_gpus=submission.entrypoint_num_gpus,
                 metadata=submission.metadata,
             )
+            return
+        except RuntimeError as error:
+            if AGENT_NOT_READY not in str(error):
+                raise
+            if time.monotonic() > deadline:
+                raise JobSubmitError(
+                    f"the Ray job server has had no agent to run jobs for {AGENT_WAIT_S:.0f} s (is the head node's dashboard agent up?)"
+                ) from None
+            if deadline - time.monotonic() > AGENT_WAIT_S - 2.5:  # say it once
+                log("the cluster's job agent is not ready yet; retrying")
+            time.sleep(2.0)
+
+
+def submit(client, submission: Submission, log=print) -> SubmitOutcome:
+    """Submit unless a job with the same submission id exists (then report it)."""
+    info = _job_info(client, submission.submission_id)
+    if info is None:
+        try:
+            _submit_when_an_agent_is_ready(client, submission, log)
         except RuntimeError as error:
             if "already exists" not in str(error):  # else: a concurrent identical submit won
                 raise
