@@ -550,6 +550,7 @@ def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) ->
     """`client.submit_job`, retried every 2 s for up to AGENT_WAIT_S while the job server has no
     agent to run it (the same submission id each time, so a retry never starts a second job)."""
     deadline = time.monotonic() + AGENT_WAIT_S
+    said = False
     while True:
         try:
             client.submit_job(
@@ -568,8 +569,9 @@ def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) ->
                 raise JobSubmitError(
                     f"the Ray job server has had no agent to run jobs for {AGENT_WAIT_S:.0f} s (is the head node's dashboard agent up?)"
                 ) from None
-            if deadline - time.monotonic() > AGENT_WAIT_S - 2.5:  # say it once
+            if not said:
                 log("the cluster's job agent is not ready yet; retrying")
+                said = True
             time.sleep(2.0)
 
 

@@ -195,11 +195,9 @@ class MeshBuilder:
 
     def _video(self, frames: np.ndarray) -> bytes:
         from vf3d.mesh import write_video
-        from vf3d.models.reconstructor.config import TURNTABLE_SECONDS
 
-        # Unset, the frame rate makes one revolution last TURNTABLE_SECONDS whatever the frame count
-        # the model replica's device chose.
-        fps = self.config.inference.turntable_fps or max(1, round(len(frames) / TURNTABLE_SECONDS))
+        # From the frame count the model replica's device chose (this replica may run elsewhere).
+        fps = self.config.inference.frame_rate(len(frames))
         with tempfile.TemporaryDirectory() as directory:
             path = write_video(frames, os.path.join(directory, "turntable.mp4"), fps=fps)
             return path.read_bytes()

@@ -41,7 +41,7 @@ class ScalarTracker:
         self.writer = None
         # TensorBoard's writer needs a local directory: for an object-store `tensorboard_dir` it
         # writes to a scratch directory whose event files are published to the URI (whole, each
-        # time: they hold a few kB per thousand steps) every `upload_interval_s` and on close.
+        # time: they hold a few kB per thousand steps) every TENSORBOARD_UPLOAD_INTERVAL_S and on close.
         self.upload_to = None
         self.last_upload = time.monotonic()
         if tracking.tensorboard and tracking.tensorboard_dir:

@@ -291,14 +291,18 @@ class InferenceConfig(ConfigBase):
         views = self.turntable_views
         if views is None:
             views = self.cpu_turntable_views if on_cpu else GPU_TURNTABLE_VIEWS
-        fps = self.turntable_fps or max(1, round(views / TURNTABLE_SECONDS))
         return replace(
             self,
             mesh_resolution=self.mesh_resolution or model.mesh_resolution,
             turntable_views=views,
             turntable_size=size,
-            turntable_fps=fps,
+            turntable_fps=self.frame_rate(views),
         ).validate()
+
+    def frame_rate(self, views: int) -> int:
+        """Frames per second of a turntable of `views` frames: `turntable_fps`, or when unset one
+        revolution in TURNTABLE_SECONDS."""
+        return self.turntable_fps or max(1, round(views / TURNTABLE_SECONDS))
 
 
 GPU_TURNTABLE_VIEWS = 160
