@@ -16,6 +16,7 @@ from typing import Any
 from vf3d import __version__, specs
 from vf3d.ray_runtime import VERBOSE_ENV
 from vf3d.specs import UsageError
+from vf3d.storage import Location
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -64,10 +65,10 @@ def _submit_options() -> dict[str, dict[str, Any]]:
             "directory)",
         },
         "--data-root": {
-            "type": Path,
-            "metavar": "DIR",
-            "help": "where the job's relative paths resolve (sets VF3D_DATA_ROOT; default: the current directory when --address is on "
-            "this machine)",
+            "type": Location,
+            "metavar": "DIR|URI",
+            "help": "where the job's relative paths resolve: a directory or an s3:// / gs:// prefix (sets VF3D_DATA_ROOT; default: "
+            "the current directory when --address is on this machine)",
         },
     }
 

@@ -4,9 +4,10 @@ For now the pipeline is: real sample meshes (shipped inside pybullet) → orbit 
 Ray cluster → the `debug` video model fine-tuned on them (Ray Train + DeepSpeed ZeRO-2, 2 workers)
 → synthetic orbits from prompts and a photo (Ray Data, elastic actor pools, quality filter)
 → the `debug` reconstructor trained on them and the renders (Ray Train + DeepSpeed, stage schedule)
-→ the image-to-3D endpoint on Ray Serve, sent a real photo (shipped inside scikit-image, so it works
-offline) over HTTP → GLB + turntable MP4, with an evaluation report on the held-out objects
-(PSNR/SSIM/LPIPS on novel views, Chamfer distance and F-score against the true meshes).
+→ an evaluation report on the held-out objects (PSNR/SSIM/LPIPS on novel views, Chamfer distance
+and F-score against the true meshes) → the image-to-3D endpoint on Ray Serve, sent over HTTP a view
+of a held-out object (the result: something the models could learn) and a real photo (shipped
+inside scikit-image, so it works offline) → a GLB, a turntable MP4 and a two-view picture of each.
 """
 
 from __future__ import annotations
@@ -88,10 +89,55 @@ def evaluate_held_out(model_dir: Path, data_dir: Path, held_out: list[str], asse
     }
 
 
-def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path, log=print) -> dict:
+def write_held_out_view(data_dir: Path, object_id: str, path: Path) -> tuple[Path, str]:
+    """The first view of the held-out orbit `object_id` in `data_dir` as an RGBA PNG (the object
+    cut out on a transparent background, as a client's masked photo would be). Returns the path and
+    the object's asset name."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import torch
+    from PIL import Image
+
+    from vf3d.data.shards import decode_row, read_table
+
+    table = read_table(data_dir)
+    rows = table.filter(pc.equal(table["id"], object_id)).to_pylist()
+    if not rows:
+        raise RuntimeError(f"held-out object {object_id} is not in {data_dir}")
+    orbit = decode_row(rows[0], views=[0], dtype=torch.uint8)
+    rgba = np.concatenate([orbit["frames"][0].numpy(), orbit["masks"][0].numpy()], axis=0).transpose(1, 2, 0)
+    Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA").save(path)
+    return path, Path(rows[0]["asset"] or object_id).stem
+
+
+RESULT_VIEW_SIZE = 320
+"""Side of each of the two views `render_result_views` draws of a GLB."""
+
+
+def render_result_views(mesh_path: Path, image_path: Path) -> Path:
+    """Draw the GLB at `mesh_path` from two sides (azimuth 30° and 210°, 20° up, on white) into one
+    PNG, with the same headless renderer render-assets uses: a look at the result without a viewer."""
+    import numpy as np
+    from PIL import Image
+
+    from vf3d import cameras
+    from vf3d.data.assets import load_asset
+    from vf3d.data.orbit_renderer import OrbitRenderer
+
+    poses = cameras.orbit_poses(2, elevation_deg=20.0, azimuth_offset_deg=30.0)
+    with OrbitRenderer(RESULT_VIEW_SIZE, samples=4) as renderer:
+        rgba = renderer.render(load_asset(mesh_path), cameras.render_camera_vector(poses))
+    alpha = rgba[..., 3:].astype(np.float32) / 255
+    on_white = (rgba[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    Image.fromarray(np.concatenate(list(on_white), axis=1)).save(image_path)
+    return image_path
+
+
+def serve_images(model_dir: Path, inputs: dict[str, Path], out: Path, log=print) -> dict:
     """Deploy the endpoint for `model_dir` on the connected Ray cluster (debug serve preset, a free
-    port), send `photo` to /v1/image-to-3d and /v1/turntable as any client would, write the answers,
-    and shut the endpoint down. Returns the stage's summary."""
+    port), send each image of `inputs` (name → PNG) to /v1/image-to-3d and /v1/turntable as any
+    client would, write the answers to `out/NAME.glb` and `out/NAME.mp4` with a two-view picture
+    of each mesh (`out/NAME-views.png`), and shut the endpoint down. Returns the stage's summary."""
     import os
     import socket
 
@@ -106,33 +152,33 @@ def serve_photo(model_dir: Path, photo: Path, mesh_path: Path, video_path: Path,
     config = config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), {"port": port})
     url = start_endpoint(build_application(model_dir, config), config, log=log)
     headers = {"Authorization": f"Bearer {os.environ[API_KEY_ENV]}"} if os.environ.get(API_KEY_ENV) else {}
+    answers = {}
     try:
-        data = photo.read_bytes()
-        mesh = requests.post(f"{url}/v1/image-to-3d", data=data, headers=headers, timeout=config.request_timeout_s)
-        if mesh.status_code != 200:
-            raise RuntimeError(f"the endpoint answered {mesh.status_code}: {mesh.text[:300]}")
-        mesh_path.write_bytes(mesh.content)
-        video = requests.post(f"{url}/v1/turntable", data=data, headers=headers, timeout=config.request_timeout_s)
-        if video.status_code != 200:
-            raise RuntimeError(f"the endpoint answered {video.status_code}: {video.text[:300]}")
-        video_path.write_bytes(video.content)
+        for name, image in inputs.items():
+            data = image.read_bytes()
+            mesh = requests.post(f"{url}/v1/image-to-3d", data=data, headers=headers, timeout=config.request_timeout_s)
+            if mesh.status_code != 200:
+                raise RuntimeError(f"the endpoint answered {mesh.status_code} for {image.name}: {mesh.text[:300]}")
+            (out / f"{name}.glb").write_bytes(mesh.content)
+            video = requests.post(f"{url}/v1/turntable", data=data, headers=headers, timeout=config.request_timeout_s)
+            if video.status_code != 200:
+                raise RuntimeError(f"the endpoint answered {video.status_code} for {image.name}: {video.text[:300]}")
+            (out / f"{name}.mp4").write_bytes(video.content)
+            log(
+                f"serve: {image.name} → a {len(mesh.content) / 1e6:.1f} MB GLB ({int(mesh.headers['x-vf3d-vertices']):,} vertices) "
+                f"in {mesh.headers['x-vf3d-seconds']}s and a turntable in {video.headers['x-vf3d-seconds']}s"
+            )
+            answers[name] = {
+                "input": str(image),
+                "mesh": str(out / f"{name}.glb"),
+                "video": str(out / f"{name}.mp4"),
+                "views": str(render_result_views(out / f"{name}.glb", out / f"{name}-views.png")),
+                "vertices": int(mesh.headers["x-vf3d-vertices"]),
+            }
         health = requests.get(f"{url}/healthz", timeout=60).json()
     finally:
         serve.shutdown()
-    log(
-        f"serve: {url} answered {photo.name} with a {len(mesh.content) / 1e6:.1f} MB GLB in {mesh.headers['x-vf3d-seconds']}s "
-        f"and a turntable in {video.headers['x-vf3d-seconds']}s (triplane cache {video.headers['x-vf3d-triplane-cache']})"
-    )
-    return {
-        "input": str(photo),
-        "url": url,
-        "mesh": str(mesh_path),
-        "video": str(video_path),
-        "vertices": int(mesh.headers["x-vf3d-vertices"]),
-        "faces": int(mesh.headers["x-vf3d-faces"]),
-        "turntable_triplane_cache": video.headers["x-vf3d-triplane-cache"],
-        "images_encoded": health["images_encoded"],
-    }
+    return {"url": url, "images_encoded": health["images_encoded"], "answers": answers}
 
 
 def run_demo(out: Path, log=print) -> dict:
@@ -208,9 +254,20 @@ def run_demo(out: Path, log=print) -> dict:
         )
         stages["evaluate"]["seconds"] = time.perf_counter() - stage_start
         stage_start = time.perf_counter()
+        # The result is an object the reconstructor could learn: a view of one it never trained
+        # on, from the same renderer. The real photo shows the endpoint on a client's picture, far
+        # outside what 5 training objects at 48 px can teach.
+        held_out_view, held_out_name = write_held_out_view(out / "orbits", trained["held_out"][0], out / "held-out-view.png")
         photo = write_demo_photo(out / f"{DEMO_PHOTO}.png")
-        stages["serve"] = serve_photo(out / "reconstructor", photo, out / "result.glb", out / "turntable.mp4", log=log)
-        stages["serve"]["seconds"] = time.perf_counter() - stage_start
+        served = serve_images(out / "reconstructor", {"result": held_out_view, DEMO_PHOTO: photo}, out, log=log)
+        stages["serve"] = {
+            "url": served["url"],
+            "result": f"{out / 'result.glb'} from a view of held-out object {held_out_name!r} (never trained on)",
+            "photo": f"{out / (DEMO_PHOTO + '.glb')} from {photo.name}",
+            "pictures": ", ".join(answer["views"] for answer in served["answers"].values()),
+            "vertices": "/".join(f"{answer['vertices']:,}" for answer in served["answers"].values()),
+            "seconds": time.perf_counter() - stage_start,
+        }
 
     summary = {"total_seconds": time.perf_counter() - started, "stages": stages}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -218,6 +275,7 @@ def run_demo(out: Path, log=print) -> dict:
         details = ", ".join(f"{key}={value}" for key, value in stage.items() if key != "seconds")
         log(f"[{name}] {stage['seconds']:.1f}s  {details}")
     log(
-        f"demo finished in {summary['total_seconds']:.1f}s; GLB: {out / 'result.glb'}  MP4: {out / 'turntable.mp4'}  summary: {out / 'summary.json'}"
+        f"demo finished in {summary['total_seconds']:.1f}s; GLB: {out / 'result.glb'}  MP4: {out / 'result.mp4'}  "
+        f"pictures: {out / 'result-views.png'}  summary: {out / 'summary.json'}"
     )
     return summary

@@ -244,8 +244,9 @@ class Invocation:
     stage: str
     values: dict[str, Any]
     """Option values by field name, typed (paths absolute): the preset and --config first."""
-    sample_assets_dir: Path | None = None
-    """Gather pybullet's sample meshes here first (render-assets with `assets: sample`)."""
+    sample_assets_dir: Path | str | None = None
+    """Gather pybullet's sample meshes here first (render-assets with `assets: sample`); a URI
+    under an object-store data root."""
 
     @property
     def argv(self) -> list[str]:
@@ -257,37 +258,55 @@ class Invocation:
         return specs.build(self.stage, self.values)
 
 
-def data_root() -> Path:
-    """Where a job's relative paths resolve: $VF3D_DATA_ROOT, else the working directory."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or os.getcwd()).expanduser().resolve()
+def data_root() -> Path | str:
+    """Where a job's relative paths resolve: $VF3D_DATA_ROOT (a local directory or an s3:// /
+    gs:// prefix), else the working directory."""
+    return resolve_data_root(os.environ.get(DATA_ROOT_ENV) or os.getcwd())
 
 
-def build_invocation(job: JobSpec, extra_args: list[str], root: Path, config_file: Path | None, shipped: Path | None = None) -> Invocation:
+def resolve_data_root(root: str | os.PathLike) -> Path | str:
+    """An object-store prefix as it is (without a trailing slash), a local directory made absolute."""
+    if storage.is_uri(str(root)):
+        return str(root).rstrip("/")
+    return Path(root).expanduser().resolve()
+
+
+def build_invocation(
+    job: JobSpec, extra_args: list[str], root: Path | str, config_file: Path | None, shipped: Path | None = None
+) -> Invocation:
     """The option values of a job: the file's args overridden by `extra_args` (same option, later
     wins, including repeatable ones), every path made absolute against `root` (Ray Data and Train
     workers do not share the driver's working directory) -- or against `shipped` (the job's
     working directory: the repository) for an input that exists only there, such as
     jobs/prompts/debug.jsonl -- and `config_file` (the `config:` overrides, written by the
-    caller) as the stage's --config. Required options are not checked here (`Invocation.spec`)."""
+    caller) as the stage's --config. Required options are not checked here (`Invocation.spec`).
+
+    `root` may be an s3:// or gs:// prefix: relative locations then become keys under it, and an
+    option that only takes local paths must be given as an absolute path."""
     given = parse_stage_args(job.stage, extra_args)
     preset = given.pop("preset", None) or job.preset
     if "config" in given:
         raise ConfigError(f"{job.stage} arguments: --config here is the job file; put stage config overrides under its `config:` key")
     args = {**job.args, **given}
 
-    def absolute(value: str | Path) -> Path:
+    def absolute(value: str | Path, local_only: bool = False) -> Path | str:
         path = Path(value).expanduser()
         if path.is_absolute():
             return path
-        if shipped is not None and not (root / path).exists() and (shipped / path).exists():
+        under_root = storage.join(root, path.as_posix())
+        if shipped is not None and not storage.exists(under_root) and (shipped / path).exists():
             return shipped / path
-        return root / path
+        if local_only and storage.is_uri(str(under_root)):
+            raise ConfigError(
+                f"{job.stage}: {value} is relative and the data root {root} is an object store; this option takes a local path: make it absolute"
+            )
+        return under_root
 
     invocation = Invocation(stage=job.stage, values={})
     if job.stage == specs.RenderAssets.command and args.get("assets") is not None and str(args["assets"]) == SAMPLE_ASSETS:
         if args.get("out") is None:
             raise ConfigError("render-assets: `assets: sample` needs --out (the samples go next to it)")
-        invocation.sample_assets_dir = absolute(args["out"]).parent / SAMPLE_ASSETS_DIRNAME
+        invocation.sample_assets_dir = storage.join(storage.parent(absolute(args["out"])), SAMPLE_ASSETS_DIRNAME)
         args["assets"] = invocation.sample_assets_dir
     if preset is not None:
         invocation.values["preset"] = preset
@@ -297,8 +316,11 @@ def build_invocation(job: JobSpec, extra_args: list[str], root: Path, config_fil
 
     def typed(option: specs.Option, item: Any) -> Any:
         if option.kind is specs.Location:  # a URI is already absolute; a local path resolves like a Path
-            return item if storage.is_uri(str(item)) else specs.Location(absolute(item))
-        return absolute(item) if option.kind is Path else item
+            if storage.is_uri(str(item)):
+                return item
+            located = absolute(item)
+            return located if isinstance(located, str) else specs.Location(located)
+        return absolute(item, local_only=True) if option.kind is Path else item
 
     for name, value in args.items():
         option = options[name]
@@ -350,7 +372,7 @@ def main(stage: str, argv: list[str] | None = None, log: specs.Log = specs.print
             print(f"vf3d job {stage}: error: {str(error).splitlines()[0]}", file=sys.stderr)
             return 2
         log(f"vf3d job {stage}: relative paths resolve against {root}")
-        if DATA_ROOT_ENV not in os.environ and "working_dir_files" in root.parts:
+        if DATA_ROOT_ENV not in os.environ and "working_dir_files" in Path(root).parts:
             log(
                 f"vf3d job {stage}: note: this is Ray's temporary copy of the working directory and ${DATA_ROOT_ENV} is not set: "
                 "relative outputs go away with it (use absolute paths on shared storage, or set it; vf3d submit does for a local cluster)"
@@ -472,7 +494,7 @@ def prepare_submission(
     if data_root is None and _is_loopback(address):
         data_root = Path.cwd()
     if data_root is not None:
-        env_vars[DATA_ROOT_ENV] = str(Path(data_root).expanduser().resolve())
+        env_vars[DATA_ROOT_ENV] = str(resolve_data_root(data_root))
     runtime_env: dict[str, Any] = {"working_dir": str(root), "py_modules": [str(package_dir())], "excludes": list(RUNTIME_ENV_EXCLUDES)}
     if env_vars:
         runtime_env["env_vars"] = env_vars

@@ -26,6 +26,36 @@ QUIET_WORKER_LOGGERS = {
 }
 """Loggers each worker process of a quiet local cluster turns down (`quiet_worker_logging`)."""
 
+QUIET_WORKER_WARNINGS = (
+    # Ray Train's own DatasetManager still sets the option Ray Data deprecated; nothing of ours does.
+    r"`ExecutionOptions\.exclude_resources` is deprecated",
+    # Every training rank would repeat what the driver already printed before the run started.
+    r"the LPIPS backbone \(\w+\) is random",
+)
+"""Python warnings (message regexes) each worker process of a quiet local cluster ignores."""
+
+QUIET_FORWARDED_LINES = (
+    # Ray warns about its own internal actors (Ray Data's map workers, Ray Train's preemption
+    # watcher); nothing a user can change (ray-project/ray#53727).
+    "has constructor arguments in the object store and max_restarts > 0",
+    # The raylet notices more workers starting at once than the machine has cores: expected when
+    # a local cluster advertises MIN_LOCAL_CPUS and actors share fractional CPUs.
+    "PYTHON worker processes have been started on node",
+    # serve.shutdown() kills the controller while its own graceful-shutdown task is queued.
+    "Task ServeController.graceful_shutdown failed",
+    # gRPC's INFO note when a replica forks (ffmpeg for the turntable video).
+    "skipping fork() handlers",
+)
+"""Substrings of worker output and raylet notices a quiet local cluster does not print to the
+terminal; they read as errors but are Ray's bookkeeping. Still in the log files."""
+
+QUIET_WORKER_ENV = {
+    # transformers' and huggingface_hub's progress bars (each rank's "Writing model shards" when a
+    # checkpoint's text encoder is saved).
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+"""Environment of every worker process of a quiet local cluster (beside Ray Data's logging file)."""
+
 RAY_DATA_LOGGING_CONFIG_ENV = "RAY_DATA_LOGGING_CONFIG"
 """Ray Data reads its logging config (YAML) from the file this variable names, when imported."""
 
@@ -42,11 +72,49 @@ def verbose_ray_logs() -> bool:
 def quiet_worker_logging() -> None:
     """Ray `worker_process_setup_hook` of quiet local clusters: runs once in every worker process
     (tasks, actors, Ray Train's controller and its helpers) before any of its work."""
+    import warnings
+
     import ray
 
     for name, level in QUIET_WORKER_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     logging.getLogger(os.path.join(os.path.dirname(ray.__file__), TRAIN_REPORT_LOGGER_MODULE)).setLevel(logging.WARNING)
+    for message in QUIET_WORKER_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _drop_quiet_lines(print_to_stdstream):
+    """Ray's driver-side printer of worker output and raylet notices (`ray._private.worker.
+    print_to_stdstream`), minus the lines in QUIET_FORWARDED_LINES."""
+
+    def print_kept_lines(data, *args, **kwargs):
+        lines = [line for line in data.get("lines", []) if not any(noise in line for noise in QUIET_FORWARDED_LINES)]
+        if lines:
+            print_to_stdstream({**data, "lines": lines}, *args, **kwargs)
+
+    print_kept_lines.unfiltered = print_to_stdstream
+    return print_kept_lines
+
+
+@contextlib.contextmanager
+def _quiet_driver() -> Iterator[None]:
+    """While a quiet local cluster is connected: Ray's bookkeeping notices (QUIET_FORWARDED_LINES)
+    dropped from what the driver prints for workers.
+
+    Ray offers no filter for forwarded output short of turning all of it off (`log_to_driver`),
+    which would hide our training ranks' progress lines; so the one function both of its printers
+    call (worker output and raylet notices) is wrapped. Ray versions without it print everything.
+    """
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is not None:
+        ray_worker.print_to_stdstream = _drop_quiet_lines(original)
+    try:
+        yield
+    finally:
+        if original is not None:
+            ray_worker.print_to_stdstream = original
 
 
 def quiet_ray_data_logging() -> dict[str, str]:
@@ -132,6 +200,7 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
     """
     import ray
 
+    global _quiet_local_cluster
     if ray.is_initialized():
         yield
         return
@@ -139,11 +208,20 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
     if target:
         ray.init(address=target, log_to_driver=True)
         log(f"connected to the Ray cluster at {target}")
-    else:
-        quiet = not verbose_ray_logs()
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    quiet = not verbose_ray_logs()
+    # Entered before ray.init: the driver's printer of worker output is bound there.
+    with _quiet_driver() if quiet else contextlib.nullcontext():
         runtime_env = None
         if quiet:
-            runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_worker_logging", "env_vars": quiet_ray_data_logging()}
+            runtime_env = {
+                "worker_process_setup_hook": f"{__name__}.quiet_worker_logging",
+                "env_vars": {**QUIET_WORKER_ENV, **quiet_ray_data_logging()},
+            }
         start_local_ray(
             log=log,
             num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
@@ -153,10 +231,22 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
             runtime_env=runtime_env,
         )
         log(f"started a local Ray cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+        _quiet_local_cluster = quiet
+        try:
+            yield
+        finally:
+            _quiet_local_cluster = False
+            ray.shutdown()
+
+
+_quiet_local_cluster = False
+
+
+def quiet_local_cluster() -> bool:
+    """Whether this process is connected to a local cluster `ray_cluster` started quiet: Serve then
+    logs at WARNING too (its driver-side logger and every replica configure their own levels when
+    Serve is imported or started, so `serving.app.start_endpoint` sets them)."""
+    return _quiet_local_cluster
 
 
 ALLOW_LOGICAL_GPUS_ENV = "VF3D_ALLOW_LOGICAL_GPUS"

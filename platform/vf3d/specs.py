@@ -596,12 +596,14 @@ class InitModel(Spec):
     "import-checkpoint",
     help="convert released VFusion3D/OpenLRM weights into a reconstructor directory",
     description="Map a released checkpoint (safetensors, or a torch.save dict under model_state_dict, loaded weights-only) into our model "
-    "directory; sizes are inferred from tensor shapes.",
+    "directory; sizes are inferred from tensor shapes. An s3:// or gs:// checkpoint is downloaded to a temporary file first.",
 )
 class ImportCheckpoint(Spec):
     """Released weights → a reconstructor directory (the importer reads shapes; --config the rest)."""
 
-    src: Path = option("released checkpoint file (.safetensors, .pt, .pth, .bin) or a directory holding model.safetensors", positional=True)
+    src: Location = option(
+        "released checkpoint file (.safetensors, .pt, .pth, .bin) or a directory holding model.safetensors; a path or URI", positional=True
+    )
     format: Literal["vfusion3d", "openlrm"] = option("layout of the source checkpoint")
     out: Location = option("reconstructor directory to write; a path or URI")
     config: Path | None = option(
@@ -609,24 +611,29 @@ class ImportCheckpoint(Spec):
     )
 
     def check(self, config: Any) -> None:
-        """One line for a checkpoint path that is missing, a directory without model.safetensors,
-        empty or unreadable; what the bytes hold is judged by the importer."""
-        src = self.src
-        if not src.exists():
-            raise UsageError(f"checkpoint not found: {src}")
-        if src.is_dir():
-            if not (src / "model.safetensors").is_file():
-                raise UsageError(
-                    f"{src} is a directory without model.safetensors; give the checkpoint file itself (.safetensors, .pt, .pth, .bin)"
-                )
-            src = src / "model.safetensors"
-        if not src.is_file():
-            raise UsageError(f"{src} is not a regular file")
+        """One line for a checkpoint path (or URI) that is missing, a directory without
+        model.safetensors, empty or unreadable; what the bytes hold is judged by the importer."""
+        from vf3d import storage
+
+        src = storage.local_or_uri(self.src)
         try:
-            with src.open("rb") as file:
-                empty = not file.read(1)
-        except OSError as error:
-            raise UsageError(f"cannot read checkpoint {src}: {error.strerror or error}") from None
+            if not storage.exists(src):
+                raise UsageError(f"checkpoint not found: {src}")
+            if storage.is_dir(src):
+                if not storage.is_file(storage.join(src, "model.safetensors")):
+                    raise UsageError(
+                        f"{src} is a directory without model.safetensors; give the checkpoint file itself (.safetensors, .pt, .pth, .bin)"
+                    )
+                src = storage.join(src, "model.safetensors")
+            if not storage.is_file(src):
+                raise UsageError(f"{src} is not a regular file")
+            if storage.is_uri(src):
+                empty = storage.size(src) == 0
+            else:
+                with open(src, "rb") as file:
+                    empty = not file.read(1)
+        except (storage.StorageError, OSError) as error:
+            raise UsageError(f"cannot read checkpoint {src}: {getattr(error, 'strerror', None) or error}") from None
         if empty:
             raise UsageError(f"checkpoint {src} is an empty file")
 
@@ -767,17 +774,22 @@ class Synthesize(Spec):
 class TrainFilter(Spec):
     """Labelled orbits → the quality probe `synthesize --probe` uses."""
 
-    labels: Path = option("CSV/JSONL/Parquet with columns id and label (good/bad, keep/reject, 1/0, true/false)")
-    data: list[Path] = option("shard directory holding the labelled orbits (kept or _rejected/); repeat for several")
-    out: Path = option("probe directory to write (config.json, model.safetensors, filter_report.json)")
-    encoder: Path | None = option(
-        "local DINOv2 directory (transformers layout; sets encoder.encoder.pretrained_path)",
+    labels: Location = option("CSV/JSONL/Parquet with columns id and label (good/bad, keep/reject, 1/0, true/false); a path or URI")
+    data: list[Location] = option("shard directory holding the labelled orbits (kept or _rejected/); a path or URI; repeat for several")
+    out: Location = option("probe directory to write (config.json, model.safetensors, filter_report.json); a path or URI")
+    encoder: Location | None = option(
+        "DINOv2 directory (transformers layout), a path or URI (sets encoder.encoder.pretrained_path)",
         default=None,
         sets="encoder.encoder.pretrained_path",
     )
 
     def check(self, config: Any) -> None:
-        missing = [str(path) for path in self.data if not path.exists()]
+        from vf3d import storage
+
+        try:
+            missing = [str(path) for path in self.data if not storage.exists(path)]
+        except (storage.StorageError, OSError) as error:
+            raise UsageError(f"--data: {error}") from None
         if missing:
             raise UsageError(f"--data directories not found: {missing}")
         for path in self.data:
@@ -843,7 +855,7 @@ class TrainRecon(Spec):
     "evaluate",
     help="score reconstructors on held-out orbits: PSNR/SSIM/LPIPS, CLIP, Chamfer/F-score",
     description="Reconstruct every orbit of --data from its view 0 and compare novel views with the true ones (PSNR, SSIM, LPIPS), CLIP "
-    "image/text similarity of the predicted views (weights from a local path), and Chamfer distance / F-score of the mesh against the "
+    "image/text similarity of the predicted views (weights from a path or URI), and Chamfer distance / F-score of the mesh against the "
     "source asset under --assets. Writes metrics.json, report.md and figures/ into --out; with several --model (or --compare) the report "
     "compares them with the first.",
     presets=EVALUATE_PRESETS,
@@ -866,14 +878,15 @@ class Evaluate(Spec):
     )
     limit: int | None = option("evaluate at most N orbits (the first by id, or by --ids order)", default=None, metavar="N", sets="limit")
     ids: Location | None = option("text file of orbit ids to evaluate, one per line", default=None, metavar="FILE")
-    clip: Path | None = option(
-        "local open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json (sets clip.weights_path)",
+    clip: Location | None = option(
+        "open_clip weights: a checkpoint file for clip.model, or a directory with open_clip_config.json; a path or URI "
+        "(sets clip.weights_path)",
         default=None,
         metavar="PATH",
         sets="clip.weights_path",
     )
-    lpips_backbone: Path | None = option(
-        "local torchvision state dict of the LPIPS backbone, e.g. alexnet-owt-7be5be79.pth (sets lpips.backbone_path)",
+    lpips_backbone: Location | None = option(
+        "torchvision state dict of the LPIPS backbone, e.g. alexnet-owt-7be5be79.pth; a path or URI (sets lpips.backbone_path)",
         default=None,
         metavar="FILE",
         sets="lpips.backbone_path",
@@ -892,7 +905,11 @@ class Evaluate(Spec):
             if path is not None and not storage.is_dir(path):
                 raise UsageError(f"{flag}: not a directory: {path}")
         for flag, path in [("--ids", self.ids), ("--lpips-backbone", self.lpips_backbone)]:
-            if path is not None and storage.is_dir(path):  # a missing one is reported by its loader
+            try:
+                is_dir = path is not None and storage.is_dir(path)
+            except (storage.StorageError, OSError) as error:
+                raise UsageError(f"{flag}: {error}") from None
+            if is_dir:  # a missing one is reported by its loader
                 raise UsageError(f"{flag}: {path} is a directory, not a file")
         from vf3d.inference import resolve_device
 
@@ -914,7 +931,7 @@ class Evaluate(Spec):
 class SampleAssets(Spec):
     """pybullet_data's sample meshes → a folder."""
 
-    out: Path = option("directory to copy the meshes (and their materials and textures) into")
+    out: Location = option("directory to copy the meshes (and their materials and textures) into; a path or URI")
     limit: int | None = option("at most this many assets (the named ones first)", default=None)
 
     def run(self, config: Any, log: Log = print_flushed) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 import urllib.error
@@ -52,6 +53,8 @@ PAGE_TIMEOUT_S = 20
 SCRIPT_TIMEOUT_S = MODEL_TIMEOUT_S
 # A pixel "differs" when a channel is this far (of 255) from the other image's.
 PIXEL_TOLERANCE = 12
+SCREENSHOTS_ENV = "VF3D_SCREENSHOTS"
+"""A directory: when set, the upload test also saves the whole page there before and after."""
 
 
 @pytest.fixture
@@ -116,6 +119,14 @@ def _viewer_pixels(browser) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def _keep_screenshot(browser, name: str) -> None:
+    """Save the page as $VF3D_SCREENSHOTS/NAME.png when that variable is set (pictures for docs)."""
+    directory = os.environ.get(SCREENSHOTS_ENV)
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(directory) / f"{name}.png"))
+
+
 def _differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """bool[H, W]: where the images differ by more than the tolerance in some channel."""
     return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > PIXEL_TOLERANCE).any(axis=-1)
@@ -138,6 +149,7 @@ def test_image_to_3d_is_drawn_and_turns(browser, endpoint, photo):
     # Before a request: a hint in a dashed frame, not an empty dark box.
     assert browser.find_element(By.ID, "viewer-hint").is_displayed()
     assert not browser.find_element(By.ID, "viewer").is_displayed()
+    _keep_screenshot(browser, "web-page-before-upload")
 
     state = _submit(browser, photo)
     assert state == "done", f"page shows an error: {_error_text(browser)!r}"
@@ -166,6 +178,7 @@ def test_image_to_3d_is_drawn_and_turns(browser, endpoint, photo):
     assert drawn.mean() > 0.03, f"only {drawn.mean():.2%} of the viewer differs from its background"
     shades = np.unique(first[drawn].reshape(-1, 3) // 8, axis=0)
     assert len(shades) > 20, f"the model is drawn flat ({len(shades)} shades): no colours or shading"
+    _keep_screenshot(browser, "web-page-after-upload")
     turned = _differs(first, second)
     assert turned.mean() > 0.005, f"the view did not turn: {turned.mean():.2%} of pixels changed in 1 s"
     script_errors = [

@@ -26,8 +26,29 @@ def levels():
         "ray_data_console": [h.level for h in logging.getLogger("ray.data").handlers if type(h).__name__ == "PlainRayHandler"],
     }
 
+def speak():
+    import warnings
+
+    # One of Ray's bookkeeping notices, then a line of our own, as a worker would print them.
+    print("Actor with class name: 'X' has constructor arguments in the object store and max_restarts > 0. (probe)")
+    print("probe: a line of our own")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("the LPIPS backbone (squeeze) is random (probe)", UserWarning)
+        warnings.warn("probe: a warning of our own", UserWarning)
+    return [str(warning.message) for warning in caught]
+
+from vf3d.ray_runtime import quiet_local_cluster
+
 with ray_cluster(num_cpus=2, log=lambda line: None):
-    print(json.dumps({"driver": levels(), "worker": ray.get(ray.remote(num_cpus=0)(levels).remote())}))
+    caught = ray.get(ray.remote(num_cpus=0)(speak).remote())
+    import time
+
+    time.sleep(3)  # the driver prints worker output asynchronously
+    print(json.dumps({
+        "driver": levels(), "worker": ray.get(ray.remote(num_cpus=0)(levels).remote()),
+        "quiet_local_cluster": quiet_local_cluster(), "worker_warnings": caught,
+    }))
+print(json.dumps({"driver_after": levels(), "quiet_local_cluster_after": quiet_local_cluster()}))
 """
 
 
@@ -36,7 +57,8 @@ def probe(verbose: bool) -> dict:
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    *_, inside, after = result.stdout.strip().splitlines()
+    return {**json.loads(inside), **json.loads(after), "output": result.stdout + result.stderr}
 
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
@@ -46,15 +68,23 @@ def test_local_clusters_turn_rays_info_output_down_unless_verbose(verbose):
     from vf3d.ray_runtime import QUIET_WORKER_LOGGERS
 
     levels = probe(verbose)
-    worker, driver = levels["worker"], levels["driver"]
+    worker, driver, output = levels["worker"], levels["driver"], levels["output"]
+    assert "probe: a line of our own" in output and levels["worker_warnings"][-1] == "probe: a warning of our own"
+    # The driver's loggers are as they were once the cluster is gone.
+    assert all(level == logging.NOTSET for level in levels["driver_after"]["loggers"].values()), levels
+    assert not levels["quiet_local_cluster_after"]
     if verbose:
         assert all(level == logging.NOTSET for level in worker["loggers"].values()), levels
         assert all(level <= logging.INFO for level in worker["ray_data_console"] + driver["ray_data_console"]), levels
+        assert "constructor arguments in the object store" in output
+        assert len(levels["worker_warnings"]) == 2 and not levels["quiet_local_cluster"]
     else:
         assert list(worker["loggers"].values()) == [*QUIET_WORKER_LOGGERS.values(), logging.WARNING], levels
         assert all(level == logging.NOTSET for level in driver["loggers"].values()), "the driver's own loggers are not touched"
         for side in (worker, driver):
             assert side["ray_data_console"] and set(side["ray_data_console"]) == {logging.WARNING}, levels
+        assert "constructor arguments in the object store" not in output, "Ray's bookkeeping notice reached the terminal"
+        assert levels["worker_warnings"] == ["probe: a warning of our own"] and levels["quiet_local_cluster"]
 
 
 def test_verbose_flag_sets_the_switch_for_this_process(monkeypatch, vf3d_main, tmp_path):

@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import s3_fixtures
 import yaml
 
-from vf3d import jobs, specs
+from vf3d import jobs, specs, storage
 from vf3d.cli import build_parser
 from vf3d.config import ConfigError
 
+s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 REPO = Path(__file__).resolve().parents[2]
 JOB_FILES = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 VF3D = str(Path(sys.executable).with_name("vf3d"))
@@ -168,6 +170,35 @@ def test_inputs_shipped_in_the_repository_resolve_in_the_job_working_directory(t
     )
 
 
+def test_relative_paths_become_keys_under_an_object_store_data_root(tmp_path, s3_bucket, monkeypatch):
+    root = f"{s3_bucket}/project/"
+    shipped = tmp_path / "working-dir-copy"
+    (shipped / "jobs" / "prompts").mkdir(parents=True)
+    (shipped / "jobs" / "prompts" / "debug.jsonl").write_text("{}\n")
+    spec = jobs.validate_job(
+        {"stage": "synthesize", "args": {"prompts": "jobs/prompts/debug.jsonl", "video_model": "video-model", "out": "/abs/synthetic"}}
+    )
+    monkeypatch.setenv(jobs.DATA_ROOT_ENV, root)
+    assert jobs.data_root() == f"{s3_bucket}/project"
+    args = build_parser().parse_args(jobs.build_invocation(spec, [], jobs.data_root(), None, shipped=shipped).argv)
+    assert args.video_model == f"{s3_bucket}/project/video-model", "a relative output is a key under the prefix, not a local path"
+    assert Path(args.out) == Path("/abs/synthetic")
+    # An input only the repository ships resolves there; once the prefix holds one, the prefix's wins.
+    assert Path(args.prompts) == shipped / "jobs" / "prompts" / "debug.jsonl"
+    storage.publish_bytes(b"{}\n", f"{s3_bucket}/project/jobs/prompts/debug.jsonl")
+    args = build_parser().parse_args(jobs.build_invocation(spec, [], jobs.data_root(), None, shipped=shipped).argv)
+    assert args.prompts == f"{s3_bucket}/project/jobs/prompts/debug.jsonl"
+
+    render = jobs.validate_job({"stage": "render-assets", "preset": "debug", "args": {"assets": "sample", "out": "job-output/orbits"}})
+    invocation = jobs.build_invocation(render, [], jobs.data_root(), None)
+    assert invocation.sample_assets_dir == f"{s3_bucket}/project/job-output/sample-assets"
+    assert build_parser().parse_args(invocation.argv).out == f"{s3_bucket}/project/job-output/orbits"
+
+    job_file = REPO / "jobs" / "configs" / "render-assets-debug.yaml"
+    submission = jobs.prepare_submission("render-assets", "http://10.0.0.1:8265", job_file, [], data_root=root)
+    assert submission.runtime_env["env_vars"] == {jobs.DATA_ROOT_ENV: f"{s3_bucket}/project"}
+
+
 def test_sample_assets_are_gathered_next_to_the_output(tmp_path):
     spec = jobs.validate_job({"stage": "render-assets", "preset": "debug", "args": {"assets": "sample", "out": "job-output/orbits"}})
     invocation = jobs.build_invocation(spec, [], tmp_path, None)
@@ -242,7 +273,7 @@ def test_submission_checks_its_inputs_before_contacting_the_cluster(tmp_path):
         (["render-assets", "--", "--out", "x", "--address", "auto"], {"address": None}, ["--out", "x", "--address", "auto"]),
         (["render-assets", "--address=U", "--num-cpus", "2", "--out", "x"], {"address": "U", "num_cpus": 2.0}, ["--out", "x"]),
         (["render-assets", "--config", "a.yaml", "--", "--config", "b.yaml"], {"config": Path("a.yaml")}, ["--config", "b.yaml"]),
-        (["train-recon", "--data-root", "r", "--", "--data", "d"], {"data_root": Path("r")}, ["--data", "d"]),
+        (["train-recon", "--data-root", "r", "--", "--data", "d"], {"data_root": "r"}, ["--data", "d"]),
     ],
 )
 def test_submit_separates_its_options_from_the_stage_arguments(argv, options, stage_args, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -186,3 +187,175 @@ def test_tensorboard_event_files_are_published_to_an_object_store_directory(s3_b
     events = EventAccumulator(str(local))
     events.Reload()
     assert [(event.step, event.value) for event in events.Scalars("loss/loss")] == [(4, 0.5), (8, 0.25)]
+
+
+def test_train_filter_reads_and_writes_object_storage(s3_bucket, tmp_path, vf3d_main):
+    """`vf3d train-filter` with the labels, two shard directories (kept and _rejected/ orbits), the
+    DINOv2 encoder and the probe directory on s3://; the probe loads and scores from there, and
+    synthesize's filter stage takes it as `filter.probe_path`."""
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from vf3d import config as config_lib
+    from vf3d.models.reconstructor.encoder import ImageEncoder
+    from vf3d.synthesis.config import SYNTHESIZE_PRESETS, TRAIN_FILTER_PRESETS
+    from vf3d.synthesis.quality import QualityFilter
+    from vf3d.synthesis.stages import FilterOrbits, probe_threshold
+
+    rng = np.random.default_rng(0)
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    good, bad = [], []
+    for photo in photos:  # good: a panned photo; bad: noise
+        small = np.asarray(Image.fromarray(photo).resize((32, 32)))
+        good.append(np.stack([np.roll(small, 2 * view, axis=1) for view in range(4)]))
+        bad.append(rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+
+    def record(identifier, frames):
+        return shards.OrbitRecord(
+            id=identifier,
+            source="synthetic",
+            prompt="",
+            rgb=frames,
+            mask=np.full((4, 32, 32), 255, np.uint8),
+            cameras=np.zeros((4, 25), np.float32),
+            elevation=0.0,
+        )
+
+    first, second = f"{s3_bucket}/kept", f"{s3_bucket}/filtered"
+    shards.OrbitShardWriter(first).write([record(f"good{i}", frames) for i, frames in enumerate(good)] + [record("bad0", bad[0])])
+    rejected = shards.records_to_table([record(f"bad{i}", bad[i]) for i in range(1, 4)])
+    shards.OrbitShardWriter(second).write_rejected(rejected.append_column("reasons", pa.array([["static"]] * 3, pa.list_(pa.string()))))
+    storage.publish_bytes(("id,label\n" + "".join(f"good{i},good\nbad{i},bad\n" for i in range(4))).encode(), f"{s3_bucket}/labels.csv")
+    encoder_config = config_lib.preset(TRAIN_FILTER_PRESETS, "debug").encoder
+    torch.manual_seed(0)
+    ImageEncoder(encoder_config.encoder).dinov2.save_pretrained(tmp_path / "dino")
+    storage.upload_tree(tmp_path / "dino", f"{s3_bucket}/dino")
+
+    probe = f"{s3_bucket}/probe"
+    result = vf3d_main(
+        "train-filter",
+        "--labels",
+        f"{s3_bucket}/labels.csv",
+        "--data",
+        first,
+        "--data",
+        second,
+        "--out",
+        probe,
+        "--encoder",
+        f"{s3_bucket}/dino",
+        "--preset",
+        "debug",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert storage.walk_files(probe) == ["config.json", "filter_report.json", "model.safetensors", "train_filter_config.json"]
+    report = storage.read_json(f"{probe}/filter_report.json")
+    assert report["counts"]["labelled"] == 8 and report["counts"]["from_rejected"] == 3
+    assert report["data_dirs"] == [first, second] and report["labels_path"] == f"{s3_bucket}/labels.csv"
+    assert report["config"]["encoder"]["encoder"]["pretrained_path"] == f"{s3_bucket}/dino"
+
+    loaded = QualityFilter.from_pretrained(probe)
+    scores = loaded.score(np.stack(good + bad))
+    assert scores.shape == (8,) and loaded.threshold == report["threshold"]
+    config = config_lib.merge(config_lib.preset(SYNTHESIZE_PRESETS, "debug"), {"filter": {"probe_path": probe}})
+    assert probe_threshold(config) == report["threshold"]
+    stage = FilterOrbits(config_lib.to_dict(config), f"{s3_bucket}/synthetic", "video-model")
+    np.testing.assert_allclose(stage.probe.score(np.stack(good + bad)), scores, atol=1e-6)
+
+
+def test_sample_assets_publish_to_object_storage(s3_bucket, tmp_path, vf3d_main):
+    """`vf3d sample-assets --out s3://...` puts the same files as a local run; a rerun keeps them."""
+    out = f"{s3_bucket}/assets"
+    result = vf3d_main("sample-assets", "--out", out, "--limit", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from vf3d.data.assets import gather_sample_assets
+
+    local = tmp_path / "assets"
+    gather_sample_assets(local, limit=4)
+    files = storage.walk_files(out)
+    assert files == storage.walk_files(local) and "captions.json" in files and any(name.endswith(".png") for name in files)
+    for name in files:
+        assert storage.read_bytes(f"{out}/{name}") == (local / name).read_bytes(), name
+    assert vf3d_main("sample-assets", "--out", out, "--limit", "4").returncode == 0
+    assert storage.walk_files(out) == files, "a rerun adds nothing"
+
+
+def test_import_checkpoint_reads_a_source_on_object_storage(s3_bucket, tmp_path, debug_model_dir, vf3d_main):
+    """`vf3d import-checkpoint s3://.../model.safetensors` (and a torch .pth there, loaded
+    weights-only) gives the model a local source gives; a missing object is one line."""
+    import torch
+
+    from vf3d.models.reconstructor import Reconstructor
+    from vf3d.models.release_weights import export_checkpoint, export_state_dict
+
+    original = Reconstructor.from_pretrained(debug_model_dir)
+    export_checkpoint(original, tmp_path / "model.safetensors", "vfusion3d")
+    storage.publish_file(tmp_path / "model.safetensors", f"{s3_bucket}/release/model.safetensors")
+    torch.save({"model_state_dict": export_state_dict(original, "vfusion3d")}, tmp_path / "model.pth")
+    storage.publish_file(tmp_path / "model.pth", f"{s3_bucket}/release/model.pth")
+    overrides = tmp_path / "heads.yaml"
+    overrides.write_text(
+        "transformer:\n  num_heads: 4\nencoder:\n  num_heads: 2\n  image_size: 64\nrenderer:\n  num_coarse_samples: 16\n  num_fine_samples: 16\n  render_size: 32\n"
+    )
+    local = vf3d_main(
+        "import-checkpoint", tmp_path / "model.safetensors", "--format", "vfusion3d", "--out", tmp_path / "local", "--config", overrides
+    )
+    assert local.returncode == 0, local.stderr[-2000:]
+    expected = Reconstructor.from_pretrained(tmp_path / "local").state_dict()
+    for source in ("model.safetensors", "model.pth"):
+        out = f"{s3_bucket}/imported-{source}"
+        result = vf3d_main(
+            "import-checkpoint", f"{s3_bucket}/release/{source}", "--format", "vfusion3d", "--out", out, "--config", overrides
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = Reconstructor.from_pretrained(out).state_dict()
+        assert imported.keys() == expected.keys() and all(torch.equal(imported[name], expected[name]) for name in expected), source
+        assert storage.read_json(f"{out}/config.json")["imported_from"]["file"] == f"{s3_bucket}/release/{source}"
+    missing = vf3d_main("import-checkpoint", f"{s3_bucket}/release/none.safetensors", "--format", "vfusion3d", "--out", f"{s3_bucket}/x")
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == f"vf3d import-checkpoint: error: checkpoint not found: {s3_bucket}/release/none.safetensors"
+    )
+
+
+def test_lpips_and_clip_weights_load_from_object_storage(s3_bucket, tmp_path):
+    """An s3:// LPIPS backbone file (the training loss's and evaluate's) and an s3:// open_clip
+    hub directory are fetched to a local cache and load as local ones do; a missing one is a
+    ConfigError naming the URI."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from test_evaluation import TINY_CLIP
+    from test_losses_metrics import torchvision_state
+
+    from vf3d.config import ConfigError
+    from vf3d.evaluation.clip_metrics import ClipScorer
+    from vf3d.evaluation.config import EvalClipConfig
+    from vf3d.models.config import ReconLossConfig
+    from vf3d.models.lpips_network import build_lpips
+
+    state = torchvision_state("squeezenet1_1", seed=123)
+    torch.save(state, tmp_path / "squeezenet1_1.pth")
+    backbone = f"{s3_bucket}/weights/squeezenet1_1.pth"
+    storage.publish_file(tmp_path / "squeezenet1_1.pth", backbone)
+    module = build_lpips(ReconLossConfig(lpips_net="squeeze", lpips_backbone_path=backbone))
+    for key, value in module.net.state_dict().items():
+        _, index, rest = key.split(".", 2)  # slice<k>.<features index>.<param>
+        assert torch.equal(value, state[f"features.{index}.{rest}"]), key
+    with pytest.raises(ConfigError, match=re.escape(f"losses.lpips_backbone_path: no such file: {s3_bucket}/weights/absent.pth")):
+        build_lpips(ReconLossConfig(lpips_net="squeeze", lpips_backbone_path=f"{s3_bucket}/weights/absent.pth"))
+
+    torch.manual_seed(0)
+    clip_state = {key: value.contiguous() for key, value in open_clip.CLIP(**TINY_CLIP).state_dict().items()}
+    hub = tmp_path / "tiny-hub"
+    hub.mkdir()
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    save_file(clip_state, str(hub / "open_clip_model.safetensors"))
+    storage.upload_tree(hub, f"{s3_bucket}/weights/tiny-hub")
+    scorer = ClipScorer(EvalClipConfig(weights_path=f"{s3_bucket}/weights/tiny-hub"))
+    assert not scorer.random and scorer.description == f"{s3_bucket}/weights/tiny-hub"
+    for key, value in scorer.model.state_dict().items():
+        assert torch.equal(value, clip_state[key]), key
+    with pytest.raises(ConfigError, match=re.escape(f"clip.weights_path: no such file or directory: {s3_bucket}/weights/nothing")):
+        ClipScorer(EvalClipConfig(weights_path=f"{s3_bucket}/weights/nothing"))

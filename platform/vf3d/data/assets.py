@@ -416,7 +416,7 @@ SAMPLE_URDFS = (
 RANDOM_SHAPE_CAPTION = "abstract shape"
 
 
-def gather_sample_assets(out_dir: str | os.PathLike, limit: int | None = None) -> list[Path]:
+def gather_sample_assets(out_dir: str | os.PathLike, limit: int | None = None) -> list[Path | str]:
     """Put real meshes from the `pybullet` wheel into `out_dir` and return their paths.
 
     The hand-picked objects come first (duck, soccer ball, table, tray, jenga block, domino, mug,
@@ -433,6 +433,10 @@ def gather_sample_assets(out_dir: str | os.PathLike, limit: int | None = None) -
     Captions go to `out_dir/captions.json` (merged with one already there). Idempotent: existing
     files are kept, so a rerun copies nothing and returns the same list.
 
+    `out_dir` may be a local directory (paths returned) or an object-store URI (URI strings
+    returned): each file is published whole (`vf3d.atomic`), and what is already there is found
+    with one listing.
+
     Raises:
         RuntimeError: pybullet is not installed.
     """
@@ -441,19 +445,22 @@ def gather_sample_assets(out_dir: str | os.PathLike, limit: int | None = None) -
     except ImportError as error:
         raise RuntimeError("sample assets come from the pybullet wheel: pip install 'vf3d[assets]'") from error
     data_root = Path(pybullet_data.getDataPath())
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.local_or_uri(out_dir)
+    storage.makedirs(out_dir)
+    # On an object store, one listing instead of a request per file; locally, a stat per file.
+    present = set(storage.walk_files(out_dir)) if storage.is_uri(out_dir) else None
     random_urdfs = sorted((data_root / "random_urdfs").glob("*/*.urdf"))
     entries = [*SAMPLE_URDFS, *((urdf.relative_to(data_root).as_posix(), RANDOM_SHAPE_CAPTION) for urdf in random_urdfs)]
     if limit is not None:
         entries = entries[:limit]
     assets, captions = [], {}
     for relative_urdf, caption in entries:
-        asset = _export_urdf_asset(data_root, PurePath(relative_urdf), out_dir)
+        asset = _export_urdf_asset(data_root, PurePath(relative_urdf), out_dir, present)
         assets.append(asset)
-        captions[asset.relative_to(out_dir).as_posix()] = caption
-    captions_file = out_dir / CAPTIONS_FILES[0]
-    existing = json.loads(captions_file.read_text(encoding="utf-8")) if captions_file.is_file() else {}
+        captions[storage.relative_to(asset, out_dir)] = caption
+    captions_file = storage.join(out_dir, CAPTIONS_FILES[0])
+    exists = CAPTIONS_FILES[0] in present if present is not None else storage.is_file(captions_file)
+    existing = json.loads(storage.read_text(captions_file)) if exists else {}
     if {**existing, **captions} != existing:
         write_json_atomic(captions_file, {**existing, **captions}, indent=1, sort_keys=True)
     return assets
@@ -496,8 +503,20 @@ def _urdf_visuals(urdf: Path) -> list[_UrdfVisual]:
     return visuals
 
 
-def _export_urdf_asset(data_root: Path, relative_urdf: PurePath, out_dir: Path) -> Path:
-    """Copy or bake one URDF's visuals into `out_dir` (see `gather_sample_assets`); → the asset path."""
+def _export_urdf_asset(data_root: Path, relative_urdf: PurePath, out_dir: Path | str, present: set[str] | None) -> Path | str:
+    """Copy or bake one URDF's visuals into `out_dir` (see `gather_sample_assets`); → the asset path.
+    `present`: the relative paths of the files already in `out_dir` (None: ask the filesystem)."""
+
+    def missing(relative: str) -> bool:
+        return relative not in present if present is not None else not storage.exists(storage.join(out_dir, relative))
+
+    def write(relative: str, data: bytes) -> None:
+        target = storage.join(out_dir, relative)
+        storage.makedirs(storage.parent(target))
+        write_bytes_atomic(target, data)
+        if present is not None:
+            present.add(relative)
+
     urdf = data_root / relative_urdf
     visuals = _urdf_visuals(urdf)
     if not visuals:
@@ -506,16 +525,14 @@ def _export_urdf_asset(data_root: Path, relative_urdf: PurePath, out_dir: Path) 
     mtl_files, texture_files = _obj_dependencies(single.mesh_file) if single.mesh_file.suffix.lower() == ".obj" else ([], [])
     if len(visuals) == 1 and texture_files and np.allclose(single.transform, np.eye(4)) and np.ptp(single.scale) == 0:
         for file in [single.mesh_file, *mtl_files, *texture_files]:
-            target = out_dir / file.relative_to(data_root)
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(target, file.read_bytes())
-        return out_dir / single.mesh_file.relative_to(data_root)
-    target = out_dir / relative_urdf.with_suffix(".glb")
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(target, _bake_visuals_to_glb(visuals))
-    return target
+            relative = file.relative_to(data_root).as_posix()
+            if missing(relative):
+                write(relative, file.read_bytes())
+        return storage.join(out_dir, single.mesh_file.relative_to(data_root).as_posix())
+    relative = relative_urdf.with_suffix(".glb").as_posix()
+    if missing(relative):
+        write(relative, _bake_visuals_to_glb(visuals))
+    return storage.join(out_dir, relative)
 
 
 def _obj_dependencies(obj_file: Path) -> tuple[list[Path], list[Path]]:

@@ -7,10 +7,12 @@ cos is the cosine of the (unscaled) embeddings, so both lie in [−1, 1] and an 
 itself scores 1; these are the numbers the VFusion3D paper reports (e.g. 0.851 / 0.253;
 docs/vfusion3d.md#results-to-beat), not CLIPScore's 100·max(cos, 0).
 
-Weights never come from a hub: `EvalClipConfig.weights_path` is a local open_clip checkpoint file
-for `EvalClipConfig.model`, or a directory with `open_clip_config.json` and its weights (the hub
-layout, loaded through open_clip's "local-dir:" schema). Random weights only with
-`allow_random`, and `ClipScorer.random` says so. The BPE tokenizer ships inside open_clip.
+Weights never come from a hub: `EvalClipConfig.weights_path` is an open_clip checkpoint file for
+`EvalClipConfig.model`, or a directory with `open_clip_config.json` and its weights (the hub
+layout, loaded through open_clip's "local-dir:" schema), at a local path or an object-store URI
+(`s3://`, `gs://`: downloaded once per process into a local cache, then loaded the same way).
+Random weights only with `allow_random`, and `ClipScorer.random` says so. The BPE tokenizer ships
+inside open_clip.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vf3d import storage
 from vf3d.config import ConfigError
 from vf3d.evaluation.config import EvalClipConfig
 
@@ -38,36 +41,55 @@ def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
     """
     import open_clip
 
-    path = Path(config.weights_path).expanduser() if config.weights_path is not None else None
+    location = config.weights_path
+    path = _local_weights(location) if location is not None else None
     if path is None and not config.allow_random:
         raise ConfigError(
             f"{_PATH_KEY} is required for CLIP similarities: give --clip PATH (an open_clip checkpoint file for "
             f"clip.model={config.model!r}, or a directory with {LOCAL_CONFIG_NAME} and its weights); set clip.enabled: false "
             "to skip them, or clip.allow_random: true for tests (meaningless similarities)"
         )
+    shown = location if location is not None and storage.is_uri(location) else path  # what messages name
     if path is not None and not path.exists():
-        raise ConfigError(f"{_PATH_KEY}: no such file or directory: {path}")
+        raise ConfigError(f"{_PATH_KEY}: no such file or directory: {shown}")
     if path is not None and path.is_dir():
         if not (path / LOCAL_CONFIG_NAME).is_file():
             raise ConfigError(
-                f"{_PATH_KEY}: {path} is a directory without {LOCAL_CONFIG_NAME}; give the checkpoint file itself, or a directory in open_clip's hub layout"
+                f"{_PATH_KEY}: {shown} is a directory without {LOCAL_CONFIG_NAME}; give the checkpoint file itself, or a directory in open_clip's hub layout"
             )
-        name, pretrained, description = f"local-dir:{path}", None, str(path)
+        name, pretrained, description = f"local-dir:{path}", None, str(shown)
     else:
         name, pretrained, description = (
             config.model,
             (str(path) if path is not None else None),
-            (f"{config.model} from {path}" if path is not None else f"{config.model} (random weights)"),
+            (f"{config.model} from {shown}" if path is not None else f"{config.model} (random weights)"),
         )
     try:
         model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as error:  # RuntimeError for unknown names/bad state dicts, ValueError, OSError...
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        where = f"{_PATH_KEY}: cannot load {path}" if path is not None else f"clip.model: cannot build {config.model!r}"
+        where = f"{_PATH_KEY}: cannot load {shown}" if path is not None else f"clip.model: cannot build {config.model!r}"
         raise ConfigError(f"{where} as open_clip weights ({type(error).__name__}: {first_line})") from error
     model.requires_grad_(False)
     return model.eval(), tokenizer, description, path is None
+
+
+def _local_weights(location: str) -> Path:
+    """The weights (a file or a hub-layout directory) at `location` as a local path: itself (user
+    home expanded) when local, a cached download (once per process) of an object-store URI.
+
+    Raises:
+        ConfigError: nothing at the URI, or a URI that cannot be used.
+    """
+    if not storage.is_uri(location):
+        return Path(location).expanduser()
+    try:
+        if not storage.exists(location):
+            raise ConfigError(f"{_PATH_KEY}: no such file or directory: {location}")
+        return storage.cached_local_copy(location)
+    except (storage.StorageError, OSError) as error:
+        raise ConfigError(f"{_PATH_KEY}: cannot fetch {location} ({' '.join(str(error).split())[:300]})") from error
 
 
 class ClipScorer:

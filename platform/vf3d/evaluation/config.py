@@ -15,7 +15,8 @@ from vf3d.models.reconstructor.config import InferenceConfig
 
 @dataclass
 class EvalClipConfig(ConfigBase):
-    """CLIP image/text similarity (open_clip); weights come from a local path, never a hub."""
+    """CLIP image/text similarity (open_clip); weights come from a path or an object-store URI,
+    never a hub."""
 
     enabled: bool = True
     """Compute CLIP similarities (false skips them: no weights needed)."""
@@ -23,8 +24,9 @@ class EvalClipConfig(ConfigBase):
     """open_clip architecture name of the weights (e.g. "ViT-B-32-quickgelu" for OpenAI's
     ViT-B/32, "ViT-L-14"); ignored when `weights_path` is a directory with open_clip_config.json."""
     weights_path: str | None = None
-    """Local open_clip weights: a checkpoint file (.safetensors/.bin/.pt/.pth) for `model`, or a
-    directory holding open_clip_config.json and its weights (the hub layout, downloaded once)."""
+    """open_clip weights: a checkpoint file (.safetensors/.bin/.pt/.pth) for `model`, or a
+    directory holding open_clip_config.json and its weights (the hub layout, downloaded once); a
+    local path, or an s3:// / gs:// URI downloaded once per process."""
     allow_random: bool = False
     """Without `weights_path`, build `model` with random weights (tests only: the similarities
     are then meaningless, and the report says so in bold)."""
@@ -39,8 +41,9 @@ class EvalLpipsConfig(ConfigBase):
     net: LpipsNet = "alex"
     """Backbone: "alex" (the LPIPS paper's metric), "vgg" or "squeeze"."""
     backbone_path: str | None = None
-    """Local torchvision state dict of that backbone (alexnet/vgg16/squeezenet1_1 weights, .pth
-    or .safetensors). Required unless `random_backbone`."""
+    """Torchvision state dict of that backbone (alexnet/vgg16/squeezenet1_1 weights, .pth or
+    .safetensors): a local path, or an s3:// / gs:// URI downloaded once per process. Required
+    unless `random_backbone`."""
     random_backbone: bool = False
     """Use a random backbone (tests only: LPIPS is then not perceptual; the report says so)."""
 

@@ -20,8 +20,8 @@ class FilterEncoderConfig(ConfigBase):
     docs/vfusion3d.md#data-engine)."""
 
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(image_size=224))
-    """Its architecture; `encoder.pretrained_path` names a local DINOv2 directory (transformers
-    layout, e.g. facebook/dinov2-base) and must match these numbers."""
+    """Its architecture; `encoder.pretrained_path` names a DINOv2 directory (transformers layout,
+    e.g. facebook/dinov2-base; a local path or an s3:// / gs:// URI) and must match these numbers."""
     random_init: bool = False
     """Allow a randomly initialised encoder when `encoder.pretrained_path` is None (debug and tests:
     random features still separate clean orbits from garbage, but far less well than DINOv2)."""
@@ -75,9 +75,9 @@ class ReconLossConfig(ConfigBase):
     lpips_net: LpipsNet = "vgg"
     """LPIPS backbone: "vgg" (OpenLRM's), "alex" or "squeeze"; the linear heads ship with lpips."""
     lpips_backbone_path: str | None = None
-    """Local torchvision weights of that backbone (a state dict in .pth/.safetensors, loaded
-    weights-only), e.g. vgg16-397923af.pth. Required (checked when the loss is built) unless
-    `lpips_random_backbone`."""
+    """Torchvision weights of that backbone (a state dict in .pth/.safetensors, loaded
+    weights-only), e.g. vgg16-397923af.pth: a local path, or an s3:// / gs:// URI downloaded once
+    per process. Required (checked when the loss is built) unless `lpips_random_backbone`."""
     lpips_random_backbone: bool = False
     """Use a random backbone (tests and debug only: the loss still trains, but it is not a
     perceptual metric; runs log a warning)."""

@@ -3,8 +3,9 @@ local weights: the training loss (`vf3d.training.losses`) and the metric (`vf3d.
 used by train-recon's validation and by `vf3d evaluate`) share this one builder.
 
 LPIPS needs ImageNet weights for its backbone, which lpips would download from the internet. Here
-they come from a local torchvision state dict (`losses.lpips_backbone_path`); lpips' own linear
-heads ship inside the package.
+they come from a torchvision state dict we name (`losses.lpips_backbone_path`: a local path, or an
+object-store URI fetched once per process into a local cache); lpips' own linear heads ship inside
+the package.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vf3d import storage
 from vf3d.config import ConfigError
 from vf3d.models.config import ReconLossConfig
 
@@ -26,10 +28,29 @@ _SLICE_KEY = re.compile(r"^slice\d+\.(\d+)\.(.+)$")
 _PATH_KEY = "losses.lpips_backbone_path"
 
 
-def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a weights-only torch pickle (.pth/.pt/.bin)."""
+def _local_weights_file(location: str) -> Path:
+    """The weights file at `location` as a local path: itself (user home expanded) when local, a
+    cached download (once per process, the file's name kept) of an object-store URI.
+
+    Raises:
+        ConfigError: an object that does not exist, or a URI that cannot be used.
+    """
+    if not storage.is_uri(location):
+        return Path(location).expanduser()
+    try:
+        if not storage.is_file(location):
+            raise ConfigError(f"{_PATH_KEY}: no such file: {location}")
+        return storage.cached_local_copy(location)
+    except (storage.StorageError, OSError) as error:
+        raise ConfigError(f"{_PATH_KEY}: cannot fetch {location} ({' '.join(str(error).split())[:300]})") from error
+
+
+def _load_state_dict_file(path: Path, shown: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a weights-only torch pickle (.pth/.pt/.bin); `shown`
+    names the file in errors (the URI of a downloaded one; default: `path`)."""
+    shown = path if shown is None else shown
     if not path.is_file():
-        raise ConfigError(f"{_PATH_KEY}: no such file: {path}")
+        raise ConfigError(f"{_PATH_KEY}: no such file: {shown}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -38,15 +59,17 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, a pickle of something other than tensors, ...
-        raise ConfigError(f"{_PATH_KEY}: cannot read {path} as a state dict ({type(error).__name__}: {error})") from error
+        raise ConfigError(f"{_PATH_KEY}: cannot read {shown} as a state dict ({type(error).__name__}: {error})") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint that wraps the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{_PATH_KEY}: {path} does not hold a state dict of tensors")
+        raise ConfigError(f"{_PATH_KEY}: {shown} does not hold a state dict of tensors")
     return state
 
 
-def _backbone_state_from_torchvision(backbone: nn.Module, state: dict[str, torch.Tensor], net: str, path: Path) -> dict[str, torch.Tensor]:
+def _backbone_state_from_torchvision(
+    backbone: nn.Module, state: dict[str, torch.Tensor], net: str, path: Path | str
+) -> dict[str, torch.Tensor]:
     """Map torchvision `features.<i>.<param>` keys onto lpips' `slice<k>.<i>.<param>` keys.
 
     lpips' backbones (lpips/pretrained_networks.py) copy the modules of torchvision's
@@ -87,9 +110,10 @@ def build_lpips(config: ReconLossConfig) -> nn.Module:
     The linear heads are lpips' calibrated ones (shipped in the package). The backbone's ImageNet
     weights are loaded from `config.lpips_backbone_path`: a torchvision state dict of vgg16
     ("vgg"), alexnet ("alex") or squeezenet1_1 ("squeeze") as .pth (read weights-only) or
-    .safetensors, e.g. torchvision's own vgg16-397923af.pth. Only its `features.*` entries are
-    used. With `config.lpips_random_backbone` the backbone stays random and a warning says the
-    loss is not perceptual (tests and debug runs).
+    .safetensors, e.g. torchvision's own vgg16-397923af.pth, at a local path or an object-store
+    URI (downloaded once per process). Only its `features.*` entries are used. With
+    `config.lpips_random_backbone` the backbone stays random and a warning says the loss is not
+    perceptual (tests and debug runs).
 
     Call the result as lpips does: `module(x, y)` with x, y [B, 3, H, W] in [-1, 1] → [B, 1, 1, 1].
 
@@ -100,12 +124,14 @@ def build_lpips(config: ReconLossConfig) -> nn.Module:
     config.validate()
     if config.lpips_backbone_path is None and not config.lpips_random_backbone:
         raise ConfigError(
-            f"{_PATH_KEY} is required for the LPIPS loss: set it to a local torchvision "
+            f"{_PATH_KEY} is required for the LPIPS loss: set it to a torchvision "
             f"{_TORCHVISION_ARCH[config.lpips_net]} state dict (.pth or .safetensors), or set "
             "losses.lpips_random_backbone for tests and debug runs"
         )
-    path = Path(config.lpips_backbone_path).expanduser() if config.lpips_backbone_path is not None else None
-    state = _load_state_dict_file(path) if path is not None else None  # fail before building
+    location = config.lpips_backbone_path
+    path = _local_weights_file(location) if location is not None else None
+    shown = location if location is not None and storage.is_uri(location) else path  # what errors name
+    state = _load_state_dict_file(path, shown) if path is not None else None  # fail before building
 
     with warnings.catch_warnings():
         # lpips builds torchvision models with the deprecated `pretrained=` argument.
@@ -115,7 +141,7 @@ def build_lpips(config: ReconLossConfig) -> nn.Module:
         module = lpips.LPIPS(net=config.lpips_net, pretrained=True, pnet_rand=True, verbose=False)
 
     if state is not None:
-        module.net.load_state_dict(_backbone_state_from_torchvision(module.net, state, config.lpips_net, path), strict=True)
+        module.net.load_state_dict(_backbone_state_from_torchvision(module.net, state, config.lpips_net, shown), strict=True)
     else:
         warnings.warn(
             f"the LPIPS backbone ({config.lpips_net}) is random (losses.lpips_random_backbone): the LPIPS "

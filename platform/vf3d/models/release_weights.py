@@ -50,6 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import atomic_path
 from vf3d.models.pretrained import WEIGHTS_NAME, make_readable
 from vf3d.models.reconstructor import Reconstructor
@@ -92,27 +93,37 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Args:
         path: a `.safetensors` file; a `.pt/.pth/.bin/.ckpt` torch.save file (read with
             `weights_only=True`; a dict nested under `model_state_dict`, `state_dict` or `model` is
-            unwrapped); or a model directory holding `model.safetensors`.
+            unwrapped); or a model directory holding `model.safetensors`. A local path or an
+            object-store URI (`s3://`, `gs://`), which is downloaded to a temporary file (removed
+            afterwards) and read exactly as a local one.
     Returns:
         {name: tensor of any shape}, in file order.
     """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / WEIGHTS_NAME).is_file():
+    path = storage.local_or_uri(path)
+    if storage.is_dir(path):
+        if not storage.is_file(storage.join(path, WEIGHTS_NAME)):
             raise CheckpointFormatError(f"{path} is a directory without {WEIGHTS_NAME}")
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
+        path = storage.join(path, WEIGHTS_NAME)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    suffix = path.suffix.lower()
+    name = storage.name(path)
+    suffix = Path(name).suffix.lower()
+    if suffix != ".safetensors" and suffix not in TORCH_SUFFIXES:  # before downloading anything
+        raise CheckpointFormatError(
+            f"unsupported checkpoint type {suffix or name!r}: expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
+        )
+    with storage.local_copy(path) as local:  # the file itself when local
+        return _read_weights_file(local, suffix, shown=path)
+
+
+def _read_weights_file(path: Path, suffix: str, shown: Path | str) -> dict[str, torch.Tensor]:
+    """The state dict in the local file `path` (a .safetensors or a torch.save file, by `suffix`);
+    errors name `shown` (the URI of a downloaded file)."""
     if suffix == ".safetensors":
         try:
-            return _check_flat(load_file(str(path), device="cpu"), path)
+            return _check_flat(load_file(str(path), device="cpu"), shown)
         except SafetensorError as error:
-            raise CheckpointFormatError(f"{path} is not a readable safetensors file: {error}") from None
-    if suffix not in TORCH_SUFFIXES:
-        raise CheckpointFormatError(
-            f"unsupported checkpoint type {suffix or path.name!r}: expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}"
-        )
+            raise CheckpointFormatError(f"{shown} is not a readable safetensors file: {error}") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -120,13 +131,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             (line.strip() for line in str(error).splitlines() if "WeightsUnpickler error" in line or "Unsupported global" in line), ""
         )
         raise CheckpointFormatError(
-            f"{path} cannot be loaded with torch.load(weights_only=True): it holds objects other than tensors "
+            f"{shown} cannot be loaded with torch.load(weights_only=True): it holds objects other than tensors "
             f"(loading it would need unsafe unpickling, which vf3d never does) or it is corrupt. "
             f"Re-save just the state dict (torch.save(state_dict) or safetensors). {detail}"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointFormatError(f"{path} is not a readable torch checkpoint: {error}") from None
-    return _check_flat(_unwrap(loaded), path)
+        raise CheckpointFormatError(f"{shown} is not a readable torch checkpoint: {error}") from None
+    return _check_flat(_unwrap(loaded), shown)
 
 
 def _unwrap(loaded: Any) -> Any:
@@ -137,7 +148,7 @@ def _unwrap(loaded: Any) -> Any:
     return loaded
 
 
-def _check_flat(state: Any, path: Path) -> dict[str, torch.Tensor]:
+def _check_flat(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointFormatError(f"{path} holds a {type(state).__name__}, not a state dict")
     bad = [repr(key) for key, value in state.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
@@ -412,12 +423,13 @@ def convert_state_dict(
 
 def import_checkpoint(
     src: str | os.PathLike, out_dir: str | os.PathLike, format: str = "vfusion3d", overrides: dict[str, Any] | None = None
-) -> Path:
+) -> Path | str:
     """Convert a released checkpoint file into a vf3d model directory.
 
     Args:
-        src: released weights (.safetensors, torch.save file, or a directory with model.safetensors).
-        out_dir: model directory to write (config.json + model.safetensors).
+        src: released weights (.safetensors, torch.save file, or a directory with model.safetensors);
+            a local path or an object-store URI (`read_state_dict`).
+        out_dir: model directory to write (config.json + model.safetensors); a path or a URI.
         format: "vfusion3d" or "openlrm".
         overrides: nested config overrides for what shapes cannot tell (head counts, image size...).
     Returns:
@@ -428,7 +440,8 @@ def import_checkpoint(
     with torch.device("meta"):
         model = Reconstructor(config)
     model.load_state_dict(state, strict=True, assign=True)
-    metadata = {"imported_from": {"format": format, "file": str(Path(src).resolve()), "num_tensors": len(source)}}
+    file = str(src) if storage.is_uri(src) else str(Path(src).resolve())
+    metadata = {"imported_from": {"format": format, "file": file, "num_tensors": len(source)}}
     return model.save_pretrained(out_dir, metadata=metadata)
 
 

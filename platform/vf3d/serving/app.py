@@ -373,9 +373,20 @@ def start_endpoint(application: serve.Application, config: ServeConfig, log=prin
     every replica is up, and return the base URL."""
     import ray
 
-    serve.start(http_options={"host": config.host, "port": config.port, "request_timeout_s": config.request_timeout_s})
+    from vf3d.ray_runtime import quiet_local_cluster
+
+    # Serve's controller, proxy and replicas configure their own loggers (INFO, with an access log
+    # line per request); a quiet local cluster keeps them at warnings like the rest of Ray.
+    logging_config = None
+    if quiet_local_cluster():
+        logging_config = {"log_level": "WARNING"}
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this process's Serve client lines
+    serve.start(
+        http_options={"host": config.host, "port": config.port, "request_timeout_s": config.request_timeout_s},
+        logging_config=logging_config,
+    )
     started = time.perf_counter()
-    serve.run(application, name="vf3d", route_prefix="/")
+    serve.run(application, name="vf3d", route_prefix="/", logging_config=logging_config)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"
     log(

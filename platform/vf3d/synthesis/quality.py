@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import torch
 from scipy import ndimage
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.data import shards
 from vf3d.models.config import FilterEncoderConfig, QualityProbeConfig
@@ -163,7 +165,7 @@ class QualityFilter:
         """Load a filter written by `train_filter` / `save_pretrained`.
 
         Args:
-            directory: the probe directory.
+            directory: the probe directory (a local path or an object-store URI).
             device: where encoder and probe run.
             encoder: build this encoder instead of the recorded one (e.g. the same DINOv2 weights
                 at another path on this machine); it must have the same fingerprint.
@@ -171,9 +173,9 @@ class QualityFilter:
             ModelDirectoryError: not a probe directory, no recorded fingerprint, or an encoder
                 whose weights or preprocessing differ from those the probe was fitted on.
         """
-        directory = Path(directory)
+        directory = storage.local_or_uri(directory)
         probe = QualityProbe.from_pretrained(directory, device=device)
-        recorded = json.loads((directory / CONFIG_NAME).read_text()).get(FINGERPRINT_KEY)
+        recorded = json.loads(storage.read_text(storage.join(directory, CONFIG_NAME))).get(FINGERPRINT_KEY)
         if not recorded:
             raise ModelDirectoryError(
                 f"{directory}: no {FINGERPRINT_KEY} in {CONFIG_NAME}; save filters with train_filter or QualityFilter.save_pretrained"
@@ -189,8 +191,9 @@ class QualityFilter:
             )
         return cls(orbit_encoder.to(device), probe)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the probe (atomically) with the encoder's fingerprint in its config.json."""
+    def save_pretrained(self, directory: str | os.PathLike) -> Path | str:
+        """Write the probe (atomically; a local directory or an object-store URI) with the
+        encoder's fingerprint in its config.json."""
         return self.probe.save_pretrained(directory, metadata={FINGERPRINT_KEY: self.encoder.fingerprint()})
 
     @property
@@ -215,7 +218,7 @@ class QualityFilter:
 
 
 def read_labels(path: str | os.PathLike) -> dict[str, bool]:
-    """Read a labels file: {orbit id: True for good, False for bad}.
+    """Read a labels file (a local path or an object-store URI): {orbit id: True for good, False for bad}.
 
     Formats (by suffix): .csv with a header; .jsonl/.ndjson/.json with one JSON object per line
     (a .json file holding one array of objects works too); .parquet. Each row needs `id` and
@@ -226,18 +229,19 @@ def read_labels(path: str | os.PathLike) -> dict[str, bool]:
         LabelsError naming the file and the line, row or id: unreadable or empty file, a missing
         column, an empty id, an unknown label, or an id labelled both ways.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = storage.local_or_uri(path)
+    if not storage.is_file(path):
         raise LabelsError(f"labels file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _csv_rows(path)
-    elif suffix in (".jsonl", ".ndjson", ".json"):
-        rows = _json_rows(path)
-    elif suffix in (".parquet", ".pq"):
-        rows = _parquet_rows(path)
-    else:
+    suffix = Path(storage.name(path)).suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq"):
         raise LabelsError(f"{path}: unsupported labels format {suffix!r}; use .csv, .jsonl or .parquet")
+    data = storage.read_bytes(path)
+    if suffix == ".csv":
+        rows = _csv_rows(path, data)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        rows = _json_rows(path, data)
+    else:
+        rows = _parquet_rows(path, data)
 
     labels: dict[str, bool] = {}
     labelled_where: dict[str, str] = {}
@@ -276,16 +280,16 @@ def _parse_label(value: Any) -> bool | None:
     return None
 
 
-def _missing_columns(path: Path, where: str, present: Sequence[str]) -> LabelsError:
+def _missing_columns(path: Path | str, where: str, present: Sequence[str]) -> LabelsError:
     missing = [name for name in ("id", "label") if name not in present]
     return LabelsError(
         f"{path}: {where}: missing column(s) {', '.join(repr(name) for name in missing)} (found {', '.join(map(repr, present)) or 'none'})"
     )
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
-    """(where, id, label) per data row of a CSV file with a header."""
-    with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: spreadsheets write a BOM
+def _csv_rows(path: Path | str, data: bytes) -> Iterator[tuple[str, Any, Any]]:
+    """(where, id, label) per data row of a CSV file with a header (`data`, the content of `path`)."""
+    with io.StringIO(data.decode("utf-8-sig"), newline="") as file:  # -sig: spreadsheets write a BOM
         reader = csv.DictReader(file)
         if reader.fieldnames is None:
             raise LabelsError(f"{path}: no labels (the file is empty)")
@@ -296,9 +300,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
             yield f"line {reader.line_num}", row["id"], row["label"]
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
+def _json_rows(path: Path | str, data: bytes) -> Iterator[tuple[str, Any, Any]]:
     """(where, id, label) per object of a JSON-lines file (or of one JSON array)."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = data.decode("utf-8-sig")
     if text.lstrip().startswith("["):
         try:
             items = [(f"item {number}", item) for number, item in enumerate(json.loads(text), start=1)]
@@ -320,13 +324,13 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
         yield where, item["id"], item["label"]
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
+def _parquet_rows(path: Path | str, data: bytes) -> Iterator[tuple[str, Any, Any]]:
     """(where, id, label) per row of a Parquet file."""
     try:
-        names = pq.read_schema(path).names
+        names = pq.read_schema(pa.BufferReader(data)).names
         if not {"id", "label"} <= set(names):
             raise _missing_columns(path, "schema", names)
-        table = pq.read_table(path, columns=["id", "label"])
+        table = pq.read_table(pa.BufferReader(data), columns=["id", "label"])
     except (pa.ArrowException, OSError) as error:
         raise LabelsError(f"{path}: not a readable Parquet file ({' '.join(str(error).split())[:200]})") from None
     for number, (identifier, label) in enumerate(zip(table.column("id").to_pylist(), table.column("label").to_pylist()), start=1):
@@ -354,6 +358,9 @@ def train_filter(
     on the standardised training features; choose the threshold that maximises balanced accuracy
     on the training split; save the filter and the report.
 
+    Every location may be a local path or an object-store URI (`s3://`, `gs://`; vf3d.storage);
+    the outputs are published whole (weights, then config.json, then the report and the config).
+
     Args:
         labels_path: CSV / JSONL / Parquet labels (`read_labels`).
         data_dirs: orbit shard directories; an id found in several is taken from the first
@@ -371,8 +378,8 @@ def train_filter(
     """
     started = time.perf_counter()
     config.validate()
-    labels_path, out_dir = Path(labels_path), Path(out_dir)
-    data_dirs = [Path(directory) for directory in data_dirs]
+    labels_path, out_dir = storage.local_or_uri(labels_path), storage.local_or_uri(out_dir)
+    data_dirs = [storage.local_or_uri(directory) for directory in data_dirs]
     labels = read_labels(labels_path)
     good = sum(labels.values())
     log(f"train-filter: {len(labels)} labelled orbits ({good} good, {len(labels) - good} bad) from {labels_path}")
@@ -442,8 +449,9 @@ def train_filter(
     }
 
     QualityFilter(encoder, probe).save_pretrained(out_dir)
-    write_json_atomic(out_dir / REPORT_NAME, report)  # readers never see half a report
-    config_lib.save_json(config, out_dir / CONFIG_FILE_NAME)
+    report_path = storage.join(out_dir, REPORT_NAME)
+    write_json_atomic(report_path, report)  # readers never see half a report
+    config_lib.save_json(config, storage.join(out_dir, CONFIG_FILE_NAME))
     validation_metrics = report["validation"]
     log(
         f"train-filter: threshold {threshold:.3f}; accuracy {_rounded(report['train']['accuracy'])} (train), {_rounded(validation_metrics['accuracy'])} "
@@ -451,7 +459,7 @@ def train_filter(
     )
     for note in notes:
         log(f"train-filter: note: {note}")
-    log(f"train-filter: filter saved to {out_dir} (report: {out_dir / REPORT_NAME})")
+    log(f"train-filter: filter saved to {out_dir} (report: {report_path})")
     return report
 
 
@@ -459,15 +467,17 @@ def _rounded(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _locate_orbits(wanted: set[str], data_dirs: Sequence[Path]) -> dict[str, tuple[Path, str]]:
-    """{id: (shard file, table)} of the wanted ids, reading only the id column of every shard."""
-    locations: dict[str, tuple[Path, str]] = {}
+def _locate_orbits(wanted: set[str], data_dirs: Sequence[Path | str]) -> dict[str, tuple[Path | str, str]]:
+    """{id: (shard file, table)} of the wanted ids, reading only the id column of every shard
+    (local paths or URIs)."""
+    locations: dict[str, tuple[Path | str, str]] = {}
     for directory in data_dirs:
-        if not directory.is_dir():
+        if not storage.is_dir(directory):
             raise FileNotFoundError(f"data directory not found: {directory}")
         for table in ("orbits", "rejected"):
             for path in shards.list_shard_files(directory, table):
-                for identifier in pq.read_table(path, columns=["id"]).column("id").to_pylist():
+                source, filesystem = storage.arrow_source(path)
+                for identifier in pq.read_table(source, columns=["id"], filesystem=filesystem).column("id").to_pylist():
                     if identifier in wanted and identifier not in locations:
                         locations[identifier] = (path, table)
     return locations
@@ -493,7 +503,7 @@ def _validation_ids(labels: dict[str, bool], fraction: float, seed: int) -> set[
 
 
 def _encode_orbits(
-    locations: dict[str, tuple[Path, str]], encoder: OrbitFeatureEncoder, batch_size: int, log: Callable[[str], None]
+    locations: dict[str, tuple[Path | str, str]], encoder: OrbitFeatureEncoder, batch_size: int, log: Callable[[str], None]
 ) -> dict[str, torch.Tensor]:
     """Features float32 [F] (on the CPU) of every located orbit, encoded `batch_size` at a time."""
     features: dict[str, torch.Tensor] = {}
@@ -521,16 +531,17 @@ def _encode_orbits(
     return features
 
 
-def _read_orbit_views(locations: dict[str, tuple[Path, str]]) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_orbit_views(locations: dict[str, tuple[Path | str, str]]) -> Iterator[tuple[str, torch.Tensor]]:
     """(id, frames float32 [V, H, W, 3] in [0, 1]) of the located orbits, file by file, reading
     only their rows (row groups without them are skipped by the id statistics) and only the
     uniform-azimuth views (extra random views are not part of the video)."""
-    by_file: dict[Path, list[str]] = {}
+    by_file: dict[Path | str, list[str]] = {}
     for identifier, (path, _) in locations.items():
         by_file.setdefault(path, []).append(identifier)
-    for path, ids in sorted(by_file.items()):
+    for path, ids in sorted(by_file.items(), key=lambda item: str(item[0])):
         columns = ["id", "frames", "masks", "cameras", "num_orbit_views", "resolution"]
-        rows = pq.read_table(path, columns=columns, filters=[("id", "in", ids)]).to_pylist()
+        source, filesystem = storage.arrow_source(path)
+        rows = pq.read_table(source, columns=columns, filters=[("id", "in", ids)], filesystem=filesystem).to_pylist()
         for row in rows:
             decoded = shards.decode_row(row)
             yield row["id"], decoded["frames"][: row["num_orbit_views"]].permute(0, 2, 3, 1)

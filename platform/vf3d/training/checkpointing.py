@@ -31,6 +31,7 @@ naming the file and the global it wanted. The checkpoint's own `zero_to_fp32.py`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pickle
@@ -224,15 +225,19 @@ def restore_from_directory(engine: DeepSpeedEngine, directory: str | os.PathLike
 
 
 @contextlib.contextmanager
-def _prints_silenced(module):
-    """`print` inside `module` does nothing while the body runs (a module global shadows the
-    builtin). DeepSpeed's zero_to_fp32 prints a line per step of its merge, and in a Ray Train
-    worker print goes to the logger, so redirecting stdout would not quiet it."""
+def _output_silenced(module):
+    """`print` and `tqdm` inside `module` show nothing while the body runs (module globals shadow
+    them). DeepSpeed's zero_to_fp32 prints a line per step of its merge and draws a progress bar
+    per file group, and in a Ray Train worker print goes to the logger, so redirecting stdout
+    would not quiet it."""
+    original_tqdm = module.tqdm
     module.print = lambda *args, **kwargs: None
+    module.tqdm = functools.partial(original_tqdm, disable=True)
     try:
         yield
     finally:
         del module.print
+        module.tqdm = original_tqdm
 
 
 def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[str, torch.Tensor]:
@@ -259,7 +264,7 @@ def consolidate(checkpoint: str | os.PathLike | ray.train.Checkpoint) -> dict[st
         # would run whatever the checkpoint's author wrote). Its own torch.load asks for
         # weights_only=False, which the scope overrides.
         try:
-            with weights_only_loads(), _prints_silenced(zero_to_fp32):
+            with weights_only_loads(), _output_silenced(zero_to_fp32):
                 state_dict = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=metadata["tag"])
         except pickle.UnpicklingError as error:
             # Say which file it was (DeepSpeed's error does not): reread them, on this path only.

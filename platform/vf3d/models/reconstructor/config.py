@@ -44,8 +44,9 @@ class EncoderConfig(ConfigBase):
     normalize_input: bool = True
     """Apply ImageNet mean/std to [0,1] inputs (VFusion3D); OpenLRM feeds raw [0,1] pixels."""
     pretrained_path: str | None = None
-    """Local transformers directory holding pretrained DINOv2 weights to start from (training
-    only; a saved reconstructor directory always carries its own encoder weights)."""
+    """Transformers directory holding pretrained DINOv2 weights to start from, a local path or an
+    s3:// / gs:// URI (downloaded once per process; training only: a saved reconstructor directory
+    always carries its own encoder weights)."""
 
     def rules(self, at: FieldPath) -> list[tuple[bool, str]]:
         return [

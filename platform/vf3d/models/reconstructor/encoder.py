@@ -1,4 +1,5 @@
-"""DINOv2 image encoder (transformers), random from config or from a local pretrained directory."""
+"""DINOv2 image encoder (transformers), random from config or from a pretrained directory (a local
+path or an object-store URI)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vf3d import storage
 from vf3d.models.reconstructor.config import EncoderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,7 +85,9 @@ class ImageEncoder(torch.nn.Module):
         model_class = Dinov2WithRegistersModel if config.num_register_tokens else Dinov2Model
         on_meta = torch.empty(0).device.type == "meta"
         if config.pretrained_path and not on_meta:
-            self.dinov2 = model_class.from_pretrained(config.pretrained_path, local_files_only=True)
+            # An object-store URI is downloaded once per process (the directory itself when local).
+            local = storage.cached_local_copy(config.pretrained_path)
+            self.dinov2 = model_class.from_pretrained(str(local), local_files_only=True)
             self._check_pretrained_matches(self.dinov2.config)
         else:
             self.dinov2 = model_class(dinov2_config(config))
