@@ -17,14 +17,13 @@ inside open_clip.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from vf3d import storage
 from vf3d.config import ConfigError
 from vf3d.evaluation.config import EvalClipConfig
+from vf3d.models.pretrained import local_weights
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -42,7 +41,7 @@ def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
     import open_clip
 
     location = config.weights_path
-    path = _local_weights(location) if location is not None else None
+    path = local_weights(location, _PATH_KEY) if location is not None else None
     if path is None and not config.allow_random:
         raise ConfigError(
             f"{_PATH_KEY} is required for CLIP similarities: give --clip PATH (an open_clip checkpoint file for "
@@ -73,23 +72,6 @@ def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
         raise ConfigError(f"{where} as open_clip weights ({type(error).__name__}: {first_line})") from error
     model.requires_grad_(False)
     return model.eval(), tokenizer, description, path is None
-
-
-def _local_weights(location: str) -> Path:
-    """The weights (a file or a hub-layout directory) at `location` as a local path: itself (user
-    home expanded) when local, a cached download (once per process) of an object-store URI.
-
-    Raises:
-        ConfigError: nothing at the URI, or a URI that cannot be used.
-    """
-    if not storage.is_uri(location):
-        return Path(location).expanduser()
-    try:
-        if not storage.exists(location):
-            raise ConfigError(f"{_PATH_KEY}: no such file or directory: {location}")
-        return storage.cached_local_copy(location)
-    except (storage.StorageError, OSError) as error:
-        raise ConfigError(f"{_PATH_KEY}: cannot fetch {location} ({' '.join(str(error).split())[:300]})") from error
 
 
 class ClipScorer:

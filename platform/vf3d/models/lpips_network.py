@@ -20,29 +20,13 @@ from torch import nn
 from vf3d import storage
 from vf3d.config import ConfigError
 from vf3d.models.config import ReconLossConfig
+from vf3d.models.pretrained import local_weights
 
 _TORCHVISION_ARCH = {"vgg": "vgg16", "alex": "alexnet", "squeeze": "squeezenet1_1"}
 """The torchvision model whose `features` each lpips backbone slices."""
 
 _SLICE_KEY = re.compile(r"^slice\d+\.(\d+)\.(.+)$")
 _PATH_KEY = "losses.lpips_backbone_path"
-
-
-def _local_weights_file(location: str) -> Path:
-    """The weights file at `location` as a local path: itself (user home expanded) when local, a
-    cached download (once per process, the file's name kept) of an object-store URI.
-
-    Raises:
-        ConfigError: an object that does not exist, or a URI that cannot be used.
-    """
-    if not storage.is_uri(location):
-        return Path(location).expanduser()
-    try:
-        if not storage.is_file(location):
-            raise ConfigError(f"{_PATH_KEY}: no such file: {location}")
-        return storage.cached_local_copy(location)
-    except (storage.StorageError, OSError) as error:
-        raise ConfigError(f"{_PATH_KEY}: cannot fetch {location} ({' '.join(str(error).split())[:300]})") from error
 
 
 def _load_state_dict_file(path: Path, shown: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -129,7 +113,7 @@ def build_lpips(config: ReconLossConfig) -> nn.Module:
             "losses.lpips_random_backbone for tests and debug runs"
         )
     location = config.lpips_backbone_path
-    path = _local_weights_file(location) if location is not None else None
+    path = local_weights(location, _PATH_KEY, file_only=True) if location is not None else None
     shown = location if location is not None and storage.is_uri(location) else path  # what errors name
     state = _load_state_dict_file(path, shown) if path is not None else None  # fail before building
 

@@ -29,6 +29,24 @@ FORMAT_VERSION = 1
 M = TypeVar("M", bound="PretrainedModel")
 
 
+def local_weights(location: str, setting: str, file_only: bool = False) -> Path:
+    """Weights named by a config setting (a file, or a directory when not `file_only`) as a local
+    path: the path itself (user home expanded) when local, a cached download (once per process,
+    the name kept) of an object-store URI.
+
+    Raises:
+        ConfigError naming `setting`: nothing at the URI, or a URI that cannot be used.
+    """
+    if not storage.is_uri(location):
+        return Path(location).expanduser()
+    try:
+        if not (storage.is_file(location) if file_only else storage.exists(location)):
+            raise config_lib.ConfigError(f"{setting}: no such file{'' if file_only else ' or directory'}: {location}")
+        return storage.cached_local_copy(location)
+    except (storage.StorageError, OSError) as error:
+        raise config_lib.ConfigError(f"{setting}: cannot fetch {location} ({' '.join(str(error).split())[:300]})") from error
+
+
 def make_readable(path: str | os.PathLike) -> None:
     """Give a file safetensors wrote (it creates files with mode 0600) the mode a plain `open()`
     would have given it under this process's umask, so that a server running as another user can

@@ -159,7 +159,13 @@ def build_batch(
 
 class Validator:
     """Novel-view PSNR / SSIM / LPIPS on held-out orbits, plus a grid of input, predicted and true
-    views (rank 0 only; writes into the output directory)."""
+    views (rank 0 only; writes into the output directory).
+
+    Each validation also scores a blank white image against the same views (`blank_psnr`,
+    `blank_ssim`): the floor a model must beat. An untrained reconstructor draws an almost flat
+    image and scores about like it; SSIM then often falls while a small model first learns where
+    the object is, because misplaced edges and texture cost SSIM more than flat colour does.
+    """
 
     def __init__(self, records: list[dict[str, Any]], config: TrainReconConfig, lpips_module, out_dir: Path) -> None:
         from vf3d.image_metrics import LpipsMetric
@@ -178,7 +184,7 @@ class Validator:
 
         settings = self.config.validation
         model.eval()
-        scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+        scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": [], "blank_psnr": [], "blank_ssim": []}
         grid = []
         with torch.no_grad():
             for record in self.records:
@@ -194,6 +200,9 @@ class Validator:
                 scores["psnr"] += psnr(predicted, truth).tolist()
                 scores["ssim"] += ssim(predicted, truth).tolist()
                 scores["lpips"] += self.lpips(predicted, truth).tolist()
+                blank = torch.ones_like(truth)
+                scores["blank_psnr"] += psnr(blank, truth).tolist()
+                scores["blank_ssim"] += ssim(blank, truth).tolist()
                 grid.append([image[0].float()] + list(predicted) + list(truth))
         model.train()
         metrics = {name: float(np.mean(values)) for name, values in scores.items()}
@@ -513,8 +522,11 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     summary = run_summary(outcome, result, started, out_dir, orbits=counts, held_out=held_out)
     write_json_atomic(storage.join(out_dir, "train_recon_summary.json"), summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
+    nan = float("nan")
     log(
-        f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR {first.get('psnr', float('nan')):.2f} → {last.get('psnr', float('nan')):.2f} dB, "
-        f"SSIM {first.get('ssim', float('nan')):.3f} → {last.get('ssim', float('nan')):.3f}, LPIPS {first.get('lpips', float('nan')):.3f} → {last.get('lpips', float('nan')):.3f}; model in {out_dir}"
+        f"train-recon: {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); novel-view PSNR "
+        f"{first.get('psnr', nan):.2f} → {last.get('psnr', nan):.2f} dB (a blank white image: {last.get('blank_psnr', nan):.2f}), "
+        f"SSIM {first.get('ssim', nan):.3f} → {last.get('ssim', nan):.3f} (blank: {last.get('blank_ssim', nan):.3f}), "
+        f"LPIPS {first.get('lpips', nan):.3f} → {last.get('lpips', nan):.3f}; model in {out_dir}"
     )
     return summary
