@@ -360,9 +360,12 @@ AUTOSCALE_JOB_CONFIG = {
     "stage": "synthesize",
     "preset": "debug",
     "config": {
-        # As on a GPU cluster: orbits on GPU actors. Generation may grow to 2 actors; first frames
-        # stay on CPUs so that the generation pool's demand alone brings GPU nodes up.
-        "generate_pool": {"min_actors": 1, "max_actors": 2, "num_gpus": 1.0, "num_cpus": 0.5, "batch_size": 2},
+        # As on a GPU cluster: orbits on GPU actors; first frames stay on CPUs so that the
+        # generation pool's demand alone brings GPU nodes up. The pool asks for its 2 actors up
+        # front: whether Ray Data would grow a 1-actor pool to 2 depends on how long the backlog
+        # lasts against a node's start-up, i.e. on the machine's speed (an idle 2-core machine
+        # finished the job with one actor), and the run must show the same nodes everywhere.
+        "generate_pool": {"min_actors": 2, "max_actors": 2, "num_gpus": 1.0, "num_cpus": 0.5, "batch_size": 2},
         # Far more sampling steps than the debug preset: generation is the slow stage, as on a
         # real cluster, so its backlog outlasts a node's and an actor's start-up.
         "generation": {"num_inference_steps": 96},
