@@ -94,20 +94,17 @@ def write_held_out_view(data_dir: Path, object_id: str, path: Path) -> tuple[Pat
     cut out on a transparent background, as a client's masked photo would be). Returns the path and
     the object's asset name."""
     import numpy as np
-    import pyarrow.compute as pc
-    import torch
     from PIL import Image
 
-    from vf3d.data.shards import decode_row, read_table
+    from vf3d.data.training_input import read_orbits_by_id
 
-    table = read_table(data_dir)
-    rows = table.filter(pc.equal(table["id"], object_id)).to_pylist()
-    if not rows:
+    orbits = read_orbits_by_id(data_dir, [object_id])
+    if not orbits:
         raise RuntimeError(f"held-out object {object_id} is not in {data_dir}")
-    orbit = decode_row(rows[0], views=[0], dtype=torch.uint8)
+    (orbit,) = orbits
     rgba = np.concatenate([orbit["frames"][0].numpy(), orbit["masks"][0].numpy()], axis=0).transpose(1, 2, 0)
-    Image.fromarray(np.ascontiguousarray(rgba), mode="RGBA").save(path)
-    return path, Path(rows[0]["asset"] or object_id).stem
+    Image.fromarray((rgba * 255).round().astype(np.uint8), mode="RGBA").save(path)
+    return path, Path(orbit["asset"] or object_id).stem
 
 
 RESULT_VIEW_SIZE = 320

@@ -92,7 +92,6 @@ def _drop_quiet_lines(print_to_stdstream):
         if lines:
             print_to_stdstream({**data, "lines": lines}, *args, **kwargs)
 
-    print_kept_lines.unfiltered = print_to_stdstream
     return print_kept_lines
 
 
