@@ -281,25 +281,20 @@ def build_invocation(
     jobs/prompts/debug.jsonl -- and `config_file` (the `config:` overrides, written by the
     caller) as the stage's --config. Required options are not checked here (`Invocation.spec`).
 
-    `root` may be an s3:// or gs:// prefix: relative locations then become keys under it, and an
-    option that only takes local paths must be given as an absolute path."""
+    `root` may be an s3:// or gs:// prefix: relative locations then become keys under it."""
     given = parse_stage_args(job.stage, extra_args)
     preset = given.pop("preset", None) or job.preset
     if "config" in given:
         raise ConfigError(f"{job.stage} arguments: --config here is the job file; put stage config overrides under its `config:` key")
     args = {**job.args, **given}
 
-    def absolute(value: str | Path, local_only: bool = False) -> Path | str:
+    def absolute(value: str | Path) -> Path | str:
         path = Path(value).expanduser()
         if path.is_absolute():
             return path
         under_root = storage.join(root, path.as_posix())
         if shipped is not None and not storage.exists(under_root) and (shipped / path).exists():
             return shipped / path
-        if local_only and storage.is_uri(str(under_root)):
-            raise ConfigError(
-                f"{job.stage}: {value} is relative and the data root {root} is an object store; this option takes a local path: make it absolute"
-            )
         return under_root
 
     invocation = Invocation(stage=job.stage, values={})
@@ -316,11 +311,9 @@ def build_invocation(
 
     def typed(option: specs.Option, item: Any) -> Any:
         if option.kind is specs.Location:  # a URI is already absolute; a local path resolves like a Path
-            if storage.is_uri(str(item)):
-                return item
-            located = absolute(item)
-            return located if isinstance(located, str) else specs.Location(located)
-        return absolute(item, local_only=True) if option.kind is Path else item
+            return item if storage.is_uri(str(item)) else specs.Location(absolute(item))
+        # Every Path-typed stage option (--config) is reserved in job files, so none is relative here.
+        return absolute(item) if option.kind is Path else item
 
     for name, value in args.items():
         option = options[name]

@@ -204,32 +204,29 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, log=pri
         yield
         return
     target = address or os.environ.get("RAY_ADDRESS")
-    if target:
-        ray.init(address=target, log_to_driver=True)
-        log(f"connected to the Ray cluster at {target}")
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    quiet = not verbose_ray_logs()
-    # Entered before ray.init: the driver's printer of worker output is bound there.
-    with _quiet_driver() if quiet else contextlib.nullcontext():
-        runtime_env = None
-        if quiet:
-            runtime_env = {
-                "worker_process_setup_hook": f"{__name__}.quiet_worker_logging",
-                "env_vars": {**QUIET_WORKER_ENV, **quiet_ray_data_logging()},
-            }
-        start_local_ray(
-            log=log,
-            num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
-            include_dashboard=False,
-            log_to_driver=True,
-            logging_level=logging.WARNING if quiet else logging.INFO,
-            runtime_env=runtime_env,
-        )
-        log(f"started a local Ray cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    quiet = not target and not verbose_ray_logs()
+    with contextlib.ExitStack() as stack:
+        if target:
+            ray.init(address=target, log_to_driver=True)
+            log(f"connected to the Ray cluster at {target}")
+        else:
+            runtime_env = None
+            if quiet:
+                # Entered before ray.init: the driver's printer of worker output is bound there.
+                stack.enter_context(_quiet_driver())
+                runtime_env = {
+                    "worker_process_setup_hook": f"{__name__}.quiet_worker_logging",
+                    "env_vars": {**QUIET_WORKER_ENV, **quiet_ray_data_logging()},
+                }
+            start_local_ray(
+                log=log,
+                num_cpus=num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.WARNING if quiet else logging.INFO,
+                runtime_env=runtime_env,
+            )
+            log(f"started a local Ray cluster ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
         _quiet_local_cluster = quiet
         try:
             yield
