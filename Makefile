@@ -69,7 +69,7 @@ autoscale-demo: setup
 # table of their ratios to $(BENCH_DIR)/summary.md.
 BENCH_DIR ?= bench-results
 BENCH_ARGS ?=
-BENCHMARKS := recon render synthesize train_video train_recon serve_load release_fidelity scale
+BENCHMARKS := recon render synthesize train_video train_recon checkpoint_upload serve_load release_fidelity scale
 
 bench: setup
 	@mkdir -p $(BENCH_DIR)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import torch
 
 from vf3d.config import ConfigError
 from vf3d.training import build_deepspeed_config, consolidate, parameter_groups, read_metadata, run_training
-from vf3d.training.checkpointing import METADATA_FILE
+from vf3d.training.checkpointing import LOCAL_CHECKPOINT_PREFIX, METADATA_FILE
 from vf3d.training.config import (
     CheckpointSettings,
     DeepSpeedConfig,
@@ -86,7 +88,7 @@ def regression_loop(config: dict) -> dict:
     import ray.train
     import torch.distributed
 
-    from vf3d.training import consolidate, initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.training import committed_checkpoint, consolidate, initialize, inject_fault_if_due, restore, save, training_config_from
 
     training = training_config_from(config)
     rank = ray.train.get_context().get_world_rank()
@@ -94,7 +96,7 @@ def regression_loop(config: dict) -> dict:
     engine = initialize(build_mlp(), training)
     start_step = restore(engine)
     batches = dataset_batches(training) if config["from_dataset"] else synthetic_batches(training, rank, start_step)
-    losses, first_epoch_ids, last_checkpoint = [], [], None
+    losses, first_epoch_ids, saved = [], [], False
     step = start_step
     while step < training.run.max_steps:
         inject_fault_if_due(training, step + 1)
@@ -108,17 +110,19 @@ def regression_loop(config: dict) -> dict:
         losses.append(loss.item())
         metrics = {"loss": loss.item(), "resumed_from": start_step}
         if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps:
-            last_checkpoint = save(engine, step, metrics, extra={"loop": config["loop_name"]})
+            save(engine, step, metrics, extra={"loop": config["loop_name"]}, upload=training.checkpoint.upload)
+            saved = True
         elif step % training.run.log_every_n_steps == 0:
             ray.train.report(metrics)
     with torch.no_grad():
         # Every rank runs the forward: under ZeRO-3 it gathers parameter shards collectively.
         probe_predictions = engine(probe_features())
         exported_predictions = None
-        if rank == 0 and last_checkpoint is not None:
-            # The export a model loop ends with: one full fp32 state dict, written by rank 0 alone.
+        if rank == 0 and saved:
+            # The export a model loop ends with: one full fp32 state dict, written by rank 0 alone,
+            # from the last checkpoint once committed (its upload may still be running).
             exported = build_mlp()
-            exported.load_state_dict(consolidate(last_checkpoint))
+            exported.load_state_dict(consolidate(committed_checkpoint()))
             exported_predictions = exported(probe_features()).tolist()
     # Which rows each worker saw in its first epoch, summed over the workers.
     seen = torch.tensor([len(first_epoch_ids), sum(first_epoch_ids)], dtype=torch.float64)
@@ -134,12 +138,14 @@ def regression_loop(config: dict) -> dict:
     }
 
 
-def harness_settings(storage, name, *, zero_stage=2, num_workers=2, max_steps=24, every_n_steps=8, keep_last=2, max_failures=0, fault=None):
+def harness_settings(
+    storage, name, *, zero_stage=2, num_workers=2, max_steps=24, every_n_steps=8, keep_last=2, max_failures=0, fault=None, upload="async"
+):
     return TrainingConfig(
         optimizer=OptimizerConfig(lr=2e-2, warmup_steps=2, schedule="cosine", weight_decay=0.01),
         deepspeed=DeepSpeedConfig(zero_stage=zero_stage),
         scaling=ScalingSettings(num_workers=num_workers, use_gpu="auto", cpus_per_worker=0.5),
-        checkpoint=CheckpointSettings(every_n_steps=every_n_steps, keep_last=keep_last),
+        checkpoint=CheckpointSettings(every_n_steps=every_n_steps, keep_last=keep_last, upload=upload),
         fault_injection=fault or FaultInjection(),
         run=RunSettings(
             name=name, storage_path=str(storage), max_failures=max_failures, batch_size=16, max_steps=max_steps, log_every_n_steps=4
@@ -157,6 +163,11 @@ def consolidated_predictions(checkpoint) -> torch.Tensor:
     model.load_state_dict(consolidate(checkpoint))
     with torch.no_grad():
         return model(probe_features())
+
+
+def local_checkpoint_copies(run_name):
+    """The ranks' local checkpoint directories of run `run_name` still in the temporary directory."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"{LOCAL_CHECKPOINT_PREFIX}{run_name}-step*"))
 
 
 def checkpoint_dirs(run_dir):
@@ -218,6 +229,7 @@ def test_zero2_two_workers_learn_and_write_self_describing_consolidatable_checkp
     trained = torch.tensor(result.return_value["probe_predictions"])
     assert torch.allclose(consolidated_predictions(checkpoint_dir), trained, atol=1e-5)
     assert torch.allclose(torch.tensor(result.return_value["exported_predictions"]), trained, atol=1e-5)
+    assert local_checkpoint_copies("zero2") == [], "Ray Train deletes each rank's local copy once it is uploaded"
 
 
 def test_rerunning_a_finished_run_with_more_steps_resumes_where_it_stopped(zero2_run):
@@ -232,7 +244,8 @@ def test_rerunning_a_finished_run_with_more_steps_resumes_where_it_stopped(zero2
 
 @pytest.fixture(scope="module")
 def dataset_run(ray_local, tmp_path_factory):
-    """A 12-step ZeRO-0 run on 2 workers fed by a 64-row Ray Data dataset."""
+    """A 12-step ZeRO-0 run on 2 workers fed by a 64-row Ray Data dataset, uploading its
+    checkpoints synchronously."""
     rows = 64
     generator = np.random.default_rng(0)
     items = []
@@ -241,7 +254,8 @@ def dataset_run(ray_local, tmp_path_factory):
         target = float(regression_targets(torch.from_numpy(features)[None])[0, 0])
         items.append({"id": index, "features": features, "target": target})
     dataset = ray.data.from_items(items)
-    settings = harness_settings(tmp_path_factory.mktemp("dataset"), "dataset", zero_stage=0, max_steps=12, every_n_steps=6)
+    # Synchronous uploads here (the other runs upload in the background, the default).
+    settings = harness_settings(tmp_path_factory.mktemp("dataset"), "dataset", zero_stage=0, max_steps=12, every_n_steps=6, upload="sync")
     return rows, train(settings, datasets={"train": dataset}, rows_per_worker=rows // 2)
 
 
@@ -271,6 +285,7 @@ def test_a_worker_crash_restarts_the_group_from_the_latest_checkpoint(crash_run)
     assert (storage / "crash" / FAULT_MARKER_FILE).read_text().startswith("rank 1 exited at step 7")
     reported = {metrics["step"]: metrics["resumed_from"] for _, metrics in result.best_checkpoints}
     assert reported == {4: 0, 8: 4, 12: 4}
+    assert local_checkpoint_copies("crash") == []
 
 
 def test_a_crash_without_restarts_left_fails_with_a_clear_error(ray_local, tmp_path):

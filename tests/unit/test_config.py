@@ -204,6 +204,9 @@ def test_literal_choices_keep_their_type_and_are_checked_on_validate_too():
     with pytest.raises(config.ConfigError, match=r"^scaling\.use_gpu: expected true/false or 'auto', got 'yes'$"):
         config.merge(training, {"scaling": {"use_gpu": "yes"}})
     assert config.merge(training, {"scaling": {"use_gpu": False}}).validate().scaling.use_gpu is False
+    assert training.checkpoint.upload == "async" and config.merge(training, {"checkpoint": {"upload": "sync"}}).checkpoint.upload == "sync"
+    with pytest.raises(config.ConfigError, match=r"^checkpoint\.upload: expected one of 'async', 'sync', got 'later'$"):
+        config.merge(training, {"checkpoint": {"upload": "later"}})
     with pytest.raises(config.ConfigError, match=r"^mesh_iso: expected a number, 'auto' or null, got 'high'$"):
         config.merge(InferenceConfig(), {"mesh_iso": "high"})
     # A value set in code, not read from a file, is checked by validate() with the same message.

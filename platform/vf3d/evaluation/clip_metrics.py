@@ -17,6 +17,10 @@ inside open_clip.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +33,23 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 LOCAL_CONFIG_NAME = "open_clip_config.json"
 _PATH_KEY = "clip.weights_path"
+
+
+@contextlib.contextmanager
+def _root_messages_dropped(start: str) -> Iterator[None]:
+    """The root logger drops messages starting with `start` within the block. open_clip announces
+    random weights with a bare `logging.warning`; when they are what was asked for
+    (`allow_random`), vf3d's own warning already says so, once, with what it means for the scores."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(start)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
@@ -63,8 +84,10 @@ def load_clip(config: EvalClipConfig, device: str | torch.device = "cpu"):
             (str(path) if path is not None else None),
             (f"{config.model} from {shown}" if path is not None else f"{config.model} (random weights)"),
         )
+    random_notice = _root_messages_dropped("No pretrained weights loaded") if path is None else contextlib.nullcontext()
     try:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        with random_notice:
+            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as error:  # RuntimeError for unknown names/bad state dicts, ValueError, OSError...
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

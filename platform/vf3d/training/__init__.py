@@ -24,8 +24,8 @@ Both trainers are a `TrainTask` (vf3d.training.loop) run by one skeleton, `run_l
         terms = task.train_step(engine, step); step += 1
         # log every run.log_every_n_steps, validate every validation.every_n_steps, and
         if step % training.checkpoint.every_n_steps == 0 or step == training.run.max_steps or task.stage_ends(step):
-            save(engine, step, task.checkpoint_metrics(...), extra=task.checkpoint_extra())
-    # rank 0: task.export(ray.train.get_checkpoint()) → consolidate(checkpoint): full fp32 state dict
+            save(engine, step, task.checkpoint_metrics(...), extra=task.checkpoint_extra(), upload=training.checkpoint.upload)
+    # rank 0: task.export(committed_checkpoint()) → consolidate(checkpoint): full fp32 state dict
 
 and the driver launches it with `run_training(train_loop_per_worker, loop_config, training, datasets)`
 (`use_default_storage` and `run_summary` hold what the drivers share around it).
@@ -35,6 +35,7 @@ is cheap.
 
 _SOURCE = {
     "CheckpointError": ".checkpointing",
+    "committed_checkpoint": ".checkpointing",
     "consolidate": ".checkpointing",
     "read_metadata": ".checkpointing",
     "restore": ".checkpointing",
@@ -64,6 +65,7 @@ __all__ = [
     "Window",
     "batches_forever",
     "build_deepspeed_config",
+    "committed_checkpoint",
     "consolidate",
     "initialize",
     "inject_fault_if_due",

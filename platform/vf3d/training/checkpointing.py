@@ -1,9 +1,10 @@
 """DeepSpeed checkpoints as self-describing Ray Train checkpoints: save, resume, consolidate.
 
 Every rank saves its own DeepSpeed files (ZeRO shards its optimizer state, and with stage 3 its
-parameters) into a private temporary directory and reports it; Ray Train (V2) agrees on one
-checkpoint directory name across ranks (rank 0's) and uploads every rank's files into it. A
-checkpoint in the run's storage therefore looks like:
+parameters) into a private local directory and reports it; Ray Train (V2) agrees on one
+checkpoint directory name across ranks (rank 0's) and uploads every rank's files into it, by
+default in the background while training goes on (`checkpoint.upload`), deleting the local copy
+once uploaded. A checkpoint in the run's storage therefore looks like:
 
     <storage_path>/<run name>/step_00000040/
         vf3d_checkpoint.json                      what this is (written by rank 0, see `save`)
@@ -53,6 +54,11 @@ CHECKPOINT_FORMAT = "vf3d.deepspeed_checkpoint"
 FORMAT_VERSION = 1
 
 
+LOCAL_CHECKPOINT_PREFIX = "vf3d-checkpoint-"
+"""Start of the name of a rank's local copy of a checkpoint (in the temporary directory, until
+Ray Train has uploaded it): vf3d-checkpoint-<run name>-step<step>-rank<rank>-<random>."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or incompatible with the run trying to load it."""
 
@@ -67,31 +73,66 @@ def deepspeed_tag(step: int) -> str:
     return f"global_step{step}"
 
 
-def save(engine: DeepSpeedEngine, step: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> ray.train.Checkpoint:
+def save(engine: DeepSpeedEngine, step: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None, upload: str = "async") -> None:
     """Checkpoint `engine` after `step` optimizer steps and report it with `metrics` to Ray Train.
 
     Every rank must call this at the same step: DeepSpeed's save and `ray.train.report` are both
     collective. `extra` (JSON-serialisable: the loop's config, its epoch, data position) is stored
-    in `vf3d_checkpoint.json` next to what the harness records itself. Returns the checkpoint as
-    persisted in the run's storage, once Ray Train has committed it: from then on a crash or a
-    rerun resumes from it (this waits for one controller poll, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S).
+    in `vf3d_checkpoint.json` next to what the harness records itself.
+
+    Each rank writes its files into a fresh local directory, which Ray Train uploads into the run's
+    storage and then deletes. `upload` ("async" or "sync", `checkpoint.upload`):
+    - "async" returns as soon as the files are written: the upload runs on Ray Train's background
+      thread while training goes on. The save first waits until the previous checkpoint is
+      committed, so a rank never holds more than one checkpoint waiting for upload (local disk)
+      and a slow store slows training down rather than piling up copies.
+    - "sync" returns once the checkpoint is committed.
+    A checkpoint counts once it is committed: the controller has every rank's upload and has
+    recorded it in the run's storage, which restarts and reruns resume from. `committed_checkpoint`
+    waits for that (the run's end, before exporting).
     """
+    import shutil
+
     import ray.train
 
-    rank = ray.train.get_context().get_world_rank()
-    with tempfile.TemporaryDirectory(prefix=f"vf3d-checkpoint-rank{rank}-") as directory:
+    if upload not in ("async", "sync"):
+        raise ValueError(f"checkpoint upload must be 'async' or 'sync', not {upload!r}")
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if upload == "async":
+        committed_checkpoint()
+    directory = tempfile.mkdtemp(prefix=f"{LOCAL_CHECKPOINT_PREFIX}{context.get_experiment_name()}-step{step}-rank{rank}-")
+    try:
         save_to_directory(engine, directory, step, extra, write_metadata_file=rank == 0)
         ray.train.report(
             {**metrics, "step": step},
             checkpoint=ray.train.Checkpoint.from_directory(directory),
             checkpoint_dir_name=checkpoint_dir_name(step),
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC if upload == "async" else ray.train.CheckpointUploadMode.SYNC,
+            delete_local_checkpoint_after_upload=True,
         )
-    # A report only queues the checkpoint: the controller registers it (and records it in the
-    # run's storage, which is what restarts and reruns resume from) on its next poll of every
-    # worker. A worker that died before that poll would take the checkpoint down with it, so wait.
+    except BaseException:
+        # Not handed to Ray Train (or its synchronous upload failed): nobody else deletes it.
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if upload == "sync":
+        committed_checkpoint()
+
+
+def committed_checkpoint() -> ray.train.Checkpoint | None:
+    """Wait until every checkpoint this worker has reported is committed; → the latest one, as
+    persisted in the run's storage (None when the run has none yet).
+
+    A report only queues a checkpoint: the rank's upload (in the background under async uploads)
+    hands it to the controller, which registers it on its next poll of every worker
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) and records it in the run's storage. Until then a worker
+    that dies would take the checkpoint down with it. Not collective: any rank may call it.
+    """
+    import ray.train
+
     ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
-    # After a synchronous report the worker's latest checkpoint is the persisted copy, which
-    # outlives the temporary directory.
+    # This worker's latest checkpoint is set to the persisted copy before its report reaches the
+    # controller, so once the controller has committed every report it is the newest checkpoint.
     return ray.train.get_checkpoint()
 
 

@@ -84,6 +84,12 @@ class CheckpointSettings(ConfigBase):
     """Write a checkpoint every this many optimizer steps (and always at the last step)."""
     keep_last: int = bounded(2, ge=1)
     """Checkpoints kept in storage; older ones are deleted once a newer one is registered."""
+    upload: Literal["async", "sync"] = "async"
+    """How a checkpoint reaches the run's storage. "async": each rank writes its files to a local
+    directory and trains on while Ray Train uploads them in the background (a save first waits for
+    the previous upload to be committed, so at most one is in flight per rank, and the run's end
+    waits for the last one); a worker that dies mid-upload loses only that checkpoint, and the
+    group restarts from the one before. "sync": training waits until each checkpoint is committed."""
 
 
 @dataclass

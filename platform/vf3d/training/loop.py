@@ -14,7 +14,7 @@ model-specific parts (torchtitan style), and the driver-side helpers around `run
         scalars to TensorBoard / MLflow (vf3d.training.tracking)
         log (rank 0) / validate / checkpoint when step % every_n == 0, at the last step, and (validate,
         checkpoint) where task.stage_ends(step)
-    result = task.finish(engine, state) + {"gpu_time": ...}; rank 0: task.export(ray.train.get_checkpoint())
+    result = task.finish(engine, state) + {"gpu_time": ...}; rank 0: task.export(committed_checkpoint())
 
 Imports of ray and torch stay inside the functions, so importing this module is cheap.
 """
@@ -171,7 +171,7 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
 
     from vf3d import metrics
     from vf3d.ray_runtime import require_usable_gpus
-    from vf3d.training import initialize, inject_fault_if_due, restore, save, training_config_from
+    from vf3d.training import committed_checkpoint, initialize, inject_fault_if_due, restore, save, training_config_from
     from vf3d.training.tracking import ScalarTracker, learning_rate
 
     require_usable_gpus(f"{task_class.label} worker")
@@ -224,7 +224,13 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
         if task.validate_every_n_steps and (step % task.validate_every_n_steps == 0 or last or ends):
             state.last_validation = task.validate(engine, step) or state.last_validation
         if step % training.checkpoint.every_n_steps == 0 or last or ends:
-            save(engine, step, task.checkpoint_metrics(step, since_checkpoint, state), extra=task.checkpoint_extra())
+            save(
+                engine,
+                step,
+                task.checkpoint_metrics(step, since_checkpoint, state),
+                extra=task.checkpoint_extra(),
+                upload=training.checkpoint.upload,
+            )
             since_checkpoint = Window()
     result = task.finish(engine, state)
     # What the summary's GPU-hours are computed from (this worker group's; ranks run in lockstep).
@@ -237,7 +243,8 @@ def run_loop(task_class: type[TrainTask], config: dict[str, Any]) -> dict[str, A
     if tracker is not None:
         tracker.close({key: value for key, value in result.items() if isinstance(value, (int, float))})
     if rank == 0:
-        task.export(ray.train.get_checkpoint())
+        # The last checkpoint may still be uploading (async uploads): export it once committed.
+        task.export(committed_checkpoint())
     return result
 
 
