@@ -39,8 +39,9 @@ browser:
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
+# The full run ends with its 25 slowest setups and calls (pytest --durations), where time goes.
 test: setup browser
-	$(PYTEST)
+	$(PYTEST) --durations=25
 
 test-fast: setup
 	$(PYTEST) tests/unit -q -m "not heavy"

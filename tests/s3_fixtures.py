@@ -5,8 +5,9 @@
 `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`) with monkeypatch, so this
 process and any process it starts (a `vf3d` subprocess and the local Ray cluster it starts) reach
 the server the way they would reach AWS or MinIO. Ray workers inherit the environment of the
-cluster's start: a test that needs them to see the server runs its stages in subprocesses (or
-starts its cluster after this fixture). A test module takes the fixtures with
+cluster's start: the integration tests' session cluster (`ray_local`) is started with
+`s3_variables_for` the session's server, so stages run in the test process on that cluster reach
+it too. A test module takes the fixtures with
 `import s3_fixtures; s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket` (pytest
 puts tests/ on sys.path, as for conftest); moved into conftest they would need no import.
 """
@@ -39,11 +40,9 @@ def s3_server() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def s3_bucket_on(endpoint: str) -> Iterator[str]:
-    """Create a fresh bucket on the server at `endpoint` and point the standard variables at it
-    for the block; yields the bucket's URI (s3://NAME)."""
-    import pyarrow.fs as pafs
-
+def s3_variables_for(endpoint: str) -> Iterator[None]:
+    """The standard S3 variables point at the server at `endpoint` for the block (and the ones
+    that would override them are unset)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ENDPOINT_URL", endpoint)
         patch.setenv("AWS_ACCESS_KEY_ID", "vf3d-test")
@@ -51,6 +50,16 @@ def s3_bucket_on(endpoint: str) -> Iterator[str]:
         patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE"):
             patch.delenv(name, raising=False)
+        yield
+
+
+@contextlib.contextmanager
+def s3_bucket_on(endpoint: str) -> Iterator[str]:
+    """Create a fresh bucket on the server at `endpoint` and point the standard variables at it
+    for the block; yields the bucket's URI (s3://NAME)."""
+    import pyarrow.fs as pafs
+
+    with s3_variables_for(endpoint):
         bucket = f"vf3d-{uuid.uuid4().hex[:12]}"
         filesystem = pafs.S3FileSystem(
             endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1", allow_bucket_creation=True

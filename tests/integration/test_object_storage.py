@@ -1,8 +1,10 @@
 """Stages with every path on s3://, against a real S3 API (moto's server on 127.0.0.1, over HTTP).
 
-Each stage runs as the `vf3d` command in its own process, which starts its own local Ray cluster:
-that is how the cluster's workers inherit the AWS_* variables the fixture sets (a cluster started
-earlier in the session would not have them), and how a user runs the stages against S3 or MinIO.
+Each stage runs as the `vf3d` command: through the console script's `main` in the test process, on
+the session's local Ray cluster, whose workers were started with the AWS_* variables pointing at the
+session's S3 server (tests/integration/conftest.py: `ray_local`), as a user's cluster would be
+against S3 or MinIO. Two runs need a process of their own: the synthesis that is killed with
+SIGKILL, and `vf3d serve` (with its own cluster, from the AWS_* variables the test sets).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from vf3d.models.video.config import VIDEO_MODEL_PRESETS
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
 TABLES = ("orbits", "rejected", "errors")
-s3_server = s3_fixtures.s3_server  # the real S3 API: moto's server on 127.0.0.1, for the session
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +47,6 @@ def video_model_uri(bucket, tmp_path_factory):
     return uri
 
 
-def run_stage(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """`vf3d ARGS` in a subprocess with its own local Ray cluster. Started again (up to twice)
-    when Ray's node did not come up within Ray's fixed 30 s (seen on 2 cores shared with other
-    test runs): that happens before the command does anything, so a new start is the same run."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    for _ in range(3):
-        result = subprocess.run([VF3D, *args], capture_output=True, text=True, env=env, timeout=timeout)
-        if result.returncode == 0 or "node timed out during startup" not in result.stderr:
-            break
-        time.sleep(20)
-    return result
-
-
 def table_ids(out: str) -> dict[str, list[str]]:
     """Every id of every table of a shard directory on S3, with repeats (a duplicate would show)."""
     return {
@@ -72,11 +59,12 @@ def listing(prefix: str) -> list[str]:
     return [f"{name} ({storage.size(storage.join(prefix, name))} B)" for name in storage.walk_files(prefix)]
 
 
-@pytest.mark.timeout(1800)  # two runs, each starting its own local cluster (7 min on 2 busy cores)
-def test_killed_synthesis_on_s3_rerun_ends_exactly_once(bucket, video_model_uri, tmp_path):
-    """Prompts, video model and output all on s3://. The first run is killed with SIGKILL (driver
-    and its local cluster) once a few shards are published; the rerun, the same command, finishes
-    exactly the rest: every input id in exactly one table, once, and no partial key left."""
+@pytest.mark.timeout(1800)  # the killed run starts its own local cluster (7 min on 2 busy cores)
+def test_killed_synthesis_on_s3_rerun_ends_exactly_once(ray_local, bucket, video_model_uri, tmp_path, vf3d_main):
+    """Prompts, video model and output all on s3://. The first run (its own process and local
+    cluster) is killed with SIGKILL once a few shards are published; the rerun, the same command
+    (in this process on the session's cluster), finishes exactly the rest: every input id in
+    exactly one table, once, and no partial key left."""
     local_prompts = tmp_path / "prompts.parquet"
     write_prompts(local_prompts, good=12)
     inputs = 12 + 10
@@ -104,7 +92,7 @@ def test_killed_synthesis_on_s3_rerun_ends_exactly_once(bucket, video_model_uri,
     assert 0 < finished < inputs, "the kill should land mid-run"
     assert storage.is_file(f"{out}/.vf3d-lease.json"), "a killed run leaves its lease, which the rerun takes over"
 
-    result = run_stage(*command)
+    result = vf3d_main(*command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"{inputs - finished} to synthesize" in result.stdout
     assert "taking over a stale lease" in result.stdout
@@ -141,8 +129,8 @@ training:
 resumes from the step-3 checkpoint on S3 (each rank fetching its own shards)."""
 
 
-@pytest.mark.timeout(3600)  # six commands, each starting its own local cluster, two of them trainings
-def test_every_stage_runs_with_every_path_on_s3(bucket, tmp_path):
+@pytest.mark.timeout(3600)  # six commands, two of them trainings, and `vf3d serve` with its own cluster
+def test_every_stage_runs_with_every_path_on_s3(ray_local, bucket, tmp_path, vf3d_main):
     """render-assets → finetune-video → synthesize → train-recon → evaluate → serve, each as the
     `vf3d` command with every input, output and checkpoint location an s3:// URI."""
     import urllib.request
@@ -162,7 +150,7 @@ def test_every_stage_runs_with_every_path_on_s3(bucket, tmp_path):
 
     def stage(name: str, *args: str) -> str:
         started = time.monotonic()
-        result = run_stage(name, *args)
+        result = vf3d_main(name, *args)
         seconds[name] = round(time.monotonic() - started, 1)
         assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result.stdout
