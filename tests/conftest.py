@@ -88,6 +88,7 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=groups.__getitem__)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` must still load this file
 def pytest_xdist_make_scheduler(config, log):
     """Hand tests out a module at a time, and the serve modules as one unit (see ModuleScheduling)."""
     from xdist.scheduler import LoadScopeScheduling
