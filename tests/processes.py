@@ -32,8 +32,29 @@ def kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout_
             output = process.stdout.read()[-3000:] if process.stdout else ""
             raise AssertionError(f"the command exited ({process.returncode}) before it could be killed:\n{output}")
         time.sleep(0.2)
+    _kill_with_descendants(process)
+
+
+def _kill_with_descendants(process: subprocess.Popen) -> None:
+    """SIGKILL the command and every process under it at once, then wait until all are gone.
+
+    Ray's workers are not all in the command's process group: killing only the group leaves them
+    alive until they notice their raylet is gone, and in that moment a writer can still publish a
+    shard, so what a test reads right after the kill would not be what the rerun finds."""
+    import psutil
+
+    try:
+        doomed = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        doomed = []
     os.killpg(process.pid, signal.SIGKILL)
+    for each in doomed:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait(timeout=60)
+    psutil.wait_procs(doomed, timeout=60)
 
 
 def interrupt(process: subprocess.Popen, timeout_s: float = 90) -> None:
