@@ -61,7 +61,7 @@ class Scale:
     """Upper bound of each GPU node type's `max_workers` (aws.yaml: 20 and 8)."""
     max_workers_per_cpu_type: int = 1
     """Upper bound of each CPU-only node type's `max_workers` (aws.yaml: 16)."""
-    idle_timeout_minutes: float = 0.5
+    idle_timeout_minutes: float = 0.25
     """Idle worker nodes are terminated after this long (aws.yaml: 10 minutes)."""
     object_store_bytes: int = 200 * 1024**2
     """Object store of each node (the machine's memory is shared by every node)."""
@@ -366,9 +366,11 @@ AUTOSCALE_JOB_CONFIG = {
         # lasts against a node's start-up, i.e. on the machine's speed (an idle 2-core machine
         # finished the job with one actor), and the run must show the same nodes everywhere.
         "generate_pool": {"min_actors": 2, "max_actors": 2, "num_gpus": 1.0, "num_cpus": 0.5, "batch_size": 2},
-        # Far more sampling steps than the debug preset: generation is the slow stage, as on a
-        # real cluster, so its backlog outlasts a node's and an actor's start-up.
-        "generation": {"num_inference_steps": 96},
+        # More sampling steps than the debug preset: generation is the slow stage, as on a real
+        # cluster. More work than this adds nothing the run shows (the pool's 2 nodes are asked for
+        # up front) and only brings up CPU nodes for the backlog of the other stages, which on one
+        # small machine slows every node's start-up.
+        "generation": {"num_inference_steps": 48},
         "rows_per_shard": 4,
     },
 }
@@ -393,7 +395,7 @@ class AutoscaledRun:
 
 
 def run_autoscaled_synthesis(
-    out_dir: Path, prompts: int = 24, scale: Scale | None = None, scale_down_timeout: float = 300
+    out_dir: Path, prompts: int = 12, scale: Scale | None = None, scale_down_timeout: float = 300
 ) -> AutoscaledRun:
     """Start the cluster, run `AUTOSCALE_JOB_CONFIG` with jobs/synthesize.py (a driver attached
     through RAY_ADDRESS, as `ray job submit` would start it) on `prompts` prompts, and record the
@@ -427,7 +429,7 @@ def run_autoscaled_synthesis(
     return AutoscaledRun(job.returncode, job.stdout + job.stderr, timeline, out_dir, cluster.config, job_started, job_finished)
 
 
-def demo(out_dir: Path, prompts: int = 24) -> int:
+def demo(out_dir: Path, prompts: int = 12) -> int:
     """`run_autoscaled_synthesis`, printing the job's last lines and the node timeline."""
     run = run_autoscaled_synthesis(out_dir, prompts)
     print("\n".join([line for line in run.output.splitlines() if "logging_progress" not in line][-8:]))
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("config", help="print the autoscaling config derived from cluster/aws.yaml")
     run = commands.add_parser("demo", help="run a debug synthesis job on the local autoscaling cluster")
     run.add_argument("--out", type=Path, default=Path("autoscale-demo"))
-    run.add_argument("--prompts", type=int, default=24)
+    run.add_argument("--prompts", type=int, default=12)
     args = parser.parse_args(argv)
     if args.command == "config":
         print(yaml.safe_dump(local_autoscaling_config(), sort_keys=False))

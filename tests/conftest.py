@@ -131,7 +131,7 @@ def run_vf3d(*args, cwd: str | os.PathLike | None = None) -> subprocess.Complete
     return subprocess.CompletedProcess(["vf3d", *argv], status, stdout.getvalue(), stderr.getvalue())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def vf3d_main():
     """`run_vf3d`: run a `vf3d` command in this process; → CompletedProcess (returncode, stdout, stderr)."""
     return run_vf3d
@@ -168,6 +168,8 @@ class ServeEndpoint:
     ray_address: str
     log_path: Path
     process: subprocess.Popen
+    config_overrides: dict = dataclasses.field(default_factory=dict)
+    """What the endpoint's --config file sets on top of the serve preset (`SERVE_ENDPOINT_OVERRIDES`)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -185,17 +187,29 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def serve_endpoint(tmp_path_factory, debug_model_dir):
-    """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
-    API key from VF3D_API_KEY and a free port; started once per session, stopped with Ctrl-C."""
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+SERVE_ENDPOINT_OVERRIDES = {
     # The debug preset decodes one upload at a time (max_concurrent_decodes 1, a memory bound for
     # 2 cores), so concurrent requests reach the model one decode apart: a partial batch waits
     # 0.5 s for the rest instead of 0.05 s, or test_concurrent_requests_share_batches would depend
     # on how fast this machine decodes a PNG.
+    "batch_wait_timeout_s": 0.5,
+    # Meshes on a 32³ grid by default (the preset's is 64³): a random model's field is surface
+    # everywhere, and the browser test's software WebGL (SwiftShader) draws the 64³ mesh's 220k
+    # faces at seconds per frame. Requests still choose their own `mesh_resolution`.
+    "inference": {"mesh_resolution": 32},
+}
+"""What the session's endpoint sets on top of the debug serve preset (its --config file)."""
+
+
+@pytest.fixture(scope="session")
+def serve_endpoint(tmp_path_factory, debug_model_dir):
+    """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
+    API key from VF3D_API_KEY and a free port; started once per session, stopped with Ctrl-C."""
+    import yaml
+
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     overrides = log_path.with_name("serve-overrides.yaml")
-    overrides.write_text("batch_wait_timeout_s: 0.5\n")
+    overrides.write_text(yaml.safe_dump(SERVE_ENDPOINT_OVERRIDES))
     port = _free_port()
     env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -207,7 +221,7 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
             env=env,
             start_new_session=True,
         )
-    endpoint = ServeEndpoint(f"http://127.0.0.1:{port}", env["VF3D_API_KEY"], "", log_path, process)
+    endpoint = ServeEndpoint(f"http://127.0.0.1:{port}", env["VF3D_API_KEY"], "", log_path, process, SERVE_ENDPOINT_OVERRIDES)
     deadline = time.monotonic() + 300
     ready = None
     while ready is None:

@@ -53,9 +53,9 @@ def test_the_local_cluster_has_aws_yaml_node_types_scaled_down():
 
 @pytest.fixture(scope="module")
 def autoscaled(tmp_path_factory):
-    """24 prompts through the synthesis job on the local autoscaling cluster (its own Ray
+    """12 prompts through the synthesis job on the local autoscaling cluster (its own Ray
     instance: a private temporary directory and port, never the session's)."""
-    run = local_autoscaling.run_autoscaled_synthesis(tmp_path_factory.mktemp("autoscaling"), prompts=24)
+    run = local_autoscaling.run_autoscaled_synthesis(tmp_path_factory.mktemp("autoscaling"), prompts=12)
     progress = [line.strip() for line in run.output.splitlines() if " inputs: " in line or line.startswith("synthesize: ")]
     print("\n".join(["node timeline (GCS node table; autoscaler's own view):", *run.timeline.lines()]))
     print(f"job driver ran from t={run.job_started}s to t={run.job_finished}s; its last lines:", *progress[-2:], sep="\n")
@@ -89,7 +89,7 @@ def test_the_job_wrote_every_prompt_exactly_once(autoscaled):
         for file in shards.list_shard_files(out, table)
         for value in pq.read_table(file, columns=["id"])["id"].to_pylist()
     ]
-    assert sorted(ids) == [f"p{index:03d}" for index in range(24)]
+    assert sorted(ids) == [f"p{index:03d}" for index in range(12)]
     summary_line = next(line for line in autoscaled.output.splitlines() if line.startswith("synthesize: "))
     print(summary_line)
-    assert "of 24 inputs" in summary_line
+    assert "of 12 inputs" in summary_line

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +13,13 @@ from processes import kill_when, start_vf3d
 
 from vf3d.data import shards
 
-VF3D = str(Path(sys.executable).with_name("vf3d"))
-
-
-def render(assets, out, *extra, timeout=600):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [VF3D, "render-assets", "--assets", str(assets), "--out", str(out), "--preset", "debug", *map(str, extra)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
 
 @pytest.fixture(scope="module")
-def rendered(sample_assets, tmp_path_factory):
+def rendered(sample_assets, tmp_path_factory, ray_local, vf3d_main):
+    """`vf3d render-assets` on the sample assets, in this process on the session's cluster (the
+    killed run below goes through the console script in a process and cluster of its own)."""
     out = tmp_path_factory.mktemp("shards")
-    result = render(sample_assets, out)
+    result = vf3d_main("render-assets", "--assets", sample_assets, "--out", out, "--preset", "debug")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -71,7 +56,6 @@ def test_shards_hold_valid_orbits_with_prompts_and_cameras(rendered):
 def test_rerun_renders_nothing_new(sample_assets, rendered, ray_local, vf3d_main):
     out, _ = rendered
     files_before = sorted(p.name for p in out.glob("*.parquet"))
-    # In this process, on the session's cluster: the first run already went through the console script.
     result = vf3d_main("render-assets", "--assets", sample_assets, "--out", out, "--preset", "debug")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "10 already rendered, 3 failed before, 0 to render" in result.stdout

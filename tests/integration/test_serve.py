@@ -82,12 +82,12 @@ def test_photo_to_glb_with_vertex_colours_matching_local_inference(serve_endpoin
     assert mesh.visual.kind == "vertex" and colours.shape == (len(mesh.vertices), 4)
     assert colours[:, :3].std() > 0, "vertex colours are all the same"
 
-    # The endpoint is the library's inference with the serve preset's settings: same mesh.
+    # The endpoint is the library's inference with the endpoint's settings: same mesh.
     from vf3d import config as config_lib
     from vf3d.inference import ImageTo3D
     from vf3d.serving.config import SERVE_PRESETS
 
-    settings = config_lib.preset(SERVE_PRESETS, "debug").inference
+    settings = config_lib.merge(config_lib.preset(SERVE_PRESETS, "debug"), serve_endpoint.config_overrides).inference
     local = ImageTo3D.from_pretrained(debug_model_dir, config_lib.merge(settings, {"device": "cpu"}))
     result = local.run(photos["chelsea"], tmp_path / "local.glb")
     expected = _load_glb((tmp_path / "local.glb").read_bytes())
@@ -106,7 +106,7 @@ def test_formats_multipart_and_resolution(serve_endpoint, photos):
         mesh = trimesh.load(io.BytesIO(response.content), file_type=loads, force="mesh", process=False)
         assert len(mesh.vertices) == int(response.headers["x-vf3d-vertices"])
         sizes[fmt] = len(mesh.vertices)
-    coarse = _post(serve_endpoint, "/v1/image-to-3d", photo, params={"mesh_resolution": 32})
+    coarse = _post(serve_endpoint, "/v1/image-to-3d", photo, params={"mesh_resolution": 16})
     assert coarse.status_code == 200, coarse.text
     assert int(coarse.headers["x-vf3d-vertices"]) < sizes["ply"], "a coarser grid should give fewer vertices"
     # JPEG with a misleading Content-Type: the bytes decide.
