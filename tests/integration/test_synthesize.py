@@ -101,7 +101,9 @@ def video_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synthesized(ray_local, video_model, tmp_path_factory):
-    """One 50-input run in which the first generation actor dies in its second batch.
+    """One 50-input run in which the first generation actor dies in its second batch, and, once
+    each in their first batch, a generation actor raises a CUDA error and a writer an OSError
+    (config-driven fault hooks). No error budget: a batch that were given up on would fail the run.
 
     Far more sampling steps than the debug preset make generation the slowest stage by a wide
     margin, as it is on a real cluster, so its pool has a backlog that outlasts an actor's start-up
@@ -113,7 +115,17 @@ def synthesized(ray_local, video_model, tmp_path_factory):
     expected_errors = write_prompts(prompts)
     config = config_lib.merge(
         config_lib.preset(SYNTHESIZE_PRESETS, "debug"),
-        {"fault": {"kill_stage": "generate", "after_batches": 1}, "generation": {"num_inference_steps": 48}},
+        {
+            "fault": {
+                "kill_stage": "generate",
+                "after_batches": 1,
+                "cuda_error_stage": "generate",
+                "os_error_stage": "write",
+                "error_after_batches": 0,
+            },
+            "failures": {"max_errored_blocks": 0},
+            "generation": {"num_inference_steps": 48},
+        },
     )
     lines: list[str] = []
     with GenerationActorWatcher() as watcher:
@@ -222,6 +234,33 @@ def test_a_killed_generation_actor_loses_nothing(synthesized):
     assert summary["stages"]["generate"]["items"] == 42
 
 
+def infrastructure_failures(out: Path) -> list[dict]:
+    """The run's records of retried infrastructure errors (failures.jsonl), oldest first."""
+    from vf3d.synthesis.failures import FAILURES_NAME
+
+    path = out / FAILURES_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_a_cuda_error_in_generation_is_retried_not_written_as_errors(synthesized):
+    out, summary, expected_errors, _, _, _ = synthesized
+    assert (out / ".fault-generate-cuda.fired").is_file()
+    assert [record["stage"] for record in infrastructure_failures(out) if "CUDA error" in record["error"]] == ["generate"]
+    # The error rows are the bad inputs' alone, and every good input has its orbit.
+    tables = table_ids(out)
+    assert sorted(tables["errors"]) == sorted(expected_errors) and len(tables["orbits"] + tables["rejected"]) == 42
+    assert summary["missing"] == 0 and summary["stages"]["generate"]["items"] == 42
+
+
+def test_a_writer_oserror_is_retried_and_loses_nothing(synthesized):
+    out, summary, _, _, _, _ = synthesized
+    assert (out / ".fault-write-oserror.fired").is_file()
+    assert [record["stage"] for record in infrastructure_failures(out) if "OSError" in record["error"]] == ["write"]
+    every = [value for table in TABLES for value in table_ids(out)[table]]
+    assert len(every) == len(set(every)) == 50 and summary["duplicate_rows"] == 0 and summary["ids_in_two_tables"] == 0
+    assert not list(out.rglob(".*.partial"))
+
+
 def test_the_generation_pool_grows_from_its_minimum_towards_its_maximum(synthesized):
     _, summary, _, lines, _, watcher = synthesized
     pool = summary["stages"]["generate"]["pool"]
@@ -287,47 +326,3 @@ def test_a_folder_of_images_is_an_input(tmp_path):
     inputs = read_inputs(tmp_path)
     assert len(inputs.ids) == 2 and not inputs.needs_text_to_image
     assert sorted(inputs.table.column("prompt").to_pylist()) == ["chelsea", "rocket"]
-
-
-@pytest.fixture(scope="module")
-def infrastructure_faults(ray_local, video_model, tmp_path_factory):
-    """Eight prompts; a generation actor raises a CUDA error in its first batch and a writer an
-    OSError in its first batch, once each (config-driven fault hooks)."""
-    from vf3d.synthesis.failures import FAILURES_NAME
-    from vf3d.synthesis.synthesize import synthesize
-
-    root = tmp_path_factory.mktemp("infrastructure-faults")
-    prompts = root / "prompts.parquet"
-    rows = [{"id": f"f{index}", "prompt": f"a toy number {index}, studio photo"} for index in range(8)]
-    pq.write_table(pa.Table.from_pylist(rows), prompts)
-    config = config_lib.merge(
-        config_lib.preset(SYNTHESIZE_PRESETS, "debug"),
-        {
-            "fault": {"cuda_error_stage": "generate", "os_error_stage": "write", "error_after_batches": 0},
-            "rows_per_shard": 4,
-            # With no error budget a batch that were given up on would fail the run outright.
-            "failures": {"max_errored_blocks": 0},
-        },
-    )
-    summary = synthesize(prompts, video_model, root / "out", config, log=lambda line: None)
-    path = root / "out" / FAILURES_NAME
-    failures = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return root / "out", summary, failures, {row["id"] for row in rows}
-
-
-def test_a_cuda_error_in_generation_is_retried_not_written_as_errors(infrastructure_faults):
-    out, summary, failures, ids = infrastructure_faults
-    assert (out / ".fault-generate-cuda.fired").is_file()
-    assert [record["stage"] for record in failures if "CUDA error" in record["error"]] == ["generate"]
-    tables = table_ids(out)
-    assert tables["errors"] == [] and sorted(tables["orbits"] + tables["rejected"]) == sorted(ids)
-    assert summary["missing"] == 0 and summary["stages"]["generate"]["items"] == len(ids)
-
-
-def test_a_writer_oserror_is_retried_and_loses_nothing(infrastructure_faults):
-    out, summary, failures, ids = infrastructure_faults
-    assert (out / ".fault-write-oserror.fired").is_file()
-    assert [record["stage"] for record in failures if "OSError" in record["error"]] == ["write"]
-    every = [value for table in TABLES for value in table_ids(out)[table]]
-    assert sorted(every) == sorted(ids) and summary["duplicate_rows"] == 0 and summary["ids_in_two_tables"] == 0
-    assert not list(out.rglob(".*.partial"))
