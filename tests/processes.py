@@ -44,7 +44,8 @@ def _kill_with_descendants(process: subprocess.Popen) -> None:
     import psutil
 
     try:
-        doomed = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        command = psutil.Process(process.pid)
+        doomed = [command, *command.children(recursive=True)]
     except psutil.NoSuchProcess:
         doomed = []
     os.killpg(process.pid, signal.SIGKILL)
@@ -58,10 +59,9 @@ def _kill_with_descendants(process: subprocess.Popen) -> None:
 
 
 def interrupt(process: subprocess.Popen, timeout_s: float = 90) -> None:
-    """Ctrl-C `process` and wait for it to shut down; SIGKILL its session after `timeout_s`."""
+    """Ctrl-C `process` and wait for it to shut down; after `timeout_s` SIGKILL it and every process under it."""
     process.send_signal(signal.SIGINT)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill_with_descendants(process)
