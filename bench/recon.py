@@ -954,7 +954,7 @@ def parse_args() -> argparse.Namespace:
         "--turntable-model",
         default="debug",
         choices=("debug", "small"),
-        help="preset of the turntable's model (default debug: on 2 CPU cores the small model's 160 views of 384² take hours)",
+        help="preset of the turntable's model (default debug: on 2 CPU cores the small model's 160 views of 384² take ~13 min)",
     )
     parser.add_argument("--memory-cap-gb", type=float, default=14.0, help="address-space cap of the CPU memory workers")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
