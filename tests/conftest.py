@@ -61,12 +61,12 @@ def uses_serve_endpoint(module_path: Path) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     """Mark everything under tests/integration and tests/e2e `integration`, by path, and order the
-    tests in three groups: the modules that use `serve_endpoint` (a `vf3d serve` cluster that lives
-    until the session ends), then the other integration tests, then unit tests. Under pytest-xdist
-    (on a worker, whose collection order is the order the controller hands tests out in) the
-    modules of each group go longest first (LONGEST_MODULES_FIRST), so that the workers finish
-    together; in one process the serve modules go last, so the endpoint does not idle (health
-    checks included) through the rest."""
+    tests in three groups: the modules that use `serve_endpoint` (a `vf3d serve` cluster, stopped
+    once they are done: pytest_runtest_teardown), then the other integration tests, then unit
+    tests. Under pytest-xdist (on a worker, whose collection order is the order the controller
+    hands tests out in) the modules of each group go longest first (LONGEST_MODULES_FIRST), so
+    that the workers finish together; in one process the serve modules go last. Either way they
+    run one after another, which is what lets the endpoint stop after the last of them."""
     serve_modules = {item.path for item in items if uses_serve_endpoint(item.path)}
     groups = {}
     for item in items:
@@ -201,10 +201,39 @@ SERVE_ENDPOINT_OVERRIDES = {
 """What the session's endpoint sets on top of the debug serve preset (its --config file)."""
 
 
+STARTED_ENDPOINTS: list[ServeEndpoint] = []
+"""The session's `vf3d serve` endpoint once started (pytest_runtest_teardown stops it early)."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the session's endpoint right after the last test of the modules that use it.
+
+    Those modules run one after another (see pytest_collection_modifyitems and
+    ModuleScheduling), and an idle `vf3d serve` cluster keeps about a fifth of a core busy (its
+    Serve controller, proxy, replicas' health checks, GCS and raylet): on 2 cores, for the rest of
+    the session, that is time every other test loses. Under pytest-xdist `nextitem` is the next
+    test this worker runs (None at its end)."""
+    if STARTED_ENDPOINTS and uses_serve_endpoint(item.path) and (nextitem is None or not uses_serve_endpoint(nextitem.path)):
+        interrupt(STARTED_ENDPOINTS[0].process)
+
+
+@pytest.fixture
+def serve_endpoint(running_serve_endpoint):
+    """The session's `vf3d serve` endpoint (`running_serve_endpoint`), checked to be still up."""
+    if running_serve_endpoint.process.poll() is not None:
+        pytest.fail(
+            f"the session's vf3d serve endpoint is not running (exit status {running_serve_endpoint.process.returncode}); it is "
+            f"stopped after the last module that names `serve_endpoint` in its source:\n{running_serve_endpoint.log_tail()}"
+        )
+    return running_serve_endpoint
+
+
 @pytest.fixture(scope="session")
-def serve_endpoint(tmp_path_factory, debug_model_dir):
+def running_serve_endpoint(tmp_path_factory, debug_model_dir):
     """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
-    API key from VF3D_API_KEY and a free port; started once per session, stopped with Ctrl-C."""
+    API key from VF3D_API_KEY and a free port; started once per session (by the first test that
+    uses `serve_endpoint`), stopped with Ctrl-C after the last one (pytest_runtest_teardown)."""
     import yaml
 
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -233,5 +262,7 @@ def serve_endpoint(tmp_path_factory, debug_model_dir):
             pytest.fail(f"vf3d serve was not ready after 300 s:\n{endpoint.log_tail()}")
         time.sleep(0.5)
     endpoint.ray_address = ready.group(1)
+    STARTED_ENDPOINTS.append(endpoint)
     yield endpoint
-    interrupt(process)
+    STARTED_ENDPOINTS.remove(endpoint)
+    interrupt(process)  # a no-op when it was stopped early

@@ -336,7 +336,7 @@ else:
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shed_endpoint(serve_endpoint, debug_model_dir):
     """A second application on the same Serve instance, at /shed, that holds one image request
     per ingress replica (max_inflight_requests=1) and says Retry-After: 7."""
