@@ -134,7 +134,12 @@ def test_a_3d_stage_without_3d_data_is_a_clear_error(duck_orbits, tmp_path):
 
     config = recon_config()
     assert config.stages[1].data == "3d"
-    with pytest.raises(config_lib.ConfigError, match="--data-3d is not given"):
+    with pytest.raises(config_lib.ConfigError, match="a stage trains on 3d data, but --data-3d is not given"):
+        train_recon(duck_orbits, None, tmp_path, config)
+    for stage in config.stages:
+        stage.data = "synthetic"
+    config.validation.held_out_from = "3d"
+    with pytest.raises(config_lib.ConfigError, match="validation.held_out_from is '3d', but --data-3d is not given"):
         train_recon(duck_orbits, None, tmp_path, config)
 
 

@@ -77,3 +77,40 @@ def test_start_up_counts_and_holds_out_without_decoding(ray_local, tmp_path):
     inputs = prepare_inputs({"synthetic": tmp_path, "3d": None}, config, log=lambda line: None)
     assert inputs["counts"] == {"synthetic": 17} and len(inputs["held_out"]) == 3 and inputs["excluded"] == set(inputs["held_out"])
     assert set(inputs["datasets"]) == {"synthetic"}
+
+
+def test_held_out_objects_can_come_from_the_3d_renders_while_training_starts_on_synthetic(ray_local, tmp_path):
+    """`validation.held_out_from: 3d`: the held-out ids are drawn from --data-3d and removed from
+    it; the synthetic orbits (the first stage's data) all train."""
+    from vf3d import config as config_lib
+    from vf3d.training.config import TRAIN_RECON_PRESETS
+    from vf3d.training.recon import prepare_inputs
+
+    rng = np.random.default_rng(2)
+    for source, count in (("synthetic", 6), ("render", 8)):
+        records = [
+            shards.OrbitRecord(
+                id=f"{source}-{index:02d}",
+                source=source,
+                prompt="",
+                rgba=rng.integers(0, 256, (4, 8, 8, 4), dtype=np.uint8),
+                cameras=np.zeros((4, 25), np.float32),
+                elevation=0.0,
+            )
+            for index in range(count)
+        ]
+        shards.OrbitShardWriter(tmp_path / source).write(records)
+    config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
+    assert config.stages[0].data == "synthetic" and config.stages[-1].data == "3d"
+    config.validation.num_objects = 3
+    sources = {"synthetic": tmp_path / "synthetic", "3d": tmp_path / "render"}
+
+    first_stage = prepare_inputs(sources, config, log=lambda line: None)
+    assert all(identifier.startswith("synthetic-") for identifier in first_stage["held_out"])
+    assert first_stage["counts"] == {"synthetic": 3, "3d": 8}
+
+    config.validation.held_out_from = "3d"
+    renders = prepare_inputs(sources, config, log=lambda line: None)
+    assert len(renders["held_out"]) == 3 and all(identifier.startswith("render-") for identifier in renders["held_out"])
+    assert renders["counts"] == {"synthetic": 6, "3d": 5} and renders["excluded"] == set(renders["held_out"])
+    assert str(renders["validation_source"]) == str(tmp_path / "render")

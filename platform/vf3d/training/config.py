@@ -262,6 +262,10 @@ class ReconValidationConfig(ConfigBase):
     """Novel views rendered per held-out object."""
     resolution: int = bounded(128, ge=1)
     """Side of the rendered validation views."""
+    held_out_from: Literal["first_stage", "synthetic", "3d"] = "first_stage"
+    """Which data the held-out objects come from (and are removed from): the first stage's, or the
+    named source. "3d" validates on real renders while the stages train on synthetic orbits first,
+    as the paper evaluates on real objects; the synthetic orbits must not show those objects."""
 
 
 @dataclass

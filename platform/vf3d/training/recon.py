@@ -410,6 +410,12 @@ def export_reconstructor(checkpoint, config: TrainReconConfig, out_dir: Path | s
     return model.save_pretrained(out_dir, metadata={"trained_with": "vf3d train-recon"})
 
 
+def held_out_source(config: TrainReconConfig) -> str:
+    """The data source ("synthetic" or "3d") the held-out objects are drawn from."""
+    held_out_from = config.validation.held_out_from
+    return config.stages[0].data if held_out_from == "first_stage" else held_out_from
+
+
 def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, log=print) -> dict[str, Any]:
     """The held-out set and the lazy training datasets of every data source the stages use.
 
@@ -423,11 +429,13 @@ def prepare_inputs(sources: dict[str, Path | None], config: TrainReconConfig, lo
 
     training = config.training
     needed = sorted({stage.data for stage in config.stages})
-    indexes = {name: shards.index_shards(sources[name], tables=("orbits",)) for name in needed}
-    # Held-out objects come from the first stage's data and are never trained on.
+    # Held-out objects come from the first stage's data (or `validation.held_out_from`) and are
+    # never trained on.
+    held_out_from = held_out_source(config)
+    indexes = {name: shards.index_shards(sources[name], tables=("orbits",)) for name in sorted({*needed, held_out_from})}
     # Shard directories may be local paths or object-store URIs (vf3d.storage); never Path() a URI.
-    validation_source = storage.local_or_uri(sources[config.stages[0].data])
-    ids = pc.unique(indexes[config.stages[0].data].ids("orbits")).to_pylist()
+    validation_source = storage.local_or_uri(sources[held_out_from])
+    ids = pc.unique(indexes[held_out_from].ids("orbits")).to_pylist()
     held_out = holdout_ids(ids, config.validation.num_objects, training.run.seed) if len(ids) > config.validation.num_objects else []
     if not held_out:
         held_out = sorted(ids)[: max(1, config.validation.num_objects)]
@@ -466,13 +474,14 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
 
     config = config.validate()
     sources = {"synthetic": data_dir, "3d": data_3d_dir}
-    needed = sorted({stage.data for stage in config.stages})
-    for name in needed:
+    needed = {stage.data: f"a stage trains on {stage.data} data" for stage in config.stages}
+    needed.setdefault(held_out_source(config), f"validation.held_out_from is {config.validation.held_out_from!r}")
+    for name, why in sorted(needed.items()):
         directory = sources[name]
         if directory is None or not shards.list_shard_files(directory):
             flag = "--data" if name == "synthetic" else "--data-3d"
             raise config_lib.ConfigError(
-                f"a stage trains on {name} data, but {flag} {'is not given' if directory is None else f'holds no orbit shards: {directory}'}"
+                f"{why}, but {flag} {'is not given' if directory is None else f'holds no orbit shards: {directory}'}"
             )
     if config.init_path:
         config.model = Reconstructor.load_config(config.init_path)  # the weights decide the architecture
