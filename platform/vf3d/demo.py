@@ -1,9 +1,11 @@
 """`vf3d demo`: the pipeline at `debug` size, end to end, with a summary of each stage.
 
 For now the pipeline is: real sample meshes (shipped inside pybullet) → orbit shards on a local
-Ray cluster → the `debug` video model fine-tuned on them (Ray Train + DeepSpeed ZeRO-2, 2 workers)
-→ synthetic orbits from prompts and a photo (Ray Data, elastic actor pools, quality filter)
-→ the `debug` reconstructor trained on them and the renders (Ray Train + DeepSpeed, stage schedule)
+Ray cluster → the `debug` video model, with a small VAE fitted to those renders (`fit_demo_vae`), fine-tuned on
+the renders of the objects not held out (Ray Train + DeepSpeed ZeRO-2, 2 workers) → synthetic
+orbits started from other views of those objects (Ray Data, elastic actor pools, quality filter)
+→ the `debug` reconstructor trained on the kept synthetic orbits, then on the renders (Ray Train +
+DeepSpeed, stage schedule), validated on the held-out renders
 → an evaluation report on the held-out objects (PSNR/SSIM/LPIPS on novel views, Chamfer distance
 and F-score against the true meshes) → the image-to-3D endpoint on Ray Serve, sent over HTTP a view
 of a held-out object (the result: something the models could learn) and a real photo (shipped
@@ -28,39 +30,102 @@ DEMO_HELD_OUT = 3
 """Rendered objects train-recon holds out for validation and the evaluation report."""
 DEMO_PHOTO = "astronaut"
 """A real photo from skimage.data (astronaut, chelsea, coffee and rocket ship with the package)."""
-DEMO_PROMPTS = [
-    "a wooden chair",
-    "a red toy car",
-    "a ceramic mug",
-    "a yellow rubber duck",
-    "a potted cactus",
-    "a leather boot",
-    "a brass desk lamp",
-    "a teddy bear",
-    "a blue vase",
-    "a robot toy",
-    "a soccer ball",
-    "a stack of books",
-]
-"""Prompts the demo synthesises orbits for (plus one photo given as its own first frame)."""
+DEMO_VAE_DIR = Path(__file__).resolve().parent / "models" / "video" / "demo_vae"
+"""The small Wan VAE fitted to the demo's renders (`fit_demo_vae`), which the demo's video model
+loads instead of a random one (`VideoModelConfig.vae_path`)."""
+DEMO_VIDEO_STEPS = 100
+"""Fine-tuning steps of the demo's video model (2 workers × 1 orbit per step)."""
+DEMO_START_VIEWS = (4, 8, 12)
+"""Views of each training render the demo's synthesis starts orbits from (new start angles)."""
 
 
-def write_demo_prompts(path: Path) -> Path:
-    """The demo's synthesis input: one Parquet row per prompt, plus a photo row (no prompt needed)."""
+def orbit_videos(orbits_dir: Path, resolution: int):
+    """Every orbit in `orbits_dir` as a closed video [N, 3, V + 1, r, r] in [0, 1] at `resolution`
+    (area-resized), what the video model's VAE encodes."""
+    import torch
+    import torch.nn.functional as F
+
+    from vf3d.data import shards
+    from vf3d.models.video.conditioning import close_orbit
+
+    frames = torch.stack([record["frames"] for record in shards.iter_records(orbits_dir)])
+    frames = F.interpolate(frames.flatten(0, 1), size=resolution, mode="area").unflatten(0, frames.shape[:2])
+    return close_orbit(frames).transpose(1, 2)
+
+
+def fit_demo_vae(orbits_dir: Path, out_dir: Path, steps: int = 300, log=print) -> dict:
+    """The recipe of the VAE in DEMO_VAE_DIR: a Wan VAE (16 base channels, 8 latent channels, Wan's
+    4× spatial and 4× temporal compression; 201k parameters) fitted, seeded, at the debug video
+    model's resolution (32²) to the demo's training renders: the held-out objects are not among
+    them. To refit after changing the renders, after a `make demo`:
+    `python -c "from vf3d.demo import fit_demo_vae; fit_demo_vae('demo-output/training-orbits', 'platform/vf3d/models/video/demo_vae')"`.
+    Returns `fit_vae`'s summary."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from vf3d.models.video.config import VIDEO_MODEL_PRESETS
+    from vf3d.models.video.vae import fit_vae
+
+    videos = orbit_videos(Path(orbits_dir), VIDEO_MODEL_PRESETS["debug"]().resolution)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(
+            base_dim=16,
+            z_dim=8,
+            dim_mult=[1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[True, True],
+            latents_mean=[0.0] * 8,
+            latents_std=[1.0] * 8,
+            scale_factor_temporal=4,
+            scale_factor_spatial=4,
+        )
+    fitted = fit_vae(vae, videos, steps, log=log)
+    vae.save_pretrained(out_dir, safe_serialization=True)
+    log(
+        f"VAE fitted to {len(videos)} orbits in {fitted['seconds']:.0f}s: PSNR {fitted['psnr']:.2f} dB (blank {fitted['blank_psnr']:.2f}); saved to {out_dir}"
+    )
+    return fitted
+
+
+def split_held_out(orbits_dir: Path, training_dir: Path, count: int, seed: int) -> list[str]:
+    """Choose the `count` held-out renders the way train-recon does (`holdout_ids`) and copy the
+    other orbits into `training_dir`: the video model never sees a held-out object. Returns the ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from vf3d.data import shards
+    from vf3d.training.recon import holdout_ids
+
+    table = shards.read_table(orbits_dir)
+    held_out = holdout_ids(pc.unique(table["id"]).to_pylist(), count, seed)
+    shards.OrbitShardWriter(training_dir).write(table.filter(pc.invert(pc.is_in(table["id"], pa.array(held_out, pa.string())))))
+    return held_out
+
+
+def write_view_inputs(orbits_dir: Path, path: Path, views=DEMO_START_VIEWS) -> Path:
+    """Synthesis inputs from renders: for each orbit and each of `views`, that view as the first
+    frame (PNG, on white), the orbit's prompt and its elevation. One Parquet row each."""
     import io
 
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import skimage.data
     from PIL import Image
 
-    photo = io.BytesIO()
-    Image.fromarray(skimage.data.chelsea()).save(photo, format="PNG")
-    rows = [{"id": f"prompt-{index:02d}", "prompt": prompt, "image": None} for index, prompt in enumerate(DEMO_PROMPTS)]
-    rows.append({"id": "photo-chelsea", "prompt": "a cat", "image": photo.getvalue()})
-    pq.write_table(
-        pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), ("image", pa.binary())])), path
-    )
+    from vf3d.data import shards
+
+    rows = []
+    for record in shards.iter_records(orbits_dir):
+        for view in views:
+            image = io.BytesIO()
+            Image.fromarray((record["frames"][view].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(image, format="PNG")
+            identifier = f"{record['id']}-from-view-{view:02d}"
+            rows.append(
+                {"id": identifier, "prompt": record["prompt"] or "", "image": image.getvalue(), "elevation": float(record["elevation"])}
+            )
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("image", pa.binary()), ("elevation", pa.float64())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     return path
 
 
@@ -204,18 +269,30 @@ def run_demo(out: Path, log=print) -> dict:
             "frames_per_second": rendered["frames_per_second"],
         }
         stage_start = time.perf_counter()
+        recon_config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
+        # Three rendered objects are held out (validation, the evaluation report, the served view)
+        # and kept from every model: the video model fine-tunes on the other five, synthesis
+        # starts from views of those five, and train-recon validates on the three.
+        held_out = split_held_out(out / "orbits", out / "training-orbits", DEMO_HELD_OUT, recon_config.training.run.seed)
         video_config = config_lib.preset(FINETUNE_VIDEO_PRESETS, "debug")
         video_config.training.run.storage_path = str((out / "video-runs").resolve())
-        tuned = finetune_video(out / "orbits", out / "video-model", video_config, log=log)
+        video_config.training.run.max_steps = DEMO_VIDEO_STEPS
+        # A random VAE decodes everything to noise; this one was fitted to these renders.
+        video_config.model.vae_path = str(DEMO_VAE_DIR)
+        tuned = finetune_video(out / "training-orbits", out / "video-model", video_config, log=log)
         stages["finetune-video"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "video-model"),
+            "data": f"{out / 'training-orbits'} (the renders minus the held-out objects)",
             "eval_loss": f"{tuned['initial_eval_loss']:.3f} -> {tuned['final_eval_loss']:.3f}",
             "steps": tuned["steps"],
         }
         stage_start = time.perf_counter()
-        prompts = write_demo_prompts(out / "prompts.parquet")
-        synthesized = synthesize(prompts, out / "video-model", out / "synthetic", config_lib.preset(SYNTHESIZE_PRESETS, "debug"), log=log)
+        inputs = write_view_inputs(out / "training-orbits", out / "synthesis-inputs.parquet")
+        synthesize_config = config_lib.preset(SYNTHESIZE_PRESETS, "debug")
+        # The demo's video model trains without prompt dropout: no unconditional branch to guide against.
+        synthesize_config.generation.guidance_scale = 1.0
+        synthesized = synthesize(inputs, out / "video-model", out / "synthetic", synthesize_config, log=log)
         stages["synthesize"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "synthetic"),
@@ -226,28 +303,30 @@ def run_demo(out: Path, log=print) -> dict:
             "videos_per_second": synthesized["videos_per_second"],
         }
         stage_start = time.perf_counter()
-        # A debug video model fine-tuned for seconds makes blobs the filter mostly rejects; the
-        # reconstructor then trains its synthetic stage on the renders instead (and says so).
-        synthetic = out / "synthetic" if synthesized["kept_total"] else out / "orbits"
+        # Should the filter keep nothing (a changed model or renderer), the synthetic stage trains
+        # on the training renders instead, and says so.
+        synthetic = out / "synthetic" if synthesized["kept_total"] else out / "training-orbits"
         if not synthesized["kept_total"]:
             log("train-recon: no synthetic orbit passed the filter, so the synthetic stage trains on the renders too")
-        recon_config = config_lib.preset(TRAIN_RECON_PRESETS, "debug")
         recon_config.training.run.storage_path = str((out / "recon-runs").resolve())
-        # Three of the rendered objects are held out (never trained on): validation curves and the
-        # evaluation report then average over several objects instead of showing one.
         recon_config.validation.num_objects = DEMO_HELD_OUT
+        recon_config.validation.held_out_from = "3d"
         trained = train_recon(synthetic, out / "orbits", out / "reconstructor", recon_config, log=log)
+        if sorted(trained["held_out"]) != sorted(held_out):
+            raise RuntimeError(f"train-recon held out {trained['held_out']}, the demo kept {held_out} from the video model")
         stages["train-recon"] = {
             "seconds": time.perf_counter() - stage_start,
             "output": str(out / "reconstructor"),
-            "synthetic_data": str(synthetic),
+            "synthetic_stage_data": str(synthetic),
+            "3d_stage_data": f"{out / 'orbits'} minus the held-out objects",
+            "validated_on": f"held-out renders {', '.join(sorted(held_out))}",
             "novel_view_psnr": f"{trained['first_validation']['psnr']:.2f} -> {trained['last_validation']['psnr']:.2f}",
             "steps": trained["steps"],
         }
 
         stage_start = time.perf_counter()
         stages["evaluate"] = evaluate_held_out(
-            out / "reconstructor", synthetic, trained["held_out"], out / "assets", out / "evaluation", log=log
+            out / "reconstructor", out / "orbits", trained["held_out"], out / "assets", out / "evaluation", log=log
         )
         stages["evaluate"]["seconds"] = time.perf_counter() - stage_start
         stage_start = time.perf_counter()

@@ -398,3 +398,70 @@ def test_widening_a_pretrained_text_to_video_model_keeps_its_output(video_config
     reloaded = build_video_pipeline(video_config)
     assert isinstance(reloaded, OrbitVideoPipeline) and reloaded.transformer.config.in_channels == 12
     assert reloaded.generate_orbit(first_frame_image(), "a ball", ELEVATION, steps=2, guidance=1.0).frames.shape == (1, 16, 32, 32, 3)
+
+
+# --- a fitted VAE for random_init models (vae_path) ---------------------------------------------
+
+
+def small_vae(base_dim=8, z_dim=4):
+    torch.manual_seed(0)
+    return AutoencoderKLWan(
+        base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[True, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+        scale_factor_temporal=4,
+        scale_factor_spatial=4,
+    )
+
+
+def test_unclamped_decoding_is_decode_before_its_clamp():
+    """`decode_unclamped` follows diffusers' decode loop; this fails if that loop changes."""
+    from vf3d.models.video.vae import decode_unclamped
+
+    vae = small_vae().eval()
+    latents = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad():
+        raw = decode_unclamped(vae, latents)
+        decoded = vae.decode(latents).sample
+    assert raw.shape == decoded.shape == (2, 3, 9, 32, 32)
+    torch.testing.assert_close(raw.clamp(-1, 1), decoded)
+
+
+@pytest.mark.heavy
+def test_fitting_a_vae_makes_it_reconstruct_orbits_and_records_latent_statistics():
+    from vf3d.models.video.vae import fit_vae, psnr
+
+    videos = close_orbit(torch.stack([sphere_orbit(num_views=8), sphere_orbit(num_views=8, elevation=0.0)])).transpose(1, 2)
+    vae = small_vae()
+    with torch.no_grad():
+        before = psnr(vae.decode(vae.encode(videos * 2 - 1).latent_dist.mode()).sample, videos * 2 - 1)
+    fitted = fit_vae(vae, videos, steps=40, lr=3e-3, batch_size=2, log=lambda line: None)
+    assert fitted["psnr"] > before + 3 and fitted["psnr"] > fitted["blank_psnr"] + 3, (before, fitted)
+    assert len(vae.config.latents_mean) == len(vae.config.latents_std) == 4
+    assert not any(parameter.requires_grad for parameter in vae.parameters())
+
+
+def test_a_random_init_model_loads_its_vae_from_vae_path(video_config, tmp_path):
+    vae = small_vae(z_dim=6)
+    vae.register_to_config(latents_mean=[0.1] * 6, latents_std=[2.0] * 6)
+    vae.save_pretrained(tmp_path / "vae")
+    video_config.vae_path = str(tmp_path / "vae")
+    pipeline = build_video_pipeline(video_config)
+    assert pipeline.vae.config.z_dim == 6 and pipeline.vae.config.latents_std == [2.0] * 6
+    for name, value in vae.state_dict().items():
+        torch.testing.assert_close(pipeline.vae.state_dict()[name], value)
+    assert pipeline.transformer.config.out_channels == 6
+    frames = torch.from_numpy(np.stack([first_frame_image()] * 2)).permute(0, 3, 1, 2)[None].float() / 255
+    loss = OrbitVideoModel(pipeline).training_loss(torch.cat([frames] * 8, dim=1), ["a ball"], torch.tensor([ELEVATION]))
+    assert torch.isfinite(loss)
+
+    video_config.vae_path = str(tmp_path / "missing")
+    with pytest.raises(config_lib.ConfigError, match="not a saved AutoencoderKLWan directory"):
+        build_video_pipeline(video_config)
+    video_config.vae_path, video_config.random_init = str(tmp_path / "vae"), False
+    with pytest.raises(config_lib.ConfigError, match="vae_path is for random_init models"):
+        video_config.validate()

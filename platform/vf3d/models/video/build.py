@@ -48,10 +48,11 @@ def build_video_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
 
 def _random_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
     architecture = config.architecture
-    latent_channels = architecture.vae_latent_channels
+    vae = _fitted_vae(config.vae_path) if config.vae_path else None
+    latent_channels = vae.config.z_dim if vae is not None else architecture.vae_latent_channels
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        vae = AutoencoderKLWan(
+        vae = vae or AutoencoderKLWan(
             base_dim=architecture.vae_base_dim,
             z_dim=latent_channels,
             dim_mult=list(architecture.vae_dim_mult),
@@ -90,6 +91,13 @@ def _random_pipeline(config: VideoModelConfig) -> OrbitVideoPipeline:
         num_views=config.num_views,
         max_text_tokens=config.max_text_tokens,
     )
+
+
+def _fitted_vae(path: str) -> AutoencoderKLWan:
+    """The VAE saved in `path` (`VideoModelConfig.vae_path`), frozen and in eval mode."""
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"video model: vae_path {path} is not a saved AutoencoderKLWan directory (no config.json)")
+    return AutoencoderKLWan.from_pretrained(path, local_files_only=True).requires_grad_(False).eval()
 
 
 def _add_orbit_conditioning(source: DiffusionPipeline, config: VideoModelConfig) -> OrbitVideoPipeline:

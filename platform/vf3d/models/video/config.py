@@ -64,6 +64,10 @@ class VideoModelConfig(ConfigBase):
     TI2V) or a saved vf3d video model. Required unless `random_init`."""
     random_init: bool = False
     """Build every component randomly from `architecture` (debug and tests only)."""
+    vae_path: str | None = None
+    """With `random_init`: load the VAE from this directory (`AutoencoderKLWan.save_pretrained`)
+    instead of building a random one, whose latents decode to noise whatever the DiT learns. The
+    demo uses the small VAE fitted to its sample renders (`vf3d.demo.DEMO_VAE_DIR`)."""
     architecture: VideoArchitectureConfig = field(default_factory=VideoArchitectureConfig)
     text_to_image_path: str | None = None
     """Local diffusers text-to-image pipeline that draws first frames from prompts; None builds a
@@ -106,6 +110,10 @@ class VideoModelConfig(ConfigBase):
                 f"{at.num_views} must be a multiple of 4 (the Wan VAE encodes frames in chunks of 4 after the first), got {self.num_views}",
             ),
             (self.elevation_frequency_dim % 2 == 0, f"{at.elevation_frequency_dim} must be even, got {self.elevation_frequency_dim}"),
+            (
+                self.vae_path is None or self.random_init,
+                f"{at.vae_path} is for random_init models (a pretrained pipeline brings its own VAE), got {self.vae_path!r}",
+            ),
         ]
 
 
