@@ -129,7 +129,10 @@ def _submit(args: argparse.Namespace) -> int:
     if not args.wait:
         _print(f"follow it: ray job logs --follow {outcome.submission_id} --address {args.address}  (or rerun this with --wait)")
         return 0
-    return jobs.wait_for_job(client, outcome.submission_id, log=_print)
+    try:
+        return jobs.wait_for_job(client, outcome.submission_id, log=_print)
+    except jobs.JobSubmitError as error:
+        raise UsageError(f"{error}; the job keeps running (`ray job logs --follow {outcome.submission_id}` follows it)") from None
 
 
 def _add_submit_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:

@@ -532,10 +532,10 @@ def connect(address: str):
         raise JobSubmitError(f"cannot reach the Ray job server at {address}: {message}") from None
 
 
-def _job_info(client, submission_id: str):
+def _job_info(client, submission_id: str, log=print):
     """The job's JobDetails, or None when the cluster has no job with that id."""
     try:
-        return client.get_job_info(submission_id)
+        return _retrying(lambda: client.get_job_info(submission_id), f"the status of job {submission_id}", log)
     except RuntimeError as error:
         if "404" in str(error) or "does not exist" in str(error):
             return None
@@ -558,14 +558,53 @@ AGENT_NOT_READY = "No available agent to submit job"
 """Ray's job server answers this (HTTP 500) until a node's dashboard agent has registered: right
 after the head starts, or while a busy head is slow to bring its agent up."""
 AGENT_WAIT_S = 120.0
-"""How long `submit` retries while the job server has no agent yet."""
+"""How long `submit` (and each status query of `wait_for_job`) retries while the job server has
+no agent yet or drops its connections."""
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _connection_dropped(error: BaseException) -> bool:
+    """Whether `error` is a dropped, reset or refused connection to the job server (a busy or
+    restarting dashboard closes connections without answering): worth the same request again."""
+    import requests
+
+    return isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+def _retrying(call, what: str, log=print, wait_s: float = AGENT_WAIT_S):
+    """`call()`, repeated every 2 s for up to `wait_s` while the job server drops the connection;
+    then JobSubmitError naming `what` was asked. Only for requests that are safe to repeat."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not _connection_dropped(error):
+                raise
+            if time.monotonic() > deadline:
+                raise JobSubmitError(
+                    f"the Ray job server kept dropping the connection for {wait_s:.0f} s ({what}): {_first_line(error)}"
+                ) from None
+            if not said:
+                log(f"the connection to the Ray job server dropped ({what}: {_first_line(error)}); retrying")
+                said = True
+            time.sleep(2.0)
 
 
 def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) -> None:
     """`client.submit_job`, retried every 2 s for up to AGENT_WAIT_S while the job server has no
-    agent to run it (the same submission id each time, so a retry never starts a second job)."""
+    agent to run it or drops the connection (the same submission id each time, so a retry never
+    starts a second job).
+
+    A dropped connection may have carried a submission the server accepted: when the retry then
+    hears "already exists", that job is this one (the caller saw no job with the id before)."""
     deadline = time.monotonic() + AGENT_WAIT_S
-    said = False
+    said: set[str] = set()
+    dropped = False
     while True:
         try:
             client.submit_job(
@@ -577,22 +616,31 @@ def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) ->
                 metadata=submission.metadata,
             )
             return
-        except RuntimeError as error:
-            if AGENT_NOT_READY not in str(error):
+        except Exception as error:
+            if dropped and "already exists" in str(error):
+                return
+            if _connection_dropped(error):
+                dropped = True
+                reason = f"the connection to the Ray job server dropped ({_first_line(error)})"
+                give_up = f"the Ray job server kept dropping the connection for {AGENT_WAIT_S:.0f} s: {_first_line(error)}"
+            elif isinstance(error, RuntimeError) and AGENT_NOT_READY in str(error):
+                reason = "the cluster's job agent is not ready yet"
+                give_up = (
+                    f"the Ray job server has had no agent to run jobs for {AGENT_WAIT_S:.0f} s (is the head node's dashboard agent up?)"
+                )
+            else:
                 raise
             if time.monotonic() > deadline:
-                raise JobSubmitError(
-                    f"the Ray job server has had no agent to run jobs for {AGENT_WAIT_S:.0f} s (is the head node's dashboard agent up?)"
-                ) from None
-            if not said:
-                log("the cluster's job agent is not ready yet; retrying")
-                said = True
+                raise JobSubmitError(give_up) from None
+            if reason.split(" (")[0] not in said:
+                log(f"{reason}; retrying")
+                said.add(reason.split(" (")[0])
             time.sleep(2.0)
 
 
 def submit(client, submission: Submission, log=print) -> SubmitOutcome:
     """Submit unless a job with the same submission id exists (then report it)."""
-    info = _job_info(client, submission.submission_id)
+    info = _job_info(client, submission.submission_id, log)
     if info is None:
         try:
             _submit_when_an_agent_is_ready(client, submission, log)
@@ -602,7 +650,7 @@ def submit(client, submission: Submission, log=print) -> SubmitOutcome:
         else:
             log(f"submitted job {submission.submission_id}: {submission.entrypoint}")
             return SubmitOutcome(submission.submission_id, existed=False, status="PENDING")
-        info = client.get_job_info(submission.submission_id)
+        info = _retrying(lambda: client.get_job_info(submission.submission_id), f"the status of job {submission.submission_id}", log)
     status = _status(info)
     log(
         f"job {submission.submission_id} already exists ({status}): not submitted again"
@@ -625,7 +673,11 @@ def wait_for_job(client, submission_id: str, log=print, write=None, poll_s: floa
     """Stream the job's logs until it ends; 0 when it SUCCEEDED, 1 when it FAILED or was
     STOPPED (with its message and last log lines on stderr)."""
     write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    info = client.get_job_info(submission_id)
+
+    def job_info():
+        return _retrying(lambda: client.get_job_info(submission_id), f"the status of job {submission_id}", log)
+
+    info = job_info()
     streamed = False
     try:
         if _status(info) not in TERMINAL_STATUSES:
@@ -633,10 +685,8 @@ def wait_for_job(client, submission_id: str, log=print, write=None, poll_s: floa
                 _stream_logs(client, submission_id, write)
                 streamed = True
             except Exception as error:  # the log socket dropped (dashboard restart...): poll instead
-                log(
-                    f"log stream of {submission_id} ended early ({str(error).splitlines()[0] if str(error) else type(error).__name__}); polling its status"
-                )
-        while _status(info := client.get_job_info(submission_id)) not in TERMINAL_STATUSES:
+                log(f"log stream of {submission_id} ended early ({_first_line(error)}); polling its status")
+        while _status(info := job_info()) not in TERMINAL_STATUSES:
             time.sleep(poll_s)
     except KeyboardInterrupt:
         log(f"stopped following job {submission_id}; it keeps running (`ray job stop {submission_id}` stops it)")
@@ -644,10 +694,10 @@ def wait_for_job(client, submission_id: str, log=print, write=None, poll_s: floa
     status = _status(info)
     if status == "SUCCEEDED":
         if not streamed:
-            write(_last_lines(client.get_job_logs(submission_id)))
+            write(_last_lines(_retrying(lambda: client.get_job_logs(submission_id), f"the logs of job {submission_id}", log)))
         log(f"job {submission_id} SUCCEEDED")
         return 0
-    lines = "" if streamed else _last_lines(client.get_job_logs(submission_id))
+    lines = "" if streamed else _last_lines(_retrying(lambda: client.get_job_logs(submission_id), f"the logs of job {submission_id}", log))
     message = (info.message or "").strip().splitlines()  # Ray appends the last logs to it: those are above
     print(f"{lines}job {submission_id} {status}: {message[0] if message else 'no message'}", file=sys.stderr, flush=True)
     return 1

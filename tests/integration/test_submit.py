@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -172,6 +173,62 @@ def three_assets(tmp_path_factory):
     return root
 
 
+def pipe(source: socket.socket, destination: socket.socket) -> None:
+    """Copy bytes from `source` to `destination` until `source` closes, then close the write side."""
+    try:
+        while chunk := source.recv(65536):
+            destination.sendall(chunk)
+        destination.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class AnswerDroppingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the job server. It passes everything through, except
+    the answer to the first `POST /api/jobs/`: the server gets the whole request and acts on it
+    (the job exists), then the client's connection is closed without a response, as an
+    overloaded dashboard (or a load balancer in front of it) can do."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.dropped = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self.serve, args=(client,), daemon=True).start()
+
+    def serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self.upstream) as upstream:
+            first = client.recv(65536)
+            with self.lock:
+                drop = first.startswith(b"POST /api/jobs/") and not self.dropped
+                self.dropped += drop
+            upstream.sendall(first)
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            if drop:
+                upstream.recv(65536)  # the server's answer, which the client never sees
+            else:
+                pipe(upstream, client)
+            # shutdown, not only close: the other thread is blocked in client.recv, and Linux
+            # neither wakes it nor sends the FIN while that call holds the socket.
+            for end in (client, upstream):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([VF3D, "submit", *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=submit_env())
 
@@ -180,12 +237,15 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
     from ray.job_submission import JobSubmissionClient
 
     out = tmp_path / "orbits"
+    # The first submission goes through a proxy that drops the job server's answer to it: the job
+    # is created, but the client only sees its connection closed, and must not submit it twice.
+    proxy = AnswerDroppingProxy(ray_head)
     # From outside the repository: the working dir comes from the package's location, and the job
     # file (inside it) is given by an absolute path.
     args = [
         "render-assets",
         "--address",
-        ray_head,
+        proxy.address,
         "--wait",
         "--config",
         str(REPO / "jobs" / "configs" / "render-assets-debug.yaml"),
@@ -196,11 +256,16 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
         str(three_assets),
     ]
     started = time.perf_counter()
-    first = submit(*args, cwd=tmp_path)
+    try:
+        first = submit(*args, cwd=tmp_path)
+    finally:
+        proxy.close()
     seconds = time.perf_counter() - started
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert proxy.dropped == 1 and "the connection to the Ray job server dropped" in first.stdout, first.stdout[-3000:]
     submitted = [line for line in first.stdout.splitlines() if line.startswith("submitted job ")]
     assert len(submitted) == 1, first.stdout
+    args[2] = ray_head
     submission_id = submitted[0].split()[2].rstrip(":")
     # The job's own output came back through the log stream.
     assert "vf3d job render-assets: vf3d render-assets --preset debug" in first.stdout and "SUCCEEDED" in first.stdout
