@@ -342,3 +342,30 @@ def test_job_entrypoint_rejects_a_bad_job_file_with_one_line(tmp_path):
         and result.stderr.strip()
         == f"vf3d job render-assets: error: {bad}: args: unknown key 'asset' for render-assets (valid: assets, elevation_range, out, resolution, views)"
     ), result.stderr
+
+
+def test_dropped_connections_are_retried_then_named_in_one_line():
+    """A refused connection (a real request to a closed port) is retried until the deadline, then
+    becomes JobSubmitError naming what was asked; a call that recovers returns its value; any
+    other error passes through at once."""
+    import time
+
+    import requests
+
+    url = f"http://127.0.0.1:{closed_port()}/api/jobs/x"
+    said = []
+    started = time.monotonic()
+    with pytest.raises(jobs.JobSubmitError, match="kept dropping the connection for 1 s \\(the status of job x\\)") as raised:
+        jobs._retrying(lambda: requests.get(url, timeout=5), "the status of job x", log=said.append, wait_s=1.0)
+    assert "\n" not in str(raised.value) and time.monotonic() - started >= 1.0
+    assert len(said) == 1 and said[0].startswith("the connection to the Ray job server dropped (the status of job x")
+
+    attempts = []
+
+    def refused_once():
+        attempts.append(1)
+        return requests.get(url, timeout=5) if len(attempts) == 1 else "answered"
+
+    assert jobs._retrying(refused_once, "a query", log=said.append, wait_s=30.0) == "answered" and len(attempts) == 2
+    with pytest.raises(RuntimeError, match="Request failed with status code 500"):
+        jobs._retrying(lambda: (_ for _ in ()).throw(RuntimeError("Request failed with status code 500")), "a query", log=said.append)
