@@ -574,38 +574,47 @@ def _connection_dropped(error: BaseException) -> bool:
     return isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
 
 
+def _agent_not_ready(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and AGENT_NOT_READY in str(error)
+
+
 def _retrying(call, what: str, log=print, wait_s: float = AGENT_WAIT_S):
-    """`call()`, repeated every 2 s for up to `wait_s` while the job server drops the connection;
-    then JobSubmitError naming `what` was asked. Only for requests that are safe to repeat."""
+    """`call()`, repeated every 2 s for up to `wait_s` while the job server drops the connection
+    or has no agent yet (each said once); then JobSubmitError naming `what` was asked. Only for
+    requests that are safe to repeat."""
     deadline = time.monotonic() + wait_s
-    said = False
+    said: set[str] = set()
     while True:
         try:
             return call()
         except Exception as error:
-            if not _connection_dropped(error):
+            if _connection_dropped(error):
+                reason = "the connection to the Ray job server dropped"
+                detail = f" ({what}: {_first_line(error)})"
+                give_up = f"the Ray job server kept dropping the connection for {wait_s:.0f} s ({what}): {_first_line(error)}"
+            elif _agent_not_ready(error):
+                reason, detail = "the cluster's job agent is not ready yet", ""
+                give_up = f"the Ray job server has had no agent to run jobs for {wait_s:.0f} s (is the head node's dashboard agent up?)"
+            else:
                 raise
             if time.monotonic() > deadline:
-                raise JobSubmitError(
-                    f"the Ray job server kept dropping the connection for {wait_s:.0f} s ({what}): {_first_line(error)}"
-                ) from None
-            if not said:
-                log(f"the connection to the Ray job server dropped ({what}: {_first_line(error)}); retrying")
-                said = True
+                raise JobSubmitError(give_up) from None
+            if reason not in said:
+                log(f"{reason}{detail}; retrying")
+                said.add(reason)
             time.sleep(2.0)
 
 
 def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) -> None:
-    """`client.submit_job`, retried every 2 s for up to AGENT_WAIT_S while the job server has no
-    agent to run it or drops the connection (the same submission id each time, so a retry never
-    starts a second job).
+    """`client.submit_job` through `_retrying` (the same submission id each time, so a retry
+    never starts a second job).
 
-    A dropped connection may have carried a submission the server accepted: when the retry then
+    A dropped connection may have carried a submission the server accepted: when a retry then
     hears "already exists", that job is this one (the caller saw no job with the id before)."""
-    deadline = time.monotonic() + AGENT_WAIT_S
-    said: set[str] = set()
     dropped = False
-    while True:
+
+    def attempt() -> None:
+        nonlocal dropped
         try:
             client.submit_job(
                 entrypoint=submission.entrypoint,
@@ -615,27 +624,13 @@ def _submit_when_an_agent_is_ready(client, submission: Submission, log=print) ->
                 entrypoint_num_gpus=submission.entrypoint_num_gpus,
                 metadata=submission.metadata,
             )
-            return
         except Exception as error:
             if dropped and "already exists" in str(error):
                 return
-            if _connection_dropped(error):
-                dropped = True
-                reason = f"the connection to the Ray job server dropped ({_first_line(error)})"
-                give_up = f"the Ray job server kept dropping the connection for {AGENT_WAIT_S:.0f} s: {_first_line(error)}"
-            elif isinstance(error, RuntimeError) and AGENT_NOT_READY in str(error):
-                reason = "the cluster's job agent is not ready yet"
-                give_up = (
-                    f"the Ray job server has had no agent to run jobs for {AGENT_WAIT_S:.0f} s (is the head node's dashboard agent up?)"
-                )
-            else:
-                raise
-            if time.monotonic() > deadline:
-                raise JobSubmitError(give_up) from None
-            if reason.split(" (")[0] not in said:
-                log(f"{reason}; retrying")
-                said.add(reason.split(" (")[0])
-            time.sleep(2.0)
+            dropped = dropped or _connection_dropped(error)
+            raise
+
+    _retrying(attempt, f"the submission of {submission.submission_id}", log)
 
 
 def submit(client, submission: Submission, log=print) -> SubmitOutcome:
