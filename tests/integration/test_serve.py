@@ -312,8 +312,10 @@ def test_concurrent_40_megapixel_uploads_keep_the_ingress_memory_bounded(serve_e
     assert [response.status_code for response in responses] == [200] * len(uploads), [response.text[:200] for response in responses]
     growth_mb = (_status_kb(pid, "VmHWM") - before) / 1024
     # The bound the config states: max_concurrent_decodes x ~16 bytes per pixel for WebP (the
-    # worst format), plus the request bodies. Unbounded, 8 decodes at once took +3.3 GB.
-    bound_mb = config.max_concurrent_decodes * 16 * config.max_pixels / 2**20 + 150
+    # worst format), plus the request bodies and the allocator's share: the peak measured 635-649 MB
+    # in runs of this test alone and up to 769 MB inside a loaded full suite. One more decode at a
+    # time would add ~610 MB; unbounded, 8 decodes at once took +3.3 GB.
+    bound_mb = config.max_concurrent_decodes * 16 * config.max_pixels / 2**20 + 250
     print(f"ingress peak RSS growth over 8 concurrent 40 MP WebP uploads: {growth_mb:.0f} MB (bound {bound_mb:.0f} MB)")
     assert growth_mb <= bound_mb, f"ingress grew by {growth_mb:.0f} MB, more than {bound_mb:.0f} MB"
     assert _health(serve_endpoint)["status"] == "ok"
