@@ -19,13 +19,15 @@ def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tens
     Fitting needs it: an orbit's background is white (+1), and wherever the decoder overshoots it
     the clamp passes no gradient, so a fit through `decode` can stall at the blank-frame level.
     Follows diffusers' `AutoencoderKLWan._decode` (latent frame by latent frame, with its causal
-    cache); tests/unit/test_video_vae.py checks it against `decode`.
+    cache); tests/unit/test_video_model.py checks it against `decode`.
 
     Args:
         latents: raw (not normalised) latents [B, z, T, h, w].
     Returns:
         pixels [B, 3, F, H, W], about [−1, 1] but not clamped.
     """
+    if vae.config.patch_size is not None:
+        raise ValueError("decode_unclamped supports VAEs without a patch size (Wan 2.1 layout)")
     vae.clear_cache()
     hidden = vae.post_quant_conv(latents)
     frames = []
@@ -35,8 +37,6 @@ def decode_unclamped(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tens
             vae.decoder(hidden[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0)
         )
     vae.clear_cache()
-    if vae.config.patch_size is not None:
-        raise ValueError("decode_unclamped supports VAEs without a patch size (Wan 2.1 layout)")
     return torch.cat(frames, dim=2)
 
 
