@@ -52,7 +52,7 @@ def test_overfits_one_orbit_despite_a_killed_worker(first_run):
 
 def test_the_export_loads_with_diffusers_and_is_the_trained_model(first_run):
     """The export of the killed-and-restarted run. (Rerunning a finished run with more steps is
-    `run_loop`'s, which both trainers share: tests/integration/test_train_recon.py reruns one.)"""
+    `run_loop`'s, which both trainers share: tests/integration/test_training_harness.py reruns one.)"""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     from vf3d.models.video import OrbitVideoModel, OrbitVideoPipeline
@@ -78,3 +78,17 @@ def test_the_export_loads_with_diffusers_and_is_the_trained_model(first_run):
     got = exported.generate_orbit(**kwargs)
     assert got.frames.shape == (1, 16, 32, 32, 3)
     assert np.array_equal(got.frames, expected.frames) and np.array_equal(got.cameras, expected.cameras)
+
+
+def test_a_rerun_of_the_finished_run_starts_no_workers(first_run, duck_orbit):
+    """The same command again answers from the finished run's checkpoint record and export."""
+    from vf3d.training.video import finetune_video
+
+    summary, storage, out = first_run
+    exported = (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    lines: list[str] = []
+    again = finetune_video(duck_orbit, out, debug_config(storage, max_steps=40), log=lines.append)
+    assert again["already_finished"] is True and again["resumed_from"] == again["steps"] == 40
+    assert again["checkpoint"] == summary["checkpoint"] and again["final_eval_loss"] == summary["final_eval_loss"]
+    assert any("no workers started" in line for line in lines), lines
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == exported

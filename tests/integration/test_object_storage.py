@@ -180,6 +180,14 @@ def test_every_stage_runs_with_every_path_on_s3(ray_local, bucket, tmp_path, vf3
     )
     trained = storage.read_json(f"{root}/reconstructor/train_recon_summary.json")
     assert trained["steps"] == 6 and trained["resumed_from"] == 3, out[-2000:]
+    # The same command again: the run's record and export on S3 say it is done; no workers start.
+    again = vf3d_main(
+        "train-recon",
+        *("--data", synthetic, "--data-3d", f"{root}/orbits", "--out", f"{root}/reconstructor"),
+        *("--storage-path", f"{root}/runs", "--name", "recon", "--preset", "debug", "--config", str(recon_overrides)),
+    )
+    assert again.returncode == 0 and "no workers started" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert storage.read_json(f"{root}/reconstructor/train_recon_summary.json")["already_finished"] is True
     written = storage.walk_files(f"{root}/reconstructor")
     assert {"config.json", "model.safetensors", "train_log.jsonl", "validation.jsonl"} <= set(written)
     assert any(name.startswith("tensorboard/events.out.tfevents.") for name in written), "TensorBoard's files beside the model"

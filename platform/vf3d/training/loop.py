@@ -265,6 +265,73 @@ def use_default_storage(training: TrainingConfig, out_dir: Path) -> None:
         training.tracking.tensorboard_dir = str((Path(out_dir) / TENSORBOARD_DIRNAME).resolve())
 
 
+def finished_rerun(
+    training: TrainingConfig,
+    out_dir: Path | str,
+    *,
+    label: str,
+    model_config: dict[str, Any],
+    files: dict[str, str],
+    started: float,
+    log=print,
+) -> dict[str, Any] | None:
+    """The summary of a rerun with nothing to do, written to `out_dir`, or None (then the workers
+    start as usual).
+
+    Nothing to do: the run's latest committed checkpoint (`runner.latest_checkpoint`) is at
+    `run.max_steps` or past it, and `out_dir` already holds the export of that very checkpoint (the
+    previous summary names it and its step, the export file is there) for the same model config.
+    Starting the worker group would only restore that checkpoint (at scale, hundreds of processes
+    fetching their optimizer shards) and export the same weights again. `files` names the driver's
+    files in `out_dir`: {"summary": ..., "config": ..., "export": a file every export has}. The
+    caller has not yet overwritten the saved config, which is what the model config is compared to.
+    """
+    import json
+
+    from vf3d.training.runner import latest_checkpoint
+
+    model_config = json.loads(json.dumps(model_config))  # as the saved config reads back (lists, not tuples)
+    latest = latest_checkpoint(training)
+    if latest is None:
+        return None
+    checkpoint, metrics = latest
+    step = metrics.get("step")
+    if not isinstance(step, int) or step < training.run.max_steps:
+        return None
+    try:
+        previous = storage.read_json(storage.join(out_dir, files["summary"]))
+        saved_config = storage.read_json(storage.join(out_dir, files["config"]))
+        exported = storage.is_file(storage.join(out_dir, files["export"]))
+    except (OSError, ValueError):  # missing or unreadable: export again
+        return None
+    if (
+        not exported
+        or previous.get("checkpoint") != checkpoint
+        or previous.get("steps") != step
+        or saved_config.get("model") != model_config
+    ):
+        return None
+    from vf3d.atomic import write_json_atomic
+
+    summary = {
+        **previous,
+        "resumed_from": step,
+        "steps": step,
+        "already_finished": True,
+        "seconds": round(time.perf_counter() - started, 1),
+        "gpus": 0.0,
+        "gpu_hours_billed": 0.0,
+        "gpu_hours_busy": 0.0,
+        "step_seconds": 0.0,
+    }
+    write_json_atomic(storage.join(out_dir, files["summary"]), summary)
+    log(
+        f"{label}: run {training.run.name!r} already reached step {step} (run.max_steps {training.run.max_steps}) and "
+        f"{out_dir} holds its export: nothing to train, no workers started. Raise run.max_steps to train on."
+    )
+    return summary
+
+
 def run_summary(outcome: dict[str, Any], result: ray.train.Result, started: float, out_dir: Path, **fields: Any) -> dict[str, Any]:
     """A driver's summary: rank 0's `outcome`, the driver's `fields`, time taken (since the
     `time.perf_counter()` value `started`), the model directory, the latest checkpoint, and GPU-hours:
@@ -284,4 +351,5 @@ def run_summary(outcome: dict[str, Any], result: ray.train.Result, started: floa
         "step_seconds": gpu_time.get("busy_seconds"),
         "model_dir": str(out_dir),
         "checkpoint": checkpoint,
+        "already_finished": False,
     }

@@ -32,13 +32,25 @@ from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.data.reconstruction_views import source_inputs, validation_views
 from vf3d.training.config import ReconStage, TrainReconConfig
-from vf3d.training.loop import LoopState, TrainTask, Window, progress_line, run_loop, run_summary, use_default_storage, worker_print
+from vf3d.training.loop import (
+    LoopState,
+    TrainTask,
+    Window,
+    finished_rerun,
+    progress_line,
+    run_loop,
+    run_summary,
+    use_default_storage,
+    worker_print,
+)
 
 if TYPE_CHECKING:
     import torch
 
 VALIDATION_LOG = "validation.jsonl"
 TRAIN_LOG = "train_log.jsonl"
+DRIVER_FILES = {"summary": "train_recon_summary.json", "config": "train_recon_config.json", "export": "model.safetensors"}
+"""What the driver writes beside the exported model (`export`: a file every export has)."""
 
 
 def stage_at(stages: list[ReconStage], step: int) -> tuple[int, ReconStage]:
@@ -472,6 +484,7 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     from vf3d.models.reconstructor import Reconstructor
     from vf3d.training import run_training
 
+    called = time.perf_counter()
     config = config.validate()
     sources = {"synthetic": data_dir, "3d": data_3d_dir}
     needed = {stage.data: f"a stage trains on {stage.data} data" for stage in config.stages}
@@ -490,7 +503,12 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     storage.makedirs(out_dir)
     training = config.training
     use_default_storage(training, out_dir)
-    config_lib.save_json(config, storage.join(out_dir, "train_recon_config.json"))
+    finished = finished_rerun(
+        training, out_dir, label="train-recon", model_config=config_lib.to_dict(config.model), files=DRIVER_FILES, started=called, log=log
+    )
+    if finished is not None:
+        return finished
+    config_lib.save_json(config, storage.join(out_dir, DRIVER_FILES["config"]))
 
     inputs = prepare_inputs(sources, config, log)
     datasets, counts, held_out, excluded, validation_source = (
@@ -529,7 +547,7 @@ def train_recon(data_dir: Path | None, data_3d_dir: Path | None, out_dir: Path, 
     outcome["first_validation"] = history[0] if history and history[0]["step"] == 0 else outcome.get("first_validation")
     outcome["last_validation"] = history[-1] if history else outcome.get("last_validation")
     summary = run_summary(outcome, result, started, out_dir, orbits=counts, held_out=held_out)
-    write_json_atomic(storage.join(out_dir, "train_recon_summary.json"), summary)
+    write_json_atomic(storage.join(out_dir, DRIVER_FILES["summary"]), summary)
     first, last = outcome.get("first_validation") or {}, outcome.get("last_validation") or {}
     nan = float("nan")
     log(

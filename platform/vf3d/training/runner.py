@@ -8,7 +8,9 @@ separate processes, possibly on other nodes.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +66,39 @@ def _wants_gpu(use_gpu: bool | str) -> bool:
         # Same rule as `TorchTrainer.fit`: RAY_ADDRESS if set, else a new local cluster.
         ray.init()
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def latest_checkpoint(settings: TrainingConfig) -> tuple[str, dict[str, Any]] | None:
+    """(path, metrics) of the latest checkpoint run `settings.run.name` committed under
+    `run.storage_path`, read from Ray Train's record of the run (its checkpoint manager snapshot)
+    without starting anything; None when the run has no checkpoint yet, no record, or keeps its
+    checkpoints in Ray's default storage (no `run.storage_path`)."""
+    import posixpath
+
+    from ray.train import Result
+
+    storage_uri = _storage_uri(settings.run.storage_path)
+    if storage_uri is None:
+        return None
+    location = _ray_storage(storage_uri)
+    run_path = posixpath.join(location["storage_path"], settings.run.name)
+    # Ray logs at INFO that it found the run's snapshot, addressed to a user about to train.
+    ray_train_logger = logging.getLogger("ray.train")
+    level = ray_train_logger.level
+    if not verbose_ray_logs():
+        ray_train_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():  # Ray 2.60 reads the snapshot with a deprecated pydantic call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            result = Result.from_path(run_path, storage_filesystem=location.get("storage_filesystem"))
+    except (RuntimeError, OSError, ValueError, KeyError):
+        # No such run, or a record this Ray cannot read: the workers' own restore decides.
+        return None
+    finally:
+        ray_train_logger.setLevel(level)
+    if result.checkpoint is None:
+        return None
+    return str(result.checkpoint.path), dict(result.metrics or {})
 
 
 def run_training(

@@ -19,7 +19,10 @@ from vf3d import storage
 from vf3d.atomic import write_json_atomic
 from vf3d.models.video.config import VideoModelConfig
 from vf3d.training.config import FinetuneVideoConfig
-from vf3d.training.loop import LoopState, TrainTask, Window, run_loop, run_summary, use_default_storage
+from vf3d.training.loop import LoopState, TrainTask, Window, finished_rerun, run_loop, run_summary, use_default_storage
+
+DRIVER_FILES = {"summary": "finetune_summary.json", "config": "finetune_config.json", "export": "model_index.json"}
+"""What the driver writes beside the exported pipeline (`export`: a file every export has)."""
 
 CACHE_MAX_ORBITS = 4096
 """Datasets up to this many orbits are prepared once and kept in the object store, instead of
@@ -177,12 +180,24 @@ def finetune_video(data_dir: Path | str, out_dir: Path | str, config: FinetuneVi
     from vf3d.synthesis.datasets import read_orbit_dataset
     from vf3d.training import run_training
 
+    called = time.perf_counter()
     config = config.validate()
     out_dir = storage.local_or_uri(out_dir)  # a local directory or an object-store URI
     storage.makedirs(out_dir)
     training = config.training
     use_default_storage(training, out_dir)
-    config_lib.save_json(config, storage.join(out_dir, "finetune_config.json"))
+    finished = finished_rerun(
+        training,
+        out_dir,
+        label="finetune-video",
+        model_config=config_lib.to_dict(config.model),
+        files=DRIVER_FILES,
+        started=called,
+        log=log,
+    )
+    if finished is not None:
+        return finished
+    config_lib.save_json(config, storage.join(out_dir, DRIVER_FILES["config"]))
 
     orbits = read_orbit_dataset(data_dir)
     count = orbits.count()
@@ -205,7 +220,7 @@ def finetune_video(data_dir: Path | str, out_dir: Path | str, config: FinetuneVi
     result = run_training(finetune_video_loop, loop_config, training, datasets={"train": clips})
     outcome = result.return_value or {}
     summary = run_summary(outcome, result, started, out_dir, orbits=count)
-    write_json_atomic(storage.join(out_dir, "finetune_summary.json"), summary)
+    write_json_atomic(storage.join(out_dir, DRIVER_FILES["summary"]), summary)
     log(
         f"finetune-video: eval loss {outcome.get('initial_eval_loss', float('nan')):.4f} → {outcome.get('final_eval_loss', float('nan')):.4f} over {outcome.get('steps')} steps (resumed from {outcome.get('resumed_from')}); model in {out_dir}"
     )
