@@ -238,3 +238,27 @@ def test_an_infrastructure_error_fails_the_batch_not_its_rows(debug_config, tmp_
         tracker.call(bad_input, [1])  # an input error escaping a stage is not counted as the machine's
     records = [json.loads(line) for line in (tmp_path / FAILURES_NAME).read_text().splitlines()]
     assert [(record["stage"], record["consecutive"], record["actor_exit"]) for record in records] == [("generate", 1, False)]
+
+
+def test_parquet_reads_size_ray_datas_footer_readers_to_their_files(monkeypatch):
+    """Ray Data's footer-reader pool (32 by default, each a new worker process) is sized to the
+    files of the reads made inside `footer_readers_for`, read back from Ray's own indexer."""
+    import os
+
+    from ray.data._internal.datasource_v2.formats.parquet.footer_file_indexer import FooterFileIndexer
+
+    from vf3d.synthesis.datasets import FOOTER_READERS_VARIABLE, footer_readers_for
+
+    def pool_size() -> int:
+        return FooterFileIndexer(ignore_missing_paths=False)._num_actors
+
+    monkeypatch.delenv(FOOTER_READERS_VARIABLE, raising=False)
+    assert pool_size() == 32, "Ray Data's default changed: revisit MAX_FOOTER_READERS"
+    for files, expected in ((1, 1), (1_000, 1), (1_001, 2), (31_500, 32), (100_000, 32)):
+        with footer_readers_for(files) as readers:
+            assert readers == expected == pool_size(), files
+    assert FOOTER_READERS_VARIABLE not in os.environ and pool_size() == 32
+    monkeypatch.setenv(FOOTER_READERS_VARIABLE, "5")  # the user's setting wins
+    with footer_readers_for(1) as readers:
+        assert readers == 5 == pool_size()
+    assert os.environ[FOOTER_READERS_VARIABLE] == "5"

@@ -107,7 +107,10 @@ class SynthesisInputs:
             # Ray Data refuses `filesystem=` with lines=True (its pandas reader); pyarrow's JSON
             # reader, which it uses otherwise, reads JSON Lines itself (as `read_inputs` does).
             return ray.data.read_json(path, filesystem=filesystem, file_extensions=None)
-        return ray.data.read_parquet(path, filesystem=filesystem)
+        from vf3d.synthesis.datasets import footer_readers_for
+
+        with footer_readers_for(1):  # --prompts is one table
+            return ray.data.read_parquet(path, filesystem=filesystem)
 
 
 CSV_COLUMN_TYPES = {"id": pa.string(), "prompt": pa.string(), "image": pa.string()}
