@@ -4,6 +4,7 @@ isolation, and the filter's kept/rejected decision on real renders."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +254,9 @@ def test_parquet_reads_size_ray_datas_footer_readers_to_their_files(monkeypatch)
         return FooterFileIndexer(ignore_missing_paths=False)._num_actors
 
     monkeypatch.delenv(FOOTER_READERS_VARIABLE, raising=False)
-    assert pool_size() == 32, "Ray Data's default changed: revisit MAX_FOOTER_READERS"
+    # In a process whose first Parquet read was made inside footer_readers_for (a suite that ran
+    # a pipeline first), Ray's default must still be its own.
+    assert pool_size() == 32, "Ray Data's default changed (or was frozen by our setting): revisit MAX_FOOTER_READERS"
     for files, expected in ((1, 1), (1_000, 1), (1_001, 2), (31_500, 32), (100_000, 32)):
         with footer_readers_for(files) as readers:
             assert readers == expected == pool_size(), files
@@ -262,3 +265,21 @@ def test_parquet_reads_size_ray_datas_footer_readers_to_their_files(monkeypatch)
     with footer_readers_for(1) as readers:
         assert readers == 5 == pool_size()
     assert os.environ[FOOTER_READERS_VARIABLE] == "5"
+
+
+def test_a_first_parquet_read_inside_footer_readers_for_leaves_rays_default_alone():
+    """Ray's module also reads the variable at import for its process-wide default; a fresh
+    process whose first import of it happens inside `footer_readers_for(1)` keeps Ray's 32."""
+    import subprocess
+    import sys
+
+    script = (
+        "from vf3d.synthesis.datasets import footer_readers_for\n"
+        "with footer_readers_for(1):\n"
+        "    from ray.data._internal.datasource_v2.formats.parquet.footer_file_indexer import FooterFileIndexer\n"
+        "print(FooterFileIndexer(ignore_missing_paths=False)._num_actors)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "32"

@@ -32,6 +32,10 @@ def footer_readers_for(num_files: int) -> Iterator[int]:
     if FOOTER_READERS_VARIABLE in os.environ:
         yield int(os.environ[FOOTER_READERS_VARIABLE])
         return
+    # Ray's module reads the variable once more, at import, for its process-wide default: import it
+    # first, so that the value set here never becomes the default of reads made elsewhere.
+    with contextlib.suppress(ImportError):  # another Ray layout: the variable alone still sizes the pool
+        import ray.data._internal.datasource_v2.formats.parquet.footer_file_indexer  # noqa: F401
     readers = max(1, min(MAX_FOOTER_READERS, -(-num_files // FILES_PER_FOOTER_READER)))
     os.environ[FOOTER_READERS_VARIABLE] = str(readers)
     try:
