@@ -24,8 +24,8 @@ def footer_readers_for(num_files: int) -> Iterator[int]:
 
     Ray Data 2.60 plans a Parquet read by reading every file's footer on a pool of FooterReader
     actors, 32 whatever the number of files. Reading one prompts file thus started as many new Ray
-    worker processes as the cluster had free CPUs, for one footer (each a Python process importing
-    Ray Data, ~2 CPU-seconds to start); `bench/parquet_footers.py` measures it side by side. Ray
+    worker processes as the cluster had free CPUs, for one footer: on a 4-CPU local cluster about 5
+    CPU-seconds more per read than with one reader (`bench/parquet_footers.py`, side by side). Ray
     reads the pool size from RAY_DATA_PARQUET_FOOTER_NUM_ACTORS when `read_parquet` builds the
     read (in the driver), so the variable is set for the calls inside only; a value the user set
     is left alone."""
