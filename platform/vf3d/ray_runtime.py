@@ -168,9 +168,11 @@ def start_local_ray(log=print, attempts: int = LOCAL_START_ATTEMPTS, **init_kwar
     """
     import ray
 
+    global _local_cluster_address
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address="local", **init_kwargs)
+            _local_cluster_address = ray.get_runtime_context().gcs_address
             return
         except Exception as error:
             if "timed out during startup" not in str(error) or attempt == attempts:
@@ -179,6 +181,18 @@ def start_local_ray(log=print, attempts: int = LOCAL_START_ATTEMPTS, **init_kwar
             log(
                 f"the local Ray cluster missed Ray's 30 s start-up deadline (a busy machine?); starting it again ({attempt + 1}/{attempts})"
             )
+
+
+_local_cluster_address: str | None = None
+"""The GCS address of the last local cluster `start_local_ray` started in this process."""
+
+
+def on_own_local_cluster() -> bool:
+    """Whether this process is connected to a local cluster it started itself (`start_local_ray`):
+    one machine, which no autoscaler grows and no cloud drains, gone when this process ends."""
+    import ray
+
+    return ray.is_initialized() and _local_cluster_address is not None and ray.get_runtime_context().gcs_address == _local_cluster_address
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Metrics and dashboards: vf3d's Ray metrics scraped from a real local cluster's Prometheus
-endpoint during a synthesis run, the Grafana dashboard against the metric definitions, and a
-training run's TensorBoard scalars (and MLflow, when the client is installed)."""
+endpoint during a synthesis run, the Grafana dashboard against the metric definitions, and
+training scalars sent to MLflow (when the client is installed). A training run's TensorBoard
+scalars are checked on train-recon's run (tests/integration/test_train_recon.py)."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def test_synthesis_metrics_are_scraped_from_the_cluster_with_plausible_values(sc
     print("scraped vf3d series, summed over processes:\n" + "\n".join(f"{key} {value:g}" for key, value in sorted(sums.items())))
     generated = summary["stages"]["generate"]["items"]
     assert generated == 8 and summary["errors_total"] == 1
-    # Every defined metric of the synthesis path was exported (training's are checked below).
+    # Every defined metric of the synthesis path was exported (the vf3d_train_* ones come from trainings).
     exported = {name for name, _ in seen}
     synthesis_metrics = [spec for name, spec in metrics.METRICS.items() if not name.startswith("vf3d_train")]
     for spec in synthesis_metrics:
@@ -223,78 +224,9 @@ def test_render_assets_stages_export_their_metrics(ray_local, sample_assets, tmp
 
 
 # ---------------------------------------------------------------------------------------------
-# A training run's TensorBoard scalars (and MLflow), through the shared loop
+# Training scalars to MLflow (TensorBoard's are checked on train-recon's run:
+# tests/integration/test_train_recon.py)
 # ---------------------------------------------------------------------------------------------
-
-
-def regression_task_class():
-    """A tiny `TrainTask`: an MLP fitting y = x·w on seeded batches (real DeepSpeed, real Ray Train)."""
-    from vf3d.training.loop import TrainTask
-
-    class Regression(TrainTask):
-        label = "regression"
-
-        def build_model(self):
-            import torch
-
-            return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
-
-        def train_step(self, engine, step):
-            import torch
-
-            generator = torch.Generator().manual_seed(step * 7 + self.rank)
-            features = torch.randn(self.training.run.batch_size, 4, generator=generator)
-            loss = torch.nn.functional.mse_loss(engine(features), features.sum(dim=1, keepdim=True))
-            engine.backward(loss)
-            engine.step()
-            return {"loss": loss.item(), "mse": loss.item()}
-
-    return Regression
-
-
-def regression_loop(config):
-    from vf3d.training.loop import run_loop
-
-    return run_loop(regression_task_class(), config)
-
-
-def test_training_logs_scalars_to_tensorboard(ray_local, tmp_path):
-    import ray.cloudpickle
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from vf3d.training import run_training
-    from vf3d.training.config import CheckpointSettings, DeepSpeedConfig, OptimizerConfig, RunSettings, ScalingSettings, TrainingConfig
-    from vf3d.training.loop import run_summary
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    training = TrainingConfig(
-        optimizer=OptimizerConfig(lr=1e-2, schedule="constant"),
-        deepspeed=DeepSpeedConfig(zero_stage=0),
-        scaling=ScalingSettings(num_workers=1, use_gpu=False, cpus_per_worker=0.5),
-        checkpoint=CheckpointSettings(every_n_steps=12),
-        run=RunSettings(
-            name="tracked", storage_path=str(tmp_path / "runs"), max_steps=12, batch_size=8, log_every_n_steps=4, max_failures=0
-        ),
-    )
-    training.tracking.tensorboard_dir = str(tmp_path / "tensorboard")
-    started = time.perf_counter()
-    result = run_training(regression_loop, {}, training.validate())
-    summary = run_summary(result.return_value, result, started, tmp_path)
-    print(
-        "training summary:",
-        {key: summary[key] for key in ("steps", "seconds", "step_seconds", "gpus", "gpu_hours_billed", "gpu_hours_busy")},
-    )
-    assert summary["steps"] == 12 and summary["gpus"] == 0 and summary["gpu_hours_billed"] == summary["gpu_hours_busy"] == 0
-    assert 0 < summary["step_seconds"] < summary["seconds"]
-
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    print("TensorBoard scalars:", {tag: [(event.step, round(event.value, 5)) for event in events.Scalars(tag)] for tag in sorted(tags)})
-    assert {"loss/loss", "loss/mse", "lr", "throughput/steps_per_second", "throughput/samples_per_second"} <= tags
-    assert [event.step for event in events.Scalars("loss/loss")] == [4, 8, 12]
-    assert all(event.value == pytest.approx(1e-2) for event in events.Scalars("lr"))
-    assert all(event.value > 0 for event in events.Scalars("throughput/samples_per_second"))
 
 
 def test_scalars_go_to_mlflow_only_when_a_tracking_uri_is_set(tmp_path, monkeypatch):

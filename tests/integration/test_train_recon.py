@@ -98,6 +98,28 @@ def test_a_killed_worker_is_survived_and_zero2_runs_on_two_workers(trained):
     assert checkpoint["step"] == 120 and checkpoint["world_size"] == 2 and checkpoint["zero_stage"] == 2
 
 
+def test_scalars_reach_tensorboard_as_one_series_across_the_restart(trained):
+    """The shared loop's tracker: rank 0's scalars every `log_every_n_steps` (10) in TensorBoard event
+    files beside the model, one file per attempt of the worker group (rank 1 died at step 25 and
+    the group resumed at step 20), which read back as one series; and the run summary's timings."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, summary, _ = trained
+    assert summary["gpus"] == 0 and summary["gpu_hours_billed"] == summary["gpu_hours_busy"] == 0
+    assert 0 < summary["step_seconds"] < summary["seconds"]
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2, "one file per attempt"
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    print("TensorBoard scalars:", {tag: [(event.step, round(event.value, 5)) for event in events.Scalars(tag)] for tag in sorted(tags)})
+    losses = {"loss/total", "loss/lpips", "loss/mse", "loss/opacity", "loss/tv"}
+    assert losses | {"lr", "throughput/steps_per_second", "throughput/samples_per_second"} <= tags, sorted(tags)
+    assert [event.step for event in events.Scalars("loss/total")] == list(range(10, 121, 10))
+    learning_rate = recon_config().training.optimizer.lr  # a constant schedule in the debug preset
+    assert all(event.value == pytest.approx(learning_rate) for event in events.Scalars("lr"))
+    assert all(event.value > 0 for event in events.Scalars("throughput/samples_per_second"))
+
+
 def test_the_stage_schedule_switches_resolution_when_it_should(trained):
     from vf3d.training.recon import stage_at
 

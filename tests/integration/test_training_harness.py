@@ -9,6 +9,7 @@ what the tests check: losses, the step it resumed from, and predictions of the f
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -303,3 +304,33 @@ def test_ray_data_feeds_two_workers_on_two_cpus(dataset_run):
     assert result.return_value["first_epoch_rows_all_workers"] == rows
     assert result.return_value["first_epoch_id_sum_all_workers"] == sum(range(rows))
     assert result.return_value["final_step"] == 12
+
+
+def test_trainings_on_a_cluster_this_process_started_start_no_preemption_watcher(zero2_run, crash_run):
+    """The session's cluster was started by this process (`start_local_ray`): one machine that no
+    cloud drains, so no worker group on it, first start or restart, gets Ray Train's
+    PreemptionWatcher (an actor, hence a process of its own). GCS keeps the dead actors' records."""
+    from vf3d.training.runner import PREEMPTION_WATCHER_ENV
+
+    classes = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= classes and "PreemptionWatcher" not in classes, sorted(classes)
+    assert PREEMPTION_WATCHER_ENV not in os.environ, "set only while a training runs"
+
+
+def test_the_preemption_watcher_is_left_on_elsewhere_and_a_users_setting_wins(ray_local, monkeypatch):
+    from vf3d import ray_runtime
+    from vf3d.training.runner import PREEMPTION_WATCHER_ENV, _preemption_watcher_off_on_own_local_cluster
+
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV, raising=False)
+    with _preemption_watcher_off_on_own_local_cluster():
+        assert os.environ[PREEMPTION_WATCHER_ENV] == "0"
+    assert PREEMPTION_WATCHER_ENV not in os.environ
+    monkeypatch.setenv(PREEMPTION_WATCHER_ENV, "1")
+    with _preemption_watcher_off_on_own_local_cluster():
+        assert os.environ[PREEMPTION_WATCHER_ENV] == "1"
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV)
+    # Connected to a cluster some other process started (a job on a user's cluster): Ray's default.
+    monkeypatch.setattr(ray_runtime, "_local_cluster_address", "10.0.0.1:6379")
+    assert not ray_runtime.on_own_local_cluster()
+    with _preemption_watcher_off_on_own_local_cluster():
+        assert PREEMPTION_WATCHER_ENV not in os.environ

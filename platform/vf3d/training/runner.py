@@ -8,15 +8,16 @@ separate processes, possibly on other nodes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vf3d import storage
 from vf3d.config import from_dict, to_dict
-from vf3d.ray_runtime import verbose_ray_logs
+from vf3d.ray_runtime import on_own_local_cluster, verbose_ray_logs
 from vf3d.training.config import TrainingConfig
 
 if TYPE_CHECKING:
@@ -148,7 +149,8 @@ def run_training(
         datasets=datasets,
     )
     try:
-        return trainer.fit()
+        with _preemption_watcher_off_on_own_local_cluster():
+            return trainer.fit()
     except TrainingFailedError as error:
         refused = _checkpoint_error_in(error)
         if refused is not None:
@@ -160,6 +162,30 @@ def run_training(
             f"training run {run.name!r} failed (run.max_failures={run.max_failures}): {error}\n"
             f"Its checkpoints are in {where}; rerun with the same run.name and run.storage_path to resume from the latest one."
         ) from error
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+"""Ray Train's switch for the PreemptionWatcher it starts beside every worker group."""
+
+
+@contextlib.contextmanager
+def _preemption_watcher_off_on_own_local_cluster() -> Iterator[None]:
+    """Within the body, no PreemptionWatcher on a local cluster this process started.
+
+    Ray Train 2.60 starts one with every worker group (at the first start and at each restart):
+    an actor, so a worker process of its own (about 2 CPU-seconds to start), which polls the GCS
+    for nodes being drained, e.g. spot instances a cloud takes back. A private local cluster is
+    this one machine, which nothing drains. `fit` hands the variable to Ray Train's controller
+    (one of the RAY_TRAIN_* variables it propagates); a value the user set is left alone, and
+    on any other cluster Ray's default (on) stays."""
+    if PREEMPTION_WATCHER_ENV in os.environ or not on_own_local_cluster():
+        yield
+        return
+    os.environ[PREEMPTION_WATCHER_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(PREEMPTION_WATCHER_ENV, None)
 
 
 def _checkpoint_error_in(error: BaseException):
