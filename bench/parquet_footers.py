@@ -111,7 +111,15 @@ def main() -> None:
         flush=True,
     )
     if args.json:
-        write_json(args.json, {"reads": args.reads, "cpus": args.cpus, "runs": {str(key): value for key, value in runs.items()}}, rows)
+        report = {
+            "mode": "quick" if args.quick else "full",
+            "wall_seconds": wall_seconds,
+            "load_average": [load_start, load_end],
+            "reads": args.reads,
+            "cpus": args.cpus,
+            "runs": {"sized" if key else "default": value for key, value in runs.items()},
+        }
+        write_json(args.json, report, rows)
 
 
 if __name__ == "__main__":
