@@ -18,22 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from report import BENCH_START, Row, log, markdown_table, write_json
+from report import busy_cpu_seconds, cpu_and_wall_rows, finish, log
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster needs no token
-
-
-def busy_cpu_seconds() -> float:
-    """CPU-seconds the whole machine has spent busy since boot (user, nice, system, irq, ...)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def one_round(path: Path, reads: int, sized: bool) -> dict[str, float]:
@@ -85,41 +76,20 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    def median(sized: bool, key: str) -> float:
-        return statistics.median(run[key] for run in runs[sized])
-
-    rows = [
-        Row(
-            f"busy CPU-seconds of {args.reads} one-file reads (default pool vs sized)",
-            f"{median(False, 'cpu_seconds'):.1f}",
-            f"{median(True, 'cpu_seconds'):.1f}",
-            f"{median(False, 'cpu_seconds') / max(median(True, 'cpu_seconds'), 1e-9):.2f}× less (A/B)",
-            "> 1: fewer worker processes started",
-        ),
-        Row(
-            f"wall seconds of {args.reads} one-file reads (default pool vs sized)",
-            f"{median(False, 'wall_seconds'):.1f}",
-            f"{median(True, 'wall_seconds'):.1f}",
-            f"{median(False, 'wall_seconds') / max(median(True, 'wall_seconds'), 1e-9):.2f}× faster (A/B)",
-            "",
-        ),
-    ]
-    wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(
-        f"\n## vf3d Parquet footer-reader benchmark ({wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n"
-        f"{markdown_table(rows)}\n\nMedians over {len(runs[False])} rounds each.\n",
-        flush=True,
+    rows = cpu_and_wall_rows(
+        f"{args.reads} one-file reads (default pool vs sized)", runs[False], runs[True], "> 1: fewer worker processes started"
     )
-    if args.json:
-        report = {
-            "mode": "quick" if args.quick else "full",
-            "wall_seconds": wall_seconds,
-            "load_average": [load_start, load_end],
-            "reads": args.reads,
-            "cpus": args.cpus,
-            "runs": {"sized" if key else "default": value for key, value in runs.items()},
-        }
-        write_json(args.json, report, rows)
+    finish(
+        "vf3d Parquet footer-reader benchmark",
+        rows,
+        f"Medians over {len(runs[False])} rounds each.",
+        load_start,
+        args.json,
+        "quick" if args.quick else "full",
+        reads=args.reads,
+        cpus=args.cpus,
+        runs={"sized" if key else "default": value for key, value in runs.items()},
+    )
 
 
 if __name__ == "__main__":

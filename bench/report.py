@@ -35,6 +35,30 @@ def log(message: str) -> None:
     print(f"[{time.perf_counter() - BENCH_START:7.1f}s] {message}", flush=True)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (user, nice, system, irq, ...; Linux
+    /proc/stat): what a benchmark's processes, Ray's workers included, cost together."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_and_wall_rows(what: str, runs_a: list[dict[str, float]], runs_b: list[dict[str, float]], cpu_note: str) -> list[Row]:
+    """Two rows, busy CPU-seconds and wall seconds of `what` (A vs B), from rounds measured as
+    {"cpu_seconds": ..., "wall_seconds": ...}: medians, and A/B ratios (> 1: B costs less)."""
+    import statistics
+
+    rows = []
+    for key, unit, ratio_word, note in (
+        ("cpu_seconds", "busy CPU-seconds", "less", cpu_note),
+        ("wall_seconds", "wall seconds", "faster", ""),
+    ):
+        a, b = statistics.median(run[key] for run in runs_a), statistics.median(run[key] for run in runs_b)
+        rows.append(Row(f"{unit} of {what}", f"{a:.1f}", f"{b:.1f}", f"{a / max(b, 1e-9):.2f}× {ratio_word} (A/B)", note))
+    return rows
+
+
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a markdown table (cells never contain "|": names say "vs" instead)."""
     lines = ["| measurement | A | B | ratio | target / note |", "|---|---|---|---|---|"]
@@ -47,6 +71,18 @@ def write_json(path: Path, report: dict[str, Any], rows: list[Row]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**report, "rows": [asdict(row) for row in rows]}, indent=2, default=str) + "\n")
     log(f"wrote {path}")
+
+
+def finish(title: str, rows: list[Row], footer: str, load_start: float, json_path: Path | None, mode: str, **raw: Any) -> None:
+    """Print the summary (the benchmark's wall time and the load average around it beside the
+    table, then `footer`) and, given --json, write it with the raw numbers `raw`."""
+    wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
+    print(
+        f"\n## {title} ({wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n{markdown_table(rows)}\n\n{footer}\n",
+        flush=True,
+    )
+    if json_path:
+        write_json(json_path, {"mode": mode, "wall_seconds": wall_seconds, "load_average": [load_start, load_end], **raw}, rows)
 
 
 def on_private_ray(function: Callable[[str], Any], storage_prefix: str) -> tuple[Any, float]:

@@ -20,22 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from report import BENCH_START, Row, log, markdown_table, write_json
+from report import busy_cpu_seconds, cpu_and_wall_rows, finish, log
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster needs no token
-
-
-def busy_cpu_seconds() -> float:
-    """CPU-seconds the whole machine has spent busy since boot (user, nice, system, irq, ...)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def fit_loop(config: dict) -> dict:
@@ -111,40 +102,19 @@ def main() -> None:
     finally:
         ray.shutdown()
 
-    def median(watcher: bool, key: str) -> float:
-        return statistics.median(run[key] for run in results[watcher])
-
-    rows = [
-        Row(
-            f"busy CPU-seconds of {args.runs} training runs (watcher on vs off)",
-            f"{median(True, 'cpu_seconds'):.1f}",
-            f"{median(False, 'cpu_seconds'):.1f}",
-            f"{median(True, 'cpu_seconds') / max(median(False, 'cpu_seconds'), 1e-9):.2f}× less (A/B)",
-            "> 1: one process fewer per worker-group start",
-        ),
-        Row(
-            f"wall seconds of {args.runs} training runs (watcher on vs off)",
-            f"{median(True, 'wall_seconds'):.1f}",
-            f"{median(False, 'wall_seconds'):.1f}",
-            f"{median(True, 'wall_seconds') / max(median(False, 'wall_seconds'), 1e-9):.2f}× faster (A/B)",
-            "",
-        ),
-    ]
-    wall_seconds, load_end = time.perf_counter() - BENCH_START, os.getloadavg()[0]
-    print(
-        f"\n## vf3d training-start benchmark ({wall_seconds:.0f}s, load average {load_start:.2f} → {load_end:.2f})\n\n"
-        f"{markdown_table(rows)}\n\nMedians over {len(results[True])} rounds each.\n",
-        flush=True,
+    rows = cpu_and_wall_rows(
+        f"{args.runs} training runs (watcher on vs off)", results[True], results[False], "> 1: one process fewer per worker-group start"
     )
-    if args.json:
-        report = {
-            "mode": "quick" if args.quick else "full",
-            "wall_seconds": wall_seconds,
-            "load_average": [load_start, load_end],
-            "runs": args.runs,
-            "results": {"watcher_on" if key else "watcher_off": value for key, value in results.items()},
-        }
-        write_json(args.json, report, rows)
+    finish(
+        "vf3d training-start benchmark",
+        rows,
+        f"Medians over {len(results[True])} rounds each.",
+        load_start,
+        args.json,
+        "quick" if args.quick else "full",
+        runs=args.runs,
+        results={"watcher_on" if key else "watcher_off": value for key, value in results.items()},
+    )
 
 
 if __name__ == "__main__":
