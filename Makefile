@@ -70,7 +70,7 @@ autoscale-demo: setup
 # table of their ratios to $(BENCH_DIR)/summary.md.
 BENCH_DIR ?= bench-results
 BENCH_ARGS ?=
-BENCHMARKS := recon render synthesize train_video train_recon checkpoint_upload serve_load release_fidelity scale parquet_footers train_overhead
+BENCHMARKS := recon render synthesize train_video train_recon checkpoint_upload serve_load release_fidelity scale parquet_footers train_overhead process_imports
 
 bench: setup
 	@mkdir -p $(BENCH_DIR)

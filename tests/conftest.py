@@ -110,6 +110,48 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleScheduling(config, log)
 
 
+REFERENCE_LOOP_ITERATIONS = 3_000_000
+"""A fixed pure-Python loop, timed (best of three) at the start and the end of a run."""
+
+_REFERENCE_LOOP_AT_START = pytest.StashKey[float]()
+
+
+def reference_loop_cpu_seconds(iterations: int = REFERENCE_LOOP_ITERATIONS, repeats: int = 3) -> float:
+    """CPU-seconds this process spends on a fixed loop (the best of `repeats`): how fast a core of
+    this machine runs right now. Shared virtual machines change speed by tens of percent within
+    hours (another tenant on the host, a lower clock), which moves the suite's time as much as any
+    change to it; the number printed beside the run's time tells such runs apart. CPU time, not
+    wall time, so the tests running beside it hardly count."""
+    timings = []
+    for _ in range(repeats):
+        started = time.process_time()
+        total = 0
+        for index in range(iterations):
+            total += index * index % 7
+        timings.append(time.process_time() - started)
+    return min(timings)
+
+
+def _runs_the_session(config) -> bool:
+    """Whether this process reports the run: the xdist controller, or the only process."""
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session):
+    if _runs_the_session(session.config):
+        session.config.stash[_REFERENCE_LOOP_AT_START] = reference_loop_cpu_seconds()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """One line beside the run's time: the reference loop's CPU-seconds at the start and the end."""
+    if _runs_the_session(config) and _REFERENCE_LOOP_AT_START in config.stash:
+        at_start, at_end = config.stash[_REFERENCE_LOOP_AT_START], reference_loop_cpu_seconds()
+        terminalreporter.write_line(
+            f"machine speed: a fixed Python loop took {at_start:.2f} CPU-s at the start of this run and {at_end:.2f} at its end "
+            f"(more is slower; compare runs' times only at similar speeds)"
+        )
+
+
 def run_vf3d(*args, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """Run `vf3d ARGS` through the console script's own `main` in this process (from `cwd`), with
     its stdout and stderr captured: → its exit status and output, like `subprocess.run`.

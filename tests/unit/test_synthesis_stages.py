@@ -184,6 +184,20 @@ def test_filter_applies_a_probe_whose_encoder_moved(debug_config, tmp_path):
     row = EncodeOrbits(with_probe, str(tmp_path), "video-model")(scored).to_pylist()[0]
     assert row["outcome"] == "rejected" and "probe_score" in row["reasons"] and 0 < row["quality"] < 1
     assert json.loads(row["metadata"])["filter"]["min_score"] == 1.0
+    # A filter actor loads a transformers encoder and no diffusers model, so it never imports
+    # diffusers (a fresh interpreter: this one has).
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from vf3d.synthesis.stages import FilterOrbits\n"
+        f"FilterOrbits(json.loads({json.dumps(with_probe)!r}), {str(tmp_path)!r}, 'video-model')\n"
+        "print(json.dumps(sorted(name for name in ('diffusers', 'transformers') if name in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == ["transformers"]
 
 
 @pytest.mark.parametrize(
@@ -283,3 +297,34 @@ def test_a_first_parquet_read_inside_footer_readers_for_leaves_rays_default_alon
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "32"
+
+
+def test_first_frames_recentre_given_images_without_importing_the_text_to_image_stack(debug_config, tmp_path):
+    """An actor that only recentres given images never imports diffusers or transformers (about
+    10 CPU-seconds per process); the text-to-image model, and they, load on the first prompt
+    without an image (the synthesis runs of tests/integration draw theirs). A fresh interpreter,
+    so that nothing imported them before."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    columns = {"id": "a", "prompt": "a cat", "seed": 1, "elevation": 10.0, "error": "", "error_stage": "", "trace": "{}"}
+    script = f"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from vf3d.synthesis.stages import FirstFrames
+
+stage = FirstFrames(json.loads({json.dumps(debug_config)!r}), {str(tmp_path / "out")!r}, resolution=32)
+columns = {{**json.loads({json.dumps(columns)!r}), "image": Path({str(tmp_path / "cat.png")!r}).read_bytes()}}
+given = stage({{name: np.array([value], dtype=object) for name, value in columns.items()}})
+print(json.dumps({{"given": bool(given["first_frame_given"][0]), "shape": given["first_frame"][0].shape,
+                   "imported": [name for name in ("diffusers", "transformers") if name in sys.modules]}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"given": True, "shape": [32, 32, 3], "imported": []}, report

@@ -183,13 +183,19 @@ def prepare_inputs(batch: pa.Table, done_ids: IdSet | pa.Array, config: dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def _quiet_model_loading() -> None:
-    """No per-actor loading progress bars: with dozens of actors they drown the run's own progress."""
-    import diffusers
+def _quiet_model_loading(*, diffusers: bool = True) -> None:
+    """No per-actor loading progress bars: with dozens of actors they drown the run's own progress.
+
+    Quiets transformers and, unless `diffusers=False`, diffusers. Importing either is the cost (about
+    10 CPU-seconds per process for diffusers with its model packages), so a stage that loads no
+    diffusers model does not import it just to silence it."""
     import transformers
 
-    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    if diffusers:
+        import diffusers as diffusers_library
+
+        diffusers_library.utils.logging.disable_progress_bar()
 
 
 _short_error = short_error
@@ -340,13 +346,15 @@ class FirstFrames(_ModelStage):
 
     def __init__(self, config: dict[str, Any], out_dir: str, resolution: int) -> None:
         super().__init__(config, out_dir)
-        _quiet_model_loading()
         self.resolution = resolution
         self._generator = None
 
     def generator(self):
-        """The text-to-image first-frame model, built once per actor."""
+        """The text-to-image first-frame model, built once per actor, on the first prompt without an
+        image: diffusers and transformers are imported only then (about 10 CPU-seconds per process),
+        so an actor that only recentres given images never pays for them."""
         if self._generator is None:
+            _quiet_model_loading()
             from vf3d.models.video import FirstFrameGenerator
             from vf3d.models.video.config import VideoModelConfig
             from vf3d.models.video.text_to_image import tiny_text_to_image_pipeline
@@ -506,7 +514,7 @@ class FilterOrbits(_ModelStage):
 
     def __init__(self, config: dict[str, Any], out_dir: str, video_model: str = "") -> None:
         super().__init__(config, out_dir)
-        _quiet_model_loading()
+        _quiet_model_loading(diffusers=False)  # the probe's encoder is a transformers model
         from vf3d.synthesis.quality import QualityFilter
 
         probe_path = self.config.filter.probe_path
