@@ -300,10 +300,9 @@ def test_a_first_parquet_read_inside_footer_readers_for_leaves_rays_default_alon
 
 
 def test_first_frames_recentre_given_images_without_importing_the_text_to_image_stack(debug_config, tmp_path):
-    """An actor that only recentres given images never imports diffusers or transformers (about
-    10 CPU-seconds per process); the text-to-image model, and they, load on the first prompt
-    without an image (the synthesis runs of tests/integration draw theirs). A fresh interpreter,
-    so that nothing imported them before."""
+    """An actor that only recentres given images never imports diffusers or transformers; the
+    text-to-image model, and they, load on the first prompt without an image (the synthesis runs
+    of tests/integration draw theirs). A fresh interpreter, so that nothing imported them before."""
     import subprocess
     import sys
 

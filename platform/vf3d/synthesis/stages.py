@@ -186,9 +186,9 @@ def prepare_inputs(batch: pa.Table, done_ids: IdSet | pa.Array, config: dict[str
 def _quiet_model_loading(*, diffusers: bool = True) -> None:
     """No per-actor loading progress bars: with dozens of actors they drown the run's own progress.
 
-    Quiets transformers and, unless `diffusers=False`, diffusers. Importing either is the cost (about
-    10 CPU-seconds per process for diffusers with its model packages), so a stage that loads no
-    diffusers model does not import it just to silence it."""
+    Quiets transformers and, unless `diffusers=False`, diffusers. Importing them to do so is the
+    cost (about 3.5 CPU-seconds per process on 2 cores, bench/process_imports.py), so a stage that
+    loads no diffusers model does not import diffusers just to silence it."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -351,8 +351,9 @@ class FirstFrames(_ModelStage):
 
     def generator(self):
         """The text-to-image first-frame model, built once per actor, on the first prompt without an
-        image: diffusers and transformers are imported only then (about 10 CPU-seconds per process),
-        so an actor that only recentres given images never pays for them."""
+        image: diffusers and transformers are imported only then, so an actor that only recentres
+        given images never pays for them (8.6 vs 5.1 CPU-seconds for its start and first batch on
+        2 cores, bench/process_imports.py)."""
         if self._generator is None:
             _quiet_model_loading()
             from vf3d.models.video import FirstFrameGenerator
