@@ -9,7 +9,7 @@ text-to-image stack (diffusers, transformers) only for a prompt without an image
 (`vf3d.synthesis.stages.FirstFrames`).
 
 What it measures: each case is a fresh `python -c` running that kind's imports; its user + system
-CPU-seconds come from the kernel's accounting of the finished child (os.wait4), so other load on
+CPU-seconds come from the kernel's accounting of the finished child (getrusage), so other load on
 the machine changes wall time but hardly these numbers. Rounds run every case in one order, then
 the reverse (--quick: one round). Medians. Nothing asserts a timing.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,14 +67,14 @@ assert stage({name: np.array([value], dtype=object) for name, value in columns.i
 
 
 def child_cpu_seconds(code: str) -> float:
-    """User + system CPU-seconds of a fresh interpreter running `code` (it must succeed)."""
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"bench/process_imports.py: error: this case failed:\n{code}\n{process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return usage.ru_utime + usage.ru_stime
+    """User + system CPU-seconds of a fresh interpreter running `code` (it must succeed): the
+    kernel's count for this process's finished children, before and after."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"bench/process_imports.py: error: this case failed:\n{code}\n{result.stderr[-2000:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -123,7 +124,7 @@ def main() -> None:
     finish(
         "vf3d process-imports benchmark",
         rows,
-        f"Medians over {rounds} round(s); CPU-seconds of each finished child process (os.wait4).",
+        f"Medians over {rounds} round(s); CPU-seconds of each finished child process (getrusage).",
         load_start,
         args.json,
         "quick" if args.quick else "full",

@@ -183,19 +183,19 @@ def prepare_inputs(batch: pa.Table, done_ids: IdSet | pa.Array, config: dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def _quiet_model_loading(*, diffusers: bool = True) -> None:
+def _quiet_model_loading(*, with_diffusers: bool = True) -> None:
     """No per-actor loading progress bars: with dozens of actors they drown the run's own progress.
 
-    Quiets transformers and, unless `diffusers=False`, diffusers. Importing them to do so is the
+    Quiets transformers and, unless `with_diffusers=False`, diffusers. Importing them to do so is the
     cost (about 3.5 CPU-seconds per process on 2 cores, bench/process_imports.py), so a stage that
     loads no diffusers model does not import diffusers just to silence it."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    if diffusers:
-        import diffusers as diffusers_library
+    if with_diffusers:
+        import diffusers
 
-        diffusers_library.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
 
 
 _short_error = short_error
@@ -515,7 +515,7 @@ class FilterOrbits(_ModelStage):
 
     def __init__(self, config: dict[str, Any], out_dir: str, video_model: str = "") -> None:
         super().__init__(config, out_dir)
-        _quiet_model_loading(diffusers=False)  # the probe's encoder is a transformers model
+        _quiet_model_loading(with_diffusers=False)  # the probe's encoder is a transformers model
         from vf3d.synthesis.quality import QualityFilter
 
         probe_path = self.config.filter.probe_path
