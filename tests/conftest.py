@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+import s3_fixtures
 from processes import interrupt
 
 # Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+s3_server = s3_fixtures.s3_server  # the session's real S3 API (moto on 127.0.0.1)
 
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = ("integration", "e2e")
@@ -272,21 +275,37 @@ def serve_endpoint(running_serve_endpoint):
 
 
 @pytest.fixture(scope="session")
-def running_serve_endpoint(tmp_path_factory, debug_model_dir):
+def debug_model_uri(s3_server, debug_model_dir):
+    """`debug_model_dir` uploaded to a bucket of the session's S3 server (its s3:// URI)."""
+    from vf3d import storage
+
+    with s3_fixtures.s3_bucket_on(s3_server) as bucket:
+        uri = f"{bucket}/models/debug-reconstructor"
+        storage.upload_tree(debug_model_dir, uri, last=("config.json",))
+    return uri
+
+
+@pytest.fixture(scope="session")
+def running_serve_endpoint(tmp_path_factory, s3_server, debug_model_uri):
     """`vf3d serve` on the debug reconstructor, in a subprocess with its own local Ray cluster, an
     API key from VF3D_API_KEY and a free port; started once per session (by the first test that
-    uses `serve_endpoint`), stopped with Ctrl-C after the last one (pytest_runtest_teardown)."""
+    uses `serve_endpoint`), stopped with Ctrl-C after the last one (pytest_runtest_teardown).
+
+    Its model directory is on S3 (`debug_model_uri`, read through the standard AWS variables, as
+    on a cluster), so every test of the endpoint also checks serving from an object store; tests
+    compare its answers with local inference on `debug_model_dir`, the same weights."""
     import yaml
 
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     overrides = log_path.with_name("serve-overrides.yaml")
     overrides.write_text(yaml.safe_dump(SERVE_ENDPOINT_OVERRIDES))
     port = _free_port()
-    env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, **s3_fixtures.s3_variables(s3_server), "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
+    for name in ("RAY_ADDRESS", *s3_fixtures.OVERRIDING_ENV):
+        env.pop(name, None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vf3d.cli", "serve", "--model", str(debug_model_dir), "--port", str(port), "--config", str(overrides)],
+            [sys.executable, "-m", "vf3d.cli", "serve", "--model", debug_model_uri, "--port", str(port), "--config", str(overrides)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

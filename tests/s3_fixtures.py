@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import pytest
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+OVERRIDING_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE")
+"""Variables that would take precedence over S3_ENV's (unset wherever those are set)."""
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +46,22 @@ def s3_variables_for(endpoint: str) -> Iterator[None]:
     """The standard S3 variables point at the server at `endpoint` for the block (and the ones
     that would override them are unset)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ENDPOINT_URL", endpoint)
-        patch.setenv("AWS_ACCESS_KEY_ID", "vf3d-test")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "vf3d-test-secret")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE"):
+        for name, value in s3_variables(endpoint).items():
+            patch.setenv(name, value)
+        for name in OVERRIDING_ENV:
             patch.delenv(name, raising=False)
         yield
+
+
+def s3_variables(endpoint: str) -> dict[str, str]:
+    """The standard S3 variables that point a process at the server at `endpoint` (a
+    subprocess's environment also needs OVERRIDING_ENV removed)."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "vf3d-test",
+        "AWS_SECRET_ACCESS_KEY": "vf3d-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 @contextlib.contextmanager

@@ -8,8 +8,6 @@ import os
 import pytest
 import s3_fixtures
 
-s3_server = s3_fixtures.s3_server  # the session's real S3 API (moto on 127.0.0.1); see ray_local
-
 
 @pytest.fixture(scope="session")
 def sample_assets(tmp_path_factory):

@@ -3,29 +3,27 @@
 Each stage runs as the `vf3d` command: through the console script's `main` in the test process, on
 the session's local Ray cluster, whose workers were started with the AWS_* variables pointing at the
 session's S3 server (tests/integration/conftest.py: `ray_local`), as a user's cluster would be
-against S3 or MinIO. Two runs need a process of their own: the synthesis that is killed with
-SIGKILL, and `vf3d serve` (with its own cluster, from the AWS_* variables the test sets).
+against S3 or MinIO. The synthesis that is killed with SIGKILL runs in a process of its own.
+`vf3d serve` with its model on S3 is the session's endpoint (tests/conftest.py), which the serve
+tests use.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import s3_fixtures
-from processes import interrupt, kill_when, start_vf3d
+from processes import kill_when, start_vf3d
 from test_synthesize import write_prompts
 
 from vf3d import storage
 from vf3d.data import shards
 from vf3d.models.video.config import VIDEO_MODEL_PRESETS
 
-VF3D = str(Path(sys.executable).with_name("vf3d"))
 TABLES = ("orbits", "rejected", "errors")
 
 
@@ -129,12 +127,11 @@ training:
 resumes from the step-3 checkpoint on S3 (each rank fetching its own shards)."""
 
 
-@pytest.mark.timeout(3600)  # six commands, two of them trainings, and `vf3d serve` with its own cluster
+@pytest.mark.timeout(3600)  # five commands, two of them trainings
 def test_every_stage_runs_with_every_path_on_s3(ray_local, bucket, tmp_path, vf3d_main):
-    """render-assets → finetune-video → synthesize → train-recon → evaluate → serve, each as the
-    `vf3d` command with every input, output and checkpoint location an s3:// URI."""
-    import urllib.request
-
+    """render-assets → finetune-video → synthesize → train-recon → evaluate, each as the `vf3d`
+    command with every input, output and checkpoint location an s3:// URI. (`vf3d serve` reads its
+    model from S3 in every test of the session's endpoint: tests/conftest.py, `running_serve_endpoint`.)"""
     from vf3d.data.assets import gather_sample_assets
 
     root = f"{bucket}/e2e"
@@ -200,41 +197,6 @@ def test_every_stage_runs_with_every_path_on_s3(ray_local, bucket, tmp_path, vf3
     assert len(metrics["objects"]) == 2 and metrics["models"][0]["dir"] == f"{root}/reconstructor"
     assert metrics["aggregate"]["reconstructor"]["chamfer"]["count"] == 2, "the true meshes were read from S3"
 
-    # serve: the model directory on S3, loaded by every replica; one real request.
-    from s3_fixtures import free_port
-
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    log_path = tmp_path / "serve.log"
-    started = time.monotonic()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [VF3D, "serve", "--model", f"{root}/reconstructor", "--port", str(port), "--preset", "debug"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while "ready in" not in log_path.read_text(errors="replace"):
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
-            time.sleep(0.5)
-        photo = tmp_path / "photo.png"
-        from PIL import Image
-        from skimage import data
-
-        Image.fromarray(data.chelsea()).save(photo)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/image-to-3d?mesh_resolution=32", data=photo.read_bytes(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            body, vertices = response.read(), int(response.headers["X-VF3D-Vertices"])
-        assert body[:4] == b"glTF" and vertices > 0
-    finally:
-        interrupt(process)
-    seconds["serve"] = round(time.monotonic() - started, 1)
     objects = listing(root)
     assert not [name for name in objects if ".partial" in name]
     print(f"\nstage seconds: {seconds}\nobjects under {root} ({len(objects)}):\n  " + "\n  ".join(objects))
