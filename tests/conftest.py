@@ -22,7 +22,8 @@ from processes import interrupt
 # Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-s3_server = s3_fixtures.s3_server  # the session's real S3 API (moto on 127.0.0.1)
+# The session's real S3 API (moto on 127.0.0.1) and a fresh bucket per test: tests/s3_fixtures.py.
+s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 
 TESTS_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIRS = ("integration", "e2e")
@@ -300,9 +301,9 @@ def running_serve_endpoint(tmp_path_factory, s3_server, debug_model_uri):
     overrides = log_path.with_name("serve-overrides.yaml")
     overrides.write_text(yaml.safe_dump(SERVE_ENDPOINT_OVERRIDES))
     port = _free_port()
-    env = {**os.environ, **s3_fixtures.s3_variables(s3_server), "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
-    for name in ("RAY_ADDRESS", *s3_fixtures.OVERRIDING_ENV):
-        env.pop(name, None)
+    with s3_fixtures.s3_variables_for(s3_server):  # set for the copy only: this process's are restored
+        env = {**os.environ, "VF3D_API_KEY": "test-key-0123456789", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "vf3d.cli", "serve", "--model", debug_model_uri, "--port", str(port), "--config", str(overrides)],

@@ -7,9 +7,8 @@ process and any process it starts (a `vf3d` subprocess and the local Ray cluster
 the server the way they would reach AWS or MinIO. Ray workers inherit the environment of the
 cluster's start: the integration tests' session cluster (`ray_local`) is started with
 `s3_variables_for` the session's server, so stages run in the test process on that cluster reach
-it too. A test module takes the fixtures with
-`import s3_fixtures; s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket` (pytest
-puts tests/ on sys.path, as for conftest); moved into conftest they would need no import.
+it too, and so is the session's `vf3d serve` endpoint. tests/conftest.py registers both fixtures
+for every test (one server per test session, so per pytest-xdist worker).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from collections.abc import Iterator
 import pytest
 
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-OVERRIDING_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE")
-"""Variables that would take precedence over S3_ENV's (unset wherever those are set)."""
 
 
 @pytest.fixture(scope="session")
@@ -46,22 +43,13 @@ def s3_variables_for(endpoint: str) -> Iterator[None]:
     """The standard S3 variables point at the server at `endpoint` for the block (and the ones
     that would override them are unset)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3_variables(endpoint).items():
-            patch.setenv(name, value)
-        for name in OVERRIDING_ENV:
+        patch.setenv("AWS_ENDPOINT_URL", endpoint)
+        patch.setenv("AWS_ACCESS_KEY_ID", "vf3d-test")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "vf3d-test-secret")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_PROFILE"):
             patch.delenv(name, raising=False)
         yield
-
-
-def s3_variables(endpoint: str) -> dict[str, str]:
-    """The standard S3 variables that point a process at the server at `endpoint` (a
-    subprocess's environment also needs OVERRIDING_ENV removed)."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "vf3d-test",
-        "AWS_SECRET_ACCESS_KEY": "vf3d-test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
 
 
 @contextlib.contextmanager

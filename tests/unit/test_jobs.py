@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import s3_fixtures
 import yaml
 
 from vf3d import jobs, specs, storage
 from vf3d.cli import build_parser
 from vf3d.config import ConfigError
 
-s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 REPO = Path(__file__).resolve().parents[2]
 JOB_FILES = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 VF3D = str(Path(sys.executable).with_name("vf3d"))

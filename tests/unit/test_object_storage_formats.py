@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-import s3_fixtures
 from test_shards import make_record
 
 from vf3d import storage
@@ -20,8 +19,6 @@ from vf3d.data import manifest, shards
 from vf3d.synthesis import lease as lease_module
 from vf3d.synthesis.config import LeaseConfig
 from vf3d.synthesis.failures import failure_summary
-
-s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 
 
 @pytest.fixture

@@ -10,12 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import s3_fixtures
 
 from vf3d import atomic, storage
 
 # The real S3 API (moto's server over HTTP) and a fresh bucket per test.
-s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 
 
 def test_uris_are_recognised_and_never_turned_into_local_paths():
