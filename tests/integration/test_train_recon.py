@@ -1,5 +1,9 @@
 """`train-recon` on a local Ray cluster at debug size: real renders of one object, 2 workers with
-ZeRO-2, a worker killed mid-run, the stage schedule, resume on rerun, and the exported model."""
+ZeRO-2, a worker killed mid-run, the stage schedule, resume on rerun, and the exported model.
+
+The run's checkpoints are on s3:// (the session's moto server, `s3_server`), so the restarted
+worker group restores each rank's ZeRO shards from an object store, as on a cluster whose nodes
+share no disk; the export and logs are in a local OUT."""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import s3_fixtures
 
 from vf3d import config as config_lib
+from vf3d import storage
 from vf3d.data import shards
 from vf3d.data.config import OrbitRenderConfig
 from vf3d.models.reconstructor.config import INFERENCE_PRESETS, RECONSTRUCTOR_PRESETS
@@ -53,14 +59,22 @@ def recon_config(**run):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, duck_orbits, tmp_path_factory):
+def runs_uri(s3_server):
+    """run.storage_path of this module's training: a fresh bucket on the session's S3 server (the
+    standard AWS variables point at it while the module runs; the cluster's workers have them)."""
+    with s3_fixtures.s3_bucket_on(s3_server) as bucket:
+        yield f"{bucket}/training_runs"
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, duck_orbits, runs_uri, tmp_path_factory):
     """Two workers, ZeRO-2, 120 steps over two stages (40 at 32px, then 80 at 48px renders with
     32px crops), both on real renders with the pixel loss (what training on 3D data uses).
-    Rank 1 dies at step 25 and the group restarts from the step-20 checkpoint."""
+    Rank 1 dies at step 25 and the group restarts from the step-20 checkpoint on S3."""
     from vf3d.training.recon import train_recon
 
     out = tmp_path_factory.mktemp("recon")
-    config = config_lib.merge(recon_config(), {"training": {"fault_injection": {"fail_at_step": 25, "fail_rank": 1}}})
+    config = config_lib.merge(recon_config(storage_path=runs_uri), {"training": {"fault_injection": {"fail_at_step": 25, "fail_rank": 1}}})
     config.stages[0].data, config.stages[0].pixel_loss = "3d", True
     lines: list[str] = []
     summary = train_recon(None, duck_orbits, out, config, log=lines.append)
@@ -88,14 +102,16 @@ def test_training_raises_novel_view_psnr_by_3_5_db(trained):
         assert (out / name).stat().st_size > 1000
 
 
-def test_a_killed_worker_is_survived_and_zero2_runs_on_two_workers(trained):
+def test_a_killed_worker_is_survived_and_zero2_runs_on_two_workers(trained, runs_uri):
     out, summary, _ = trained
-    assert summary["steps"] == 120
+    assert summary["steps"] == 120 and summary["resumed_from"] == 20, "the restarted group resumed from step 20"
     from vf3d.training.fault_injection import FAULT_MARKER_FILE
 
-    assert (out / "training_runs" / "train-recon" / FAULT_MARKER_FILE).read_text().startswith("rank 1 exited at step 25")
-    checkpoint = json.loads((Path(summary["checkpoint"]) / "vf3d_checkpoint.json").read_text())
+    assert storage.read_text(f"{runs_uri}/train-recon/{FAULT_MARKER_FILE}").startswith("rank 1 exited at step 25")
+    assert summary["checkpoint"].startswith(f"{runs_uri}/train-recon/"), summary["checkpoint"]
+    checkpoint = storage.read_json(storage.join(summary["checkpoint"], "vf3d_checkpoint.json"))
     assert checkpoint["step"] == 120 and checkpoint["world_size"] == 2 and checkpoint["zero_stage"] == 2
+    assert not (out / "training_runs").exists(), "no checkpoint went to the local default"
 
 
 def test_scalars_reach_tensorboard_as_one_series_across_the_restart(trained):
@@ -148,7 +164,7 @@ def test_the_exported_model_loads_and_reconstructs_a_photo(trained, tmp_path):
     assert len(result.mesh.mesh.vertices) > 0 and (tmp_path / "rocket.glb").stat().st_size > 0
 
 
-def test_a_rerun_of_the_finished_run_starts_no_workers_and_keeps_its_export(trained, duck_orbits):
+def test_a_rerun_of_the_finished_run_starts_no_workers_and_keeps_its_export(trained, duck_orbits, runs_uri):
     """The same command again: the run's latest checkpoint is at max_steps and OUT holds its export,
     so the driver answers from them without starting the worker group (which would restore the
     checkpoint only to export the same weights: a new model.safetensors)."""
@@ -156,7 +172,7 @@ def test_a_rerun_of_the_finished_run_starts_no_workers_and_keeps_its_export(trai
 
     out, first, _ = trained
     exported = (out / "model.safetensors").stat().st_mtime_ns
-    config = recon_config()
+    config = recon_config(storage_path=runs_uri)
     config.stages[0].data, config.stages[0].pixel_loss = "3d", True
     lines: list[str] = []
     summary = train_recon(None, duck_orbits, out, config, log=lines.append)
@@ -168,7 +184,7 @@ def test_a_rerun_of_the_finished_run_starts_no_workers_and_keeps_its_export(trai
     assert json.loads((out / "train_recon_summary.json").read_text())["already_finished"] is True
 
 
-def test_a_rerun_that_has_work_left_is_not_taken_for_finished(trained, tmp_path):
+def test_a_rerun_that_has_work_left_is_not_taken_for_finished(trained, runs_uri, tmp_path):
     """More steps, another architecture, or an OUT without this checkpoint's export: the workers
     start (finished_rerun answers None), as a rerun has always done."""
     from vf3d.training.loop import finished_rerun, use_default_storage
@@ -178,7 +194,7 @@ def test_a_rerun_that_has_work_left_is_not_taken_for_finished(trained, tmp_path)
 
     def finished(out_dir, **changes):
         config = config_lib.merge(recon_config(), changes)
-        config.training.run.storage_path = str(out / "training_runs")
+        config.training.run.storage_path = runs_uri
         use_default_storage(config.training, out_dir)
         model = config_lib.to_dict(config.model)
         return finished_rerun(config.training, out_dir, label="t", model_config=model, files=DRIVER_FILES, started=0.0, log=print)

@@ -28,6 +28,22 @@ def test_uris_are_recognised_and_never_turned_into_local_paths():
         storage.is_uri(Path("s3://bucket/key"))  # Path collapsed it to s3:/bucket/key
 
 
+def test_a_training_checkpoint_on_an_object_store_is_named_by_its_uri(s3_bucket, tmp_path):
+    """Ray's Checkpoint.path on S3 is `bucket/key` (a path inside its filesystem): run summaries
+    and the finished-run check name it s3://bucket/key, which vf3d.storage reads back."""
+    from ray.train import Checkpoint
+
+    from vf3d.training.runner import _ray_storage, checkpoint_location
+
+    storage.publish_bytes(b"{}", f"{s3_bucket}/runs/recon/step_00000006/vf3d_checkpoint.json")
+    location = _ray_storage(f"{s3_bucket}/runs")
+    on_s3 = Checkpoint(f"{location['storage_path']}/recon/step_00000006", filesystem=location["storage_filesystem"])
+    assert not on_s3.path.startswith("s3://")
+    named = checkpoint_location(on_s3)
+    assert named == f"{s3_bucket}/runs/recon/step_00000006" and storage.read_json(storage.join(named, "vf3d_checkpoint.json")) == {}
+    assert checkpoint_location(Checkpoint(str(tmp_path))) == str(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("uri", "message"), [("ftp://host/x", "unknown storage scheme 'ftp'"), ("s3:///key", "no bucket"), ("hdfs://nn/x", "unknown")]
 )

@@ -337,7 +337,9 @@ def run_summary(outcome: dict[str, Any], result: ray.train.Result, started: floa
     `time.perf_counter()` value `started`), the model directory, the latest checkpoint, and GPU-hours:
     `gpu_hours_billed` (GPUs the worker group held × the run's wall time, start-up and restarts
     included) beside `gpu_hours_busy` (GPUs × the time the steps ran; the last worker group's)."""
-    checkpoint = str(result.checkpoint.path) if result.checkpoint else None
+    from vf3d.training.runner import checkpoint_location
+
+    checkpoint = checkpoint_location(result.checkpoint) if result.checkpoint else None
     seconds = time.perf_counter() - started
     gpu_time = outcome.pop("gpu_time", None) or {}
     gpus = gpu_time.get("gpus_per_worker", 0.0) * gpu_time.get("world_size", 0)

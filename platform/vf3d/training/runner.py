@@ -69,6 +69,18 @@ def _wants_gpu(use_gpu: bool | str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+OBJECT_STORE_SCHEMES = {"s3": "s3", "gcs": "gs"}
+"""URI scheme of each pyarrow filesystem type `vf3d.storage` builds for an object store."""
+
+
+def checkpoint_location(checkpoint: ray.train.Checkpoint) -> str:
+    """A checkpoint's location as vf3d names locations: a local path, or an s3:// or gs:// URI.
+    (Ray's `Checkpoint.path` is a path inside `Checkpoint.filesystem`, which on an object store is
+    `bucket/key` with no scheme: neither a usable local path nor a URI.)"""
+    scheme = OBJECT_STORE_SCHEMES.get(checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}" if scheme else str(checkpoint.path)
+
+
 def latest_checkpoint(settings: TrainingConfig) -> tuple[str, dict[str, Any]] | None:
     """(path, metrics) of the latest checkpoint run `settings.run.name` committed under
     `run.storage_path`, read from Ray Train's record of the run (its checkpoint manager snapshot)
@@ -99,7 +111,7 @@ def latest_checkpoint(settings: TrainingConfig) -> tuple[str, dict[str, Any]] | 
         ray_train_logger.setLevel(level)
     if result.checkpoint is None:
         return None
-    return str(result.checkpoint.path), dict(result.metrics or {})
+    return checkpoint_location(result.checkpoint), dict(result.metrics or {})
 
 
 def run_training(
