@@ -25,7 +25,8 @@ def sample_assets(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local(request):
-    """A private local Ray cluster for in-process Ray Data tests and trainings (never a stray one).
+    """A private local Ray cluster for in-process Ray Data tests and trainings (never a stray one);
+    its GCS address, for a `vf3d` process that is to be a driver on it (`start_vf3d(ray_address=)`).
 
     Its trainers' controllers poll their workers every 0.2 s instead of 2 s: a Ray Train V2
     worker's report waits until the controller has consumed its previous one, the controller reads
@@ -52,5 +53,5 @@ def ray_local(request):
         # As `vf3d` does for local runs: trainers fed by Ray Data need CPUs left for the data tasks.
         with s3_variables:
             start_local_ray(num_cpus=MIN_LOCAL_CPUS, include_dashboard=False)
-        yield
+        yield ray.get_runtime_context().gcs_address
         ray.shutdown()

@@ -3,7 +3,8 @@
 Each stage runs as the `vf3d` command: through the console script's `main` in the test process, on
 the session's local Ray cluster, whose workers were started with the AWS_* variables pointing at the
 session's S3 server (tests/integration/conftest.py: `ray_local`), as a user's cluster would be
-against S3 or MinIO. The synthesis that is killed with SIGKILL runs in a process of its own.
+against S3 or MinIO. The synthesis that is killed with SIGKILL runs in a process of its own, a
+driver on that cluster.
 `vf3d serve` with its model on S3 is the session's endpoint (tests/conftest.py), which the serve
 tests use.
 """
@@ -57,12 +58,12 @@ def listing(prefix: str) -> list[str]:
     return [f"{name} ({storage.size(storage.join(prefix, name))} B)" for name in storage.walk_files(prefix)]
 
 
-@pytest.mark.timeout(1800)  # the killed run starts its own local cluster (7 min on 2 busy cores)
+@pytest.mark.timeout(1800)
 def test_killed_synthesis_on_s3_rerun_ends_exactly_once(ray_local, bucket, video_model_uri, tmp_path, vf3d_main):
-    """Prompts, video model and output all on s3://. The first run (its own process and local
-    cluster) is killed with SIGKILL once a few shards are published; the rerun, the same command
-    (in this process on the session's cluster), finishes exactly the rest: every input id in
-    exactly one table, once, and no partial key left."""
+    """Prompts, video model and output all on s3://. The first run (a process of its own, a driver
+    on the session's cluster, as a job on a user's cluster is) is killed with SIGKILL, with its
+    actors, once a few shards are published; the rerun, the same command (in this process),
+    finishes exactly the rest: every input id in exactly one table, once, and no partial key left."""
     local_prompts = tmp_path / "prompts.parquet"
     write_prompts(local_prompts, good=12)
     inputs = 12 + 10
@@ -84,7 +85,7 @@ def test_killed_synthesis_on_s3_rerun_ends_exactly_once(ray_local, bucket, video
         "--config",
         str(config),
     ]
-    process = start_vf3d(*command)
+    process = start_vf3d(*command, ray_address=ray_local)
     kill_when(process, lambda: sum(len(shards.list_shard_files(out, table)) for table in ("orbits", "rejected")) >= 2, timeout_s=400)
     finished = sum(len(ids) for ids in table_ids(out).values())
     assert 0 < finished < inputs, "the kill should land mid-run"
