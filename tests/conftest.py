@@ -22,6 +22,18 @@ from processes import interrupt
 # Tests never attach to a stray Ray cluster nor need its auth token (Ray 2.60 turns on token auth for a local ray.init).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# One intra-op thread per process (OMP_NUM_THREADS, inherited by the Ray clusters and `vf3d`
+# processes the tests start; a value already set wins): the tests' models are tiny, and the
+# processes (two pytest-xdist workers, Ray workers) already keep the cores busy, so extra OpenMP
+# threads only spin waiting for one another. Measured on 2 cores: the unit tests (`make
+# test-fast`) took 158-160 busy CPU-s with one thread against 208-218 with torch's default of one
+# per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file by a plugin: the variable came too late
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # The session's real S3 API (moto on 127.0.0.1) and a fresh bucket per test: tests/s3_fixtures.py.
 s3_server, s3_bucket = s3_fixtures.s3_server, s3_fixtures.s3_bucket
 

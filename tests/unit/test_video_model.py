@@ -29,15 +29,6 @@ from vf3d.models.video.text import clip_tokenizer, random_clip_text_encoder
 ELEVATION = 20.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP spin-waits cost a lot on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def video_config():
     return config_lib.preset(VIDEO_MODEL_PRESETS, "debug")
