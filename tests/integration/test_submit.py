@@ -8,8 +8,10 @@ process it started (job drivers run in sessions of their own)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,39 +34,42 @@ VF3D = str(BIN / "vf3d")
 START_TIMEOUT_S = 120
 
 
+def unclaimable_ports() -> range:
+    """Ports no other process on the machine takes on its own: above the worker range of Ray
+    clusters started with defaults (10002-19999) and below the kernel's ephemeral range, from which
+    every outgoing connection (of the other test processes' clusters too) gets its local port. A
+    port drawn from the ephemeral range can be taken that way between the draw and Ray's bind, and
+    a Ray head process that cannot bind its port exits, taking the whole `ray start --block` down."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return range(20000, max(low, 20000 + 1000))
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
+    """`count` distinct ports of `unclaimable_ports()` that are free right now."""
+    candidates = random.sample(unclaimable_ports(), 400)
+    ports = [port for port in candidates if bindable(port)][:count]
+    if len(ports) < count:
+        raise RuntimeError(f"fewer than {count} free ports in {unclaimable_ports()}")
+    return ports
 
 
 def free_port_range(width: int) -> int:
-    """The first of `width` consecutive ports none of which is bound right now."""
+    """The first of `width` consecutive ports of `unclaimable_ports()` none of which is bound now."""
+    ports = unclaimable_ports()
     for _ in range(200):
-        (start,) = free_ports(1)
-        if start + width >= 65535:
-            continue
-        probes = []
-        try:
-            for port in range(start, start + width):
-                probe = socket.socket()
-                probe.bind(("127.0.0.1", port))
-                probes.append(probe)
+        start = random.randrange(ports.start, ports.stop - width)
+        if all(bindable(port) for port in range(start, start + width)):
             return start
-        except OSError:
-            continue
-        finally:
-            for probe in probes:
-                probe.close()
-    raise RuntimeError(f"no {width} consecutive free ports")
+    raise RuntimeError(f"no {width} consecutive free ports in {ports}")
 
 
 def submit_env() -> dict[str, str]:
@@ -72,9 +78,27 @@ def submit_env() -> dict[str, str]:
     return env
 
 
+@dataclasses.dataclass
+class RayHead:
+    url: str  # the job server's
+    process: subprocess.Popen  # `ray start --head --block`
+    log_tail: Callable[[], str]
+    temp_dir: str
+
+    def state(self) -> str:
+        """For failure messages: whether the head is still up, how it ended, the dashboard's log."""
+        if self.process.poll() is None:
+            state = "the Ray head is still running"
+        else:
+            state = f"the Ray head exited with code {self.process.returncode}; the end of its output:\n{self.log_tail()}"
+        for log in Path(self.temp_dir, "session_latest", "logs").glob("dashboard.*"):
+            state += f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        return state
+
+
 @pytest.fixture(scope="module")
 def ray_head():
-    """A head node with the dashboard's job server on free ports; yields its job server URL."""
+    """A head node with the dashboard's job server on free ports; yields it as a `RayHead`."""
     import psutil
 
     names = [
@@ -157,7 +181,7 @@ def ray_head():
                 pytest.fail(f"the Ray head's job server at {url} did not come up:\n{log_tail()}")
             time.sleep(0.5)
     try:
-        yield url
+        yield RayHead(url, process, log_tail, temp_dir)
     finally:
         stop()
         subprocess.run(["rm", "-rf", temp_dir, str(log_path)], check=False)
@@ -239,7 +263,7 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
     out = tmp_path / "orbits"
     # The first submission goes through a proxy that drops the job server's answer to it: the job
     # is created, but the client only sees its connection closed, and must not submit it twice.
-    proxy = AnswerDroppingProxy(ray_head)
+    proxy = AnswerDroppingProxy(ray_head.url)
     # From outside the repository: the working dir comes from the package's location, and the job
     # file (inside it) is given by an absolute path.
     args = [
@@ -261,11 +285,11 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
     finally:
         proxy.close()
     seconds = time.perf_counter() - started
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:] + ray_head.state()
     assert proxy.dropped == 1 and "the connection to the Ray job server dropped" in first.stdout, first.stdout[-3000:]
     submitted = [line for line in first.stdout.splitlines() if line.startswith("submitted job ")]
     assert len(submitted) == 1, first.stdout
-    args[2] = ray_head
+    args[2] = ray_head.url
     submission_id = submitted[0].split()[2].rstrip(":")
     # The job's own output came back through the log stream.
     assert "vf3d job render-assets: vf3d render-assets --preset debug" in first.stdout and "SUCCEEDED" in first.stdout
@@ -275,13 +299,13 @@ def test_submit_wait_runs_a_debug_render_job_and_a_retry_finds_it(ray_head, thre
     assert json.loads((out / "render_summary.json").read_text())["orbits_total"] == 3
     print(f"render-assets job through `vf3d submit --wait`: {seconds:.1f}s")
 
-    client = JobSubmissionClient(ray_head)
+    client = JobSubmissionClient(ray_head.url)
     info = client.get_job_info(submission_id)
     assert info.runtime_env["py_modules"] and info.runtime_env["working_dir"].startswith("gcs://")
     assert info.metadata["vf3d_stage"] == "render-assets"
     assert info.entrypoint.startswith("python jobs/render_assets.py --config jobs/configs/render-assets-debug.yaml --out ")
 
     again = submit(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-3000:] + ray_head.state()
     assert f"job {submission_id} already exists (SUCCEEDED): not submitted again" in again.stdout and "submitted job" not in again.stdout
     assert [job.submission_id for job in client.list_jobs()].count(submission_id) == 1 and len(client.list_jobs()) == 1
