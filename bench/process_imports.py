@@ -4,9 +4,10 @@ side in one run.
 Why: on a small machine (and in `make test`), a short run's CPU goes mostly to starting processes.
 Every actor of a Ray Data pool, every Ray Train worker (per attempt) and every Serve replica is a
 fresh interpreter that imports its libraries before its first batch. This prints what each kind
-costs, and what a first-frame actor that only recentres given images saves by importing the
+costs, what a first-frame actor that only recentres given images saves by importing the
 text-to-image stack (diffusers, transformers) only for a prompt without an image
-(`vf3d.synthesis.stages.FirstFrames`).
+(`vf3d.synthesis.stages.FirstFrames`), and what a mask actor saves by not importing torch
+(`ForegroundMasks`, whose heuristics are NumPy and SciPy).
 
 What it measures: each case is a fresh `python -c` running that kind's imports; its user + system
 CPU-seconds come from the kernel's accounting of the finished child (getrusage), so other load on
@@ -65,6 +66,24 @@ assert stage({name: np.array([value], dtype=object) for name, value in columns.i
 """
 """A first-frame actor's start and its first batch, one given image (no text-to-image needed)."""
 
+MASKS = """
+import numpy as np
+from vf3d import config as config_lib
+from vf3d.synthesis.config import SYNTHESIZE_PRESETS
+from vf3d.synthesis.stages import ForegroundMasks
+
+config = config_lib.to_dict(config_lib.preset(SYNTHESIZE_PRESETS, "debug"))
+frames = np.full((2, 16, 64, 64, 3), 255, np.uint8)
+frames[:, :, 16:48, 16:48] = 40
+batch = {"id": np.array(["a", "b"]), "frames": frames, "trace": np.array(["{}", "{}"]),
+         "error": np.array(["", ""]), "error_stage": np.array(["", ""])}
+assert len(ForegroundMasks(config, OUT)(batch)["masks"]) == 2
+"""
+"""A mask actor's start and its first batch (two 16-view orbits), no probe configured."""
+MASKS_BEFORE = "import torch, vf3d.synthesis.quality\n"
+"""What a mask actor imported before its heuristics moved out of vf3d.synthesis.quality and the
+stages' shared machinery stopped importing torch for it."""
+
 
 def child_cpu_seconds(code: str) -> float:
     """User + system CPU-seconds of a fresh interpreter running `code` (it must succeed): the
@@ -91,6 +110,8 @@ def main() -> None:
             **KINDS,
             "first-frame actor, given image, as now": first_frames,
             "first-frame actor, given image, importing the text-to-image stack": first_frames + "import diffusers, transformers\n",
+            "mask actor, as now": MASKS.replace("OUT", repr(out)),
+            "mask actor, importing torch and the probe's module as before": MASKS_BEFORE + MASKS.replace("OUT", repr(out)),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
         rounds = 1 if args.quick else args.rounds
@@ -111,7 +132,10 @@ def main() -> None:
         )
         for name in KINDS
     ]
-    before, now = median[list(cases)[-1]], median[list(cases)[-2]]
+    before, now = (
+        median["first-frame actor, given image, importing the text-to-image stack"],
+        median["first-frame actor, given image, as now"],
+    )
     rows.append(
         Row(
             "CPU-s of a first-frame actor's start and first batch, one given image: with the text-to-image stack (A) vs as now (B)",
@@ -119,6 +143,16 @@ def main() -> None:
             f"{now:.1f}",
             f"{before / now:.2f}× less (A/B)",
             "> 1: image-only actors skip diffusers and transformers",
+        )
+    )
+    before, now = median["mask actor, importing torch and the probe's module as before"], median["mask actor, as now"]
+    rows.append(
+        Row(
+            "CPU-s of a mask actor's start and first batch (two orbits): importing torch as before (A) vs as now (B)",
+            f"{before:.1f}",
+            f"{now:.1f}",
+            f"{before / now:.2f}× less (A/B)",
+            "> 1: mask actors compute with NumPy and SciPy alone",
         )
     )
     finish(

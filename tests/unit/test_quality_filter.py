@@ -28,20 +28,12 @@ from vf3d.data.assets import asset_id, gather_sample_assets, load_asset
 from vf3d.data.config import OrbitRenderConfig
 from vf3d.data.orbit_renderer import OrbitRenderer, render_orbit
 from vf3d.models.config import QualityProbeConfig
+from vf3d.models.orbit_views import evenly_spaced_views
 from vf3d.models.pretrained import ModelDirectoryError
-from vf3d.models.quality_filter import OrbitFeatureEncoder, QualityProbe, evenly_spaced_views
+from vf3d.models.quality_filter import OrbitFeatureEncoder, QualityProbe
 from vf3d.synthesis.config import TRAIN_FILTER_PRESETS, HeuristicsConfig, QualityFilterConfig, TrainFilterConfig
-from vf3d.synthesis.quality import (
-    LabelsError,
-    QualityFilter,
-    best_threshold,
-    heuristic_reasons,
-    orbit_statistics,
-    read_labels,
-    roc_auc,
-    train_filter,
-    white_background_masks,
-)
+from vf3d.synthesis.heuristics import heuristic_reasons, orbit_statistics, white_background_masks
+from vf3d.synthesis.quality import LabelsError, QualityFilter, best_threshold, read_labels, roc_auc, train_filter
 
 RESOLUTION = 64
 NUM_VIEWS = 16

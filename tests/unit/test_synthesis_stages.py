@@ -327,3 +327,31 @@ print(json.dumps({{"given": bool(given["first_frame_given"][0]), "shape": given[
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"given": True, "shape": [32, 32, 3], "imported": []}, report
+
+
+MASK_ACTOR = """
+import json, sys, tempfile
+import numpy as np
+from vf3d import config as config_lib
+from vf3d.synthesis.config import SYNTHESIZE_PRESETS
+from vf3d.synthesis.stages import ForegroundMasks
+
+config = config_lib.to_dict(config_lib.preset(SYNTHESIZE_PRESETS, "debug"))
+frames = np.full((1, 4, 16, 16, 3), 255, np.uint8)
+frames[0, :, 4:12, 4:12] = 40
+batch = {"id": np.array(["a"]), "frames": frames, "trace": np.array(["{}"]), "error": np.array([""]), "error_stage": np.array([""])}
+out = ForegroundMasks(config, tempfile.mkdtemp())(batch)
+print(json.dumps({"torch": "torch" in sys.modules, "reasons": list(map(str, out["reasons"]))}))
+"""
+
+
+@pytest.mark.heavy  # a fresh interpreter
+def test_the_mask_stage_computes_without_importing_torch():
+    """Its actors (CPU, many on a large run) start without torch: NumPy and SciPy only."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MASK_ACTOR], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["reasons"] == ['["static"]'] and not answer["torch"], answer

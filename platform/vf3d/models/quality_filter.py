@@ -20,18 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from vf3d.models.config import FilterEncoderConfig, QualityProbeConfig
+from vf3d.models.orbit_views import evenly_spaced_views
 from vf3d.models.pretrained import PretrainedModel
 from vf3d.models.reconstructor.encoder import ImageEncoder
-
-
-def evenly_spaced_views(num_available: int, num_wanted: int) -> torch.Tensor:
-    """Indices of `num_wanted` views spread evenly around an orbit of `num_available` views,
-    starting at view 0: floor(i·V/n). With fewer views than wanted, views repeat.
-
-    Returns:
-        int64 [num_wanted].
-    """
-    return torch.div(torch.arange(num_wanted) * num_available, num_wanted, rounding_mode="floor")
 
 
 class OrbitFeatureEncoder(torch.nn.Module):
@@ -107,7 +98,7 @@ class OrbitFeatureEncoder(torch.nn.Module):
         parameter = next(self.encoder.parameters())
         batch, views = frames.shape[:2]
         frames = frames.to(parameter.device)
-        selected = frames[:, evenly_spaced_views(views, self.config.num_views).to(frames.device)]
+        selected = frames[:, torch.from_numpy(evenly_spaced_views(views, self.config.num_views)).to(frames.device)]
         images = selected.flatten(0, 1).permute(0, 3, 1, 2)  # [B·n, 3, H, W]
         images = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         size = self.config.encoder.image_size

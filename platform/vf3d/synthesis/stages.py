@@ -215,10 +215,13 @@ class _ModelStage:
     """
 
     stage: str = ""
+    uses_torch: bool = True
+    """False for a stage that computes with NumPy alone: the shared machinery does not import torch
+    for it (about 2 CPU-seconds and a few hundred MB per actor), and its `device` and
+    `autocast_dtype` are None."""
 
     def __init__(self, config: dict[str, Any], out_dir: str) -> None:
         import ray
-        import torch
 
         from vf3d.ray_runtime import require_usable_gpus
 
@@ -231,10 +234,14 @@ class _ModelStage:
         # Outside Ray (tests, a bare loop) a stage is a plain object on this process's devices.
         in_ray = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
         self.actor = actor_name()
-        uses_gpu = bool(ray.get_gpu_ids()) if in_ray else True
-        self.device = torch.device("cuda" if torch.cuda.is_available() and uses_gpu else "cpu")
-        precision = self.config.generation.precision
-        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision in ("auto", "bf16") else None
+        self.device = self.autocast_dtype = None
+        if self.uses_torch:
+            import torch
+
+            uses_gpu = bool(ray.get_gpu_ids()) if in_ray else True
+            self.device = torch.device("cuda" if torch.cuda.is_available() and uses_gpu else "cpu")
+            precision = self.config.generation.precision
+            self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision in ("auto", "bf16") else None
         self.failures = FailureTracker(self.stage, self.out_dir, self.config.failures.max_consecutive_failures, self.actor)
         self.meter = metrics.StageMeter("synthesize", self.stage, gpus=stage_pools(self.config)[self.stage].num_gpus if in_ray else 0.0)
 
@@ -242,10 +249,10 @@ class _ModelStage:
         """bf16 autocast on GPUs (weights stay fp32), nothing on the CPU."""
         import contextlib
 
-        import torch
-
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _maybe_inject_fault(self) -> None:
@@ -470,6 +477,7 @@ class ForegroundMasks(_ModelStage):
     receives them ready and does no CPU work of its own."""
 
     stage = "mask"
+    uses_torch = False
 
     def __init__(self, config: dict[str, Any], out_dir: str) -> None:
         super().__init__(config, out_dir)
@@ -488,8 +496,8 @@ class ForegroundMasks(_ModelStage):
         return columns
 
     def process(self, batch, rows):
-        from vf3d.models.quality_filter import evenly_spaced_views
-        from vf3d.synthesis.quality import heuristic_reasons, orbit_statistics, white_background_masks
+        from vf3d.models.orbit_views import evenly_spaced_views
+        from vf3d.synthesis.heuristics import heuristic_reasons, orbit_statistics, white_background_masks
 
         threshold = self.config.filter.mask_threshold
         columns: dict[str, list] = {"masks": [], "statistics": [], "reasons": [], "probe_views": []}
@@ -501,7 +509,7 @@ class ForegroundMasks(_ModelStage):
             columns["statistics"].append(json.dumps(statistics))
             columns["reasons"].append(json.dumps(heuristic_reasons(statistics, self.config.filter.heuristics)))
             if self.probe_views:
-                columns["probe_views"].append(np.ascontiguousarray(frames[evenly_spaced_views(len(frames), self.probe_views).numpy()]))
+                columns["probe_views"].append(np.ascontiguousarray(frames[evenly_spaced_views(len(frames), self.probe_views)]))
         return columns, {}
 
 
