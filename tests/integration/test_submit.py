@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -55,11 +54,14 @@ def bindable(port: int) -> bool:
 
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports of `unclaimable_ports()` that are free right now."""
-    candidates = random.sample(unclaimable_ports(), 400)
-    ports = [port for port in candidates if bindable(port)][:count]
-    if len(ports) < count:
-        raise RuntimeError(f"fewer than {count} free ports in {unclaimable_ports()}")
-    return ports
+    candidates = unclaimable_ports()
+    ports = []
+    for port in random.sample(candidates, 400):
+        if bindable(port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"fewer than {count} free ports in {candidates}")
 
 
 def free_port_range(width: int) -> int:
@@ -82,8 +84,11 @@ def submit_env() -> dict[str, str]:
 class RayHead:
     url: str  # the job server's
     process: subprocess.Popen  # `ray start --head --block`
-    log_tail: Callable[[], str]
+    log_path: Path  # its output
     temp_dir: str
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
 
     def state(self) -> str:
         """For failure messages: whether the head is still up, how it ended, the dashboard's log."""
@@ -144,9 +149,7 @@ def ray_head():
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=submit_env(), cwd=temp_dir, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
-
-    def log_tail() -> str:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+    head = RayHead(url, process, log_path, temp_dir)
 
     def stop() -> None:
         """Kill the head's process group and everything it started; check none of it is left."""
@@ -178,10 +181,10 @@ def ray_head():
         except Exception:
             if process.poll() is not None or time.monotonic() > deadline:
                 stop()
-                pytest.fail(f"the Ray head's job server at {url} did not come up:\n{log_tail()}")
+                pytest.fail(f"the Ray head's job server at {url} did not come up:\n{head.log_tail()}")
             time.sleep(0.5)
     try:
-        yield RayHead(url, process, log_tail, temp_dir)
+        yield head
     finally:
         stop()
         subprocess.run(["rm", "-rf", temp_dir, str(log_path)], check=False)

@@ -1,9 +1,8 @@
-"""The quality filter's probe: after the cheap checks of vf3d.synthesis.heuristics (foreground
-masks; "static", "empty_foreground", "full_frame_foreground", "flicker"),
+"""The quality filter's probe, for the failures the cheap checks (vf3d.synthesis.heuristics) miss.
 
-- `QualityFilter` scores the subtler ones (identity drift, smeared or noisy views) with a
-  logistic-regression probe on frozen DINOv2 features, as VFusion3D did with a linear SVM on DINO
-  features of ~2K hand-labelled videos (docs/vfusion3d.md#data-engine). `train_filter` fits it from a labels file and orbit shards.
+`QualityFilter` scores identity drift and smeared or noisy views with a logistic-regression probe
+on frozen DINOv2 features, as VFusion3D did with a linear SVM on DINO features of ~2K hand-labelled
+videos (docs/vfusion3d.md#data-engine). `train_filter` fits it from a labels file and orbit shards.
 
 Pure numpy/torch (the Ray Data stages that call this live in stages.py); no ray import.
 """
