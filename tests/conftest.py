@@ -69,14 +69,21 @@ SERVE_GROUP = "serve"
 """The scheduling unit of the modules that use the session's `serve_endpoint`."""
 
 
+FIXTURE_PARAMETER = r"\bdef \w+\([^)]*\b{name}\b"
+"""A function (test or fixture) that takes the named fixture as a parameter."""
+
+
 @functools.cache
 def uses_serve_endpoint(module_path: Path) -> bool:
-    """Whether a test module uses the `serve_endpoint` fixture (read from its source, once, so the
-    xdist controller, which collects nothing, can tell too)."""
+    """Whether a test module uses the `serve_endpoint` fixture: takes it as a parameter of a test
+    or fixture. Read from the module's source, once, so that the xdist controller, which collects
+    nothing, can tell too. A module that only names it (in a docstring) is not one: grouped with
+    the serve modules, its tests would keep the endpoint up, idle, while they run."""
     try:
-        return "serve_endpoint" in Path(module_path).read_text(encoding="utf-8")
+        source = Path(module_path).read_text(encoding="utf-8")
     except OSError:
         return False
+    return re.search(FIXTURE_PARAMETER.format(name="serve_endpoint"), source) is not None
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +306,29 @@ def test_ray_data_feeds_two_workers_on_two_cpus(dataset_run):
     assert result.return_value["first_epoch_rows_all_workers"] == rows
     assert result.return_value["first_epoch_id_sum_all_workers"] == sum(range(rows))
     assert result.return_value["final_step"] == 12
+
+
+RUN_ACTOR_CLASSES = ("TrainController", "RayTrainWorker", "DatasetManager", "SplitCoordinator")
+"""The actors a training run (`run_training`) starts: its controller, workers and dataset actors."""
+
+
+def test_finished_runs_leave_none_of_their_actors_running(dataset_run):
+    """Once `run_training` has returned (or raised), Ray ends the run's actors: none polls on in a
+    driver that goes on to other work. (Ray Train's `fit` leaves a Ctrl-C handler holding its
+    controller; `run_training` puts the previous handler back.) Run after the module's other runs,
+    the last of them a failed one, this checks all of them; alone, the Ray Data run's."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "a run left its Ctrl-C handler installed"
+
+    def running() -> list[str]:
+        actors = ray._private.state.actors().values()
+        return sorted(
+            actor["ActorClassName"] for actor in actors if actor["State"] != "DEAD" and actor["ActorClassName"] in RUN_ACTOR_CLASSES
+        )
+
+    deadline = time.monotonic() + 60  # a released actor is ended a moment later
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running() == [], "actors of finished training runs are still running"
 
 
 def test_trainings_on_a_cluster_this_process_started_start_no_preemption_watcher(zero2_run, crash_run):

@@ -161,7 +161,7 @@ def run_training(
         datasets=datasets,
     )
     try:
-        with _preemption_watcher_off_on_own_local_cluster():
+        with _preemption_watcher_off_on_own_local_cluster(), _sigint_handler_restored():
             return trainer.fit()
     except TrainingFailedError as error:
         refused = _checkpoint_error_in(error)
@@ -174,6 +174,31 @@ def run_training(
             f"training run {run.name!r} failed (run.max_failures={run.max_failures}): {error}\n"
             f"Its checkpoints are in {where}; rerun with the same run.name and run.storage_path to resume from the latest one."
         ) from error
+
+
+@contextlib.contextmanager
+def _sigint_handler_restored() -> Iterator[None]:
+    """Within the body, `fit` may install its Ctrl-C handler; after it, the process's own is back.
+
+    Ray Train 2.60's `fit` installs a SIGINT handler (Ctrl-C aborts the run) whose closure holds
+    the run's controller actor, and leaves it installed when the run ends. As long as that
+    handler holds the handle, Ray keeps the finished run's controller and the dataset actors it
+    owns (DatasetManager, the streaming split's coordinator) alive and polling, until the next
+    `fit` replaces the handler or the driver exits: in a long-lived driver (a notebook, a
+    pipeline that trains then evaluates, a test session) one idle run's actors for good. Putting
+    the previous handler back drops the last handle, and Ray ends those actors."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler installed outside Python, which we cannot put back
+            signal.signal(signal.SIGINT, previous)
 
 
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
