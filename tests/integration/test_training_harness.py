@@ -316,6 +316,7 @@ def test_finished_runs_leave_none_of_their_actors_running(dataset_run):
     driver that goes on to other work. (Ray Train's `fit` leaves a Ctrl-C handler holding its
     controller; `run_training` puts the previous handler back.) Run after the module's other runs,
     the last of them a failed one, this checks all of them; alone, the Ray Data run's."""
+
     def running() -> list[str]:
         actors = ray._private.state.actors().values()
         return sorted(
