@@ -69,8 +69,8 @@ SERVE_GROUP = "serve"
 """The scheduling unit of the modules that use the session's `serve_endpoint`."""
 
 
-FIXTURE_PARAMETER = r"\bdef \w+\([^)]*\b{name}\b"
-"""A function (test or fixture) that takes the named fixture as a parameter."""
+TAKES_SERVE_ENDPOINT = re.compile(r"\bdef \w+\([^)]*\bserve_endpoint\b")
+"""A test or fixture that takes `serve_endpoint` as a parameter (signatures may span lines)."""
 
 
 @functools.cache
@@ -83,7 +83,7 @@ def uses_serve_endpoint(module_path: Path) -> bool:
         source = Path(module_path).read_text(encoding="utf-8")
     except OSError:
         return False
-    return re.search(FIXTURE_PARAMETER.format(name="serve_endpoint"), source) is not None
+    return TAKES_SERVE_ENDPOINT.search(source) is not None
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

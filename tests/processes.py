@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
 
 VF3D = str(Path(sys.executable).with_name("vf3d"))
@@ -39,7 +39,7 @@ def kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout_
             raise AssertionError(f"the command exited ({process.returncode}) before it could be killed:\n{output}")
         time.sleep(0.2)
     _kill_with_descendants(process, also=_other_jobs_actors())
-    _wait_until_dead(_other_jobs_actors, timeout_s=60)
+    wait_until_gone(_other_jobs_actors, timeout_s=60, what="the killed run's actors")
 
 
 def _other_jobs_actors() -> dict[str, int]:
@@ -58,11 +58,14 @@ def _other_jobs_actors() -> dict[str, int]:
     }
 
 
-def _wait_until_dead(alive: Callable[[], dict], timeout_s: float) -> None:
+def wait_until_gone(alive: Callable[[], Sized], timeout_s: float, what: str) -> None:
+    """Poll `alive()` (the actors still running, as any sized collection) until it is empty;
+    fails naming `what` after `timeout_s`. Ray ends an actor a moment after it is released or
+    its owner dies, so a check right away would race it."""
     deadline = time.monotonic() + timeout_s
     while alive():
         if time.monotonic() > deadline:
-            raise AssertionError(f"Ray still reports the killed run's actors alive after {timeout_s} s: {alive()}")
+            raise AssertionError(f"Ray still reports {what} alive after {timeout_s} s: {alive()}")
         time.sleep(0.2)
 
 

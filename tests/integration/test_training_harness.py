@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 import ray.cloudpickle
 import ray.data
 import torch
+from processes import wait_until_gone
 
 from vf3d.config import ConfigError
 from vf3d.training import build_deepspeed_config, consolidate, parameter_groups, read_metadata, run_training
@@ -323,10 +323,7 @@ def test_finished_runs_leave_none_of_their_actors_running(dataset_run):
             actor["ActorClassName"] for actor in actors if actor["State"] != "DEAD" and actor["ActorClassName"] in RUN_ACTOR_CLASSES
         )
 
-    deadline = time.monotonic() + 60  # a released actor is ended a moment later
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert running() == [], "actors of finished training runs are still running"
+    wait_until_gone(running, timeout_s=60, what="actors of finished training runs")
 
 
 def test_trainings_on_a_cluster_this_process_started_start_no_preemption_watcher(zero2_run, crash_run):
